@@ -1,0 +1,421 @@
+//! The billing engine: DESIGN.md's charge protocol.
+//!
+//! 1. **Claim** ([`Engine::bill_next_batch`]): in one transaction, lock due subscriptions
+//!    (`FOR UPDATE SKIP LOCKED`), write a `pending` charge per subscription period with a
+//!    lease and a deterministic idempotency key, commit. The intent is durable before any
+//!    money moves; unique constraints make a second intent for the same attempt impossible
+//!    (a conflicting insert is skipped, not retried).
+//! 2. **Charge**: CreatePayment with that key and `reference_id` = charge id, at most
+//!    `concurrency` in flight, under the provider rate limit.
+//! 3. **Record** ([`Engine::record`]): in one transaction, fenced on the lease owner: the
+//!    charge's final status, the ledger entry and postings, the subscription's next position
+//!    (next period, dunning retry or final state) and the events.
+//! 4. **Recover** ([`Engine::recover`]): pending charges whose owner died or whose lease
+//!    expired are re-driven with the same key and the byte-identical body; past a configured
+//!    age they are first looked up with ListPayments by `reference_id`.
+//!
+//! A dunning retry is a new attempt with a new key; a declined key is never replayed as a
+//! retry. Outcomes that leave the payment's fate open (`Transient`, `Unknown`, `KeyReused`,
+//! an authentication failure) leave the charge `pending` for recovery: never recorded as a
+//! failure, because money may have moved.
+
+mod record;
+pub mod sync;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::config::BillingConfig;
+use crate::domain::{IdempotencyKey, SubscriptionId};
+use crate::gateway::{PaymentGateway, PaymentOutcome, PreparedPayment};
+use crate::store::charges::{self, ChargeRow, NewCharge};
+use crate::store::subscriptions::{self, PositionUpdate, SubscriptionRow};
+use crate::store::{StoreError, events};
+
+/// What can stop the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Square refused the access token: nothing can be charged until it is fixed.
+    #[error("SQUARE_ACCESS_TOKEN was rejected by Square ({code}): billing stopped")]
+    Unauthorized {
+        /// Square's code.
+        code: String,
+    },
+    /// A stored value cannot be turned into a request (a bug or a hand edit).
+    #[error("cannot build the payment for subscription {subscription}: {reason}")]
+    Build {
+        /// The subscription.
+        subscription: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// A gateway read call failed.
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::GatewayError),
+}
+
+/// Module result.
+pub type Result<T> = std::result::Result<T, BillingError>;
+
+/// Counters for one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Charges attempted.
+    pub attempted: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Declined.
+    pub declined: u64,
+    /// Failed (request refused as invalid).
+    pub failed: u64,
+    /// Left pending (unknown, transient, key reused): recovery will finish them.
+    pub unresolved: u64,
+    /// Recorded by another worker after our lease was taken over (we recorded nothing).
+    pub fenced: u64,
+    /// Subscriptions canceled at period end, completed or moved past skipped periods.
+    pub advanced_without_charge: u64,
+    /// Minor units taken, by currency.
+    pub revenue: BTreeMap<String, i64>,
+}
+
+impl Summary {
+    fn merge(&mut self, o: &Summary) {
+        self.attempted += o.attempted;
+        self.succeeded += o.succeeded;
+        self.declined += o.declined;
+        self.failed += o.failed;
+        self.unresolved += o.unresolved;
+        self.fenced += o.fenced;
+        self.advanced_without_charge += o.advanced_without_charge;
+        for (k, v) in &o.revenue {
+            *self.revenue.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// True when some charge ended in error or is left unresolved (exit code 1).
+    pub fn has_errors(&self) -> bool {
+        self.failed > 0 || self.unresolved > 0
+    }
+}
+
+/// The result of one unit of work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Some work was done.
+    Billed(Summary),
+    /// Nothing was due.
+    NothingDue,
+}
+
+/// The billing engine of one worker.
+pub struct Engine {
+    pool: PgPool,
+    gateway: Arc<dyn PaymentGateway>,
+    owner: Uuid,
+    config: BillingConfig,
+    location_id: Option<String>,
+    // Holds the session-level advisory lock proving this worker is alive; when the process
+    // dies the connection drops and its charges are known orphaned at once.
+    _liveness: Mutex<PgConnection>,
+}
+
+/// What to do with one claimed subscription.
+enum Plan {
+    Charge(NewCharge),
+    Advance(PositionUpdate, Option<&'static str>),
+}
+
+impl Engine {
+    /// Starts a worker: a fresh owner id and its liveness lock.
+    ///
+    /// # Errors
+    /// [`BillingError::Store`].
+    pub async fn new(
+        pool: PgPool,
+        gateway: Arc<dyn PaymentGateway>,
+        config: BillingConfig,
+        location_id: Option<String>,
+    ) -> Result<Self> {
+        let owner = Uuid::new_v4();
+        let mut conn = pool.acquire().await.map_err(StoreError::from)?.detach();
+        charges::hold_owner_lock(&mut conn, owner).await?;
+        Ok(Engine {
+            pool,
+            gateway,
+            owner,
+            config,
+            location_id,
+            _liveness: Mutex::new(conn),
+        })
+    }
+
+    /// This worker's owner id (the `lease_owner` of its charges).
+    pub fn owner(&self) -> Uuid {
+        self.owner
+    }
+
+    fn lease_until(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(60))
+    }
+
+    fn plan(&self, sub: &SubscriptionRow, now: DateTime<Utc>) -> Result<Plan> {
+        let build = |reason: String| BillingError::Build {
+            subscription: sub.id,
+            reason,
+        };
+        let cal = sub.calendar()?;
+        let mut period = u32::try_from(sub.next_period).map_err(|e| build(e.to_string()))?;
+        let mut attempt = sub.next_attempt;
+        let keep = |status: &str, period: u32, due: Option<DateTime<Utc>>| PositionUpdate {
+            status: status.to_owned(),
+            card_id: sub.card_id.clone(),
+            next_period: period as i32,
+            next_attempt: 1,
+            next_due_at: due,
+            dunning_started_at: None,
+            clear_skip: true,
+        };
+        if sub.cancel_at_period_end && sub.dunning_started_at.is_none() {
+            return Ok(Plan::Advance(keep("canceled", period, None), Some("subscription_canceled")));
+        }
+        if let Some(skip) = sub.skip_before {
+            let first = cal.first_period_at_or_after(skip).map_err(|e| build(e.to_string()))?;
+            if first > period {
+                period = first;
+                attempt = 1;
+                let due = cal.period_start(period).map_err(|e| build(e.to_string()))?;
+                if due > now {
+                    return Ok(Plan::Advance(keep(&sub.status, period, Some(due)), None));
+                }
+            }
+        }
+        let period_start = cal.period_start(period).map_err(|e| build(e.to_string()))?;
+        let done = sub.max_cycles.is_some_and(|c| period >= c as u32) || sub.ends_at.is_some_and(|end| period_start >= end);
+        if done {
+            return Ok(Plan::Advance(keep("completed", period, None), Some("subscription_completed")));
+        }
+        let key = IdempotencyKey::derive(SubscriptionId(sub.id), period, attempt as u32).map_err(|e| build(e.to_string()))?;
+        let id = Uuid::now_v7();
+        let prepared = PreparedPayment::card_on_file(
+            key,
+            &sub.card_id,
+            &sub.customer_id,
+            sub.amount_minor,
+            &sub.currency,
+            &id.to_string(),
+            self.location_id.as_deref(),
+        )
+        .map_err(|e| build(e.to_string()))?;
+        Ok(Plan::Charge(NewCharge {
+            id,
+            subscription_id: sub.id,
+            period: period as i32,
+            period_start,
+            attempt,
+            idempotency_key: prepared.key.as_str().to_owned(),
+            customer_id: sub.customer_id.clone(),
+            card_id: sub.card_id.clone(),
+            amount_minor: sub.amount_minor,
+            currency: sub.currency.clone(),
+            request_fingerprint: prepared.fingerprint(),
+            request_body: prepared.body,
+        }))
+    }
+
+    /// Claims and charges one batch of due subscriptions as of `now`.
+    ///
+    /// # Errors
+    /// [`BillingError`] on database failure or a rejected access token.
+    #[tracing::instrument(skip_all, fields(owner = %self.owner))]
+    pub async fn bill_next_batch(&self, now: DateTime<Utc>) -> Result<Outcome> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let due = subscriptions::claim_due(&mut tx, now, i64::from(self.config.batch_size)).await?;
+        if due.is_empty() {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(Outcome::NothingDue);
+        }
+        let mut summary = Summary::default();
+        let mut intents = Vec::with_capacity(due.len());
+        for sub in &due {
+            match self.plan(sub, now)? {
+                Plan::Charge(c) => intents.push(c),
+                Plan::Advance(update, event) => {
+                    subscriptions::set_position(&mut tx, sub.id, &update).await?;
+                    if let Some(kind) = event {
+                        events::emit(&mut tx, kind, Some(sub.id), Some(&sub.customer_id), None, serde_json::json!({"reason": "schedule"})).await?;
+                    }
+                    summary.advanced_without_charge += 1;
+                }
+            }
+        }
+        let inserted = charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        let mine: Vec<NewCharge> = intents.into_iter().filter(|c| inserted.contains(&c.id)).collect();
+        let results: Vec<Result<Summary>> = futures::stream::iter(mine.into_iter().map(|c| {
+            let charge = ChargeRow {
+                id: c.id,
+                subscription_id: c.subscription_id,
+                period: c.period,
+                period_start: c.period_start,
+                attempt: c.attempt,
+                idempotency_key: c.idempotency_key,
+                customer_id: c.customer_id,
+                card_id: c.card_id,
+                amount_minor: c.amount_minor,
+                currency: c.currency,
+                status: "pending".into(),
+                request_body: c.request_body,
+                request_fingerprint: c.request_fingerprint,
+                provider_payment_id: None,
+                decline_code: None,
+                created_at: Utc::now(),
+            };
+            async move { self.drive(charge, now).await }
+        }))
+        .buffer_unordered(self.config.concurrency)
+        .collect()
+        .await;
+        for r in results {
+            summary.merge(&r?);
+        }
+        Ok(Outcome::Billed(summary))
+    }
+
+    /// Sends one charge (its stored body, its key) and records the outcome.
+    async fn drive(&self, charge: ChargeRow, now: DateTime<Utc>) -> Result<Summary> {
+        let key = IdempotencyKey::from_string(charge.idempotency_key.clone()).map_err(|e| BillingError::Build {
+            subscription: charge.subscription_id,
+            reason: e.to_string(),
+        })?;
+        let prepared = PreparedPayment {
+            key,
+            body: charge.request_body.clone(),
+        };
+        let started = Instant::now();
+        let outcome = self.gateway.create_payment(&prepared).await;
+        self.record(&charge, &outcome, now, started).await
+    }
+
+    /// Bills everything due as of `now`: batches until nothing is due, then re-drives this
+    /// worker's own charges left open by an unknown outcome, once.
+    ///
+    /// # Errors
+    /// [`BillingError`].
+    pub async fn bill_due(&self, now: DateTime<Utc>) -> Result<Summary> {
+        let mut total = Summary::default();
+        loop {
+            match self.bill_next_batch(now).await? {
+                Outcome::Billed(s) => total.merge(&s),
+                Outcome::NothingDue => break,
+            }
+        }
+        if total.unresolved > 0 {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            let open = charges::owned_pending(&mut conn, self.owner).await?;
+            drop(conn);
+            let again = self.redrive(open, now).await?;
+            total.unresolved = total.unresolved.saturating_sub(again.succeeded + again.declined + again.failed + again.fenced);
+            let unresolved_before = total.unresolved;
+            total.merge(&Summary { unresolved: 0, ..again });
+            total.unresolved = unresolved_before;
+        }
+        Ok(total)
+    }
+
+    async fn redrive(&self, open: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
+        let results: Vec<Result<Summary>> = futures::stream::iter(open.into_iter().map(|c| async move {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            if !charges::renew_lease(&mut conn, c.id, self.owner, self.lease_until()).await? {
+                return Ok(Summary { fenced: 1, ..Summary::default() });
+            }
+            drop(conn);
+            self.drive(c, now).await
+        }))
+        .buffer_unordered(self.config.concurrency)
+        .collect()
+        .await;
+        let mut total = Summary::default();
+        for r in results {
+            total.merge(&r?);
+        }
+        Ok(total)
+    }
+
+    /// Takes over and finishes pending charges whose owner is gone: a dead process (its
+    /// liveness lock dropped) or an expired lease. Charges older than the configured age are
+    /// first looked up at Square by `reference_id`; the rest are re-sent byte for byte under
+    /// their key, which Square answers with the original payment if one exists.
+    ///
+    /// # Errors
+    /// [`BillingError`].
+    #[tracing::instrument(skip_all, fields(owner = %self.owner))]
+    pub async fn recover(&self, now: DateTime<Utc>) -> Result<Summary> {
+        let mut total = Summary::default();
+        loop {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            let orphans = charges::claim_orphans(
+                &mut conn,
+                Utc::now(),
+                self.owner,
+                self.lease_until(),
+                i64::from(self.config.batch_size),
+            )
+            .await?;
+            drop(conn);
+            if orphans.is_empty() {
+                break;
+            }
+            tracing::info!(count = orphans.len(), "recovering pending charges");
+            let stale_after = chrono::Duration::from_std(self.config.stale_lookup_after).unwrap_or(chrono::Duration::hours(24));
+            let mut fresh = Vec::new();
+            for c in orphans {
+                if Utc::now() - c.created_at > stale_after
+                    && let Some(s) = self.settle_from_lookup(&c, now).await?
+                {
+                    total.merge(&s);
+                    continue;
+                }
+                fresh.push(c);
+            }
+            total.merge(&self.redrive(fresh, now).await?);
+        }
+        Ok(total)
+    }
+
+    /// Looks a stale intent up at Square (ListPayments over its time window, matched on
+    /// `reference_id`). Records it when Square took the money; `None` means "not found, re-send".
+    async fn settle_from_lookup(&self, c: &ChargeRow, now: DateTime<Utc>) -> Result<Option<Summary>> {
+        let begin = (c.created_at - chrono::Duration::minutes(5)).to_rfc3339();
+        let end = (Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+        let reference = c.id.to_string();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.gateway.list_payments(&begin, &end, cursor.as_deref()).await?;
+            if let Some(p) = page
+                .items
+                .iter()
+                .find(|p| p.reference_id.as_deref() == Some(reference.as_str()) && (p.status == "COMPLETED" || p.status == "APPROVED"))
+            {
+                let outcome = PaymentOutcome::Succeeded {
+                    payment_id: p.id.clone(),
+                    status: p.status.clone(),
+                };
+                return Ok(Some(self.record(c, &outcome, now, Instant::now()).await?));
+            }
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(None),
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `sync-cards`: pages through Square's ListCustomers and, per customer, ListCards with
+//! `include_disabled=true`, and brings customers and cards into Postgres.
+//!
+//! Idempotent (an unchanged card is not rewritten) and safe to interrupt: each customer and
+//! its cards are written in one transaction, so what was synced stays consistent and a rerun
+//! picks up the rest. Cards Square no longer lists for a customer are marked disabled.
+
+use std::time::Instant;
+
+use sqlx::PgPool;
+
+use super::Result;
+use crate::gateway::PaymentGateway;
+use crate::store::StoreError;
+use crate::store::cards::{self, CardRecord};
+
+/// Totals of one sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncTotals {
+    /// Customers seen at Square.
+    pub customers: u64,
+    /// Cards seen at Square.
+    pub cards: u64,
+    /// Customer rows inserted or changed.
+    pub customers_changed: u64,
+    /// Card rows inserted or changed (including newly disabled ones).
+    pub cards_changed: u64,
+    /// Cards skipped because Square's data failed validation (logged each).
+    pub cards_skipped: u64,
+}
+
+/// Runs one full sync.
+///
+/// # Errors
+/// [`super::BillingError`] when Square or the database fails; what was written stays.
+#[tracing::instrument(skip_all)]
+pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<SyncTotals> {
+    let started = Instant::now();
+    let mut totals = SyncTotals::default();
+    let mut cursor: Option<String> = None;
+    let mut page_no = 0u64;
+    loop {
+        let page = gateway.list_customers(cursor.as_deref()).await?;
+        page_no += 1;
+        for customer in &page.items {
+            // Read the customer's cards first, then write everything in one transaction.
+            let mut found = Vec::new();
+            let mut card_cursor: Option<String> = None;
+            loop {
+                let cp = gateway.list_cards(&customer.id, card_cursor.as_deref(), true).await?;
+                found.extend(cp.items);
+                match cp.cursor {
+                    Some(c) => card_cursor = Some(c),
+                    None => break,
+                }
+            }
+            let mut tx = pool.begin().await.map_err(StoreError::from)?;
+            if cards::upsert_customer(
+                &mut tx,
+                &customer.id,
+                customer.given_name.as_deref(),
+                customer.family_name.as_deref(),
+                customer.email_address.as_deref(),
+            )
+            .await?
+            {
+                totals.customers_changed += 1;
+            }
+            let mut seen = Vec::new();
+            for card in found {
+                let Some(id) = card.id.clone() else { continue };
+                let record = CardRecord {
+                    customer_id: customer.id.clone(),
+                    card_id: id.clone(),
+                    card_brand: card.card_brand.clone(),
+                    last_4: card.last_4.clone(),
+                    exp_month: card.exp_month.and_then(|m| i32::try_from(m).ok()),
+                    exp_year: card.exp_year.and_then(|y| i32::try_from(y).ok()),
+                    enabled: card.enabled.unwrap_or(true),
+                };
+                // A savepoint per card: one card Square describes oddly must not lose the rest.
+                let mut sp = sqlx::Connection::begin(&mut *tx).await.map_err(StoreError::from)?;
+                match cards::upsert_customer_card(&mut sp, &record).await {
+                    Ok(changed) => {
+                        sp.commit().await.map_err(StoreError::from)?;
+                        totals.cards += 1;
+                        totals.cards_changed += u64::from(changed);
+                        seen.push(id);
+                    }
+                    Err(StoreError::Rejected(reason)) => {
+                        sp.rollback().await.map_err(StoreError::from)?;
+                        totals.cards_skipped += 1;
+                        tracing::warn!(customer_id = %customer.id, card_id = %id, %reason, "card skipped");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            totals.cards_changed += cards::disable_missing(&mut tx, &customer.id, &seen).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            totals.customers += 1;
+        }
+        tracing::info!(page = page_no, customers = totals.customers, cards = totals.cards, "sync-cards progress");
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    tracing::info!(
+        customers = totals.customers,
+        cards = totals.cards,
+        customers_changed = totals.customers_changed,
+        cards_changed = totals.cards_changed,
+        cards_skipped = totals.cards_skipped,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "sync-cards done"
+    );
+    Ok(totals)
+}

@@ -1,0 +1,61 @@
+//! `paycron db status|stop|url` and `paycron migrate`.
+
+use super::{CommandError, Result};
+use crate::app::App;
+use crate::config::Config;
+use crate::store::embedded::{self, ClusterOptions, LocalCluster};
+
+fn cluster(config: &Config) -> Result<LocalCluster> {
+    if config.database_url.is_some() {
+        return Err(CommandError::BadInput(
+            "DATABASE_URL is set: `paycron db` manages only the embedded cluster (unset DATABASE_URL to use it)".into(),
+        ));
+    }
+    Ok(LocalCluster::new(&config.home, ClusterOptions::default()).map_err(crate::store::StoreError::from)?)
+}
+
+/// `db status`: whether the embedded cluster runs, and where.
+///
+/// # Errors
+/// [`CommandError`].
+pub fn status(config: &Config) -> Result<()> {
+    let c = cluster(config)?;
+    let running = c.is_running().map_err(crate::store::StoreError::from)?;
+    println!("{} ({})", if running { "running" } else { "stopped" }, c.describe());
+    Ok(())
+}
+
+/// `db stop`.
+///
+/// # Errors
+/// [`CommandError`].
+pub fn stop(config: &Config) -> Result<()> {
+    let c = cluster(config)?;
+    let stopped = c.stop().map_err(crate::store::StoreError::from)?;
+    println!("{}", if stopped { "stopped" } else { "not running" });
+    Ok(())
+}
+
+/// `db url`: starts the cluster if needed and prints its URL (for psql and applications).
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn url(config: Config) -> Result<()> {
+    let c = cluster(&config)?;
+    let app = App::build(config).await?;
+    drop(app);
+    println!("{}", c.url(embedded::DATABASE));
+    Ok(())
+}
+
+/// `migrate`: applies pending migrations (every command does so too).
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn migrate(config: Config) -> Result<()> {
+    let app = App::build(config).await?;
+    let applied: i64 = crate::store::MIGRATOR.iter().count() as i64;
+    tracing::info!(migrations = applied, "database is up to date");
+    drop(app);
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Management commands: `cards import|list`, `customers list`, `subscription ...`.
+//!
+//! Input is parsed into domain types first (one clear line naming the field on a bad value),
+//! then written through the `paycron.*` SQL functions in one transaction, so a bad input
+//! writes nothing.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{CommandError, Format, Result, print_rows, table};
+use crate::app::App;
+use crate::domain::money::format_minor;
+use crate::domain::schedule::parse_zone;
+use crate::domain::{CardId, Currency, CustomerId, Interval, Money, SubscriptionId};
+use crate::store::cards::{self, CardRecord};
+use crate::store::subscriptions::{self, Action, NewSubscription, SubscriptionRow};
+use crate::store::StoreError;
+
+const IMPORT_COLUMNS: [&str; 6] = ["customer_id", "card_id", "card_brand", "last_4", "exp_month", "exp_year"];
+
+fn parse_import_row(rec: &csv::StringRecord, idx: &[usize; 6]) -> std::result::Result<CardRecord, String> {
+    let get = |i: usize| rec.get(idx[i]).map(str::trim).unwrap_or("");
+    let customer: CustomerId = get(0).parse().map_err(|e| format!("customer_id: {e}"))?;
+    let card: CardId = get(1).parse().map_err(|e| format!("card_id: {e}"))?;
+    let brand = get(2);
+    if !brand.is_empty() && !brand.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
+        return Err(format!("card_brand {brand:?} is not a Square card brand (e.g. VISA, MASTERCARD)"));
+    }
+    let last_4 = get(3);
+    if !last_4.is_empty() && !(last_4.len() == 4 && last_4.chars().all(|c| c.is_ascii_digit())) {
+        return Err(format!("last_4 {last_4:?} is not four digits"));
+    }
+    let num = |name: &str, v: &str, lo: i32, hi: i32| -> std::result::Result<Option<i32>, String> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        match v.parse::<i32>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("{name} {v:?} is not a number from {lo} to {hi}")),
+        }
+    };
+    Ok(CardRecord {
+        customer_id: customer.to_string(),
+        card_id: card.to_string(),
+        card_brand: (!brand.is_empty()).then(|| brand.to_ascii_uppercase()),
+        last_4: (!last_4.is_empty()).then(|| last_4.to_owned()),
+        exp_month: num("exp_month", get(4), 1, 12)?,
+        exp_year: num("exp_year", get(5), 1990, 2200)?,
+        enabled: true,
+    })
+}
+
+/// `cards import FILE.csv`: all rows or none.
+///
+/// # Errors
+/// [`CommandError::BadInput`] naming the file, line and field.
+pub async fn import_cards(app: &App, path: &Path) -> Result<usize> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| CommandError::BadInput(format!("{name}: cannot open: {e}")))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
+    let headers = reader
+        .headers()
+        .map_err(|e| CommandError::BadInput(format!("{name}:1: cannot read the header: {e}")))?
+        .clone();
+    let mut idx = [0usize; 6];
+    for (i, col) in IMPORT_COLUMNS.iter().enumerate() {
+        idx[i] = headers.iter().position(|h| h.trim() == *col).ok_or_else(|| {
+            CommandError::BadInput(format!(
+                "{name}:1: missing column {col:?} (the header must be {})",
+                IMPORT_COLUMNS.join(",")
+            ))
+        })?;
+    }
+    let mut rows = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            CommandError::BadInput(format!("{name}:{line}: {}", e.kind_summary()))
+        })?;
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let row = parse_import_row(&rec, &idx).map_err(|e| CommandError::BadInput(format!("{name}:{line}: {e}")))?;
+        rows.push((line, row));
+    }
+    let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
+    for (line, row) in &rows {
+        cards::upsert_customer_card(&mut tx, row).await.map_err(|e| match e {
+            StoreError::Rejected(m) | StoreError::NotFound(m) => CommandError::BadInput(format!("{name}:{line}: {m}")),
+            other => other.into(),
+        })?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(file = %name, cards = rows.len(), "cards imported");
+    Ok(rows.len())
+}
+
+trait KindSummary {
+    fn kind_summary(&self) -> String;
+}
+
+impl KindSummary for csv::Error {
+    fn kind_summary(&self) -> String {
+        match self.kind() {
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                format!("expected {expected_len} fields, found {len}")
+            }
+            csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".into(),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// `customers list`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn list_customers(app: &App, format: Format) -> Result<()> {
+    let rows = cards::list_customers(&app.pool).await?;
+    print_rows(&rows, format, |rows| {
+        table(
+            &["CUSTOMER", "NAME", "EMAIL", "CARDS", "SUBSCRIPTIONS"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        [r.given_name.as_deref(), r.family_name.as_deref()].iter().flatten().copied().collect::<Vec<_>>().join(" "),
+                        r.email_address.clone().unwrap_or_default(),
+                        r.cards.to_string(),
+                        r.subscriptions.to_string(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// `cards list`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn list_cards(app: &App, format: Format) -> Result<()> {
+    let rows = cards::list_cards(&app.pool).await?;
+    print_rows(&rows, format, |rows| {
+        table(
+            &["CARD", "CUSTOMER", "BRAND", "LAST4", "EXPIRES", "ENABLED"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        r.customer_id.clone(),
+                        r.card_brand.clone(),
+                        r.last_4.clone().unwrap_or_default(),
+                        match (r.exp_month, r.exp_year) {
+                            (Some(m), Some(y)) => format!("{m:02}/{y}"),
+                            _ => String::new(),
+                        },
+                        r.enabled.to_string(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Raw `subscription create` arguments, as typed.
+#[derive(Clone, Debug, Default)]
+pub struct CreateArgs {
+    /// `--customer`.
+    pub customer: String,
+    /// `--amount` (minor units).
+    pub amount: String,
+    /// `--currency`.
+    pub currency: String,
+    /// `--every`.
+    pub every: String,
+    /// `--card`.
+    pub card: Option<String>,
+    /// `--anchor` RFC 3339.
+    pub anchor: Option<String>,
+    /// `--timezone`.
+    pub timezone: Option<String>,
+    /// `--cycles`.
+    pub cycles: Option<String>,
+    /// `--trial-days`.
+    pub trial_days: Option<String>,
+    /// `--external-ref`.
+    pub external_ref: Option<String>,
+    /// `--ends-at` RFC 3339.
+    pub ends_at: Option<String>,
+}
+
+fn bad(flag: &str, e: impl std::fmt::Display) -> CommandError {
+    CommandError::BadInput(format!("{flag}: {e}"))
+}
+
+fn parse_time(flag: &str, v: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| bad(flag, format!("{v:?} is not an RFC 3339 time (e.g. 2026-01-31T09:00:00Z): {e}")))
+}
+
+/// Validates `subscription create` arguments into a [`NewSubscription`].
+///
+/// # Errors
+/// [`CommandError::BadInput`] naming the flag.
+pub fn parse_create(a: &CreateArgs) -> Result<NewSubscription> {
+    let customer: CustomerId = a.customer.parse().map_err(|e| bad("--customer", e))?;
+    let currency: Currency = a.currency.trim().parse().map_err(|e| bad("--currency", e))?;
+    let money = Money::parse_minor(&a.amount, currency).map_err(|e| bad("--amount", e))?;
+    let interval: Interval = a.every.parse().map_err(|e| bad("--every", e))?;
+    let card = a
+        .card
+        .as_deref()
+        .map(|c| c.parse::<CardId>().map_err(|e| bad("--card", e)))
+        .transpose()?;
+    let anchor = a.anchor.as_deref().map(|v| parse_time("--anchor", v)).transpose()?;
+    let tz = a.timezone.as_deref().unwrap_or("UTC");
+    parse_zone(tz).map_err(|e| bad("--timezone", e))?;
+    let count = |flag: &str, v: &str, lo: i32, hi: i32| -> Result<i32> {
+        match v.trim().parse::<i32>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(bad(flag, format!("{v:?} is not a whole number from {lo} to {hi}"))),
+        }
+    };
+    let cycles = a.cycles.as_deref().map(|v| count("--cycles", v, 1, 100_000)).transpose()?;
+    let trial_days = a.trial_days.as_deref().map(|v| count("--trial-days", v, 0, 3650)).transpose()?.unwrap_or(0);
+    let ends_at = a.ends_at.as_deref().map(|v| parse_time("--ends-at", v)).transpose()?;
+    Ok(NewSubscription {
+        customer_id: customer.to_string(),
+        card_id: card.map(|c| c.to_string()),
+        amount_minor: money.minor(),
+        currency: currency.to_string(),
+        interval,
+        anchor,
+        time_zone: tz.trim().to_owned(),
+        cycles,
+        trial_days,
+        external_ref: a.external_ref.clone(),
+        ends_at,
+    })
+}
+
+/// `subscription create`: prints the new id.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn create_subscription(app: &App, args: &CreateArgs) -> Result<Uuid> {
+    let new = parse_create(args)?;
+    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
+    let id = subscriptions::create(&mut conn, &new).await?;
+    println!("{id}");
+    Ok(id)
+}
+
+fn subscription_table(rows: &[SubscriptionRow]) -> String {
+    table(
+        &["SUBSCRIPTION", "CUSTOMER", "AMOUNT", "EVERY", "STATUS", "NEXT DUE"],
+        rows.iter()
+            .map(|r| {
+                vec![
+                    r.id.to_string(),
+                    r.customer_id.clone(),
+                    r.currency
+                        .parse::<Currency>()
+                        .map(|c| format_minor(r.amount_minor, c))
+                        .unwrap_or_else(|_| format!("{} {}", r.amount_minor, r.currency)),
+                    format!("{}{}", r.interval_count, r.interval_unit),
+                    r.status.clone(),
+                    r.next_due_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// `subscription list`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn list_subscriptions(app: &App, format: Format) -> Result<()> {
+    let rows = subscriptions::list(&app.pool).await?;
+    print_rows(&rows, format, subscription_table)
+}
+
+fn parse_id(id: &str) -> Result<Uuid> {
+    id.parse::<SubscriptionId>().map(|s| s.0).map_err(|e| CommandError::BadInput(e.to_string()))
+}
+
+/// `subscription show ID`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()> {
+    let id = parse_id(id)?;
+    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
+    let row = subscriptions::get(&mut conn, id).await?;
+    match format {
+        Format::Text => {
+            let v = serde_json::to_value(&row).map_err(|e| CommandError::Io(e.to_string()))?;
+            if let Some(obj) = v.as_object() {
+                for (k, val) in obj {
+                    let shown = match val {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
+                    println!("{k:<22} {shown}");
+                }
+            }
+            Ok(())
+        }
+        Format::Json | Format::Jsonl => {
+            println!("{}", serde_json::to_string_pretty(&row).map_err(|e| CommandError::Io(e.to_string()))?);
+            Ok(())
+        }
+    }
+}
+
+/// `subscription pause|resume|cancel ID`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn act(app: &App, id: &str, action: Action) -> Result<()> {
+    let id = parse_id(id)?;
+    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
+    let result = subscriptions::act(&mut conn, id, action).await?;
+    println!("{id} {result}");
+    Ok(())
+}

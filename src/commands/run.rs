@@ -1,0 +1,209 @@
+//! Work commands: `sync-cards`, `run-once`, `ledger export`, `events tail`, `simulator`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use super::{CommandError, Format, Result};
+use crate::app::App;
+use crate::billing::{Summary, sync};
+use crate::gateway::simulator::{Faults, SimConfig, Simulator};
+use crate::store::{StoreError, events};
+
+/// The tasks `run-once --task` accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Task {
+    /// Charge everything due.
+    BillDue,
+    /// Finish charges left pending by a dead or stuck worker.
+    Recover,
+    /// Pull customers and cards from Square.
+    SyncCards,
+    /// recover, then bill-due.
+    All,
+}
+
+/// Parses `--now`, refusing a future instant against Square production.
+///
+/// # Errors
+/// [`CommandError::BadInput`].
+pub fn parse_now(app: &App, now: Option<&str>) -> Result<DateTime<Utc>> {
+    let Some(v) = now else { return Ok(Utc::now()) };
+    let t = DateTime::parse_from_rfc3339(v.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| CommandError::BadInput(format!("--now: {v:?} is not an RFC 3339 time: {e}")))?;
+    if app.config.square.is_production() && t > Utc::now() + chrono::Duration::minutes(1) {
+        return Err(CommandError::BadInput(format!(
+            "--now: {v} is in the future; a test clock is refused against Square production (SQUARE_ENVIRONMENT=production)"
+        )));
+    }
+    Ok(t)
+}
+
+fn log_summary(task: &str, s: &Summary, started: Instant) {
+    let revenue: Vec<String> = s.revenue.iter().map(|(c, v)| format!("{v} {c}")).collect();
+    tracing::info!(
+        task,
+        attempted = s.attempted,
+        succeeded = s.succeeded,
+        declined = s.declined,
+        failed = s.failed,
+        unresolved = s.unresolved,
+        fenced = s.fenced,
+        advanced = s.advanced_without_charge,
+        revenue_minor = %revenue.join(", "),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "run summary"
+    );
+}
+
+/// `sync-cards`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn sync_cards(app: &App) -> Result<()> {
+    let gateway = app.square()?;
+    sync::sync_cards(&app.pool, gateway.as_ref()).await?;
+    Ok(())
+}
+
+/// `run-once`: all due work of `task` as of `now`, then exit (1 when some charge errored or is
+/// left unresolved).
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
+    let now = parse_now(app, now)?;
+    let gateway = app.square()?;
+    if task == Task::SyncCards {
+        let started = Instant::now();
+        let t = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
+        tracing::info!(task = "sync-cards", customers = t.customers, cards = t.cards, duration_ms = started.elapsed().as_millis() as u64, "run summary");
+        return Ok(());
+    }
+    let engine = app.engine(gateway).await?;
+    let mut total = Summary::default();
+    if matches!(task, Task::Recover | Task::All) {
+        let started = Instant::now();
+        let s = engine.recover(now).await?;
+        log_summary("recover", &s, started);
+        total = s;
+    }
+    if matches!(task, Task::BillDue | Task::All) {
+        let started = Instant::now();
+        let s = engine.bill_due(now).await?;
+        log_summary("bill-due", &s, started);
+        total.failed += s.failed;
+        total.unresolved += s.unresolved;
+    }
+    if total.has_errors() {
+        return Err(CommandError::Failed(format!(
+            "{} charge(s) failed and {} left pending for recovery",
+            total.failed, total.unresolved
+        )));
+    }
+    Ok(())
+}
+
+/// `ledger export --format jsonl`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn ledger_export(app: &App, format: Format) -> Result<()> {
+    if format != Format::Jsonl {
+        return Err(CommandError::BadInput("--format: ledger export supports jsonl".into()));
+    }
+    let mut out = std::io::stdout().lock();
+    crate::ledger::export_jsonl(&app.pool, &mut out).await?;
+    Ok(())
+}
+
+/// `events tail [--after ID] [--follow]`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) -> Result<()> {
+    let mut last = after;
+    let mut listener = if follow {
+        let mut l = sqlx::postgres::PgListener::connect_with(&app.pool).await.map_err(StoreError::from)?;
+        l.listen("paycron_events").await.map_err(StoreError::from)?;
+        Some(l)
+    } else {
+        None
+    };
+    loop {
+        let rows = events::after(&app.pool, last, 1000).await?;
+        for r in &rows {
+            match format {
+                Format::Text => println!(
+                    "{:>8}  {}  {:<28} {}  {}",
+                    r.id,
+                    r.created_at.to_rfc3339(),
+                    r.kind,
+                    r.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
+                    r.payload
+                ),
+                _ => println!("{}", serde_json::to_string(r).map_err(|e| CommandError::Io(e.to_string()))?),
+            }
+            last = r.id;
+        }
+        if rows.len() == 1000 {
+            continue;
+        }
+        match listener.as_mut() {
+            None => return Ok(()),
+            Some(l) => {
+                tokio::select! {
+                    n = l.recv() => { n.map_err(StoreError::from)?; }
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// `simulator --port P`: serves until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn simulator(port: u16, config: SimConfig) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let sim = Simulator::start(config.clone(), addr)
+        .await
+        .map_err(|e| CommandError::BadInput(format!("--port {port}: cannot listen on {addr}: {e}")))?;
+    tracing::info!(url = %sim.base_url(), customers = config.customers, "Square simulator listening");
+    println!("{}", sim.base_url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CommandError::Io(e.to_string()))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// Fault flags of `paycron simulator`, validated into [`Faults`].
+///
+/// # Errors
+/// [`CommandError::BadInput`] naming the flag.
+pub fn faults(latency_ms: u64, error_5xx_rate: f64, rate_429_rate: f64, retry_after_secs: Option<u64>, lose_response_rate: f64) -> Result<Faults> {
+    for (flag, v) in [
+        ("--error-5xx-rate", error_5xx_rate),
+        ("--rate-429-rate", rate_429_rate),
+        ("--lose-response-rate", lose_response_rate),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(CommandError::BadInput(format!("{flag}: {v} is not between 0 and 1")));
+        }
+    }
+    Ok(Faults {
+        latency_ms,
+        error_5xx_rate,
+        rate_429_rate,
+        retry_after_secs,
+        lose_response_rate,
+        ..Faults::default()
+    })
+}

@@ -1,0 +1,335 @@
+//! Typed configuration: defaults, an optional TOML file (`PAYCRON_CONFIG`), then the
+//! environment, which wins. Every field documents its default; [`Config::from_env`] validates
+//! everything at start-up and names the offending key. Secrets are `SecretString`s: their
+//! `Debug` output is redacted, so they cannot leak through a log line or an error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::domain::subscription::{DunningPolicy, FinalState};
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse or is out of range.
+    #[error("configuration: {key}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// The environment variable or file key.
+        key: &'static str,
+        /// The value as given (never a secret).
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// A value that is required for this command.
+    #[error("configuration: {key} is not set: {reason}")]
+    Missing {
+        /// The key.
+        key: &'static str,
+        /// Why it is needed.
+        reason: &'static str,
+    },
+    /// A file that could not be read.
+    #[error("configuration: cannot read {key} file {path}: {source}")]
+    File {
+        /// The key naming the file.
+        key: &'static str,
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Module result.
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Which Square environment to talk to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SquareEnvironment {
+    /// `https://connect.squareupsandbox.com` (the default).
+    Sandbox,
+    /// `https://connect.squareup.com`: real money.
+    Production,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines for people (default).
+    Text,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+/// Square connection settings.
+#[derive(Clone, Debug)]
+pub struct SquareConfig {
+    /// `SQUARE_ACCESS_TOKEN` or the contents of `SQUARE_ACCESS_TOKEN_FILE`. No default.
+    pub access_token: Option<SecretString>,
+    /// `SQUARE_LOCATION_ID`: the location payments are taken at. Default: the seller's main one.
+    pub location_id: Option<String>,
+    /// `SQUARE_ENVIRONMENT`: `sandbox` (default) or `production`.
+    pub environment: SquareEnvironment,
+    /// `SQUARE_BASE_URL`: overrides the environment's URL (e.g. the simulator). Default unset.
+    pub base_url: Option<String>,
+    /// `SQUARE_VERSION`: the pinned `Square-Version` header. Default `2025-08-20`.
+    pub version: String,
+    /// `SQUARE_CONNECT_TIMEOUT_MS`: TCP/TLS connect timeout. Default 5000.
+    pub connect_timeout: Duration,
+    /// `SQUARE_REQUEST_TIMEOUT_MS`: one HTTP exchange. Default 15000.
+    pub request_timeout: Duration,
+    /// `SQUARE_RETRY_DEADLINE_MS`: all retries of one call together. Default 30000.
+    pub retry_deadline: Duration,
+    /// `SQUARE_RATE_LIMIT_PER_SEC`: CreatePayment calls per second, all workers of this
+    /// process together. Default 100.
+    pub rate_limit_per_sec: u32,
+    /// `SQUARE_WEBHOOK_SIGNATURE_KEY` or `_FILE`. No default.
+    pub webhook_signature_key: Option<SecretString>,
+    /// `SQUARE_WEBHOOK_NOTIFICATION_URL`: the URL Square signs. No default.
+    pub webhook_notification_url: Option<String>,
+}
+
+impl SquareConfig {
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> String {
+        match (&self.base_url, self.environment) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, SquareEnvironment::Sandbox) => "https://connect.squareupsandbox.com".to_owned(),
+            (None, SquareEnvironment::Production) => "https://connect.squareup.com".to_owned(),
+        }
+    }
+
+    /// True when the real production API (real money) is the target.
+    pub fn is_production(&self) -> bool {
+        self.environment == SquareEnvironment::Production && self.base_url.is_none()
+    }
+}
+
+/// Billing engine settings.
+#[derive(Clone, Debug)]
+pub struct BillingConfig {
+    /// `PAYCRON_BATCH_SIZE`: subscriptions claimed per transaction. Default 200.
+    pub batch_size: u32,
+    /// `PAYCRON_CONCURRENCY`: charges in flight at once. Default 32.
+    pub concurrency: usize,
+    /// `PAYCRON_LEASE_SECONDS`: how long a claimed charge stays ours without a live owner
+    /// connection. Default 60.
+    pub lease: Duration,
+    /// `PAYCRON_STALE_LOOKUP_HOURS`: a pending charge older than this is looked up with
+    /// ListPayments before anything is re-sent (Square keeps keys for an unpublished time).
+    /// Default 24.
+    pub stale_lookup_after: Duration,
+    /// `PAYCRON_DUNNING_RETRY_DAYS`, `PAYCRON_DUNNING_FINAL_STATE`, `PAYCRON_DUNNING_FALLBACK_CARD`:
+    /// default `1,3,5,7`, `unpaid`, `true`.
+    pub dunning: DunningPolicy,
+}
+
+/// All of paycron's configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL`. Default unset: the embedded local cluster under `PAYCRON_HOME`.
+    pub database_url: Option<SecretString>,
+    /// `PAYCRON_HOME`: the embedded cluster's home. Default `.paycron`.
+    pub home: PathBuf,
+    /// `PAYCRON_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `PAYCRON_OPS_ADDR`: the ops HTTP server. Default `0.0.0.0:9090`.
+    pub ops_addr: SocketAddr,
+    /// `PAYCRON_SCHEDULES`: schedule file or directory. Default `schedules/`.
+    pub schedules: PathBuf,
+    /// Square.
+    pub square: SquareConfig,
+    /// Billing.
+    pub billing: BillingConfig,
+}
+
+/// Where values come from: the environment first, then the optional file.
+struct Source {
+    file: HashMap<String, String>,
+}
+
+impl Source {
+    fn load() -> Result<Self> {
+        let mut file = HashMap::new();
+        if let Ok(path) = std::env::var("PAYCRON_CONFIG") {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                key: "PAYCRON_CONFIG",
+                path: path.clone(),
+                source,
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((k, v)) = line.split_once('=') else {
+                    return Err(ConfigError::Invalid {
+                        key: "PAYCRON_CONFIG",
+                        value: format!("{path}:{}", n + 1),
+                        reason: "expected KEY = \"value\"".into(),
+                    });
+                };
+                let v = v.trim().trim_matches('"').to_owned();
+                file.insert(k.trim().to_ascii_uppercase(), v);
+            }
+        }
+        Ok(Source { file })
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key)
+            .ok()
+            .or_else(|| self.file.get(key).cloned())
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    fn secret(&self, key: &'static str, file_key: &'static str) -> Result<Option<SecretString>> {
+        if let Some(v) = self.get(key) {
+            return Ok(Some(SecretString::from(v.trim().to_owned())));
+        }
+        if let Some(path) = self.get(file_key) {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                key: file_key,
+                path,
+                source,
+            })?;
+            let t = text.trim().to_owned();
+            return Ok((!t.is_empty()).then(|| SecretString::from(t)));
+        }
+        Ok(None)
+    }
+
+    fn parse<T: std::str::FromStr>(&self, key: &'static str, default: T, reason: &str) -> Result<T> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+                key,
+                value: v,
+                reason: reason.to_owned(),
+            }),
+        }
+    }
+
+    fn positive(&self, key: &'static str, default: u64, max: u64) -> Result<u64> {
+        let v: u64 = self.parse(key, default, &format!("expected an integer from 1 to {max}"))?;
+        if v == 0 || v > max {
+            return Err(ConfigError::Invalid {
+                key,
+                value: v.to_string(),
+                reason: format!("expected an integer from 1 to {max}"),
+            });
+        }
+        Ok(v)
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad key.
+    pub fn from_env() -> Result<Self> {
+        let src = Source::load()?;
+        let environment = match src.get("SQUARE_ENVIRONMENT").as_deref().map(str::trim) {
+            None | Some("sandbox") => SquareEnvironment::Sandbox,
+            Some("production") => SquareEnvironment::Production,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "SQUARE_ENVIRONMENT",
+                    value: other.to_owned(),
+                    reason: "expected sandbox or production".into(),
+                });
+            }
+        };
+        let base_url = src.get("SQUARE_BASE_URL");
+        if let Some(url) = &base_url
+            && reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true)
+        {
+            return Err(ConfigError::Invalid {
+                key: "SQUARE_BASE_URL",
+                value: url.clone(),
+                reason: "expected an http:// or https:// URL".into(),
+            });
+        }
+        let log_format = match src.get("PAYCRON_LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "PAYCRON_LOG_FORMAT",
+                    value: other.to_owned(),
+                    reason: "expected text or json".into(),
+                });
+            }
+        };
+        let ops_addr = src.parse(
+            "PAYCRON_OPS_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 9090)),
+            "expected HOST:PORT, e.g. 0.0.0.0:9090",
+        )?;
+        let retry_days = match src.get("PAYCRON_DUNNING_RETRY_DAYS") {
+            None => vec![1, 3, 5, 7],
+            Some(v) => {
+                let parsed: std::result::Result<Vec<u32>, _> = v
+                    .split(',')
+                    .map(|d| d.trim())
+                    .filter(|d| !d.is_empty())
+                    .map(str::parse)
+                    .collect();
+                match parsed {
+                    Ok(days) if days.windows(2).all(|w| w[0] < w[1]) && days.iter().all(|d| *d <= 365) => days,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key: "PAYCRON_DUNNING_RETRY_DAYS",
+                            value: v,
+                            reason: "expected increasing day offsets up to 365, e.g. 1,3,5,7".into(),
+                        });
+                    }
+                }
+            }
+        };
+        let final_state: FinalState = src.parse(
+            "PAYCRON_DUNNING_FINAL_STATE",
+            FinalState::Unpaid,
+            "expected unpaid or canceled",
+        )?;
+        let fallback_card = src.parse("PAYCRON_DUNNING_FALLBACK_CARD", true, "expected true or false")?;
+        let ms = |key, default, max| src.positive(key, default, max).map(Duration::from_millis);
+        Ok(Config {
+            database_url: src.get("DATABASE_URL").map(SecretString::from),
+            home: PathBuf::from(src.get("PAYCRON_HOME").unwrap_or_else(|| ".paycron".into())),
+            log_format,
+            ops_addr,
+            schedules: PathBuf::from(src.get("PAYCRON_SCHEDULES").unwrap_or_else(|| "schedules".into())),
+            square: SquareConfig {
+                access_token: src.secret("SQUARE_ACCESS_TOKEN", "SQUARE_ACCESS_TOKEN_FILE")?,
+                location_id: src.get("SQUARE_LOCATION_ID"),
+                environment,
+                base_url,
+                version: src.get("SQUARE_VERSION").unwrap_or_else(|| "2025-08-20".into()),
+                connect_timeout: ms("SQUARE_CONNECT_TIMEOUT_MS", 5_000, 600_000)?,
+                request_timeout: ms("SQUARE_REQUEST_TIMEOUT_MS", 15_000, 600_000)?,
+                retry_deadline: ms("SQUARE_RETRY_DEADLINE_MS", 30_000, 3_600_000)?,
+                rate_limit_per_sec: src.positive("SQUARE_RATE_LIMIT_PER_SEC", 100, 1_000_000)? as u32,
+                webhook_signature_key: src.secret("SQUARE_WEBHOOK_SIGNATURE_KEY", "SQUARE_WEBHOOK_SIGNATURE_KEY_FILE")?,
+                webhook_notification_url: src.get("SQUARE_WEBHOOK_NOTIFICATION_URL"),
+            },
+            billing: BillingConfig {
+                batch_size: src.positive("PAYCRON_BATCH_SIZE", 200, 10_000)? as u32,
+                concurrency: src.positive("PAYCRON_CONCURRENCY", 32, 4_096)? as usize,
+                lease: Duration::from_secs(src.positive("PAYCRON_LEASE_SECONDS", 60, 86_400)?),
+                stale_lookup_after: Duration::from_secs(3_600 * src.positive("PAYCRON_STALE_LOOKUP_HOURS", 24, 24 * 365)?),
+                dunning: DunningPolicy {
+                    retry_days,
+                    final_state,
+                    fallback_card,
+                },
+            },
+        })
+    }
+}

@@ -1,0 +1,15 @@
+//! Pure domain types and rules: money, identifiers, the billing calendar, the subscription
+//! state machine with its dunning policy, and the classification of Square's errors.
+//!
+//! Nothing in here performs I/O or reads a clock; callers pass `now`.
+
+pub mod decline;
+pub mod ids;
+pub mod money;
+pub mod schedule;
+pub mod subscription;
+
+pub use ids::{CardId, ChargeId, CustomerId, IdempotencyKey, SubscriptionId};
+pub use money::{Currency, Money};
+pub use schedule::{Calendar, Interval, IntervalUnit};
+pub use subscription::{DunningPolicy, SubscriptionStatus};

@@ -1,0 +1,320 @@
+//! The subscription state machine and the dunning policy.
+//!
+//! Given where a subscription stands and the outcome of one charge attempt, [`after_outcome`]
+//! says what comes next: the next period and its due time, a dunning retry (always a new
+//! attempt, so a new idempotency key), or a final state. Pure: the caller passes `now`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::schedule::{Calendar, ScheduleError};
+
+/// Where a subscription stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    /// In its free trial; the first charge is due when the trial ends.
+    Trialing,
+    /// Paid up; the next period bills when due.
+    Active,
+    /// The current period's charge was declined; dunning retries are scheduled.
+    PastDue,
+    /// Paused by the business: nothing is billed; periods during the pause are skipped.
+    Paused,
+    /// Dunning ran out (final state `unpaid`): nothing is billed until the card changes.
+    Unpaid,
+    /// Canceled: nothing more is billed, ever.
+    Canceled,
+    /// All its cycles are billed, or its end date has passed.
+    Completed,
+}
+
+impl SubscriptionStatus {
+    /// The status as stored.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SubscriptionStatus::Trialing => "trialing",
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::PastDue => "past_due",
+            SubscriptionStatus::Paused => "paused",
+            SubscriptionStatus::Unpaid => "unpaid",
+            SubscriptionStatus::Canceled => "canceled",
+            SubscriptionStatus::Completed => "completed",
+        }
+    }
+}
+
+impl FromStr for SubscriptionStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "trialing" => SubscriptionStatus::Trialing,
+            "active" => SubscriptionStatus::Active,
+            "past_due" => SubscriptionStatus::PastDue,
+            "paused" => SubscriptionStatus::Paused,
+            "unpaid" => SubscriptionStatus::Unpaid,
+            "canceled" => SubscriptionStatus::Canceled,
+            "completed" => SubscriptionStatus::Completed,
+            other => return Err(format!("unknown subscription status {other:?}")),
+        })
+    }
+}
+
+impl fmt::Display for SubscriptionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where dunning leaves a subscription when its retries run out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalState {
+    /// Keep the subscription but bill nothing until the card changes.
+    Unpaid,
+    /// Cancel it.
+    Canceled,
+}
+
+impl FromStr for FinalState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "unpaid" => Ok(FinalState::Unpaid),
+            "canceled" => Ok(FinalState::Canceled),
+            other => Err(format!("{other:?} is not unpaid or canceled")),
+        }
+    }
+}
+
+/// How declines are retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DunningPolicy {
+    /// Retry offsets in days, counted from the period's first declined attempt
+    /// (default 1, 3, 5, 7: four retries within a week).
+    pub retry_days: Vec<u32>,
+    /// The state once the retries are used up (default `unpaid`).
+    pub final_state: FinalState,
+    /// After a hard decline, try the customer's other enabled card (default true).
+    pub fallback_card: bool,
+}
+
+impl Default for DunningPolicy {
+    fn default() -> Self {
+        DunningPolicy {
+            retry_days: vec![1, 3, 5, 7],
+            final_state: FinalState::Unpaid,
+            fallback_card: true,
+        }
+    }
+}
+
+/// What the engine knows about a subscription when an attempt's outcome arrives.
+#[derive(Clone, Debug)]
+pub struct Position {
+    /// The calendar.
+    pub calendar: Calendar,
+    /// The period the attempt was for.
+    pub period: u32,
+    /// The attempt number (1-based) within the period.
+    pub attempt: u32,
+    /// When the period's first decline happened (`None` before any decline).
+    pub dunning_started_at: Option<DateTime<Utc>>,
+    /// Bill at most this many periods.
+    pub max_cycles: Option<u32>,
+    /// Bill no period starting at or after this instant.
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of one attempt, as far as the schedule cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Money taken.
+    Succeeded,
+    /// Declined (or refused as unusable); `hard` means the card should not be retried.
+    Declined {
+        /// Whether the same card is pointless to retry.
+        hard: bool,
+    },
+}
+
+/// What to do with the subscription next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// The period is settled: bill `period` next, at `due` (`None`: nothing more to bill).
+    NextPeriod {
+        /// The next period to bill.
+        period: u32,
+        /// When it is due.
+        due: Option<DateTime<Utc>>,
+        /// The status now.
+        status: SubscriptionStatus,
+    },
+    /// Try the same period again as attempt `attempt` at `due`.
+    Retry {
+        /// The next attempt number.
+        attempt: u32,
+        /// When.
+        due: DateTime<Utc>,
+        /// Whether to switch to the customer's other enabled card (after a hard decline).
+        switch_card: bool,
+        /// When the period's dunning started.
+        dunning_started_at: DateTime<Utc>,
+    },
+    /// Dunning is over without payment.
+    Exhausted {
+        /// The final status.
+        status: SubscriptionStatus,
+    },
+}
+
+/// Decides the transition after an attempt.
+///
+/// `has_other_card` says whether the customer has another enabled card to fall back to.
+///
+/// # Errors
+/// [`ScheduleError::OutOfRange`] if the next period leaves the calendar.
+pub fn after_outcome(
+    pos: &Position,
+    outcome: AttemptOutcome,
+    policy: &DunningPolicy,
+    has_other_card: bool,
+    now: DateTime<Utc>,
+) -> Result<Transition, ScheduleError> {
+    match outcome {
+        AttemptOutcome::Succeeded => {
+            let next = pos.period + 1;
+            let due = pos.calendar.period_start(next)?;
+            let done = pos.max_cycles.is_some_and(|c| next >= c)
+                || pos.ends_at.is_some_and(|end| due >= end);
+            Ok(if done {
+                Transition::NextPeriod {
+                    period: next,
+                    due: None,
+                    status: SubscriptionStatus::Completed,
+                }
+            } else {
+                Transition::NextPeriod {
+                    period: next,
+                    due: Some(due),
+                    status: SubscriptionStatus::Active,
+                }
+            })
+        }
+        AttemptOutcome::Declined { hard } => {
+            let started = pos.dunning_started_at.unwrap_or(now);
+            if hard {
+                if policy.fallback_card && has_other_card {
+                    return Ok(Transition::Retry {
+                        attempt: pos.attempt + 1,
+                        due: now,
+                        switch_card: true,
+                        dunning_started_at: started,
+                    });
+                }
+                return Ok(exhausted(policy));
+            }
+            // Retries already used in this period: attempts so far minus the first.
+            let used = usize::try_from(pos.attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+            match policy.retry_days.get(used) {
+                Some(&days) => {
+                    let due = (started + Duration::days(i64::from(days))).max(now);
+                    Ok(Transition::Retry {
+                        attempt: pos.attempt + 1,
+                        due,
+                        switch_card: false,
+                        dunning_started_at: started,
+                    })
+                }
+                None => Ok(exhausted(policy)),
+            }
+        }
+    }
+}
+
+fn exhausted(policy: &DunningPolicy) -> Transition {
+    Transition::Exhausted {
+        status: match policy.final_state {
+            FinalState::Unpaid => SubscriptionStatus::Unpaid,
+            FinalState::Canceled => SubscriptionStatus::Canceled,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::Tz;
+
+    fn pos(attempt: u32, started: Option<DateTime<Utc>>) -> Position {
+        Position {
+            calendar: Calendar {
+                anchor: "2025-01-31T12:00:00Z".parse().unwrap(),
+                interval: "1month".parse().unwrap(),
+                zone: Tz::UTC,
+            },
+            period: 0,
+            attempt,
+            dunning_started_at: started,
+            max_cycles: None,
+            ends_at: None,
+        }
+    }
+
+    #[test]
+    fn success_advances() {
+        let now: DateTime<Utc> = "2025-01-31T12:00:05Z".parse().unwrap();
+        let t = after_outcome(&pos(1, None), AttemptOutcome::Succeeded, &DunningPolicy::default(), false, now).unwrap();
+        assert_eq!(
+            t,
+            Transition::NextPeriod {
+                period: 1,
+                due: Some("2025-02-28T12:00:00Z".parse().unwrap()),
+                status: SubscriptionStatus::Active
+            }
+        );
+        let mut p = pos(1, None);
+        p.max_cycles = Some(1);
+        let t = after_outcome(&p, AttemptOutcome::Succeeded, &DunningPolicy::default(), false, now).unwrap();
+        assert!(matches!(t, Transition::NextPeriod { due: None, status: SubscriptionStatus::Completed, .. }));
+    }
+
+    #[test]
+    fn soft_declines_follow_the_schedule_then_exhaust() {
+        let policy = DunningPolicy::default();
+        let start: DateTime<Utc> = "2025-01-31T12:00:00Z".parse().unwrap();
+        let mut dues = vec![];
+        let mut attempt = 1;
+        let mut started = None;
+        loop {
+            let now = dues.last().copied().unwrap_or(start);
+            match after_outcome(&pos(attempt, started), AttemptOutcome::Declined { hard: false }, &policy, false, now).unwrap() {
+                Transition::Retry { attempt: a, due, dunning_started_at, .. } => {
+                    attempt = a;
+                    started = Some(dunning_started_at);
+                    dues.push(due);
+                }
+                Transition::Exhausted { status } => {
+                    assert_eq!(status, SubscriptionStatus::Unpaid);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let days: Vec<i64> = dues.iter().map(|d| (*d - start).num_days()).collect();
+        assert_eq!(days, [1, 3, 5, 7]);
+    }
+
+    #[test]
+    fn hard_decline_falls_back_or_ends() {
+        let now = Utc::now();
+        let policy = DunningPolicy { final_state: FinalState::Canceled, ..DunningPolicy::default() };
+        let t = after_outcome(&pos(1, None), AttemptOutcome::Declined { hard: true }, &policy, true, now).unwrap();
+        assert!(matches!(t, Transition::Retry { attempt: 2, switch_card: true, .. }));
+        let t = after_outcome(&pos(1, None), AttemptOutcome::Declined { hard: true }, &policy, false, now).unwrap();
+        assert_eq!(t, Transition::Exhausted { status: SubscriptionStatus::Canceled });
+    }
+}

@@ -1,0 +1,309 @@
+//! A Square-compatible simulator: the HTTP endpoints paycron uses (ListCustomers, ListCards,
+//! DisableCard, CreatePayment, ListPayments, GetPayment) with Square's JSON shapes, validation
+//! and idempotency, test cards that decline on purpose, and fault injection (latency, 5xx,
+//! 429 with or without Retry-After, answers lost after the payment was taken, slow and
+//! truncated answers).
+//!
+//! It runs in-process (demo, tests, benchmark) or as `paycron simulator --port P`. Admin
+//! endpoints under `/_sim/` let tests audit every payment taken and change faults while it
+//! runs:
+//! - `GET /_sim/payments`: every COMPLETED payment; `GET /_sim/payments/all`: any status
+//! - `GET /_sim/requests`: every CreatePayment request received, raw
+//! - `POST /_sim/faults`: replace the faults (JSON, see [`state::Faults`])
+//! - `POST /_sim/cards`: add a card `{customer_id, card_id, card_brand?, enabled?}`
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use state::{Faults, SimConfig, SimState};
+use state::Reply;
+
+type Shared = Arc<Mutex<SimState>>;
+
+fn lock(s: &Shared) -> MutexGuard<'_, SimState> {
+    // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+    // to a test double; keep serving.
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running simulator.
+pub struct Simulator {
+    addr: SocketAddr,
+    state: Shared,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Simulator {
+    /// Starts a simulator on `addr` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// The bind error.
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state: Shared = Arc::new(Mutex::new(SimState::new(config)));
+        let stop = CancellationToken::new();
+        let app = router(state.clone());
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
+        });
+        Ok(Simulator { addr, state, stop, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, for `SQUARE_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs `f` on the state (to audit payments, change faults, add cards).
+    pub fn with<R>(&self, f: impl FnOnce(&mut SimState) -> R) -> R {
+        f(&mut lock(&self.state))
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn json_reply(r: Reply) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], r.body.to_string()).into_response()
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v2/customers", get(list_customers))
+        .route("/v2/cards", get(list_cards))
+        .route("/v2/cards/{card_id}/disable", post(disable_card))
+        .route("/v2/payments", post(create_payment).get(list_payments))
+        .route("/v2/payments/{payment_id}", get(get_payment))
+        .route("/_sim/payments", get(admin_payments))
+        .route("/_sim/payments/all", get(admin_all_payments))
+        .route("/_sim/requests", get(admin_requests))
+        .route("/_sim/faults", post(admin_faults).get(admin_get_faults))
+        .route("/_sim/cards", post(admin_add_card))
+        .with_state(state)
+}
+
+/// Token check, latency and the pre-processing faults (5xx, 429) shared by Square endpoints.
+async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (denied, faults) = {
+        let s = lock(state);
+        (s.check_token(auth), s.faults.clone())
+    };
+    if let Some(r) = denied {
+        return Some(json_reply(r));
+    }
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    let (five, four) = {
+        let mut s = lock(state);
+        let five = s.draw(faults.error_5xx_rate);
+        let four = !five && s.draw(faults.rate_429_rate);
+        (five, four)
+    };
+    if five {
+        return Some(json_reply(SimState::error_reply(500, "API_ERROR", "INTERNAL_SERVER_ERROR", "An internal error occurred.")));
+    }
+    if four {
+        let mut resp = json_reply(SimState::error_reply(429, "RATE_LIMIT_ERROR", "RATE_LIMITED", "Rate limited."));
+        if let Some(secs) = faults.retry_after_secs
+            && let Ok(v) = secs.to_string().parse()
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Some(resp);
+    }
+    None
+}
+
+async fn list_customers(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).list_customers(q.get("cursor").map(String::as_str)))
+}
+
+async fn list_cards(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    let include_disabled = q.get("include_disabled").is_some_and(|v| v == "true");
+    json_reply(lock(&state).list_cards(
+        q.get("customer_id").map(String::as_str),
+        q.get("cursor").map(String::as_str),
+        include_disabled,
+    ))
+}
+
+async fn disable_card(State(state): State<Shared>, headers: HeaderMap, Path(card_id): Path<String>) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    let mut s = lock(&state);
+    if !s.disable_card(&card_id) {
+        return json_reply(SimState::error_reply(404, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Card not found."));
+    }
+    let reply = s.list_cards(None, None, true);
+    let card = reply.body["cards"]
+        .as_array()
+        .and_then(|cards| cards.iter().find(|c| c["id"] == card_id.as_str()).cloned())
+        .unwrap_or_default();
+    json_reply(Reply {
+        status: 200,
+        body: serde_json::json!({ "card": card }),
+    })
+}
+
+async fn create_payment(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    let raw = String::from_utf8_lossy(&body).into_owned();
+    let (reply, lose, slow, garbage, faults) = {
+        let mut s = lock(&state);
+        let reply = s.create_payment(&raw);
+        let f = s.faults.clone();
+        let lose = s.draw(f.lose_response_rate);
+        let slow = !lose && s.draw(f.slow_rate);
+        let garbage = !lose && !slow && s.draw(f.garbage_rate);
+        (reply, lose, slow, garbage, f)
+    };
+    if lose {
+        // The payment is taken; the answer never arrives: the connection breaks mid-response.
+        let stream = futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("response lost")) });
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    if slow {
+        tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
+    }
+    if garbage {
+        let text = reply.body.to_string();
+        let cut = &text[..text.len() / 2];
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], cut.to_owned()).into_response();
+    }
+    json_reply(reply)
+}
+
+async fn list_payments(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).list_payments(
+        q.get("begin_time").map(String::as_str),
+        q.get("end_time").map(String::as_str),
+        q.get("cursor").map(String::as_str),
+        q.get("limit").and_then(|l| l.parse().ok()),
+    ))
+}
+
+async fn get_payment(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).get_payment(&id))
+}
+
+async fn admin_payments(State(state): State<Shared>) -> Response {
+    let payments = lock(&state).completed();
+    json_reply(Reply {
+        status: 200,
+        body: serde_json::json!({ "payments": payments }),
+    })
+}
+
+async fn admin_all_payments(State(state): State<Shared>) -> Response {
+    let payments = lock(&state).all_payments().to_vec();
+    json_reply(Reply {
+        status: 200,
+        body: serde_json::json!({ "payments": payments }),
+    })
+}
+
+async fn admin_requests(State(state): State<Shared>) -> Response {
+    let requests = lock(&state).requests().to_vec();
+    json_reply(Reply {
+        status: 200,
+        body: serde_json::json!({ "requests": requests }),
+    })
+}
+
+async fn admin_faults(State(state): State<Shared>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(f) => {
+            lock(&state).faults = f.clone();
+            json_reply(Reply {
+                status: 200,
+                body: serde_json::to_value(f).unwrap_or_default(),
+            })
+        }
+        Err(e) => json_reply(SimState::error_reply(400, "INVALID_REQUEST_ERROR", "BAD_REQUEST", &e.to_string())),
+    }
+}
+
+async fn admin_get_faults(State(state): State<Shared>) -> Response {
+    let f = lock(&state).faults.clone();
+    json_reply(Reply {
+        status: 200,
+        body: serde_json::to_value(f).unwrap_or_default(),
+    })
+}
+
+#[derive(Deserialize)]
+struct NewCard {
+    customer_id: String,
+    card_id: String,
+    #[serde(default)]
+    card_brand: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+async fn admin_add_card(State(state): State<Shared>, body: Bytes) -> Response {
+    match serde_json::from_slice::<NewCard>(&body) {
+        Ok(c) => {
+            lock(&state).add_card(
+                &c.customer_id,
+                &c.card_id,
+                c.card_brand.as_deref().unwrap_or("VISA"),
+                c.enabled.unwrap_or(true),
+            );
+            json_reply(Reply {
+                status: 200,
+                body: serde_json::json!({}),
+            })
+        }
+        Err(e) => json_reply(SimState::error_reply(400, "INVALID_REQUEST_ERROR", "BAD_REQUEST", &e.to_string())),
+    }
+}

@@ -1,0 +1,542 @@
+//! The simulator's in-memory Square: customers, cards, payments, idempotency records and the
+//! decline behaviour of its test cards. Pure state, no HTTP.
+//!
+//! Test cards (the card id decides what CreatePayment does):
+//!
+//! | card id starts with | result |
+//! | --- | --- |
+//! | `ccof:sim-ok-` (or any id without a prefix below) | approved |
+//! | `ccof:sim-insufficient-funds-` | soft decline `INSUFFICIENT_FUNDS`, always |
+//! | `ccof:sim-generic-decline-` | soft decline `GENERIC_DECLINE`, always |
+//! | `ccof:sim-cvv-failure-` | soft decline `CVV_FAILURE`, always |
+//! | `ccof:sim-card-expired-` | hard decline `CARD_EXPIRED` |
+//! | `ccof:sim-invalid-card-` | hard decline `INVALID_CARD` |
+//! | `ccof:sim-decline-first-N-` | `INSUFFICIENT_FUNDS` for the first N distinct keys, then approved |
+//! | a card with `enabled: false` | `CARD_NOT_SUPPORTED`-style hard decline (`INVALID_CARD`) |
+//!
+//! Idempotency follows Square: the same key with the same body replays the first response;
+//! the same key with a different body gets `IDEMPOTENCY_KEY_REUSED`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::gateway::wire::{self, Card, Customer, Payment};
+
+/// Decline codes that test-card prefixes map to (lower-case, dashes).
+const DECLINE_PREFIXES: &[(&str, &str)] = &[
+    ("insufficient-funds-", "INSUFFICIENT_FUNDS"),
+    ("generic-decline-", "GENERIC_DECLINE"),
+    ("cvv-failure-", "CVV_FAILURE"),
+    ("card-expired-", "CARD_EXPIRED"),
+    ("invalid-card-", "INVALID_CARD"),
+    ("card-declined-", "CARD_DECLINED"),
+    ("transaction-limit-", "TRANSACTION_LIMIT"),
+];
+
+/// What a card does when charged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Approve.
+    Approve,
+    /// Always decline with this code.
+    Decline(&'static str),
+    /// Decline the first N distinct attempts, then approve.
+    DeclineFirst(u32),
+}
+
+/// The behaviour a card id asks for.
+pub fn behaviour_of(card_id: &str) -> Behaviour {
+    let Some(rest) = card_id.strip_prefix("ccof:sim-") else {
+        return Behaviour::Approve;
+    };
+    if let Some(n) = rest.strip_prefix("decline-first-") {
+        let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+        return Behaviour::DeclineFirst(digits.parse().unwrap_or(1));
+    }
+    DECLINE_PREFIXES
+        .iter()
+        .find(|(p, _)| rest.starts_with(p))
+        .map(|(_, code)| Behaviour::Decline(code))
+        .unwrap_or(Behaviour::Approve)
+}
+
+/// Injected faults; changeable while running (`POST /_sim/faults`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added to every response, milliseconds.
+    pub latency_ms: u64,
+    /// Share of requests answered 500 `INTERNAL_SERVER_ERROR` before doing anything (0-1).
+    pub error_5xx_rate: f64,
+    /// Share answered 429 `RATE_LIMITED` before doing anything (0-1).
+    pub rate_429_rate: f64,
+    /// Retry-After seconds sent with 429s (none when absent).
+    pub retry_after_secs: Option<u64>,
+    /// Share of CreatePayment calls whose payment is taken but whose answer is lost (0-1).
+    pub lose_response_rate: f64,
+    /// Share of CreatePayment calls answered only after `slow_ms` (payment taken first).
+    pub slow_rate: f64,
+    /// Delay for slow answers, milliseconds.
+    pub slow_ms: u64,
+    /// Answer CreatePayment with truncated JSON at this rate (payment taken first).
+    pub garbage_rate: f64,
+}
+
+/// The simulated merchant's set-up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimConfig {
+    /// Customers to seed.
+    pub customers: usize,
+    /// RNG seed (fault draws, seeded card mix).
+    pub seed: u64,
+    /// Require exactly this bearer token; any non-empty token when `None`.
+    pub token: Option<String>,
+    /// The location's id.
+    pub location_id: String,
+    /// The location's currency.
+    pub currency: String,
+    /// ListCustomers page size (Square: up to 100).
+    pub customers_page: usize,
+    /// ListCards page size (Square: 25).
+    pub cards_page: usize,
+    /// The mix of seeded cards: `all-ok` or `realistic`.
+    pub mix: String,
+    /// Faults at start.
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            customers: 0,
+            seed: 42,
+            token: None,
+            location_id: "LSIM0000000001".into(),
+            currency: "USD".into(),
+            customers_page: 100,
+            cards_page: 25,
+            mix: "realistic".into(),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// A response the simulator gives: status and JSON body.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body.
+    pub body: serde_json::Value,
+}
+
+struct KeyRecord {
+    request: serde_json::Value,
+    reply: Reply,
+}
+
+/// One CreatePayment request as received (for tests to audit retries).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceivedRequest {
+    /// The key.
+    pub idempotency_key: String,
+    /// The raw body.
+    pub body: String,
+}
+
+/// The whole simulated account.
+pub struct SimState {
+    /// Set-up.
+    pub config: SimConfig,
+    /// Current faults.
+    pub faults: Faults,
+    customers: Vec<Customer>,
+    cards: Vec<Card>,
+    payments: Vec<Payment>,
+    by_id: HashMap<String, usize>,
+    keys: HashMap<String, KeyRecord>,
+    attempts_per_card: HashMap<String, u32>,
+    requests: Vec<ReceivedRequest>,
+    rng: StdRng,
+    next_id: u64,
+    /// Offset added to the wall clock for `created_at` (tests that bill "in the future").
+    pub clock_offset: Duration,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn error(status: u16, category: &str, code: &str, detail: &str, field: Option<&str>) -> Reply {
+    let mut e = serde_json::json!({"category": category, "code": code, "detail": detail});
+    if let Some(f) = field {
+        e["field"] = f.into();
+    }
+    Reply {
+        status,
+        body: serde_json::json!({ "errors": [e] }),
+    }
+}
+
+impl SimState {
+    /// A new account, seeded per `config`.
+    pub fn new(config: SimConfig) -> Self {
+        let mut s = SimState {
+            faults: config.faults.clone(),
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+            customers: vec![],
+            cards: vec![],
+            payments: vec![],
+            by_id: HashMap::new(),
+            keys: HashMap::new(),
+            attempts_per_card: HashMap::new(),
+            requests: vec![],
+            next_id: 1,
+            clock_offset: Duration::zero(),
+        };
+        s.seed();
+        s
+    }
+
+    fn seed(&mut self) {
+        let n = self.config.customers;
+        let realistic = self.config.mix == "realistic";
+        for i in 0..n {
+            let id = format!("SIMC{i:022}");
+            self.customers.push(Customer {
+                id: id.clone(),
+                given_name: Some(format!("Customer{i}")),
+                family_name: Some("Example".into()),
+                email_address: Some(format!("customer{i}@example.com")),
+                created_at: Some("2026-01-01T00:00:00.000Z".into()),
+            });
+            // A deterministic, realistic mix by index: most cards approve; some decline softly
+            // and recover, some never recover, some are hard declines (a few with a spare card).
+            let kind = if realistic {
+                match i % 50 {
+                    0..=38 => "ok",
+                    39..=41 => "decline-first-1",
+                    42 => "decline-first-2",
+                    43..=44 => "insufficient-funds",
+                    45 => "generic-decline",
+                    46..=47 => "card-expired",
+                    _ => "invalid-card",
+                }
+            } else {
+                "ok"
+            };
+            let brand = ["VISA", "MASTERCARD", "AMERICAN_EXPRESS", "DISCOVER"][i % 4];
+            self.add_card(&id, &format!("ccof:sim-{kind}-{i:06}"), brand, true);
+            if realistic && (i % 50 == 47 || i % 50 == 10) {
+                // A spare card: hard declines fall back to it.
+                self.add_card(&id, &format!("ccof:sim-ok-{i:06}-b"), "VISA", true);
+            }
+        }
+    }
+
+    /// Adds a customer if missing and a card for it.
+    pub fn add_card(&mut self, customer_id: &str, card_id: &str, brand: &str, enabled: bool) {
+        if !self.customers.iter().any(|c| c.id == customer_id) {
+            self.customers.push(Customer {
+                id: customer_id.to_owned(),
+                created_at: Some(rfc3339(Utc::now())),
+                ..Customer::default()
+            });
+        }
+        let n = self.cards.len();
+        self.cards.push(Card {
+            id: Some(card_id.to_owned()),
+            card_brand: Some(brand.to_owned()),
+            last_4: Some(format!("{:04}", (n * 7919 + 1111) % 10_000)),
+            exp_month: Some((n % 12 + 1) as i64),
+            exp_year: Some(2030 + (n % 5) as i64),
+            customer_id: Some(customer_id.to_owned()),
+            enabled: Some(enabled),
+            version: Some(1),
+            card_type: Some("CREDIT".into()),
+        });
+    }
+
+    /// Disables a card (as DisableCard would). Returns false when unknown.
+    pub fn disable_card(&mut self, card_id: &str) -> bool {
+        match self.cards.iter_mut().find(|c| c.id.as_deref() == Some(card_id)) {
+            Some(c) => {
+                c.enabled = Some(false);
+                c.version = Some(c.version.unwrap_or(1) + 1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Draws a fault with probability `rate`.
+    pub fn draw(&mut self, rate: f64) -> bool {
+        rate > 0.0 && self.rng.random::<f64>() < rate
+    }
+
+    /// Checks the bearer token. `None` when accepted.
+    pub fn check_token(&self, header: Option<&str>) -> Option<Reply> {
+        let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+        let ok = match &self.config.token {
+            Some(required) => token == required,
+            None => !token.is_empty(),
+        };
+        (!ok).then(|| {
+            error(
+                401,
+                "AUTHENTICATION_ERROR",
+                "UNAUTHORIZED",
+                "This request could not be authorized.",
+                None,
+            )
+        })
+    }
+
+    /// `GET /v2/customers`.
+    pub fn list_customers(&self, cursor: Option<&str>) -> Reply {
+        let start: usize = match cursor.map(str::parse).transpose() {
+            Ok(v) => v.unwrap_or(0),
+            Err(_) => return error(400, "INVALID_REQUEST_ERROR", "INVALID_CURSOR", "Invalid cursor.", Some("cursor")),
+        };
+        let page = self.config.customers_page.max(1);
+        let items: Vec<&Customer> = self.customers.iter().skip(start).take(page).collect();
+        let mut body = serde_json::json!({ "customers": items });
+        if start + page < self.customers.len() {
+            body["cursor"] = (start + page).to_string().into();
+        }
+        if items.is_empty() {
+            body = serde_json::json!({});
+        }
+        Reply { status: 200, body }
+    }
+
+    /// `GET /v2/cards`.
+    pub fn list_cards(&self, customer_id: Option<&str>, cursor: Option<&str>, include_disabled: bool) -> Reply {
+        let start: usize = match cursor.map(str::parse).transpose() {
+            Ok(v) => v.unwrap_or(0),
+            Err(_) => return error(400, "INVALID_REQUEST_ERROR", "INVALID_CURSOR", "Invalid cursor.", Some("cursor")),
+        };
+        let matching: Vec<&Card> = self
+            .cards
+            .iter()
+            .filter(|c| customer_id.is_none_or(|id| c.customer_id.as_deref() == Some(id)))
+            .filter(|c| include_disabled || c.enabled == Some(true))
+            .collect();
+        let page = self.config.cards_page.max(1);
+        let items: Vec<&&Card> = matching.iter().skip(start).take(page).collect();
+        let mut body = serde_json::json!({});
+        if !items.is_empty() {
+            body["cards"] = serde_json::to_value(&items).unwrap_or_default();
+        }
+        if start + page < matching.len() {
+            body["cursor"] = (start + page).to_string().into();
+        }
+        Reply { status: 200, body }
+    }
+
+    /// `POST /v2/payments`: validation, idempotency, the card's behaviour.
+    pub fn create_payment(&mut self, raw: &str) -> Reply {
+        let value: serde_json::Value = match serde_json::from_str(raw) {
+            Ok(v) => v,
+            Err(_) => return error(400, "INVALID_REQUEST_ERROR", "INVALID_CONTENT_TYPE", "Expected a JSON body.", None),
+        };
+        let key = value.get("idempotency_key").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        self.requests.push(ReceivedRequest {
+            idempotency_key: key.clone(),
+            body: raw.to_owned(),
+        });
+        if key.is_empty() {
+            return error(400, "INVALID_REQUEST_ERROR", "MISSING_REQUIRED_PARAMETER", "Missing idempotency_key.", Some("idempotency_key"));
+        }
+        if key.chars().count() > 45 {
+            return error(400, "INVALID_REQUEST_ERROR", "VALUE_TOO_LONG", "Field must not be greater than 45 length", Some("idempotency_key"));
+        }
+        if let Some(rec) = self.keys.get(&key) {
+            if rec.request == value {
+                return rec.reply.clone();
+            }
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "IDEMPOTENCY_KEY_REUSED",
+                "The idempotency key can only be retried with the same request data.",
+                Some("idempotency_key"),
+            );
+        }
+        let reply = self.take_payment(&value);
+        // Square keeps the answer to a key, whatever it was, unless the request was malformed.
+        if reply.status == 200 || reply.body["errors"][0]["category"] == "PAYMENT_METHOD_ERROR" {
+            self.keys.insert(
+                key,
+                KeyRecord {
+                    request: value,
+                    reply: reply.clone(),
+                },
+            );
+        }
+        reply
+    }
+
+    fn take_payment(&mut self, req: &serde_json::Value) -> Reply {
+        let req: wire::CreatePaymentRequest = match serde_json::from_value(req.clone()) {
+            Ok(r) => r,
+            Err(e) => return error(400, "INVALID_REQUEST_ERROR", "BAD_REQUEST", &e.to_string(), None),
+        };
+        if req.reference_id.as_ref().is_some_and(|r| r.chars().count() > 40) {
+            return error(400, "INVALID_REQUEST_ERROR", "VALUE_TOO_LONG", "Field must not be greater than 40 length", Some("reference_id"));
+        }
+        if req.amount_money.amount <= 0 {
+            return error(400, "INVALID_REQUEST_ERROR", "VALUE_TOO_LOW", "`amount_money.amount` must be greater than 0.", Some("amount_money.amount"));
+        }
+        if req.amount_money.currency != self.config.currency {
+            return error(400, "INVALID_REQUEST_ERROR", "INVALID_VALUE", "The currency does not match the location's currency.", Some("amount_money.currency"));
+        }
+        if let Some(loc) = &req.location_id
+            && loc != &self.config.location_id
+        {
+            return error(400, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Location not found.", Some("location_id"));
+        }
+        let Some(card) = self.cards.iter().find(|c| c.id.as_deref() == Some(req.source_id.as_str())).cloned() else {
+            return error(400, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Card not found.", Some("source_id"));
+        };
+        let Some(customer) = req.customer_id.as_deref() else {
+            return error(400, "INVALID_REQUEST_ERROR", "MISSING_REQUIRED_PARAMETER", "customer_id is required for a card on file.", Some("customer_id"));
+        };
+        if card.customer_id.as_deref() != Some(customer) {
+            return error(400, "INVALID_REQUEST_ERROR", "INVALID_VALUE", "The card does not belong to the customer.", Some("customer_id"));
+        }
+        let seen = self.attempts_per_card.entry(req.source_id.clone()).or_insert(0);
+        *seen += 1;
+        let attempt = *seen;
+        let decline = if card.enabled != Some(true) {
+            Some("INVALID_CARD")
+        } else {
+            match behaviour_of(&req.source_id) {
+                Behaviour::Approve => None,
+                Behaviour::Decline(code) => Some(code),
+                Behaviour::DeclineFirst(n) if attempt <= n => Some("INSUFFICIENT_FUNDS"),
+                Behaviour::DeclineFirst(_) => None,
+            }
+        };
+        let now = Utc::now() + self.clock_offset;
+        let id = format!("SIMPAY{:020}", self.next_id);
+        self.next_id += 1;
+        let status = if decline.is_some() { "FAILED" } else { "COMPLETED" };
+        let payment = Payment {
+            id: id.clone(),
+            created_at: rfc3339(now),
+            updated_at: rfc3339(now),
+            amount_money: req.amount_money.clone(),
+            total_money: Some(req.amount_money.clone()),
+            status: status.into(),
+            source_type: Some("CARD".into()),
+            card_details: Some(wire::CardPaymentDetails {
+                status: Some(if decline.is_some() { "FAILED" } else { "CAPTURED" }.into()),
+                card: Some(Card {
+                    card_brand: card.card_brand.clone(),
+                    last_4: card.last_4.clone(),
+                    exp_month: card.exp_month,
+                    exp_year: card.exp_year,
+                    ..Card::default()
+                }),
+                entry_method: Some("ON_FILE".into()),
+                errors: vec![],
+            }),
+            location_id: Some(self.config.location_id.clone()),
+            customer_id: Some(customer.to_owned()),
+            reference_id: req.reference_id.clone(),
+            note: req.note.clone(),
+            receipt_url: decline.is_none().then(|| format!("https://squareup.com/receipt/preview/{id}")),
+        };
+        self.by_id.insert(id, self.payments.len());
+        self.payments.push(payment.clone());
+        match decline {
+            None => Reply {
+                status: 200,
+                body: serde_json::json!({ "payment": payment }),
+            },
+            Some(code) => {
+                let mut r = error(402, "PAYMENT_METHOD_ERROR", code, &format!("Authorization error: '{code}'"), None);
+                r.body["payment"] = serde_json::to_value(&payment).unwrap_or_default();
+                r
+            }
+        }
+    }
+
+    /// `GET /v2/payments` over `[begin, end)`, oldest first, 100 a page.
+    pub fn list_payments(&self, begin: Option<&str>, end: Option<&str>, cursor: Option<&str>, limit: Option<usize>) -> Reply {
+        let parse = |s: Option<&str>| s.map(DateTime::parse_from_rfc3339).transpose();
+        let (Ok(b), Ok(e)) = (parse(begin), parse(end)) else {
+            return error(400, "INVALID_REQUEST_ERROR", "INVALID_TIME", "Invalid time.", Some("begin_time"));
+        };
+        let start: usize = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+        let page = limit.unwrap_or(100).clamp(1, 100);
+        let matching: Vec<&Payment> = self
+            .payments
+            .iter()
+            .filter(|p| {
+                let t = DateTime::parse_from_rfc3339(&p.created_at).ok();
+                b.is_none_or(|b| t.is_some_and(|t| t >= b)) && e.is_none_or(|e| t.is_some_and(|t| t < e))
+            })
+            .collect();
+        let items: Vec<&&Payment> = matching.iter().skip(start).take(page).collect();
+        let mut body = serde_json::json!({});
+        if !items.is_empty() {
+            body["payments"] = serde_json::to_value(&items).unwrap_or_default();
+        }
+        if start + page < matching.len() {
+            body["cursor"] = (start + page).to_string().into();
+        }
+        Reply { status: 200, body }
+    }
+
+    /// `GET /v2/payments/{id}`.
+    pub fn get_payment(&self, id: &str) -> Reply {
+        match self.by_id.get(id) {
+            Some(&i) => Reply {
+                status: 200,
+                body: serde_json::json!({ "payment": self.payments[i] }),
+            },
+            None => error(404, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Payment not found.", None),
+        }
+    }
+
+    /// Every payment taken (COMPLETED), for audits.
+    pub fn completed(&self) -> Vec<Payment> {
+        self.payments.iter().filter(|p| p.status == "COMPLETED").cloned().collect()
+    }
+
+    /// Every payment, any status.
+    pub fn all_payments(&self) -> &[Payment] {
+        &self.payments
+    }
+
+    /// Every CreatePayment request received.
+    pub fn requests(&self) -> &[ReceivedRequest] {
+        &self.requests
+    }
+
+    /// An error reply in Square's shape.
+    pub fn error_reply(status: u16, category: &str, code: &str, detail: &str) -> Reply {
+        error(status, category, code, detail, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaviours() {
+        assert_eq!(behaviour_of("ccof:sim-ok-1"), Behaviour::Approve);
+        assert_eq!(behaviour_of("ccof:abc"), Behaviour::Approve);
+        assert_eq!(behaviour_of("ccof:sim-card-expired-1"), Behaviour::Decline("CARD_EXPIRED"));
+        assert_eq!(behaviour_of("ccof:sim-decline-first-3-x"), Behaviour::DeclineFirst(3));
+    }
+}

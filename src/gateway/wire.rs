@@ -1,0 +1,227 @@
+//! Square's JSON shapes, as in the OpenAPI spec (`square-openapi-subset.json`): the parts of
+//! `CreatePaymentRequest`, `Payment`, `Card`, `Customer`, `Error` and the list responses that
+//! paycron reads or writes. Unknown fields are ignored on the way in, so Square adding fields
+//! never breaks parsing; optional fields are skipped on the way out.
+
+use serde::{Deserialize, Serialize};
+
+/// `Money`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    /// Smallest currency unit.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+}
+
+/// `CreatePaymentRequest`, the fields paycron sends. Field order is fixed, so the same inputs
+/// always serialise to the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatePaymentRequest {
+    /// Card-on-file id.
+    pub source_id: String,
+    /// ≤ 45 characters.
+    pub idempotency_key: String,
+    /// Amount.
+    pub amount_money: Money,
+    /// Required for a card on file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// Location (default: the seller's main location).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<String>,
+    /// ≤ 40 characters: the paycron charge id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<String>,
+    /// Complete at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autocomplete: Option<bool>,
+    /// ≤ 500 characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `Error`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error {
+    /// ErrorCategory.
+    pub category: String,
+    /// ErrorCode.
+    pub code: String,
+    /// For developers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Offending field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `CardPaymentDetails` (the part we read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardPaymentDetails {
+    /// AUTHORIZED | CAPTURED | VOIDED | FAILED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The card, display fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<Card>,
+    /// KEYED | ON_FILE | ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_method: Option<String>,
+    /// Errors attached to the card part of a failed payment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Error>,
+}
+
+/// `Payment` (the part we read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// Square payment id.
+    pub id: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub created_at: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub updated_at: String,
+    /// Amount.
+    pub amount_money: Money,
+    /// Total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_money: Option<Money>,
+    /// APPROVED | PENDING | COMPLETED | CANCELED | FAILED.
+    pub status: String,
+    /// CARD, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_type: Option<String>,
+    /// Card details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_details: Option<CardPaymentDetails>,
+    /// Location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<String>,
+    /// Customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// Our charge id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<String>,
+    /// Note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Receipt (COMPLETED only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_url: Option<String>,
+}
+
+/// `CreatePaymentResponse` / `GetPaymentResponse`: errors, a payment, or both.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentResponse {
+    /// Errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Error>,
+    /// The payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<Payment>,
+}
+
+/// `Card` (display fields only: Square never returns a full number).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    /// `ccof:...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// VISA, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_brand: Option<String>,
+    /// Last 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_4: Option<String>,
+    /// 1-12.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp_month: Option<i64>,
+    /// Four digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp_year: Option<i64>,
+    /// Owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// Chargeable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Optimistic-concurrency version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// CREDIT | DEBIT | ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_type: Option<String>,
+}
+
+/// `ListCardsResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListCardsResponse {
+    /// Errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Error>,
+    /// Up to 25 cards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cards: Vec<Card>,
+    /// Next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `Customer` (the part we read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    /// Id.
+    pub id: String,
+    /// Given name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    /// Family name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    /// Email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// `ListCustomersResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListCustomersResponse {
+    /// Errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Error>,
+    /// Customers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub customers: Vec<Customer>,
+    /// Next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `ListPaymentsResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPaymentsResponse {
+    /// Errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Error>,
+    /// Payments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payments: Vec<Payment>,
+    /// Next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// Any error-only body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// Errors.
+    #[serde(default)]
+    pub errors: Vec<Error>,
+}

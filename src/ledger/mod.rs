@@ -1,0 +1,22 @@
+//! The ledger's outward face: `paycron ledger export --format jsonl`, one JSON object per
+//! charge attempt with exactly the contract's keys, and the monthly figures the demo prints.
+//! Writing happens in `store::ledger`, inside the billing engine's record transaction.
+
+use std::io::Write;
+
+use sqlx::PgPool;
+
+use crate::store::{self, StoreError};
+
+/// Writes the ledger as JSON lines; an empty ledger writes nothing.
+///
+/// # Errors
+/// [`StoreError`] or the write error (as [`StoreError::Rejected`] naming stdout).
+pub async fn export_jsonl(pool: &PgPool, out: &mut dyn Write) -> Result<usize, StoreError> {
+    let rows = store::ledger::export(pool).await?;
+    for row in &rows {
+        let line = serde_json::to_string(row).map_err(|e| StoreError::Rejected(format!("cannot encode ledger row: {e}")))?;
+        writeln!(out, "{line}").map_err(|e| StoreError::Rejected(format!("cannot write the export: {e}")))?;
+    }
+    Ok(rows.len())
+}

@@ -1,0 +1,372 @@
+//! The `paycron` binary: parses the command line, builds the app, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use paycron::app::App;
+use paycron::commands::{self, CommandError, Format, db, manage, run};
+use paycron::config::Config;
+use paycron::gateway::simulator::SimConfig;
+use paycron::store::subscriptions::Action;
+
+/// Recurring billing for cards on file with Square.
+#[derive(Parser)]
+#[command(name = "paycron", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply database migrations (every command also does this).
+    Migrate,
+    /// Pull customers and their cards from Square into Postgres.
+    SyncCards,
+    /// Cards on file.
+    Cards {
+        #[command(subcommand)]
+        command: CardsCmd,
+    },
+    /// Customers.
+    Customers {
+        #[command(subcommand)]
+        command: CustomersCmd,
+    },
+    /// Subscriptions.
+    Subscription {
+        #[command(subcommand)]
+        command: SubscriptionCmd,
+    },
+    /// Do all due work as of now (or --now), then exit.
+    RunOnce {
+        /// Which task.
+        #[arg(long, value_enum, default_value = "all")]
+        task: run::Task,
+        /// The clock to bill at (RFC 3339); refused in the future against Square production.
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// The append-only ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCmd,
+    },
+    /// The events feed.
+    Events {
+        #[command(subcommand)]
+        command: EventsCmd,
+    },
+    /// Embedded Postgres + built-in Square simulator: months of billing in seconds.
+    Demo {
+        /// Customers the simulator seeds.
+        #[arg(long, default_value_t = 300)]
+        customers: usize,
+        /// Months of billing to step through.
+        #[arg(long, default_value_t = 6)]
+        months: u32,
+    },
+    /// The Square-compatible simulator as a standalone server.
+    Simulator {
+        /// Port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+        /// Customers to seed.
+        #[arg(long, default_value_t = 100)]
+        customers: usize,
+        /// Seeded card mix: realistic or all-ok.
+        #[arg(long, default_value = "realistic")]
+        mix: String,
+        /// Require exactly this access token (default: any non-empty token).
+        #[arg(long)]
+        token: Option<String>,
+        /// RNG seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// ListCustomers page size.
+        #[arg(long, default_value_t = 100)]
+        customers_page: usize,
+        /// Added latency, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Share of requests answered 500.
+        #[arg(long, default_value_t = 0.0)]
+        error_5xx_rate: f64,
+        /// Share of requests answered 429.
+        #[arg(long, default_value_t = 0.0)]
+        rate_429_rate: f64,
+        /// Retry-After seconds on 429s.
+        #[arg(long)]
+        retry_after_secs: Option<u64>,
+        /// Share of CreatePayment answers lost after the payment was taken.
+        #[arg(long, default_value_t = 0.0)]
+        lose_response_rate: f64,
+    },
+    /// The embedded local cluster.
+    Db {
+        #[command(subcommand)]
+        command: DbCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardsCmd {
+    /// Import ids a business already stored: customer_id,card_id,card_brand,last_4,exp_month,exp_year.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// List stored cards.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomersCmd {
+    /// List stored customers.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionCmd {
+    /// Create a subscription; prints its id.
+    Create {
+        /// Square customer id.
+        #[arg(long)]
+        customer: String,
+        /// Amount per period in minor units (1999 = 19.99 USD).
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        /// ISO 4217 currency.
+        #[arg(long)]
+        currency: String,
+        /// Nday, Nweek, Nmonth or Nyear.
+        #[arg(long)]
+        every: String,
+        /// Card id (default: the customer's most recent enabled card).
+        #[arg(long)]
+        card: Option<String>,
+        /// First billing instant, RFC 3339 (default: now).
+        #[arg(long)]
+        anchor: Option<String>,
+        /// IANA time zone of the calendar (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Bill this many periods, then complete.
+        #[arg(long)]
+        cycles: Option<String>,
+        /// Free days before the first charge.
+        #[arg(long)]
+        trial_days: Option<String>,
+        /// Bill no period starting at or after this instant (RFC 3339).
+        #[arg(long)]
+        ends_at: Option<String>,
+        /// Your own reference: creating again with it returns the same subscription.
+        #[arg(long)]
+        external_ref: Option<String>,
+    },
+    /// List subscriptions.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Show one subscription.
+    Show {
+        /// Subscription id.
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Pause billing (periods during the pause are skipped).
+    Pause {
+        /// Subscription id.
+        id: String,
+    },
+    /// Resume billing.
+    Resume {
+        /// Subscription id.
+        id: String,
+    },
+    /// Cancel now, or at the end of the paid period.
+    Cancel {
+        /// Subscription id.
+        id: String,
+        /// Let the current paid period run out.
+        #[arg(long)]
+        at_period_end: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Export every charge attempt and its outcome.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Print events after an id; --follow waits for new ones.
+    Tail {
+        /// Start after this event id.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep waiting for new events.
+        #[arg(long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Is the embedded cluster running?
+    Status,
+    /// Stop the embedded cluster.
+    Stop,
+    /// Print the embedded cluster's URL (starting it if needed).
+    Url,
+}
+
+async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
+    match command {
+        Command::Db { command } => match command {
+            DbCmd::Status => db::status(&config),
+            DbCmd::Stop => db::stop(&config),
+            DbCmd::Url => db::url(config).await,
+        },
+        Command::Migrate => db::migrate(config).await,
+        Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,
+        Command::Simulator {
+            port,
+            customers,
+            mix,
+            token,
+            seed,
+            customers_page,
+            latency_ms,
+            error_5xx_rate,
+            rate_429_rate,
+            retry_after_secs,
+            lose_response_rate,
+        } => {
+            if mix != "realistic" && mix != "all-ok" {
+                return Err(CommandError::BadInput(format!("--mix: {mix:?} is not realistic or all-ok")));
+            }
+            let faults = run::faults(latency_ms, error_5xx_rate, rate_429_rate, retry_after_secs, lose_response_rate)?;
+            run::simulator(
+                port,
+                SimConfig {
+                    customers,
+                    seed,
+                    token,
+                    customers_page,
+                    mix,
+                    faults,
+                    ..SimConfig::default()
+                },
+            )
+            .await
+        }
+        other => {
+            let app = App::build(config).await?;
+            match other {
+                Command::SyncCards => run::sync_cards(&app).await,
+                Command::Cards { command } => match command {
+                    CardsCmd::Import { file } => manage::import_cards(&app, &file).await.map(|n| println!("imported {n} cards")),
+                    CardsCmd::List { format } => manage::list_cards(&app, format).await,
+                },
+                Command::Customers {
+                    command: CustomersCmd::List { format },
+                } => manage::list_customers(&app, format).await,
+                Command::Subscription { command } => match command {
+                    SubscriptionCmd::Create {
+                        customer,
+                        amount,
+                        currency,
+                        every,
+                        card,
+                        anchor,
+                        timezone,
+                        cycles,
+                        trial_days,
+                        ends_at,
+                        external_ref,
+                    } => {
+                        let args = manage::CreateArgs {
+                            customer,
+                            amount,
+                            currency,
+                            every,
+                            card,
+                            anchor,
+                            timezone,
+                            cycles,
+                            trial_days,
+                            external_ref,
+                            ends_at,
+                        };
+                        manage::create_subscription(&app, &args).await.map(|_| ())
+                    }
+                    SubscriptionCmd::List { format } => manage::list_subscriptions(&app, format).await,
+                    SubscriptionCmd::Show { id, format } => manage::show_subscription(&app, &id, format).await,
+                    SubscriptionCmd::Pause { id } => manage::act(&app, &id, Action::Pause).await,
+                    SubscriptionCmd::Resume { id } => manage::act(&app, &id, Action::Resume).await,
+                    SubscriptionCmd::Cancel { id, at_period_end } => {
+                        let action = if at_period_end { Action::CancelAtPeriodEnd } else { Action::CancelNow };
+                        manage::act(&app, &id, action).await
+                    }
+                },
+                Command::RunOnce { task, now } => run::run_once(&app, task, now.as_deref()).await,
+                Command::Ledger {
+                    command: LedgerCmd::Export { format },
+                } => run::ledger_export(&app, format).await,
+                Command::Events {
+                    command: EventsCmd::Tail { after, follow, format },
+                } => run::events_tail(&app, after, follow, format).await,
+                Command::Db { .. } | Command::Migrate | Command::Demo { .. } | Command::Simulator { .. } => Ok(()),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paycron: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    paycron::ops::logging::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("paycron: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paycron: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

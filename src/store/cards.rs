@@ -1,0 +1,171 @@
+//! Customers and their cards on file: Square ids and display fields only (brand, last 4,
+//! expiry). Writes go through `paycron.upsert_customer_card`, the same SQL function a
+//! business's own application calls, so validation is identical on every path.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+
+use super::Result;
+
+/// A card as a business or Square gives it to us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardRecord {
+    /// Square customer id.
+    pub customer_id: String,
+    /// Square card id.
+    pub card_id: String,
+    /// Square card brand, e.g. VISA.
+    pub card_brand: Option<String>,
+    /// Last four digits.
+    pub last_4: Option<String>,
+    /// Expiry month 1-12.
+    pub exp_month: Option<i32>,
+    /// Expiry year, four digits.
+    pub exp_year: Option<i32>,
+    /// Whether Square still lets it be charged.
+    pub enabled: bool,
+}
+
+/// A stored customer.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct CustomerRow {
+    /// Square customer id.
+    pub id: String,
+    /// Given name, if Square gave one.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+    /// Email.
+    pub email_address: Option<String>,
+    /// Cards on file (enabled or not).
+    pub cards: i64,
+    /// Subscriptions.
+    pub subscriptions: i64,
+}
+
+/// A stored card.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct CardRow {
+    /// Square card id.
+    pub id: String,
+    /// Owner.
+    pub customer_id: String,
+    /// Brand.
+    pub card_brand: String,
+    /// Last four digits.
+    pub last_4: Option<String>,
+    /// Expiry month.
+    pub exp_month: Option<i32>,
+    /// Expiry year.
+    pub exp_year: Option<i32>,
+    /// Chargeable.
+    pub enabled: bool,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Inserts or updates a customer and card through the SQL API; true when the card changed.
+///
+/// # Errors
+/// [`super::StoreError::Rejected`] with the SQL function's message for bad values.
+pub async fn upsert_customer_card(conn: &mut PgConnection, card: &CardRecord) -> Result<bool> {
+    Ok(sqlx::query_scalar("SELECT paycron.upsert_customer_card($1, $2, $3, $4, $5, $6, $7)")
+        .bind(&card.customer_id)
+        .bind(&card.card_id)
+        .bind(&card.card_brand)
+        .bind(&card.last_4)
+        .bind(card.exp_month)
+        .bind(card.exp_year)
+        .bind(card.enabled)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Inserts or updates a customer's profile fields (from Square's ListCustomers).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn upsert_customer(
+    conn: &mut PgConnection,
+    id: &str,
+    given_name: Option<&str>,
+    family_name: Option<&str>,
+    email: Option<&str>,
+) -> Result<bool> {
+    let changed = sqlx::query(
+        "INSERT INTO paycron.customers (id, given_name, family_name, email_address) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
+                email_address = EXCLUDED.email_address, updated_at = now()
+         WHERE (customers.given_name, customers.family_name, customers.email_address)
+               IS DISTINCT FROM (EXCLUDED.given_name, EXCLUDED.family_name, EXCLUDED.email_address)",
+    )
+    .bind(id)
+    .bind(given_name)
+    .bind(family_name)
+    .bind(email)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+/// Every customer with card and subscription counts, by id.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn list_customers(pool: &PgPool) -> Result<Vec<CustomerRow>> {
+    Ok(sqlx::query_as(
+        "SELECT c.id, c.given_name, c.family_name, c.email_address,
+                (SELECT count(*) FROM paycron.cards k WHERE k.customer_id = c.id) AS cards,
+                (SELECT count(*) FROM paycron.subscriptions s WHERE s.customer_id = c.id) AS subscriptions
+           FROM paycron.customers c ORDER BY c.id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Every card, by customer then id.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn list_cards(pool: &PgPool) -> Result<Vec<CardRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, customer_id, card_brand, last_4, exp_month, exp_year, enabled, updated_at
+           FROM paycron.cards ORDER BY customer_id, id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The customer's most recently updated enabled card other than `except`, if any.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn other_enabled_card(conn: &mut PgConnection, customer_id: &str, except: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM paycron.cards WHERE customer_id = $1 AND id <> $2 AND enabled
+          ORDER BY updated_at DESC, id LIMIT 1",
+    )
+    .bind(customer_id)
+    .bind(except)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Marks every card of `customer_id` not in `seen` as disabled (it vanished from Square).
+/// Returns how many changed.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn disable_missing(conn: &mut PgConnection, customer_id: &str, seen: &[String]) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE paycron.cards SET enabled = false, updated_at = now()
+          WHERE customer_id = $1 AND enabled AND NOT (id = ANY($2))",
+    )
+    .bind(customer_id)
+    .bind(seen)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

@@ -1,0 +1,285 @@
+//! Charges: one row per attempt, written as a durable `pending` intent before any call to
+//! Square, and resolved exactly once.
+//!
+//! Fencing: a charge is resolved only by the worker whose `lease_owner` it carries, and only
+//! while it is still `pending`; a worker whose lease was taken over gets `false` back and
+//! records nothing. A lease is taken over when it expired (wall clock), or at once when its
+//! owner no longer holds its session-level advisory lock (its process died and its connection
+//! dropped).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Result;
+
+/// A new intent.
+#[derive(Clone, Debug)]
+pub struct NewCharge {
+    /// Charge id (sent as `reference_id`).
+    pub id: Uuid,
+    /// Subscription.
+    pub subscription_id: Uuid,
+    /// Period index.
+    pub period: i32,
+    /// Period start.
+    pub period_start: DateTime<Utc>,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Customer.
+    pub customer_id: String,
+    /// Card.
+    pub card_id: String,
+    /// Amount.
+    pub amount_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// The exact CreatePayment body.
+    pub request_body: String,
+    /// SHA-256 of the body, hex.
+    pub request_fingerprint: String,
+}
+
+/// A stored charge.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct ChargeRow {
+    /// Id.
+    pub id: Uuid,
+    /// Subscription.
+    pub subscription_id: Uuid,
+    /// Period index.
+    pub period: i32,
+    /// Period start.
+    pub period_start: DateTime<Utc>,
+    /// Attempt.
+    pub attempt: i32,
+    /// Key.
+    pub idempotency_key: String,
+    /// Customer.
+    pub customer_id: String,
+    /// Card.
+    pub card_id: String,
+    /// Amount.
+    pub amount_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// Status.
+    pub status: String,
+    /// Exact body.
+    pub request_body: String,
+    /// Body hash.
+    pub request_fingerprint: String,
+    /// Square payment id once known.
+    pub provider_payment_id: Option<String>,
+    /// Decline code.
+    pub decline_code: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, subscription_id, period, period_start, attempt, idempotency_key, customer_id, card_id,
+    amount_minor, currency, status, request_body, request_fingerprint, provider_payment_id, decline_code, created_at";
+
+/// The advisory-lock key of a worker, derived from its owner id (first 64 bits).
+pub fn owner_lock_key(owner: Uuid) -> i64 {
+    let b = owner.as_bytes();
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Takes the session-level advisory lock that proves `owner` is alive, on a connection the
+/// worker keeps open for its whole life.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn hold_owner_lock(conn: &mut PgConnection, owner: Uuid) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(owner_lock_key(owner))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Inserts intents in one statement, leased to `owner` until `locked_until`, and returns the
+/// ids actually inserted: an intent that collides with one another worker already wrote (same
+/// attempt, or an open intent for the period) is skipped.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn insert_intents(
+    conn: &mut PgConnection,
+    charges: &[NewCharge],
+    owner: Uuid,
+    locked_until: DateTime<Utc>,
+) -> Result<std::collections::HashSet<Uuid>> {
+    if charges.is_empty() {
+        return Ok(Default::default());
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            charges.iter().map(|c| c.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key, customer_id,
+                card_id, amount_minor, currency, status, request_body, request_fingerprint, lease_owner, locked_until)
+         SELECT t.id, t.sub, t.period, t.ps, t.attempt, t.key, t.cust, t.card, t.amount, t.cur, 'pending', t.body, t.fp, $13, $14
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::text[],
+                       $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[])
+                AS t(id, sub, period, ps, attempt, key, cust, card, amount, cur, body, fp)
+         ON CONFLICT DO NOTHING
+         RETURNING id",
+    )
+    .bind(col!(id))
+    .bind(col!(subscription_id))
+    .bind(col!(period))
+    .bind(col!(period_start))
+    .bind(col!(attempt))
+    .bind(col!(idempotency_key))
+    .bind(col!(customer_id))
+    .bind(col!(card_id))
+    .bind(col!(amount_minor))
+    .bind(col!(currency))
+    .bind(col!(request_body))
+    .bind(col!(request_fingerprint))
+    .bind(owner)
+    .bind(locked_until)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// Takes over up to `limit` pending charges whose owner is gone: lease expired by the wall
+/// clock, or the owner's advisory lock no longer held. Oldest first.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn claim_orphans(
+    conn: &mut PgConnection,
+    wall_now: DateTime<Utc>,
+    owner: Uuid,
+    locked_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ChargeRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "WITH orphan AS (
+           SELECT c.id FROM paycron.charges c
+            WHERE c.status = 'pending' AND c.lease_owner IS DISTINCT FROM $2
+              AND (c.locked_until IS NULL OR c.locked_until < $1 OR c.lease_owner IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM pg_locks l
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                       AND ((l.classid::int8 << 32) | l.objid::int8)
+                           = ('x' || substr(replace(c.lease_owner::text, '-', ''), 1, 16))::bit(64)::int8))
+            ORDER BY c.created_at, c.id
+            LIMIT $4
+            FOR UPDATE SKIP LOCKED)
+         UPDATE paycron.charges c SET lease_owner = $2, locked_until = $3
+           FROM orphan WHERE c.id = orphan.id
+         RETURNING {}",
+        COLUMNS.split(',').map(|col| format!("c.{}", col.trim())).collect::<Vec<_>>().join(", ")
+    ))
+    .bind(wall_now)
+    .bind(owner)
+    .bind(locked_until)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Pending charges this owner still holds (re-driven in-process after an unknown outcome).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn owned_pending(conn: &mut PgConnection, owner: Uuid) -> Result<Vec<ChargeRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.charges WHERE status = 'pending' AND lease_owner = $1 ORDER BY created_at, id"
+    ))
+    .bind(owner)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Extends `owner`'s lease on a charge before a (re-)send; false if the lease was lost.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn renew_lease(conn: &mut PgConnection, id: Uuid, owner: Uuid, locked_until: DateTime<Utc>) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE paycron.charges SET locked_until = $3, sends = sends + 1
+          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(locked_until)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// The final outcome of one charge.
+#[derive(Clone, Debug)]
+pub struct Resolution<'a> {
+    /// succeeded | declined | failed.
+    pub status: &'a str,
+    /// Square payment id (succeeded only).
+    pub payment_id: Option<&'a str>,
+    /// Decline or error code.
+    pub code: Option<&'a str>,
+    /// Square error category.
+    pub category: Option<&'a str>,
+}
+
+/// Resolves a pending charge held by `owner`. Returns the row when this call resolved it, or
+/// `None` when the charge is no longer ours or no longer pending (fenced: record nothing).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn resolve(
+    conn: &mut PgConnection,
+    id: Uuid,
+    owner: Uuid,
+    r: &Resolution<'_>,
+    wall_now: DateTime<Utc>,
+) -> Result<Option<ChargeRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "UPDATE paycron.charges
+            SET status = $3, provider_payment_id = $4, decline_code = $5, decline_category = $6,
+                resolved_at = $7, locked_until = NULL
+          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'
+          RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(owner)
+    .bind(r.status)
+    .bind(r.payment_id)
+    .bind(r.code)
+    .bind(r.category)
+    .bind(wall_now)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Counts of charges by status.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as("SELECT status, count(*) FROM paycron.charges GROUP BY status ORDER BY status")
+        .fetch_all(pool)
+        .await?)
+}
+
+/// The charge whose id was sent as `reference_id`, if it is one of ours.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<ChargeRow>> {
+    Ok(sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.charges WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
+}

@@ -1,0 +1,371 @@
+//! The embedded default database: a local PostgreSQL cluster run from the server binaries
+//! installed on this machine, used whenever `DATABASE_URL` is unset.
+//!
+//! Invariants:
+//! - The cluster lives under `$PAYCRON_HOME/pg`, listens on a Unix socket only
+//!   (`listen_addresses = ''`), and is started on demand and left running for the next command
+//!   (`paycron db stop` stops it).
+//! - Any number of paycron processes may start at the same instant: initdb, start-up and the
+//!   creation of the database happen under an exclusive file lock on `$PAYCRON_HOME/pg/lock`.
+//! - `initdb` refuses to run as root, so when paycron runs as root the server runs as the
+//!   unprivileged `postgres` user (setuid in the child process). That user must be able to
+//!   traverse every parent of the data directory; when it cannot (a checkout inside root's
+//!   private home), the data goes to `/var/tmp/paycron-<hash>` and `$PAYCRON_HOME/pg/location`
+//!   records where.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// The database the embedded cluster serves paycron from.
+pub const DATABASE: &str = "paycron";
+/// The superuser created by initdb.
+pub const SUPERUSER: &str = "postgres";
+const PORT: u16 = 5432;
+// sun_path is 108 bytes on Linux, including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 100;
+
+/// What went wrong with the local cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// No PostgreSQL server binaries anywhere we look.
+    #[error(
+        "no PostgreSQL server binaries found (looked on PATH, in `pg_config --bindir` and under /usr/lib/postgresql/*/bin): install PostgreSQL (e.g. apt-get install postgresql), or set DATABASE_URL"
+    )]
+    NoBinaries,
+    /// Running as root, but there is no unprivileged user to run the server as.
+    #[error("running as root and no unprivileged `postgres` user exists to run the embedded cluster: create one (useradd postgres) or set DATABASE_URL")]
+    NoServerUser,
+    /// A filesystem step failed.
+    #[error("embedded database: {what} {path}: {source}")]
+    Io {
+        /// The step.
+        what: &'static str,
+        /// The path involved.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A PostgreSQL tool failed.
+    #[error("embedded database: {tool} failed ({status}); see {log}")]
+    Tool {
+        /// initdb or pg_ctl.
+        tool: &'static str,
+        /// Exit status.
+        status: String,
+        /// Where its output went.
+        log: String,
+    },
+}
+
+/// Module result.
+pub type Result<T> = std::result::Result<T, EmbeddedError>;
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EmbeddedError + 'a {
+    move |source| EmbeddedError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Server tuning for the cluster.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterOptions {
+    /// Turn off fsync and friends: for throw-away test clusters only.
+    pub ephemeral: bool,
+}
+
+/// A local cluster under one home directory.
+#[derive(Clone, Debug)]
+pub struct LocalCluster {
+    root: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    run_as: Option<(u32, u32)>,
+    options: ClusterOptions,
+}
+
+/// The unprivileged user's uid and gid, from /etc/passwd.
+fn server_user() -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() > 3 && f[0] == SUPERUSER).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+fn is_root() -> bool {
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// True when a process with `uid`/`gid` can traverse every ancestor of `path`.
+fn traversable_by(path: &Path, uid: u32, gid: u32) -> bool {
+    path.ancestors().skip(1).all(|dir| match fs::metadata(dir) {
+        Ok(m) => {
+            let mode = m.permissions().mode();
+            if m.uid() == uid {
+                mode & 0o100 != 0
+            } else if m.gid() == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            }
+        }
+        Err(_) => false,
+    })
+}
+
+fn short_hash(path: &Path) -> String {
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
+}
+
+/// Finds the directory holding `initdb`, `pg_ctl` and `postgres`.
+///
+/// # Errors
+/// [`EmbeddedError::NoBinaries`].
+pub fn find_bindir() -> Result<PathBuf> {
+    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if has_all(&dir) {
+                return Ok(dir);
+            }
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_all(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, p)| has_all(p))
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, p)| p).ok_or(EmbeddedError::NoBinaries)
+}
+
+impl LocalCluster {
+    /// Describes the cluster under `home` (nothing is created yet).
+    ///
+    /// # Errors
+    /// [`EmbeddedError::NoServerUser`] when running as root with no `postgres` user;
+    /// [`EmbeddedError::Io`] when the home cannot be created.
+    pub fn new(home: &Path, options: ClusterOptions) -> Result<Self> {
+        fs::create_dir_all(home).map_err(io("cannot create", home))?;
+        let home = fs::canonicalize(home).map_err(io("cannot resolve", home))?;
+        let root = home.join("pg");
+        fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
+        let run_as = if is_root() {
+            Some(server_user().ok_or(EmbeddedError::NoServerUser)?)
+        } else {
+            None
+        };
+        let location_file = root.join("location");
+        let mut base = root.clone();
+        if let Ok(recorded) = fs::read_to_string(&location_file) {
+            base = PathBuf::from(recorded.trim());
+        } else if let Some((uid, gid)) = run_as
+            && !traversable_by(&root.join("data"), uid, gid)
+        {
+            base = PathBuf::from(format!("/var/tmp/paycron-{}", short_hash(&root)));
+            fs::create_dir_all(&base).map_err(io("cannot create", &base))?;
+            fs::write(&location_file, base.display().to_string()).map_err(io("cannot write", &location_file))?;
+        }
+        let mut socket_dir = base.join("run");
+        if socket_dir.as_os_str().len() + 16 > MAX_SOCKET_PATH {
+            socket_dir = PathBuf::from(format!("/tmp/paycron-{}", short_hash(&root)));
+        }
+        Ok(LocalCluster {
+            data: base.join("data"),
+            root,
+            socket_dir,
+            run_as,
+            options,
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The connection URL for `database` over the Unix socket.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}@localhost:{PORT}/{database}?host={}",
+            self.socket_dir.display()
+        )
+    }
+
+    fn command(&self, bindir: &Path, tool: &str) -> Command {
+        let mut cmd = Command::new(bindir.join(tool));
+        cmd.stdin(Stdio::null()).env("LC_ALL", "C").env_remove("PGDATA");
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid).env("HOME", &self.root).current_dir("/");
+        }
+        cmd
+    }
+
+    fn give_to_server_user(&self, path: &Path) -> Result<()> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io("cannot chown", path))?;
+        }
+        Ok(())
+    }
+
+    /// True when the server answers on its socket (checked by the pid file and pg_ctl).
+    ///
+    /// # Errors
+    /// [`EmbeddedError::NoBinaries`].
+    pub fn is_running(&self) -> Result<bool> {
+        if !self.data.join("PG_VERSION").exists() {
+            return Ok(false);
+        }
+        let bindir = find_bindir()?;
+        let status = self
+            .command(&bindir, "pg_ctl")
+            .args(["status", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io("cannot run pg_ctl in", &bindir))?;
+        Ok(status.success())
+    }
+
+    /// Initialises and starts the cluster if needed, under the home's lock. Safe to call from
+    /// many processes at once.
+    ///
+    /// # Errors
+    /// [`EmbeddedError`] for missing binaries, filesystem problems or a failing initdb/pg_ctl.
+    pub fn ensure_running(&self) -> Result<()> {
+        let bindir = find_bindir()?;
+        let lock_path = self.root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("cannot open", &lock_path))?;
+        lock.lock().map_err(io("cannot lock", &lock_path))?;
+        let result = self.start_locked(&bindir);
+        let _ = lock.unlock();
+        result
+    }
+
+    fn start_locked(&self, bindir: &Path) -> Result<()> {
+        let base = self.data.parent().unwrap_or(&self.root).to_path_buf();
+        for dir in [&base, &self.socket_dir] {
+            fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+            self.give_to_server_user(dir)?;
+        }
+        fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o755))
+            .map_err(io("cannot set permissions on", &self.socket_dir))?;
+        let log = base.join("postgres.log");
+        if !self.data.join("PG_VERSION").exists() {
+            if self.data.exists() {
+                // A half-finished initdb from a killed process: start over.
+                fs::remove_dir_all(&self.data).map_err(io("cannot clear", &self.data))?;
+            }
+            let init_log = base.join("initdb.log");
+            let out = File::create(&init_log).map_err(io("cannot create", &init_log))?;
+            let err = out.try_clone().map_err(io("cannot open", &init_log))?;
+            let status = self
+                .command(bindir, "initdb")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+                .stdout(out)
+                .stderr(err)
+                .status()
+                .map_err(io("cannot run initdb in", bindir))?;
+            if !status.success() {
+                return Err(EmbeddedError::Tool {
+                    tool: "initdb",
+                    status: status.to_string(),
+                    log: init_log.display().to_string(),
+                });
+            }
+        }
+        if self.is_running()? {
+            return Ok(());
+        }
+        let mut opts = format!(
+            "-c listen_addresses='' -c port={PORT} -c unix_socket_directories='{}' -c max_connections=400 -c shared_buffers=128MB",
+            self.socket_dir.display()
+        );
+        if self.options.ephemeral {
+            opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        let status = self
+            .command(bindir, "pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o", &opts])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io("cannot run pg_ctl in", bindir))?;
+        if !status.success() {
+            return Err(EmbeddedError::Tool {
+                tool: "pg_ctl start",
+                status: status.to_string(),
+                log: log.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops the cluster if it runs (fast shutdown: open sessions are ended).
+    ///
+    /// # Errors
+    /// [`EmbeddedError`] if pg_ctl fails.
+    pub fn stop(&self) -> Result<bool> {
+        if !self.is_running()? {
+            return Ok(false);
+        }
+        let bindir = find_bindir()?;
+        let status = self
+            .command(&bindir, "pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io("cannot run pg_ctl in", &bindir))?;
+        if !status.success() {
+            return Err(EmbeddedError::Tool {
+                tool: "pg_ctl stop",
+                status: status.to_string(),
+                log: self.data.display().to_string(),
+            });
+        }
+        Ok(true)
+    }
+
+    /// A one-line description for `paycron db status`.
+    pub fn describe(&self) -> String {
+        format!("data {} socket {}", self.data.display(), self.socket_dir.display())
+    }
+}

@@ -1,0 +1,66 @@
+//! The events outbox: immutable rows, written in the same transaction as the change they
+//! describe, announced with `NOTIFY paycron_events` by a trigger.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Result;
+
+/// Writes one event; returns its id.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn emit(
+    conn: &mut PgConnection,
+    kind: &str,
+    subscription_id: Option<Uuid>,
+    customer_id: Option<&str>,
+    charge_id: Option<Uuid>,
+    payload: serde_json::Value,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT paycron.emit($1, $2, $3, $4, $5)")
+        .bind(kind)
+        .bind(subscription_id)
+        .bind(customer_id)
+        .bind(charge_id)
+        .bind(payload)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// A stored event.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    /// Monotonic id.
+    pub id: i64,
+    /// Type, e.g. payment_succeeded.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Subscription.
+    pub subscription_id: Option<Uuid>,
+    /// Customer.
+    pub customer_id: Option<String>,
+    /// Charge.
+    pub charge_id: Option<Uuid>,
+    /// Details.
+    pub payload: serde_json::Value,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Events after `after`, oldest first, at most `limit`.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<EventRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, type AS kind, subscription_id, customer_id, charge_id, payload, created_at
+           FROM paycron.events WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

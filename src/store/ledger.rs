@@ -1,0 +1,118 @@
+//! The ledger: one append-only entry per attempt outcome, with balanced double-entry
+//! postings for money taken, and the export the contract fixes.
+//!
+//! The database refuses UPDATE, DELETE and TRUNCATE on these tables and checks at commit that
+//! each entry's postings sum to zero; `UNIQUE (charge_id)` makes recording an outcome twice a
+//! no-op.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Result;
+use super::charges::ChargeRow;
+
+/// The account money taken from a customer's card sits in until Square pays it out.
+pub const ACCOUNT_CLEARING: &str = "assets:square_clearing";
+/// The revenue account credited by a successful charge.
+pub const ACCOUNT_REVENUE: &str = "revenue:subscriptions";
+
+/// Records a resolved charge's outcome; returns false if it was already recorded.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn record(conn: &mut PgConnection, charge: &ChargeRow, recorded_at: DateTime<Utc>) -> Result<bool> {
+    let entry: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
+                decline_code, amount_minor, currency, provider_payment_id, recorded_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (charge_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(charge.id)
+    .bind(charge.subscription_id)
+    .bind(&charge.customer_id)
+    .bind(charge.period_start)
+    .bind(charge.attempt)
+    .bind(&charge.status)
+    .bind(&charge.decline_code)
+    .bind(charge.amount_minor)
+    .bind(&charge.currency)
+    .bind(&charge.provider_payment_id)
+    .bind(recorded_at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(entry) = entry else { return Ok(false) };
+    if charge.status == "succeeded" {
+        sqlx::query(
+            "INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency)
+             VALUES ($1, $2, $4, $5), ($1, $3, -$4, $5)",
+        )
+        .bind(entry)
+        .bind(ACCOUNT_CLEARING)
+        .bind(ACCOUNT_REVENUE)
+        .bind(charge.amount_minor)
+        .bind(&charge.currency)
+        .execute(conn)
+        .await?;
+    }
+    Ok(true)
+}
+
+/// One line of `paycron ledger export`: exactly the contract's keys.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct ExportRow {
+    /// Charge id.
+    pub charge_id: Uuid,
+    /// Subscription id.
+    pub subscription_id: Uuid,
+    /// Square customer id.
+    pub customer_id: String,
+    /// RFC 3339 UTC.
+    pub period_start: String,
+    /// Attempt number.
+    pub attempt: i32,
+    /// succeeded | declined | failed | pending.
+    pub status: String,
+    /// Decline code, if any.
+    pub decline_code: Option<String>,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// Square payment id, if taken.
+    pub provider_payment_id: Option<String>,
+    /// RFC 3339 UTC: when the outcome was recorded (for pending: when the intent was written).
+    pub recorded_at: String,
+}
+
+/// Every charge attempt with its recorded outcome (or `pending`), in the order written.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
+    Ok(sqlx::query_as(
+        "SELECT c.id AS charge_id, c.subscription_id, c.customer_id,
+                to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS period_start,
+                c.attempt, coalesce(e.status, 'pending') AS status, coalesce(e.decline_code, c.decline_code) AS decline_code,
+                c.amount_minor, c.currency, e.provider_payment_id,
+                to_char(coalesce(e.recorded_at, c.created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS recorded_at
+           FROM paycron.charges c LEFT JOIN paycron.ledger_entries e ON e.charge_id = c.id
+          ORDER BY c.created_at, c.period_start, c.attempt, c.id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Sum of each account's postings by currency (they add up to zero overall).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn balances(pool: &PgPool) -> Result<Vec<(String, String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT account, currency, sum(amount_minor)::int8 FROM paycron.ledger_postings GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}

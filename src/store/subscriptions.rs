@@ -1,0 +1,275 @@
+//! Subscriptions: creation and management through the `paycron.*` SQL API functions, reading
+//! for the CLI, and the engine's claim of due subscriptions (`FOR UPDATE SKIP LOCKED`) and
+//! position updates.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{Result, StoreError};
+use crate::domain::schedule::{Calendar, Interval, IntervalUnit, parse_zone};
+
+/// A new subscription as the CLI or an application asks for it.
+#[derive(Clone, Debug)]
+pub struct NewSubscription {
+    /// Square customer id.
+    pub customer_id: String,
+    /// Card id; default the customer's most recently updated enabled card.
+    pub card_id: Option<String>,
+    /// Amount per period, minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Billing interval.
+    pub interval: Interval,
+    /// Period 0's instant; default now.
+    pub anchor: Option<DateTime<Utc>>,
+    /// IANA zone.
+    pub time_zone: String,
+    /// Number of periods to bill.
+    pub cycles: Option<i32>,
+    /// Free days before the first charge.
+    pub trial_days: i32,
+    /// The caller's idempotency reference.
+    pub external_ref: Option<String>,
+    /// Bill no period starting at or after this instant.
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+/// A stored subscription.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct SubscriptionRow {
+    /// Id.
+    pub id: Uuid,
+    /// Square customer id.
+    pub customer_id: String,
+    /// Square card id charged.
+    pub card_id: String,
+    /// Amount per period in minor units.
+    pub amount_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// day | week | month | year.
+    pub interval_unit: String,
+    /// Units per period.
+    pub interval_count: i32,
+    /// Period 0's start.
+    pub anchor: DateTime<Utc>,
+    /// IANA zone of the calendar.
+    pub time_zone: String,
+    /// Status.
+    pub status: String,
+    /// When the trial ends.
+    pub trial_ends_at: Option<DateTime<Utc>>,
+    /// Periods to bill in all.
+    pub max_cycles: Option<i32>,
+    /// No period starts at or after this.
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Cancel instead of billing the next period.
+    pub cancel_at_period_end: bool,
+    /// Next period to bill.
+    pub next_period: i32,
+    /// Next attempt number for that period.
+    pub next_attempt: i32,
+    /// When it is due.
+    pub next_due_at: Option<DateTime<Utc>>,
+    /// First decline of the current period.
+    pub dunning_started_at: Option<DateTime<Utc>>,
+    /// Periods starting before this are skipped.
+    pub skip_before: Option<DateTime<Utc>>,
+    /// The caller's reference.
+    pub external_ref: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Canceled.
+    pub canceled_at: Option<DateTime<Utc>>,
+}
+
+impl SubscriptionRow {
+    /// The subscription's calendar.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if the stored interval or zone does not parse.
+    pub fn calendar(&self) -> Result<Calendar> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            table: "subscriptions",
+            reason,
+        };
+        let unit: IntervalUnit = self.interval_unit.parse().map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
+        let count = u32::try_from(self.interval_count).map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
+        Ok(Calendar {
+            anchor: self.anchor,
+            interval: Interval::new(unit, count).map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
+            zone: parse_zone(&self.time_zone).map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, customer_id, card_id, amount_minor, currency, interval_unit, interval_count, anchor, time_zone,
+    status, trial_ends_at, max_cycles, ends_at, cancel_at_period_end, next_period, next_attempt, next_due_at,
+    dunning_started_at, skip_before, external_ref, created_at, canceled_at";
+
+/// Creates a subscription through `paycron.create_subscription`.
+///
+/// # Errors
+/// [`StoreError::Rejected`] / [`StoreError::NotFound`] with the SQL function's message.
+pub async fn create(conn: &mut PgConnection, new: &NewSubscription) -> Result<Uuid> {
+    Ok(sqlx::query_scalar(
+        "SELECT paycron.create_subscription($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&new.customer_id)
+    .bind(new.amount_minor)
+    .bind(&new.currency)
+    .bind(new.interval.unit.as_str())
+    .bind(new.interval.count as i32)
+    .bind(&new.card_id)
+    .bind(new.anchor)
+    .bind(&new.time_zone)
+    .bind(new.cycles)
+    .bind(new.trial_days)
+    .bind(&new.external_ref)
+    .bind(new.ends_at)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// All subscriptions, oldest first.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn list(pool: &PgPool) -> Result<Vec<SubscriptionRow>> {
+    Ok(sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.subscriptions ORDER BY created_at, id"))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// One subscription.
+///
+/// # Errors
+/// [`StoreError::NotFound`].
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> {
+    sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
+}
+
+/// The management actions of the SQL API.
+#[derive(Clone, Copy, Debug)]
+pub enum Action {
+    /// `paycron.pause_subscription`.
+    Pause,
+    /// `paycron.resume_subscription`.
+    Resume,
+    /// `paycron.cancel_subscription(id, false)`.
+    CancelNow,
+    /// `paycron.cancel_subscription(id, true)`.
+    CancelAtPeriodEnd,
+}
+
+/// Runs a management action; returns the function's one-word result.
+///
+/// # Errors
+/// [`StoreError::Rejected`] / [`StoreError::NotFound`].
+pub async fn act(conn: &mut PgConnection, id: Uuid, action: Action) -> Result<String> {
+    let q = match action {
+        Action::Pause => sqlx::query_scalar("SELECT paycron.pause_subscription($1)").bind(id),
+        Action::Resume => sqlx::query_scalar("SELECT paycron.resume_subscription($1)").bind(id),
+        Action::CancelNow => sqlx::query_scalar("SELECT paycron.cancel_subscription($1, false)").bind(id),
+        Action::CancelAtPeriodEnd => sqlx::query_scalar("SELECT paycron.cancel_subscription($1, true)").bind(id),
+    };
+    Ok(q.fetch_one(conn).await?)
+}
+
+/// Locks up to `limit` subscriptions due at `now` that have no open charge, oldest due first,
+/// skipping rows another worker holds.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn claim_due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<SubscriptionRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.subscriptions s
+          WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
+            AND NOT EXISTS (SELECT 1 FROM paycron.charges c WHERE c.subscription_id = s.id AND c.status = 'pending')
+          ORDER BY s.next_due_at, s.id
+          LIMIT $2
+          FOR UPDATE OF s SKIP LOCKED"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Locks one subscription for an update by the engine.
+///
+/// # Errors
+/// [`StoreError::NotFound`].
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> {
+    sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
+}
+
+/// The engine's view of a subscription's billing position.
+#[derive(Clone, Debug)]
+pub struct PositionUpdate {
+    /// Status.
+    pub status: String,
+    /// Card to charge.
+    pub card_id: String,
+    /// Next period.
+    pub next_period: i32,
+    /// Next attempt.
+    pub next_attempt: i32,
+    /// When due (None: nothing more to bill).
+    pub next_due_at: Option<DateTime<Utc>>,
+    /// Dunning start of the current period.
+    pub dunning_started_at: Option<DateTime<Utc>>,
+    /// Clear the pause skip marker.
+    pub clear_skip: bool,
+}
+
+/// Writes a new billing position.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn set_position(conn: &mut PgConnection, id: Uuid, p: &PositionUpdate) -> Result<()> {
+    sqlx::query(
+        "UPDATE paycron.subscriptions
+            SET status = $2, card_id = $3, next_period = $4, next_attempt = $5, next_due_at = $6,
+                dunning_started_at = $7, skip_before = CASE WHEN $8 THEN NULL ELSE skip_before END,
+                canceled_at = CASE WHEN $2 = 'canceled' THEN coalesce(canceled_at, now()) ELSE canceled_at END,
+                updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&p.status)
+    .bind(&p.card_id)
+    .bind(p.next_period)
+    .bind(p.next_attempt)
+    .bind(p.next_due_at)
+    .bind(p.dunning_started_at)
+    .bind(p.clear_skip)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Subscriptions due at `now` (for metrics and summaries).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn count_due(pool: &PgPool, now: DateTime<Utc>) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.subscriptions
+          WHERE status IN ('trialing', 'active', 'past_due') AND next_due_at <= $1",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await?)
+}

@@ -25,6 +25,8 @@ pub struct SyncTotals {
     pub customers_changed: u64,
     /// Card rows inserted or changed (including newly disabled ones).
     pub cards_changed: u64,
+    /// Customers skipped because their id failed validation (logged each).
+    pub customers_skipped: u64,
     /// Cards skipped because Square's data failed validation (logged each).
     pub cards_skipped: u64,
 }
@@ -43,6 +45,11 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
         let page = gateway.list_customers(cursor.as_deref()).await?;
         page_no += 1;
         for customer in &page.items {
+            if let Err(e) = customer.id.parse::<crate::domain::CustomerId>() {
+                totals.customers_skipped += 1;
+                tracing::warn!(reason = %e, "customer skipped");
+                continue;
+            }
             // Read the customer's cards first, then write everything in one transaction.
             let mut found = Vec::new();
             let mut card_cursor: Option<String> = None;
@@ -111,6 +118,7 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
         customers_changed = totals.customers_changed,
         cards_changed = totals.cards_changed,
         cards_skipped = totals.cards_skipped,
+        customers_skipped = totals.customers_skipped,
         duration_ms = started.elapsed().as_millis() as u64,
         "sync-cards done"
     );

@@ -208,7 +208,7 @@ impl SimState {
         let n = self.config.customers;
         let realistic = self.config.mix == "realistic";
         for i in 0..n {
-            let id = format!("SIMC{i:022}");
+            let id = format!("SIMCUST{i:06}");
             self.customers.push(Customer {
                 id: id.clone(),
                 given_name: Some(format!("Customer{i}")),
@@ -425,7 +425,7 @@ impl SimState {
             }
         };
         let now = Utc::now() + self.clock_offset;
-        let id = format!("SIMPAY{:020}", self.next_id);
+        let id = format!("SIMPAY{:012}", self.next_id);
         self.next_id += 1;
         let status = if decline.is_some() { "FAILED" } else { "COMPLETED" };
         let payment = Payment {

@@ -218,7 +218,9 @@ BEGIN
   RETURN 'paused';
 END $$;
 
--- Resumes a paused subscription. Periods that started during the pause are skipped, not billed.
+-- Resumes a paused subscription. Periods that started during the pause are skipped, not billed:
+-- the engine moves past every period starting before the resume when it next looks at it. A
+-- subscription paused while past due resumes its dunning where it stood.
 CREATE FUNCTION paycron.resume_subscription(p_id uuid)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = paycron, pg_temp AS $$
 DECLARE
@@ -233,8 +235,6 @@ BEGIN
   UPDATE paycron.subscriptions
      SET status = CASE WHEN v.dunning_started_at IS NOT NULL THEN 'past_due' ELSE 'active' END,
          skip_before = CASE WHEN v.dunning_started_at IS NOT NULL THEN NULL ELSE now() END,
-         next_due_at = CASE WHEN v.dunning_started_at IS NOT NULL THEN v.next_due_at
-                            ELSE least(v.next_due_at, now()) END,
          updated_at = now()
    WHERE id = p_id;
   PERFORM paycron.emit('subscription_resumed', p_id, v.customer_id, NULL, '{}');
@@ -280,6 +280,9 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'paycron_app') THEN
     CREATE ROLE paycron_app NOLOGIN;
   END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  -- Roles are cluster-wide: another database's migration created it at the same moment.
+  NULL;
 END $$;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA paycron FROM PUBLIC;

@@ -151,6 +151,7 @@ pub struct Config {
 /// Where values come from: the environment first, then the optional file.
 struct Source {
     file: HashMap<String, String>,
+    use_env: bool,
 }
 
 impl Source {
@@ -178,12 +179,13 @@ impl Source {
                 file.insert(k.trim().to_ascii_uppercase(), v);
             }
         }
-        Ok(Source { file })
+        Ok(Source { file, use_env: true })
     }
 
     fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key)
-            .ok()
+        self.use_env
+            .then(|| std::env::var(key).ok())
+            .flatten()
             .or_else(|| self.file.get(key).cloned())
             .filter(|v| !v.trim().is_empty())
     }
@@ -234,7 +236,21 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the first bad key.
     pub fn from_env() -> Result<Self> {
-        let src = Source::load()?;
+        Self::from_source(Source::load()?)
+    }
+
+    /// The defaults alone, ignoring the environment and any file (tests and embedding
+    /// programs set fields directly).
+    pub fn defaults() -> Self {
+        // Defaults are valid by construction: from_source cannot fail on an empty source.
+        Self::from_source(Source {
+            file: HashMap::new(),
+            use_env: false,
+        })
+        .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    fn from_source(src: Source) -> Result<Self> {
         let environment = match src.get("SQUARE_ENVIRONMENT").as_deref().map(str::trim) {
             None | Some("sandbox") => SquareEnvironment::Sandbox,
             Some("production") => SquareEnvironment::Production,

@@ -22,8 +22,8 @@ const IMPORT_COLUMNS: [&str; 6] = ["customer_id", "card_id", "card_brand", "last
 
 fn parse_import_row(rec: &csv::StringRecord, idx: &[usize; 6]) -> std::result::Result<CardRecord, String> {
     let get = |i: usize| rec.get(idx[i]).map(str::trim).unwrap_or("");
-    let customer: CustomerId = get(0).parse().map_err(|e| format!("customer_id: {e}"))?;
-    let card: CardId = get(1).parse().map_err(|e| format!("card_id: {e}"))?;
+    let customer: CustomerId = get(0).parse().map_err(|e: crate::domain::ids::IdError| e.to_string())?;
+    let card: CardId = get(1).parse().map_err(|e: crate::domain::ids::IdError| e.to_string())?;
     let brand = get(2);
     if !brand.is_empty() && !brand.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
         return Err(format!("card_brand {brand:?} is not a Square card brand (e.g. VISA, MASTERCARD)"));

@@ -171,13 +171,13 @@ macro_rules! square_id {
 square_id!(
     /// A Square customer id (`Customer.id`, at most 191 characters).
     CustomerId,
-    "customer id",
+    "customer_id",
     191
 );
 square_id!(
     /// A Square card-on-file id (`Card.id`, e.g. `ccof:uIbfJXhXETSP197M3GB`, at most 64 characters).
     CardId,
-    "card id",
+    "card_id",
     64
 );
 
@@ -311,11 +311,11 @@ mod tests {
         assert!("ccof:uIbfJXhXETSP197M3GB".parse::<CardId>().is_ok());
         assert_eq!(
             "4111111111111111".parse::<CardId>(),
-            Err(IdError::CardNumber { what: "card id" })
+            Err(IdError::CardNumber { what: "card_id" })
         );
         assert_eq!(
             "ccof:4111111111111111".parse::<CardId>(),
-            Err(IdError::CardNumber { what: "card id" })
+            Err(IdError::CardNumber { what: "card_id" })
         );
         assert!(" ".parse::<CustomerId>().is_err());
         assert!("a b".parse::<CustomerId>().is_err());

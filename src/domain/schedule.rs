@@ -296,6 +296,7 @@ mod tests {
         assert_eq!(cal.first_period_at_or_after(utc("2023-01-01T00:00:00Z")).unwrap(), 0);
         assert_eq!(cal.first_period_at_or_after(utc("2024-02-29T00:00:00Z")).unwrap(), 1);
         assert_eq!(cal.first_period_at_or_after(utc("2024-02-29T00:00:01Z")).unwrap(), 2);
-        assert_eq!(cal.first_period_at_or_after(utc("2034-02-28T00:00:01Z")).unwrap(), 121);
+        assert_eq!(cal.first_period_at_or_after(utc("2034-02-28T00:00:00Z")).unwrap(), 121);
+        assert_eq!(cal.first_period_at_or_after(utc("2034-02-28T00:00:01Z")).unwrap(), 122);
     }
 }

@@ -9,7 +9,10 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber once; later calls are no-ops (tests build many apps).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Postgres NOTICEs ("relation already exists, skipping") are noise for operators.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("sqlx::postgres::notice=warn".parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

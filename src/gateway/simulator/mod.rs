@@ -114,7 +114,8 @@ fn router(state: Shared) -> Router {
 async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let (denied, faults) = {
-        let s = lock(state);
+        let mut s = lock(state);
+        s.hits += 1;
         (s.check_token(auth), s.faults.clone())
     };
     if let Some(r) = denied {

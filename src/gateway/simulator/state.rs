@@ -164,6 +164,8 @@ pub struct SimState {
     requests: Vec<ReceivedRequest>,
     rng: StdRng,
     next_id: u64,
+    /// Requests that reached a Square endpoint (before faults), for tests counting retries.
+    pub hits: u64,
     /// Offset added to the wall clock for `created_at` (tests that bill "in the future").
     pub clock_offset: Duration,
 }
@@ -198,6 +200,7 @@ impl SimState {
             attempts_per_card: HashMap::new(),
             requests: vec![],
             next_id: 1,
+            hits: 0,
             clock_offset: Duration::zero(),
         };
         s.seed();

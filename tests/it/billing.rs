@@ -1,0 +1,230 @@
+//! The billing engine end to end: calendar through the ledger, dunning, trials, cycles,
+//! pause/resume, cancel at period end, events.
+
+use chrono::{DateTime, Utc};
+use paycron::billing::Engine;
+use paycron::gateway::simulator::SimConfig;
+use uuid::Uuid;
+
+use crate::helpers::{app, client, fresh_db, paycron, run, seed_card, sim, TestDb};
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+async fn create(db: &TestDb, customer: &str, card: Option<&str>, anchor: &str, extra: &str) -> Uuid {
+    let sql = format!(
+        "SELECT paycron.create_subscription('{customer}', 1000, 'USD', 'month', 1, {}, '{anchor}'::timestamptz, 'UTC'{extra})",
+        card.map(|c| format!("'{c}'")).unwrap_or_else(|| "NULL".into())
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&db.pool).await.unwrap()
+}
+
+async fn status(db: &TestDb, id: Uuid) -> (String, i32, Option<DateTime<Utc>>, String) {
+    sqlx::query_as("SELECT status, next_period, next_due_at, card_id FROM paycron.subscriptions WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn ledger(db: &TestDb, id: Uuid) -> Vec<(String, i32, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD'), attempt, status, decline_code
+           FROM paycron.ledger_entries WHERE subscription_id = $1 ORDER BY period_start, attempt",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn engine(db: &TestDb, sim_url: &str) -> Engine {
+    let a = app(db, sim_url);
+    a.engine(client(&a.config)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn month_ends_in_new_york_through_the_ledger() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| st.add_card("NY1", "ccof:sim-ok-ny", "VISA", true));
+    let db = fresh_db().await;
+    seed_card(&db, "NY1", "ccof:sim-ok-ny").await;
+    let mut ids = vec![];
+    for day in [29, 30, 31] {
+        let (code, out, err) = run(paycron(Some(&db.url), None).args([
+            "subscription", "create", "--customer", "NY1", "--amount", "2500", "--currency", "USD", "--every", "1month",
+            "--anchor", &format!("2027-01-{day}T09:30:00-05:00"), "--timezone", "America/New_York",
+        ]));
+        assert_eq!(code, 0, "{err}");
+        ids.push(out.trim().to_owned());
+    }
+    // Thirteen months later, one catch-up run bills every missed period once, oldest first.
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", "2028-01-15T00:00:00Z"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
+    assert_eq!(code, 0);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let keys: Vec<&str> = rows[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected_keys = vec![
+        "charge_id", "subscription_id", "customer_id", "period_start", "attempt", "status", "decline_code",
+        "amount_minor", "currency", "provider_payment_id", "recorded_at",
+    ];
+    let mut got = keys.clone();
+    got.sort();
+    expected_keys.sort();
+    assert_eq!(got, expected_keys);
+    let starts = |id: &str| -> Vec<String> {
+        let mut v: Vec<String> = rows
+            .iter()
+            .filter(|r| r["subscription_id"] == id)
+            .map(|r| r["period_start"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // 09:30 local: 14:30Z in winter (EST), 13:30Z in summer (EDT); clamped to month ends.
+    let expect = |days: [u32; 13]| -> Vec<String> {
+        let months = ["2027-01", "2027-02", "2027-03", "2027-04", "2027-05", "2027-06", "2027-07", "2027-08", "2027-09", "2027-10", "2027-11", "2027-12", "2028-01"];
+        months
+            .iter()
+            .zip(days)
+            .map(|(m, d)| {
+                let date = format!("{m}-{d:02}");
+                let summer = date.as_str() >= "2027-03-14" && date.as_str() < "2027-11-07";
+                format!("{date}T{}:30:00Z", if summer { 13 } else { 14 })
+            })
+            .collect()
+    };
+    assert_eq!(starts(&ids[0]), expect([29, 28, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29])[..12]);
+    assert_eq!(starts(&ids[1]), expect([30, 28, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30])[..12]);
+    assert_eq!(starts(&ids[2]), expect([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 31])[..12]);
+    assert!(rows.iter().all(|r| r["status"] == "succeeded" && r["attempt"] == 1));
+    // The simulator took exactly one payment per row.
+    assert_eq!(s.with(|st| st.completed().len()), rows.len());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| {
+        st.add_card("SOFT", "ccof:sim-decline-first-2-a", "VISA", true);
+        st.add_card("NEVER", "ccof:sim-insufficient-funds-a", "VISA", true);
+        st.add_card("HARD", "ccof:sim-card-expired-a", "VISA", true);
+        st.add_card("SPARE", "ccof:sim-card-expired-b", "VISA", true);
+        st.add_card("SPARE", "ccof:sim-ok-b", "VISA", true);
+    });
+    let db = fresh_db().await;
+    seed_card(&db, "SOFT", "ccof:sim-decline-first-2-a").await;
+    seed_card(&db, "NEVER", "ccof:sim-insufficient-funds-a").await;
+    seed_card(&db, "HARD", "ccof:sim-card-expired-a").await;
+    seed_card(&db, "SPARE", "ccof:sim-ok-b").await;
+    seed_card(&db, "SPARE", "ccof:sim-card-expired-b").await;
+    let anchor = "2027-03-01T12:00:00Z";
+    let soft = create(&db, "SOFT", None, anchor, "").await;
+    let never = create(&db, "NEVER", None, anchor, "").await;
+    let hard = create(&db, "HARD", None, anchor, "").await;
+    let spare = create(&db, "SPARE", Some("ccof:sim-card-expired-b"), anchor, "").await;
+    let e = engine(&db, &s.base_url()).await;
+
+    for day in 1..=10 {
+        let now = t(anchor) + chrono::Duration::days(day - 1) + chrono::Duration::hours(1);
+        e.bill_due(now).await.unwrap();
+    }
+    // Soft: declined twice (day 1, day 2), recovered on the second retry (day 4).
+    assert_eq!(
+        ledger(&db, soft).await,
+        vec![
+            ("2027-03-01".into(), 1, "declined".into(), Some("INSUFFICIENT_FUNDS".into())),
+            ("2027-03-01".into(), 2, "declined".into(), Some("INSUFFICIENT_FUNDS".into())),
+            ("2027-03-01".into(), 3, "succeeded".into(), None),
+        ]
+    );
+    assert_eq!(status(&db, soft).await.0, "active");
+    assert_eq!(status(&db, soft).await.2, Some(t("2027-04-01T12:00:00Z")));
+    // Never: the first attempt and four retries, then unpaid.
+    let l = ledger(&db, never).await;
+    assert_eq!(l.len(), 5);
+    assert!(l.iter().all(|r| r.2 == "declined"));
+    assert_eq!(status(&db, never).await.0, "unpaid");
+    assert_eq!(status(&db, never).await.2, None);
+    // Hard, no other card: no retry, straight to the final state.
+    assert_eq!(ledger(&db, hard).await.len(), 1);
+    assert_eq!(status(&db, hard).await.0, "unpaid");
+    // Hard with a spare card: falls back at once, a new attempt with its own key.
+    let l = ledger(&db, spare).await;
+    assert_eq!(l.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), ["declined", "succeeded"]);
+    assert_eq!(status(&db, spare).await.3, "ccof:sim-ok-b");
+    // Every attempt had its own key; the simulator took exactly the successes.
+    let keys: i64 = sqlx::query_scalar("SELECT count(DISTINCT idempotency_key) FROM paycron.charges").fetch_one(&db.pool).await.unwrap();
+    let charges: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.charges").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(keys, charges);
+    assert_eq!(s.with(|st| st.completed().len()), 2);
+
+    // Events: each outcome once, in id order, in the same transaction as the change.
+    let kinds: Vec<(i64, String)> = sqlx::query_as("SELECT id, type FROM paycron.events WHERE subscription_id = $1 ORDER BY id")
+        .bind(soft)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let names: Vec<&str> = kinds.iter().map(|k| k.1.as_str()).collect();
+    assert_eq!(
+        names,
+        ["subscription_created", "payment_declined", "subscription_past_due", "payment_declined", "payment_succeeded", "payment_recovered"]
+    );
+    let unpaid: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.events WHERE type = 'subscription_unpaid'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(unpaid, 2);
+
+    // A new card brings an unpaid subscription back: billed at once with a new attempt.
+    s.with(|st| st.add_card("NEVER", "ccof:sim-ok-new", "VISA", true));
+    seed_card(&db, "NEVER", "ccof:sim-ok-new").await;
+    sqlx::query("SELECT paycron.change_card($1, 'ccof:sim-ok-new')").bind(never).execute(&db.pool).await.unwrap();
+    e.bill_due(Utc::now()).await.unwrap();
+    assert_eq!(status(&db, never).await.0, "active");
+    assert_eq!(ledger(&db, never).await.last().unwrap().2, "succeeded");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trials_cycles_pause_and_cancel_at_period_end() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| st.add_card("C", "ccof:sim-ok-c", "VISA", true));
+    let db = fresh_db().await;
+    seed_card(&db, "C", "ccof:sim-ok-c").await;
+    let e = engine(&db, &s.base_url()).await;
+    // Paused after its first period, resumed months later: the periods in between are skipped.
+    let past = (Utc::now() - chrono::Duration::days(95)).to_rfc3339();
+    let pausing = create(&db, "C", None, &past, "").await;
+    e.bill_due(t(&past) + chrono::Duration::hours(1)).await.unwrap();
+    assert_eq!(ledger(&db, pausing).await.len(), 1);
+    sqlx::query("SELECT paycron.pause_subscription($1)").bind(pausing).execute(&db.pool).await.unwrap();
+
+    let anchor = "2027-01-10T00:00:00Z";
+    let trial = create(&db, "C", None, anchor, ", NULL, 14").await;
+    let cycles = create(&db, "C", None, anchor, ", 3").await;
+    let ending = create(&db, "C", None, anchor, "").await;
+    e.bill_due(t("2027-01-10T01:00:00Z")).await.unwrap();
+    assert_eq!(status(&db, trial).await.0, "trialing", "not billed during the trial");
+    assert_eq!(ledger(&db, ending).await.len(), 1);
+    sqlx::query("SELECT paycron.cancel_subscription($1, true)").bind(ending).execute(&db.pool).await.unwrap();
+
+    e.bill_due(t("2027-05-01T00:00:00Z")).await.unwrap();
+    let trial_ledger = ledger(&db, trial).await;
+    assert_eq!(trial_ledger.first().unwrap().0, "2027-01-24", "first charge when the trial ends");
+    assert_eq!(status(&db, trial).await.0, "active");
+    assert_eq!(ledger(&db, cycles).await.len(), 3);
+    assert_eq!(status(&db, cycles).await.0, "completed");
+    assert_eq!(ledger(&db, pausing).await.len(), 1, "nothing billed while paused");
+    assert_eq!(ledger(&db, ending).await.len(), 1, "the paid period runs out, nothing more");
+    assert_eq!(status(&db, ending).await.0, "canceled");
+
+    sqlx::query("SELECT paycron.resume_subscription($1)").bind(pausing).execute(&db.pool).await.unwrap();
+    e.bill_due(Utc::now()).await.unwrap();
+    let (st, period, due, _) = status(&db, pausing).await;
+    assert_eq!(st, "active");
+    assert!(period >= 3, "moved past the paused periods: {period}");
+    assert!(due.unwrap() > Utc::now(), "next due after the resume");
+    assert_eq!(ledger(&db, pausing).await.len(), 1, "the skipped periods were not billed");
+    s.shutdown().await;
+}

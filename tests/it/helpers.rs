@@ -1,0 +1,134 @@
+//! Test harness: a Postgres server shared by the run (`DATABASE_URL`'s when set, else a
+//! throw-away embedded cluster under the target directory), a fresh database per test, an
+//! in-process simulator, and the paycron binary wired to both.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use paycron::app::App;
+use paycron::config::Config;
+use paycron::gateway::PaymentGateway;
+use paycron::gateway::simulator::{SimConfig, Simulator};
+use paycron::gateway::square::SquareClient;
+use paycron::store::embedded::{ClusterOptions, LocalCluster};
+use paycron::store::{connect_options, create_database_if_missing, open_pool};
+use secrecy::SecretString;
+use sqlx::PgPool;
+
+static SERVER: OnceLock<String> = OnceLock::new();
+
+/// The base URL of the test server (any database name).
+fn server_url() -> String {
+    SERVER
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                return url;
+            }
+            let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
+            let cluster = LocalCluster::new(&home, ClusterOptions { ephemeral: true }).expect("test cluster home");
+            cluster.ensure_running().expect("test cluster starts");
+            cluster.url("postgres")
+        })
+        .clone()
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let mut u = reqwest::Url::parse(url).expect("database url parses");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A fresh, migrated database.
+pub struct TestDb {
+    /// Its URL, for child processes.
+    pub url: String,
+    /// A pool on it.
+    pub pool: PgPool,
+}
+
+/// Creates and migrates a fresh database.
+pub async fn fresh_db() -> TestDb {
+    let base = server_url();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let opts = connect_options(&base).expect("options");
+    create_database_if_missing(&opts, &name).await.expect("create database");
+    let url = with_database(&base, &name);
+    let pool = open_pool(connect_options(&url).expect("options"), 20).await.expect("migrate");
+    TestDb { url, pool }
+}
+
+/// Starts an in-process simulator.
+pub async fn sim(config: SimConfig) -> Simulator {
+    Simulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("simulator starts")
+}
+
+/// A configuration pointed at `sim_url`, with short deadlines suited to tests.
+pub fn config(sim_url: &str) -> Config {
+    let mut c = Config::defaults();
+    c.square.base_url = Some(sim_url.to_owned());
+    c.square.access_token = Some(SecretString::from("test-token-not-secret".to_owned()));
+    c.square.rate_limit_per_sec = 100_000;
+    c.square.retry_deadline = Duration::from_secs(3);
+    c.square.request_timeout = Duration::from_secs(2);
+    c.billing.lease = Duration::from_secs(5);
+    c
+}
+
+/// An app on `db` talking to `sim_url`.
+pub fn app(db: &TestDb, sim_url: &str) -> App {
+    App::from_pool(config(sim_url), db.pool.clone())
+}
+
+/// The Square client for `config`.
+pub fn client(config: &Config) -> Arc<dyn PaymentGateway> {
+    Arc::new(SquareClient::new(&config.square).expect("client"))
+}
+
+/// The paycron binary with a clean environment pointed at `db` (and `sim_url`).
+pub fn paycron(db_url: Option<&str>, sim_url: Option<&str>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paycron"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SQUARE_") || k.starts_with("PAYCRON_") || k == "DATABASE_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info").env("PAYCRON_LOG_FORMAT", "json");
+    if let Some(url) = db_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    if let Some(url) = sim_url {
+        cmd.env("SQUARE_BASE_URL", url).env("SQUARE_ACCESS_TOKEN", "test-token-not-secret");
+    }
+    cmd
+}
+
+/// Output of a finished command: (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("paycron runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Seeds `db` with a customer and card through the SQL API.
+pub async fn seed_card(db: &TestDb, customer: &str, card: &str) {
+    sqlx::query("SELECT paycron.upsert_customer_card($1, $2, 'VISA', '1111', 12, 2031)")
+        .bind(customer)
+        .bind(card)
+        .execute(&db.pool)
+        .await
+        .expect("seed card");
+}
+
+/// Counts rows of a paycron table.
+pub async fn count(db: &TestDb, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM paycron.{table}")))
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+}

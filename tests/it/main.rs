@@ -1,0 +1,11 @@
+//! paycron's integration tests: one test binary, real Postgres (a fresh database per test),
+//! real HTTP to the Square simulator, and the real `paycron` binary where the contract is the
+//! command line.
+
+mod billing;
+mod cli;
+mod faults;
+mod gateway;
+mod helpers;
+mod schema;
+mod sync;

@@ -354,7 +354,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    paycron::ops::logging::init(config.log_format);
+    let default_level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    paycron::ops::logging::init(config.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

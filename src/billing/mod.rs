@@ -89,7 +89,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn merge(&mut self, o: &Summary) {
+    /// Adds another summary's counts into this one.
+    pub fn merge(&mut self, o: &Summary) {
         self.attempted += o.attempted;
         self.succeeded += o.succeeded;
         self.declined += o.declined;

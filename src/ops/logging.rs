@@ -8,10 +8,12 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber once; later calls are no-ops (tests build many apps).
-pub fn init(format: LogFormat) {
+/// `default` is the filter when `RUST_LOG` is unset (`info` for work, `warn` for the demo,
+/// whose output is its summary).
+pub fn init(format: LogFormat, default: &str) {
     // Postgres NOTICEs ("relation already exists, skipping") are noise for operators.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .unwrap_or_else(|_| EnvFilter::new(default))
         .add_directive("sqlx::postgres::notice=warn".parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -369,3 +369,20 @@ impl LocalCluster {
         format!("data {} socket {}", self.data.display(), self.socket_dir.display())
     }
 }
+
+/// Drops and recreates `database` on the server behind `opts` (the demo's clean slate).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn recreate_database(opts: &sqlx::postgres::PgConnectOptions, database: &str) -> super::Result<()> {
+    use sqlx::ConnectOptions;
+    let mut conn = opts.clone().database("postgres").connect().await?;
+    let quoted = database.replace('"', "\"\"");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)")))
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}

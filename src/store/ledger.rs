@@ -116,3 +116,48 @@ pub async fn balances(pool: &PgPool) -> Result<Vec<(String, String, i64)>> {
     .fetch_all(pool)
     .await?)
 }
+
+/// One month of billing, by period start (UTC), for summaries.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct MonthRow {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Currency.
+    pub currency: String,
+    /// Successful charges.
+    pub succeeded: i64,
+    /// Declined attempts.
+    pub declined: i64,
+    /// Failed attempts.
+    pub failed: i64,
+    /// Successes after at least one decline in the same period.
+    pub recovered: i64,
+    /// Subscriptions that dunning ended (unpaid or canceled) in this month's periods.
+    pub ended: i64,
+    /// Minor units taken.
+    pub revenue_minor: i64,
+}
+
+/// Monthly figures by period start.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn monthly(pool: &PgPool) -> Result<Vec<MonthRow>> {
+    Ok(sqlx::query_as(
+        "WITH m AS (
+           SELECT to_char(e.period_start AT TIME ZONE 'UTC', 'YYYY-MM') AS month, e.currency, e.status, e.attempt, e.amount_minor, e.charge_id
+             FROM paycron.ledger_entries e)
+         SELECT month, currency,
+                count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                count(*) FILTER (WHERE status = 'declined') AS declined,
+                count(*) FILTER (WHERE status = 'failed') AS failed,
+                count(*) FILTER (WHERE status = 'succeeded' AND attempt > 1) AS recovered,
+                (SELECT count(*) FROM paycron.events v JOIN paycron.charges c ON c.id = v.charge_id
+                  WHERE v.type IN ('subscription_unpaid', 'subscription_canceled')
+                    AND to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM') = m.month) AS ended,
+                coalesce(sum(amount_minor) FILTER (WHERE status = 'succeeded'), 0)::int8 AS revenue_minor
+           FROM m GROUP BY month, currency ORDER BY month, currency",
+    )
+    .fetch_all(pool)
+    .await?)
+}

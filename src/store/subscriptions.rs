@@ -273,3 +273,13 @@ pub async fn count_due(pool: &PgPool, now: DateTime<Utc>) -> Result<i64> {
     .fetch_one(pool)
     .await?)
 }
+
+/// Subscriptions by status.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as("SELECT status, count(*) FROM paycron.subscriptions GROUP BY status ORDER BY count(*) DESC, status")
+        .fetch_all(pool)
+        .await?)
+}

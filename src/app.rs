@@ -29,9 +29,15 @@ impl App {
     /// # Errors
     /// [`StoreError`].
     pub async fn build(config: Config) -> Result<Self, StoreError> {
-        let max = (config.billing.concurrency as u32).saturating_add(8).min(200);
+        let max = (config.billing.concurrency as u32)
+            .saturating_add(8)
+            .min(200);
         let (pool, location) = store::connect(&config, max).await?;
-        Ok(App { config, pool, location })
+        Ok(App {
+            config,
+            pool,
+            location,
+        })
     }
 
     /// Wraps an existing, migrated pool (tests, the demo).

@@ -179,7 +179,10 @@ impl Source {
                 file.insert(k.trim().to_ascii_uppercase(), v);
             }
         }
-        Ok(Source { file, use_env: true })
+        Ok(Source {
+            file,
+            use_env: true,
+        })
     }
 
     fn get(&self, key: &str) -> Option<String> {
@@ -206,7 +209,12 @@ impl Source {
         Ok(None)
     }
 
-    fn parse<T: std::str::FromStr>(&self, key: &'static str, default: T, reason: &str) -> Result<T> {
+    fn parse<T: std::str::FromStr>(
+        &self,
+        key: &'static str,
+        default: T,
+        reason: &str,
+    ) -> Result<T> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -218,7 +226,11 @@ impl Source {
     }
 
     fn positive(&self, key: &'static str, default: u64, max: u64) -> Result<u64> {
-        let v: u64 = self.parse(key, default, &format!("expected an integer from 1 to {max}"))?;
+        let v: u64 = self.parse(
+            key,
+            default,
+            &format!("expected an integer from 1 to {max}"),
+        )?;
         if v == 0 || v > max {
             return Err(ConfigError::Invalid {
                 key,
@@ -264,7 +276,9 @@ impl Config {
         };
         let base_url = src.get("SQUARE_BASE_URL");
         if let Some(url) = &base_url
-            && reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true)
+            && reqwest::Url::parse(url)
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
         {
             return Err(ConfigError::Invalid {
                 key: "SQUARE_BASE_URL",
@@ -298,12 +312,18 @@ impl Config {
                     .map(str::parse)
                     .collect();
                 match parsed {
-                    Ok(days) if days.windows(2).all(|w| w[0] < w[1]) && days.iter().all(|d| *d <= 365) => days,
+                    Ok(days)
+                        if days.windows(2).all(|w| w[0] < w[1])
+                            && days.iter().all(|d| *d <= 365) =>
+                    {
+                        days
+                    }
                     _ => {
                         return Err(ConfigError::Invalid {
                             key: "PAYCRON_DUNNING_RETRY_DAYS",
                             value: v,
-                            reason: "expected increasing day offsets up to 365, e.g. 1,3,5,7".into(),
+                            reason: "expected increasing day offsets up to 365, e.g. 1,3,5,7"
+                                .into(),
                         });
                     }
                 }
@@ -314,32 +334,47 @@ impl Config {
             FinalState::Unpaid,
             "expected unpaid or canceled",
         )?;
-        let fallback_card = src.parse("PAYCRON_DUNNING_FALLBACK_CARD", true, "expected true or false")?;
+        let fallback_card = src.parse(
+            "PAYCRON_DUNNING_FALLBACK_CARD",
+            true,
+            "expected true or false",
+        )?;
         let ms = |key, default, max| src.positive(key, default, max).map(Duration::from_millis);
         Ok(Config {
             database_url: src.get("DATABASE_URL").map(SecretString::from),
             home: PathBuf::from(src.get("PAYCRON_HOME").unwrap_or_else(|| ".paycron".into())),
             log_format,
             ops_addr,
-            schedules: PathBuf::from(src.get("PAYCRON_SCHEDULES").unwrap_or_else(|| "schedules".into())),
+            schedules: PathBuf::from(
+                src.get("PAYCRON_SCHEDULES")
+                    .unwrap_or_else(|| "schedules".into()),
+            ),
             square: SquareConfig {
                 access_token: src.secret("SQUARE_ACCESS_TOKEN", "SQUARE_ACCESS_TOKEN_FILE")?,
                 location_id: src.get("SQUARE_LOCATION_ID"),
                 environment,
                 base_url,
-                version: src.get("SQUARE_VERSION").unwrap_or_else(|| "2025-08-20".into()),
+                version: src
+                    .get("SQUARE_VERSION")
+                    .unwrap_or_else(|| "2025-08-20".into()),
                 connect_timeout: ms("SQUARE_CONNECT_TIMEOUT_MS", 5_000, 600_000)?,
                 request_timeout: ms("SQUARE_REQUEST_TIMEOUT_MS", 15_000, 600_000)?,
                 retry_deadline: ms("SQUARE_RETRY_DEADLINE_MS", 30_000, 3_600_000)?,
-                rate_limit_per_sec: src.positive("SQUARE_RATE_LIMIT_PER_SEC", 100, 1_000_000)? as u32,
-                webhook_signature_key: src.secret("SQUARE_WEBHOOK_SIGNATURE_KEY", "SQUARE_WEBHOOK_SIGNATURE_KEY_FILE")?,
+                rate_limit_per_sec: src.positive("SQUARE_RATE_LIMIT_PER_SEC", 100, 1_000_000)?
+                    as u32,
+                webhook_signature_key: src.secret(
+                    "SQUARE_WEBHOOK_SIGNATURE_KEY",
+                    "SQUARE_WEBHOOK_SIGNATURE_KEY_FILE",
+                )?,
                 webhook_notification_url: src.get("SQUARE_WEBHOOK_NOTIFICATION_URL"),
             },
             billing: BillingConfig {
                 batch_size: src.positive("PAYCRON_BATCH_SIZE", 200, 10_000)? as u32,
                 concurrency: src.positive("PAYCRON_CONCURRENCY", 32, 4_096)? as usize,
                 lease: Duration::from_secs(src.positive("PAYCRON_LEASE_SECONDS", 60, 86_400)?),
-                stale_lookup_after: Duration::from_secs(3_600 * src.positive("PAYCRON_STALE_LOOKUP_HOURS", 24, 24 * 365)?),
+                stale_lookup_after: Duration::from_secs(
+                    3_600 * src.positive("PAYCRON_STALE_LOOKUP_HOURS", 24, 24 * 365)?,
+                ),
                 dunning: DunningPolicy {
                     retry_days,
                     final_state,

@@ -35,20 +35,25 @@ const PRICES: [i64; 3] = [900, 1900, 4900];
 /// [`CommandError`] when the embedded cluster or the simulator cannot start.
 pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     if customers == 0 || customers > 100_000 {
-        return Err(CommandError::BadInput(format!("--customers: {customers} is not between 1 and 100000")));
+        return Err(CommandError::BadInput(format!(
+            "--customers: {customers} is not between 1 and 100000"
+        )));
     }
     if months == 0 || months > 120 {
-        return Err(CommandError::BadInput(format!("--months: {months} is not between 1 and 120")));
+        return Err(CommandError::BadInput(format!(
+            "--months: {months} is not between 1 and 120"
+        )));
     }
     let wall = Instant::now();
     let home = config.home.clone();
-    let cluster = tokio::task::spawn_blocking(move || -> std::result::Result<LocalCluster, StoreError> {
-        let c = LocalCluster::new(&home, ClusterOptions::default())?;
-        c.ensure_running()?;
-        Ok(c)
-    })
-    .await
-    .map_err(|e| CommandError::Failed(format!("start-up task failed: {e}")))??;
+    let cluster =
+        tokio::task::spawn_blocking(move || -> std::result::Result<LocalCluster, StoreError> {
+            let c = LocalCluster::new(&home, ClusterOptions::default())?;
+            c.ensure_running()?;
+            Ok(c)
+        })
+        .await
+        .map_err(|e| CommandError::Failed(format!("start-up task failed: {e}")))??;
     let url = cluster.url(DEMO_DATABASE);
     let opts = store::connect_options(&url)?;
     embedded::recreate_database(&opts, DEMO_DATABASE).await?;
@@ -77,10 +82,17 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
         sim.base_url()
     );
     let synced = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
-    println!("synced {} customers and {} cards from Square", synced.customers, synced.cards);
+    println!(
+        "synced {} customers and {} cards from Square",
+        synced.customers, synced.cards
+    );
 
-    let start: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().map_err(|e| CommandError::Failed(format!("{e}")))?;
-    let interval: Interval = "1month".parse().map_err(|e| CommandError::Failed(format!("{e}")))?;
+    let start: DateTime<Utc> = "2027-01-01T00:00:00Z"
+        .parse()
+        .map_err(|e| CommandError::Failed(format!("{e}")))?;
+    let interval: Interval = "1month"
+        .parse()
+        .map_err(|e| CommandError::Failed(format!("{e}")))?;
     let list = store::cards::list_customers(&app.pool).await?;
     let mut ids = Vec::with_capacity(list.len());
     // Bill each customer's primary card; the simulator gives a few customers a spare (`-b`).
@@ -105,11 +117,17 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
             .iter()
             .find(|k| k.customer_id == c.id && !k.id.ends_with("-b"))
             .map(|k| k.id.clone());
-        let new = NewSubscription { card_id: card, ..new };
+        let new = NewSubscription {
+            card_id: card,
+            ..new
+        };
         ids.push(subscriptions::create(&mut conn, &new).await?);
     }
     drop(conn);
-    println!("created {} monthly subscriptions (9.00, 19.00 and 49.00 USD; four time zones; some with trials)", ids.len());
+    println!(
+        "created {} monthly subscriptions (9.00, 19.00 and 49.00 USD; four time zones; some with trials)",
+        ids.len()
+    );
 
     let engine = app.engine(gateway).await?;
     let mut total = Summary::default();
@@ -135,12 +153,21 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     }
 
     let rows = ledger::monthly(&app.pool).await?;
-    let usd: Currency = "USD".parse().map_err(|e| CommandError::Failed(format!("{e}")))?;
+    let usd: Currency = "USD"
+        .parse()
+        .map_err(|e| CommandError::Failed(format!("{e}")))?;
     println!();
     print!(
         "{}",
         table(
-            &["MONTH", "CHARGED", "DECLINED", "RECOVERED", "DUNNING ENDED", "REVENUE"],
+            &[
+                "MONTH",
+                "CHARGED",
+                "DECLINED",
+                "RECOVERED",
+                "DUNNING ENDED",
+                "REVENUE"
+            ],
             rows.iter()
                 .map(|r| {
                     vec![
@@ -168,7 +195,11 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     let statuses = subscriptions::count_by_status(&app.pool).await?;
     println!(
         "\nsubscriptions now: {}",
-        statuses.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", ")
+        statuses
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // Invariant 3, proven against the simulator's own record.
@@ -180,7 +211,10 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
         .find(|(s, _)| s == "pending")
         .map(|(_, n)| n)
         .unwrap_or(0);
-    let mut refs: Vec<_> = taken.iter().filter_map(|p| p.reference_id.clone()).collect();
+    let mut refs: Vec<_> = taken
+        .iter()
+        .filter_map(|p| p.reference_id.clone())
+        .collect();
     refs.sort();
     refs.dedup();
     let exact = taken.len() as i64 == succeeded && refs.len() == taken.len() && pending == 0;
@@ -189,7 +223,11 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
         taken.len(),
         succeeded,
         pending,
-        if exact { "exactly one payment per billed period" } else { "MISMATCH" }
+        if exact {
+            "exactly one payment per billed period"
+        } else {
+            "MISMATCH"
+        }
     );
     println!(
         "done in {:.1}s; explore it with: DATABASE_URL='{}' paycron ledger export --format jsonl",
@@ -205,7 +243,9 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     );
     sim.shutdown().await;
     if !exact {
-        return Err(CommandError::Failed("the ledger does not match the simulator's payments".into()));
+        return Err(CommandError::Failed(
+            "the ledger does not match the simulator's payments".into(),
+        ));
     }
     Ok(())
 }

@@ -138,41 +138,7 @@ enum CustomersCmd {
 #[derive(Subcommand)]
 enum SubscriptionCmd {
     /// Create a subscription; prints its id.
-    Create {
-        /// Square customer id.
-        #[arg(long)]
-        customer: String,
-        /// Amount per period in minor units (1999 = 19.99 USD).
-        #[arg(long, allow_hyphen_values = true)]
-        amount: String,
-        /// ISO 4217 currency.
-        #[arg(long)]
-        currency: String,
-        /// Nday, Nweek, Nmonth or Nyear.
-        #[arg(long)]
-        every: String,
-        /// Card id (default: the customer's most recent enabled card).
-        #[arg(long)]
-        card: Option<String>,
-        /// First billing instant, RFC 3339 (default: now).
-        #[arg(long)]
-        anchor: Option<String>,
-        /// IANA time zone of the calendar (default UTC).
-        #[arg(long)]
-        timezone: Option<String>,
-        /// Bill this many periods, then complete.
-        #[arg(long)]
-        cycles: Option<String>,
-        /// Free days before the first charge.
-        #[arg(long)]
-        trial_days: Option<String>,
-        /// Bill no period starting at or after this instant (RFC 3339).
-        #[arg(long)]
-        ends_at: Option<String>,
-        /// Your own reference: creating again with it returns the same subscription.
-        #[arg(long)]
-        external_ref: Option<String>,
-    },
+    Create(Box<manage::CreateArgs>),
     /// List subscriptions.
     List {
         /// Output format.
@@ -266,9 +232,17 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
             lose_response_rate,
         } => {
             if mix != "realistic" && mix != "all-ok" {
-                return Err(CommandError::BadInput(format!("--mix: {mix:?} is not realistic or all-ok")));
+                return Err(CommandError::BadInput(format!(
+                    "--mix: {mix:?} is not realistic or all-ok"
+                )));
             }
-            let faults = run::faults(latency_ms, error_5xx_rate, rate_429_rate, retry_after_secs, lose_response_rate)?;
+            let faults = run::faults(
+                latency_ms,
+                error_5xx_rate,
+                rate_429_rate,
+                retry_after_secs,
+                lose_response_rate,
+            )?;
             run::simulator(
                 port,
                 SimConfig {
@@ -288,47 +262,32 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
             match other {
                 Command::SyncCards => run::sync_cards(&app).await,
                 Command::Cards { command } => match command {
-                    CardsCmd::Import { file } => manage::import_cards(&app, &file).await.map(|n| println!("imported {n} cards")),
+                    CardsCmd::Import { file } => manage::import_cards(&app, &file)
+                        .await
+                        .map(|n| println!("imported {n} cards")),
                     CardsCmd::List { format } => manage::list_cards(&app, format).await,
                 },
                 Command::Customers {
                     command: CustomersCmd::List { format },
                 } => manage::list_customers(&app, format).await,
                 Command::Subscription { command } => match command {
-                    SubscriptionCmd::Create {
-                        customer,
-                        amount,
-                        currency,
-                        every,
-                        card,
-                        anchor,
-                        timezone,
-                        cycles,
-                        trial_days,
-                        ends_at,
-                        external_ref,
-                    } => {
-                        let args = manage::CreateArgs {
-                            customer,
-                            amount,
-                            currency,
-                            every,
-                            card,
-                            anchor,
-                            timezone,
-                            cycles,
-                            trial_days,
-                            external_ref,
-                            ends_at,
-                        };
+                    SubscriptionCmd::Create(args) => {
                         manage::create_subscription(&app, &args).await.map(|_| ())
                     }
-                    SubscriptionCmd::List { format } => manage::list_subscriptions(&app, format).await,
-                    SubscriptionCmd::Show { id, format } => manage::show_subscription(&app, &id, format).await,
+                    SubscriptionCmd::List { format } => {
+                        manage::list_subscriptions(&app, format).await
+                    }
+                    SubscriptionCmd::Show { id, format } => {
+                        manage::show_subscription(&app, &id, format).await
+                    }
                     SubscriptionCmd::Pause { id } => manage::act(&app, &id, Action::Pause).await,
                     SubscriptionCmd::Resume { id } => manage::act(&app, &id, Action::Resume).await,
                     SubscriptionCmd::Cancel { id, at_period_end } => {
-                        let action = if at_period_end { Action::CancelAtPeriodEnd } else { Action::CancelNow };
+                        let action = if at_period_end {
+                            Action::CancelAtPeriodEnd
+                        } else {
+                            Action::CancelNow
+                        };
                         manage::act(&app, &id, action).await
                     }
                 },
@@ -337,9 +296,17 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     command: LedgerCmd::Export { format },
                 } => run::ledger_export(&app, format).await,
                 Command::Events {
-                    command: EventsCmd::Tail { after, follow, format },
+                    command:
+                        EventsCmd::Tail {
+                            after,
+                            follow,
+                            format,
+                        },
                 } => run::events_tail(&app, after, follow, format).await,
-                Command::Db { .. } | Command::Migrate | Command::Demo { .. } | Command::Simulator { .. } => Ok(()),
+                Command::Db { .. }
+                | Command::Migrate
+                | Command::Demo { .. }
+                | Command::Simulator { .. } => Ok(()),
             }
         }
     }
@@ -354,9 +321,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let default_level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     paycron::ops::logging::init(config.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("paycron: cannot start the async runtime: {e}");

@@ -166,7 +166,8 @@ impl Engine {
     }
 
     fn lease_until(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(60))
+        Utc::now()
+            + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(60))
     }
 
     fn plan(&self, sub: &SubscriptionRow, now: DateTime<Utc>) -> Result<Plan> {
@@ -187,10 +188,15 @@ impl Engine {
             clear_skip: true,
         };
         if sub.cancel_at_period_end && sub.dunning_started_at.is_none() {
-            return Ok(Plan::Advance(keep("canceled", period, None), Some("subscription_canceled")));
+            return Ok(Plan::Advance(
+                keep("canceled", period, None),
+                Some("subscription_canceled"),
+            ));
         }
         if let Some(skip) = sub.skip_before {
-            let first = cal.first_period_at_or_after(skip).map_err(|e| build(e.to_string()))?;
+            let first = cal
+                .first_period_at_or_after(skip)
+                .map_err(|e| build(e.to_string()))?;
             if first > period {
                 period = first;
                 attempt = 1;
@@ -201,11 +207,16 @@ impl Engine {
             }
         }
         let period_start = cal.period_start(period).map_err(|e| build(e.to_string()))?;
-        let done = sub.max_cycles.is_some_and(|c| period >= c as u32) || sub.ends_at.is_some_and(|end| period_start >= end);
+        let done = sub.max_cycles.is_some_and(|c| period >= c as u32)
+            || sub.ends_at.is_some_and(|end| period_start >= end);
         if done {
-            return Ok(Plan::Advance(keep("completed", period, None), Some("subscription_completed")));
+            return Ok(Plan::Advance(
+                keep("completed", period, None),
+                Some("subscription_completed"),
+            ));
         }
-        let key = IdempotencyKey::derive(SubscriptionId(sub.id), period, attempt as u32).map_err(|e| build(e.to_string()))?;
+        let key = IdempotencyKey::derive(SubscriptionId(sub.id), period, attempt as u32)
+            .map_err(|e| build(e.to_string()))?;
         let id = Uuid::now_v7();
         let prepared = PreparedPayment::card_on_file(
             key,
@@ -253,15 +264,27 @@ impl Engine {
                 Plan::Advance(update, event) => {
                     subscriptions::set_position(&mut tx, sub.id, &update).await?;
                     if let Some(kind) = event {
-                        events::emit(&mut tx, kind, Some(sub.id), Some(&sub.customer_id), None, serde_json::json!({"reason": "schedule"})).await?;
+                        events::emit(
+                            &mut tx,
+                            kind,
+                            Some(sub.id),
+                            Some(&sub.customer_id),
+                            None,
+                            serde_json::json!({"reason": "schedule"}),
+                        )
+                        .await?;
                     }
                     summary.advanced_without_charge += 1;
                 }
             }
         }
-        let inserted = charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
+        let inserted =
+            charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        let mine: Vec<NewCharge> = intents.into_iter().filter(|c| inserted.contains(&c.id)).collect();
+        let mine: Vec<NewCharge> = intents
+            .into_iter()
+            .filter(|c| inserted.contains(&c.id))
+            .collect();
         let results: Vec<Result<Summary>> = futures::stream::iter(mine.into_iter().map(|c| {
             let charge = ChargeRow {
                 id: c.id,
@@ -294,9 +317,11 @@ impl Engine {
 
     /// Sends one charge (its stored body, its key) and records the outcome.
     async fn drive(&self, charge: ChargeRow, now: DateTime<Utc>) -> Result<Summary> {
-        let key = IdempotencyKey::from_string(charge.idempotency_key.clone()).map_err(|e| BillingError::Build {
-            subscription: charge.subscription_id,
-            reason: e.to_string(),
+        let key = IdempotencyKey::from_string(charge.idempotency_key.clone()).map_err(|e| {
+            BillingError::Build {
+                subscription: charge.subscription_id,
+                reason: e.to_string(),
+            }
         })?;
         let prepared = PreparedPayment {
             key,
@@ -314,37 +339,43 @@ impl Engine {
     /// [`BillingError`].
     pub async fn bill_due(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
-        loop {
-            match self.bill_next_batch(now).await? {
-                Outcome::Billed(s) => total.merge(&s),
-                Outcome::NothingDue => break,
-            }
+        while let Outcome::Billed(s) = self.bill_next_batch(now).await? {
+            total.merge(&s);
         }
         if total.unresolved > 0 {
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
             let open = charges::owned_pending(&mut conn, self.owner).await?;
             drop(conn);
             let again = self.redrive(open, now).await?;
-            total.unresolved = total.unresolved.saturating_sub(again.succeeded + again.declined + again.failed + again.fenced);
+            total.unresolved = total
+                .unresolved
+                .saturating_sub(again.succeeded + again.declined + again.failed + again.fenced);
             let unresolved_before = total.unresolved;
-            total.merge(&Summary { unresolved: 0, ..again });
+            total.merge(&Summary {
+                unresolved: 0,
+                ..again
+            });
             total.unresolved = unresolved_before;
         }
         Ok(total)
     }
 
     async fn redrive(&self, open: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
-        let results: Vec<Result<Summary>> = futures::stream::iter(open.into_iter().map(|c| async move {
-            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-            if !charges::renew_lease(&mut conn, c.id, self.owner, self.lease_until()).await? {
-                return Ok(Summary { fenced: 1, ..Summary::default() });
-            }
-            drop(conn);
-            self.drive(c, now).await
-        }))
-        .buffer_unordered(self.config.concurrency)
-        .collect()
-        .await;
+        let results: Vec<Result<Summary>> =
+            futures::stream::iter(open.into_iter().map(|c| async move {
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+                if !charges::renew_lease(&mut conn, c.id, self.owner, self.lease_until()).await? {
+                    return Ok(Summary {
+                        fenced: 1,
+                        ..Summary::default()
+                    });
+                }
+                drop(conn);
+                self.drive(c, now).await
+            }))
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
         let mut total = Summary::default();
         for r in results {
             total.merge(&r?);
@@ -377,7 +408,8 @@ impl Engine {
                 break;
             }
             tracing::info!(count = orphans.len(), "recovering pending charges");
-            let stale_after = chrono::Duration::from_std(self.config.stale_lookup_after).unwrap_or(chrono::Duration::hours(24));
+            let stale_after = chrono::Duration::from_std(self.config.stale_lookup_after)
+                .unwrap_or(chrono::Duration::hours(24));
             let mut fresh = Vec::new();
             for c in orphans {
                 if Utc::now() - c.created_at > stale_after
@@ -395,18 +427,24 @@ impl Engine {
 
     /// Looks a stale intent up at Square (ListPayments over its time window, matched on
     /// `reference_id`). Records it when Square took the money; `None` means "not found, re-send".
-    async fn settle_from_lookup(&self, c: &ChargeRow, now: DateTime<Utc>) -> Result<Option<Summary>> {
+    async fn settle_from_lookup(
+        &self,
+        c: &ChargeRow,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Summary>> {
         let begin = (c.created_at - chrono::Duration::minutes(5)).to_rfc3339();
         let end = (Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
         let reference = c.id.to_string();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.gateway.list_payments(&begin, &end, cursor.as_deref()).await?;
-            if let Some(p) = page
-                .items
-                .iter()
-                .find(|p| p.reference_id.as_deref() == Some(reference.as_str()) && (p.status == "COMPLETED" || p.status == "APPROVED"))
-            {
+            let page = self
+                .gateway
+                .list_payments(&begin, &end, cursor.as_deref())
+                .await?;
+            if let Some(p) = page.items.iter().find(|p| {
+                p.reference_id.as_deref() == Some(reference.as_str())
+                    && (p.status == "COMPLETED" || p.status == "APPROVED")
+            }) {
                 let outcome = PaymentOutcome::Succeeded {
                     payment_id: p.id.clone(),
                     status: p.status.clone(),

@@ -34,7 +34,11 @@ impl Engine {
                 },
                 AttemptOutcome::Succeeded,
             ),
-            PaymentOutcome::Declined { code, category, hard } => (
+            PaymentOutcome::Declined {
+                code,
+                category,
+                hard,
+            } => (
                 Resolution {
                     status: "declined",
                     payment_id: None,
@@ -48,7 +52,11 @@ impl Engine {
                     outcome = "unauthorized", code = %code, "Square rejected the access token; charge left pending");
                 return Err(BillingError::Unauthorized { code: code.clone() });
             }
-            PaymentOutcome::Fatal { code, category, detail } => {
+            PaymentOutcome::Fatal {
+                code,
+                category,
+                detail,
+            } => {
                 tracing::warn!(subscription_id = %charge.subscription_id, charge_id = %charge.id, %detail, "Square refused the request");
                 (
                     Resolution {
@@ -61,7 +69,9 @@ impl Engine {
                     AttemptOutcome::Declined { hard: true },
                 )
             }
-            PaymentOutcome::Transient { reason, .. } | PaymentOutcome::Unknown { reason } | PaymentOutcome::KeyReused { detail: reason } => {
+            PaymentOutcome::Transient { reason, .. }
+            | PaymentOutcome::Unknown { reason }
+            | PaymentOutcome::KeyReused { detail: reason } => {
                 let kind = match outcome {
                     PaymentOutcome::Transient { .. } => "transient",
                     PaymentOutcome::Unknown { .. } => "unknown",
@@ -81,7 +91,9 @@ impl Engine {
         };
 
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let Some(resolved) = charges::resolve(&mut tx, charge.id, self.owner, &resolution, Utc::now()).await? else {
+        let Some(resolved) =
+            charges::resolve(&mut tx, charge.id, self.owner, &resolution, Utc::now()).await?
+        else {
             tx.rollback().await.map_err(StoreError::from)?;
             tracing::info!(subscription_id = %charge.subscription_id, charge_id = %charge.id, outcome = "fenced",
                 "charge was taken over by another worker; recording nothing");
@@ -108,13 +120,37 @@ impl Engine {
         let cust = Some(sub.customer_id.as_str());
         match attempt_outcome {
             AttemptOutcome::Succeeded => {
-                events::emit(&mut tx, "payment_succeeded", sid, cust, Some(charge.id), payload.clone()).await?;
+                events::emit(
+                    &mut tx,
+                    "payment_succeeded",
+                    sid,
+                    cust,
+                    Some(charge.id),
+                    payload.clone(),
+                )
+                .await?;
                 if was_past_due {
-                    events::emit(&mut tx, "payment_recovered", sid, cust, Some(charge.id), payload.clone()).await?;
+                    events::emit(
+                        &mut tx,
+                        "payment_recovered",
+                        sid,
+                        cust,
+                        Some(charge.id),
+                        payload.clone(),
+                    )
+                    .await?;
                 }
             }
             AttemptOutcome::Declined { .. } => {
-                events::emit(&mut tx, "payment_declined", sid, cust, Some(charge.id), payload.clone()).await?;
+                events::emit(
+                    &mut tx,
+                    "payment_declined",
+                    sid,
+                    cust,
+                    Some(charge.id),
+                    payload.clone(),
+                )
+                .await?;
             }
         }
         if same_position {
@@ -132,14 +168,26 @@ impl Engine {
             } else {
                 None
             };
-            let transition = after_outcome(&pos, attempt_outcome, &self.config.dunning, other_card.is_some(), now)
-                .map_err(|e| BillingError::Build {
-                    subscription: sub.id,
-                    reason: e.to_string(),
-                })?;
+            let transition = after_outcome(
+                &pos,
+                attempt_outcome,
+                &self.config.dunning,
+                other_card.is_some(),
+                now,
+            )
+            .map_err(|e| BillingError::Build {
+                subscription: sub.id,
+                reason: e.to_string(),
+            })?;
             let update = match transition {
-                Transition::NextPeriod { period, due, status } => PositionUpdate {
-                    status: if billable || status.as_str() == "completed" && sub.status != "canceled" {
+                Transition::NextPeriod {
+                    period,
+                    due,
+                    status,
+                } => PositionUpdate {
+                    status: if billable
+                        || status.as_str() == "completed" && sub.status != "canceled"
+                    {
                         status.as_str().to_owned()
                     } else {
                         sub.status.clone()
@@ -147,19 +195,25 @@ impl Engine {
                     card_id: sub.card_id.clone(),
                     next_period: period as i32,
                     next_attempt: 1,
-                    next_due_at: if billable || sub.status == "paused" { due } else { None },
+                    next_due_at: if billable || sub.status == "paused" {
+                        due
+                    } else {
+                        None
+                    },
                     dunning_started_at: None,
                     clear_skip: false,
                 },
-                Transition::Retry { .. } | Transition::Exhausted { .. } if !billable => PositionUpdate {
-                    status: sub.status.clone(),
-                    card_id: sub.card_id.clone(),
-                    next_period: sub.next_period,
-                    next_attempt: charge.attempt + 1,
-                    next_due_at: sub.next_due_at,
-                    dunning_started_at: sub.dunning_started_at,
-                    clear_skip: false,
-                },
+                Transition::Retry { .. } | Transition::Exhausted { .. } if !billable => {
+                    PositionUpdate {
+                        status: sub.status.clone(),
+                        card_id: sub.card_id.clone(),
+                        next_period: sub.next_period,
+                        next_attempt: charge.attempt + 1,
+                        next_due_at: sub.next_due_at,
+                        dunning_started_at: sub.dunning_started_at,
+                        clear_skip: false,
+                    }
+                }
                 Transition::Retry {
                     attempt,
                     due,
@@ -167,7 +221,15 @@ impl Engine {
                     dunning_started_at,
                 } => {
                     if sub.status != "past_due" {
-                        events::emit(&mut tx, "subscription_past_due", sid, cust, Some(charge.id), payload.clone()).await?;
+                        events::emit(
+                            &mut tx,
+                            "subscription_past_due",
+                            sid,
+                            cust,
+                            Some(charge.id),
+                            payload.clone(),
+                        )
+                        .await?;
                     }
                     PositionUpdate {
                         status: "past_due".into(),
@@ -225,7 +287,8 @@ impl Engine {
         match resolution.status {
             "succeeded" => {
                 s.succeeded = 1;
-                s.revenue.insert(charge.currency.clone(), charge.amount_minor);
+                s.revenue
+                    .insert(charge.currency.clone(), charge.amount_minor);
             }
             "declined" => s.declined = 1,
             _ => s.failed = 1,

@@ -54,7 +54,9 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
             let mut found = Vec::new();
             let mut card_cursor: Option<String> = None;
             loop {
-                let cp = gateway.list_cards(&customer.id, card_cursor.as_deref(), true).await?;
+                let cp = gateway
+                    .list_cards(&customer.id, card_cursor.as_deref(), true)
+                    .await?;
                 found.extend(cp.items);
                 match cp.cursor {
                     Some(c) => card_cursor = Some(c),
@@ -86,7 +88,9 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                     enabled: card.enabled.unwrap_or(true),
                 };
                 // A savepoint per card: one card Square describes oddly must not lose the rest.
-                let mut sp = sqlx::Connection::begin(&mut *tx).await.map_err(StoreError::from)?;
+                let mut sp = sqlx::Connection::begin(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
                 match cards::upsert_customer_card(&mut sp, &record).await {
                     Ok(changed) => {
                         sp.commit().await.map_err(StoreError::from)?;
@@ -106,7 +110,12 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
             tx.commit().await.map_err(StoreError::from)?;
             totals.customers += 1;
         }
-        tracing::info!(page = page_no, customers = totals.customers, cards = totals.cards, "sync-cards progress");
+        tracing::info!(
+            page = page_no,
+            customers = totals.customers,
+            cards = totals.cards,
+            "sync-cards progress"
+        );
         match page.cursor {
             Some(c) => cursor = Some(c),
             None => break,

@@ -11,7 +11,8 @@ fn cluster(config: &Config) -> Result<LocalCluster> {
             "DATABASE_URL is set: `paycron db` manages only the embedded cluster (unset DATABASE_URL to use it)".into(),
         ));
     }
-    Ok(LocalCluster::new(&config.home, ClusterOptions::default()).map_err(crate::store::StoreError::from)?)
+    Ok(LocalCluster::new(&config.home, ClusterOptions::default())
+        .map_err(crate::store::StoreError::from)?)
 }
 
 /// `db status`: whether the embedded cluster runs, and where.
@@ -21,7 +22,11 @@ fn cluster(config: &Config) -> Result<LocalCluster> {
 pub fn status(config: &Config) -> Result<()> {
     let c = cluster(config)?;
     let running = c.is_running().map_err(crate::store::StoreError::from)?;
-    println!("{} ({})", if running { "running" } else { "stopped" }, c.describe());
+    println!(
+        "{} ({})",
+        if running { "running" } else { "stopped" },
+        c.describe()
+    );
     Ok(())
 }
 

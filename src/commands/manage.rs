@@ -14,22 +14,38 @@ use crate::app::App;
 use crate::domain::money::format_minor;
 use crate::domain::schedule::parse_zone;
 use crate::domain::{CardId, Currency, CustomerId, Interval, Money, SubscriptionId};
+use crate::store::StoreError;
 use crate::store::cards::{self, CardRecord};
 use crate::store::subscriptions::{self, Action, NewSubscription, SubscriptionRow};
-use crate::store::StoreError;
 
-const IMPORT_COLUMNS: [&str; 6] = ["customer_id", "card_id", "card_brand", "last_4", "exp_month", "exp_year"];
+const IMPORT_COLUMNS: [&str; 6] = [
+    "customer_id",
+    "card_id",
+    "card_brand",
+    "last_4",
+    "exp_month",
+    "exp_year",
+];
 
-fn parse_import_row(rec: &csv::StringRecord, idx: &[usize; 6]) -> std::result::Result<CardRecord, String> {
+fn parse_import_row(
+    rec: &csv::StringRecord,
+    idx: &[usize; 6],
+) -> std::result::Result<CardRecord, String> {
     let get = |i: usize| rec.get(idx[i]).map(str::trim).unwrap_or("");
-    let customer: CustomerId = get(0).parse().map_err(|e: crate::domain::ids::IdError| e.to_string())?;
-    let card: CardId = get(1).parse().map_err(|e: crate::domain::ids::IdError| e.to_string())?;
+    let customer: CustomerId = get(0)
+        .parse()
+        .map_err(|e: crate::domain::ids::IdError| e.to_string())?;
+    let card: CardId = get(1)
+        .parse()
+        .map_err(|e: crate::domain::ids::IdError| e.to_string())?;
     let brand = get(2);
     if !brand.is_empty() && !brand.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
-        return Err(format!("card_brand {brand:?} is not a Square card brand (e.g. VISA, MASTERCARD)"));
+        return Err(format!(
+            "card_brand {brand:?} is not a Square card brand (e.g. VISA, MASTERCARD)"
+        ));
     }
     let last_4 = get(3);
-    if !last_4.is_empty() && !(last_4.len() == 4 && last_4.chars().all(|c| c.is_ascii_digit())) {
+    if !(last_4.is_empty() || last_4.len() == 4 && last_4.chars().all(|c| c.is_ascii_digit())) {
         return Err(format!("last_4 {last_4:?} is not four digits"));
     }
     let num = |name: &str, v: &str, lo: i32, hi: i32| -> std::result::Result<Option<i32>, String> {
@@ -58,20 +74,27 @@ fn parse_import_row(rec: &csv::StringRecord, idx: &[usize; 6]) -> std::result::R
 /// [`CommandError::BadInput`] naming the file, line and field.
 pub async fn import_cards(app: &App, path: &Path) -> Result<usize> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| CommandError::BadInput(format!("{name}: cannot open: {e}")))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
+    let file = std::fs::File::open(path)
+        .map_err(|e| CommandError::BadInput(format!("{name}: cannot open: {e}")))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(file);
     let headers = reader
         .headers()
         .map_err(|e| CommandError::BadInput(format!("{name}:1: cannot read the header: {e}")))?
         .clone();
     let mut idx = [0usize; 6];
     for (i, col) in IMPORT_COLUMNS.iter().enumerate() {
-        idx[i] = headers.iter().position(|h| h.trim() == *col).ok_or_else(|| {
-            CommandError::BadInput(format!(
-                "{name}:1: missing column {col:?} (the header must be {})",
-                IMPORT_COLUMNS.join(",")
-            ))
-        })?;
+        idx[i] = headers
+            .iter()
+            .position(|h| h.trim() == *col)
+            .ok_or_else(|| {
+                CommandError::BadInput(format!(
+                    "{name}:1: missing column {col:?} (the header must be {})",
+                    IMPORT_COLUMNS.join(",")
+                ))
+            })?;
     }
     let mut rows = Vec::new();
     for rec in reader.records() {
@@ -80,15 +103,20 @@ pub async fn import_cards(app: &App, path: &Path) -> Result<usize> {
             CommandError::BadInput(format!("{name}:{line}: {}", e.kind_summary()))
         })?;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        let row = parse_import_row(&rec, &idx).map_err(|e| CommandError::BadInput(format!("{name}:{line}: {e}")))?;
+        let row = parse_import_row(&rec, &idx)
+            .map_err(|e| CommandError::BadInput(format!("{name}:{line}: {e}")))?;
         rows.push((line, row));
     }
     let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
     for (line, row) in &rows {
-        cards::upsert_customer_card(&mut tx, row).await.map_err(|e| match e {
-            StoreError::Rejected(m) | StoreError::NotFound(m) => CommandError::BadInput(format!("{name}:{line}: {m}")),
-            other => other.into(),
-        })?;
+        cards::upsert_customer_card(&mut tx, row)
+            .await
+            .map_err(|e| match e {
+                StoreError::Rejected(m) | StoreError::NotFound(m) => {
+                    CommandError::BadInput(format!("{name}:{line}: {m}"))
+                }
+                other => other.into(),
+            })?;
     }
     tx.commit().await.map_err(StoreError::from)?;
     tracing::info!(file = %name, cards = rows.len(), "cards imported");
@@ -102,7 +130,9 @@ trait KindSummary {
 impl KindSummary for csv::Error {
     fn kind_summary(&self) -> String {
         match self.kind() {
-            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            csv::ErrorKind::UnequalLengths {
+                expected_len, len, ..
+            } => {
                 format!("expected {expected_len} fields, found {len}")
             }
             csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".into(),
@@ -124,7 +154,12 @@ pub async fn list_customers(app: &App, format: Format) -> Result<()> {
                 .map(|r| {
                     vec![
                         r.id.clone(),
-                        [r.given_name.as_deref(), r.family_name.as_deref()].iter().flatten().copied().collect::<Vec<_>>().join(" "),
+                        [r.given_name.as_deref(), r.family_name.as_deref()]
+                            .iter()
+                            .flatten()
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(" "),
                         r.email_address.clone().unwrap_or_default(),
                         r.cards.to_string(),
                         r.subscriptions.to_string(),
@@ -163,30 +198,41 @@ pub async fn list_cards(app: &App, format: Format) -> Result<()> {
     })
 }
 
-/// Raw `subscription create` arguments, as typed.
-#[derive(Clone, Debug, Default)]
+/// Raw `subscription create` arguments, as typed; validated by [`parse_create`].
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct CreateArgs {
-    /// `--customer`.
+    /// Square customer id.
+    #[arg(long)]
     pub customer: String,
-    /// `--amount` (minor units).
+    /// Amount per period in minor units (1999 = 19.99 USD).
+    #[arg(long, allow_hyphen_values = true)]
     pub amount: String,
-    /// `--currency`.
+    /// ISO 4217 currency.
+    #[arg(long)]
     pub currency: String,
-    /// `--every`.
+    /// Nday, Nweek, Nmonth or Nyear.
+    #[arg(long)]
     pub every: String,
-    /// `--card`.
+    /// Card id (default: the customer's most recently updated enabled card).
+    #[arg(long)]
     pub card: Option<String>,
-    /// `--anchor` RFC 3339.
+    /// First billing instant, RFC 3339 (default: now).
+    #[arg(long)]
     pub anchor: Option<String>,
-    /// `--timezone`.
+    /// IANA time zone of the calendar (default UTC).
+    #[arg(long)]
     pub timezone: Option<String>,
-    /// `--cycles`.
+    /// Bill this many periods, then complete.
+    #[arg(long)]
     pub cycles: Option<String>,
-    /// `--trial-days`.
+    /// Free days before the first charge.
+    #[arg(long)]
     pub trial_days: Option<String>,
-    /// `--external-ref`.
+    /// Your own reference: creating again with it returns the same subscription.
+    #[arg(long)]
     pub external_ref: Option<String>,
-    /// `--ends-at` RFC 3339.
+    /// Bill no period starting at or after this instant (RFC 3339).
+    #[arg(long)]
     pub ends_at: Option<String>,
 }
 
@@ -197,7 +243,12 @@ fn bad(flag: &str, e: impl std::fmt::Display) -> CommandError {
 fn parse_time(flag: &str, v: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| bad(flag, format!("{v:?} is not an RFC 3339 time (e.g. 2026-01-31T09:00:00Z): {e}")))
+        .map_err(|e| {
+            bad(
+                flag,
+                format!("{v:?} is not an RFC 3339 time (e.g. 2026-01-31T09:00:00Z): {e}"),
+            )
+        })
 }
 
 /// Validates `subscription create` arguments into a [`NewSubscription`].
@@ -206,7 +257,11 @@ fn parse_time(flag: &str, v: &str) -> Result<DateTime<Utc>> {
 /// [`CommandError::BadInput`] naming the flag.
 pub fn parse_create(a: &CreateArgs) -> Result<NewSubscription> {
     let customer: CustomerId = a.customer.parse().map_err(|e| bad("--customer", e))?;
-    let currency: Currency = a.currency.trim().parse().map_err(|e| bad("--currency", e))?;
+    let currency: Currency = a
+        .currency
+        .trim()
+        .parse()
+        .map_err(|e| bad("--currency", e))?;
     let money = Money::parse_minor(&a.amount, currency).map_err(|e| bad("--amount", e))?;
     let interval: Interval = a.every.parse().map_err(|e| bad("--every", e))?;
     let card = a
@@ -214,18 +269,38 @@ pub fn parse_create(a: &CreateArgs) -> Result<NewSubscription> {
         .as_deref()
         .map(|c| c.parse::<CardId>().map_err(|e| bad("--card", e)))
         .transpose()?;
-    let anchor = a.anchor.as_deref().map(|v| parse_time("--anchor", v)).transpose()?;
+    let anchor = a
+        .anchor
+        .as_deref()
+        .map(|v| parse_time("--anchor", v))
+        .transpose()?;
     let tz = a.timezone.as_deref().unwrap_or("UTC");
     parse_zone(tz).map_err(|e| bad("--timezone", e))?;
     let count = |flag: &str, v: &str, lo: i32, hi: i32| -> Result<i32> {
         match v.trim().parse::<i32>() {
             Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-            _ => Err(bad(flag, format!("{v:?} is not a whole number from {lo} to {hi}"))),
+            _ => Err(bad(
+                flag,
+                format!("{v:?} is not a whole number from {lo} to {hi}"),
+            )),
         }
     };
-    let cycles = a.cycles.as_deref().map(|v| count("--cycles", v, 1, 100_000)).transpose()?;
-    let trial_days = a.trial_days.as_deref().map(|v| count("--trial-days", v, 0, 3650)).transpose()?.unwrap_or(0);
-    let ends_at = a.ends_at.as_deref().map(|v| parse_time("--ends-at", v)).transpose()?;
+    let cycles = a
+        .cycles
+        .as_deref()
+        .map(|v| count("--cycles", v, 1, 100_000))
+        .transpose()?;
+    let trial_days = a
+        .trial_days
+        .as_deref()
+        .map(|v| count("--trial-days", v, 0, 3650))
+        .transpose()?
+        .unwrap_or(0);
+    let ends_at = a
+        .ends_at
+        .as_deref()
+        .map(|v| parse_time("--ends-at", v))
+        .transpose()?;
     Ok(NewSubscription {
         customer_id: customer.to_string(),
         card_id: card.map(|c| c.to_string()),
@@ -255,7 +330,14 @@ pub async fn create_subscription(app: &App, args: &CreateArgs) -> Result<Uuid> {
 
 fn subscription_table(rows: &[SubscriptionRow]) -> String {
     table(
-        &["SUBSCRIPTION", "CUSTOMER", "AMOUNT", "EVERY", "STATUS", "NEXT DUE"],
+        &[
+            "SUBSCRIPTION",
+            "CUSTOMER",
+            "AMOUNT",
+            "EVERY",
+            "STATUS",
+            "NEXT DUE",
+        ],
         rows.iter()
             .map(|r| {
                 vec![
@@ -267,7 +349,9 @@ fn subscription_table(rows: &[SubscriptionRow]) -> String {
                         .unwrap_or_else(|_| format!("{} {}", r.amount_minor, r.currency)),
                     format!("{}{}", r.interval_count, r.interval_unit),
                     r.status.clone(),
-                    r.next_due_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                    r.next_due_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect(),
@@ -284,7 +368,9 @@ pub async fn list_subscriptions(app: &App, format: Format) -> Result<()> {
 }
 
 fn parse_id(id: &str) -> Result<Uuid> {
-    id.parse::<SubscriptionId>().map(|s| s.0).map_err(|e| CommandError::BadInput(e.to_string()))
+    id.parse::<SubscriptionId>()
+        .map(|s| s.0)
+        .map_err(|e| CommandError::BadInput(e.to_string()))
 }
 
 /// `subscription show ID`.
@@ -311,7 +397,10 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
             Ok(())
         }
         Format::Json | Format::Jsonl => {
-            println!("{}", serde_json::to_string_pretty(&row).map_err(|e| CommandError::Io(e.to_string()))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&row).map_err(|e| CommandError::Io(e.to_string()))?
+            );
             Ok(())
         }
     }

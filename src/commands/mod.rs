@@ -66,10 +66,14 @@ pub enum Format {
 }
 
 /// Prints rows as JSON (array), JSON lines, or via `text` for people.
-pub fn print_rows<T: serde::Serialize>(rows: &[T], format: Format, text: impl FnOnce(&[T]) -> String) -> Result<()> {
+pub fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    format: Format,
+    text: impl FnOnce(&[T]) -> String,
+) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let res = match format {
+    match format {
         Format::Json => serde_json::to_string_pretty(rows)
             .map_err(|e| CommandError::Io(e.to_string()))
             .and_then(|s| writeln!(out, "{s}").map_err(|e| CommandError::Io(e.to_string()))),
@@ -78,8 +82,7 @@ pub fn print_rows<T: serde::Serialize>(rows: &[T], format: Format, text: impl Fn
             writeln!(out, "{s}").map_err(|e| CommandError::Io(e.to_string()))
         }),
         Format::Text => write!(out, "{}", text(rows)).map_err(|e| CommandError::Io(e.to_string())),
-    };
-    res
+    }
 }
 
 /// Renders a simple aligned table.

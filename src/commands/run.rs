@@ -32,7 +32,9 @@ pub fn parse_now(app: &App, now: Option<&str>) -> Result<DateTime<Utc>> {
     let Some(v) = now else { return Ok(Utc::now()) };
     let t = DateTime::parse_from_rfc3339(v.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| CommandError::BadInput(format!("--now: {v:?} is not an RFC 3339 time: {e}")))?;
+        .map_err(|e| {
+            CommandError::BadInput(format!("--now: {v:?} is not an RFC 3339 time: {e}"))
+        })?;
     if app.config.square.is_production() && t > Utc::now() + chrono::Duration::minutes(1) {
         return Err(CommandError::BadInput(format!(
             "--now: {v} is in the future; a test clock is refused against Square production (SQUARE_ENVIRONMENT=production)"
@@ -79,7 +81,13 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
     if task == Task::SyncCards {
         let started = Instant::now();
         let t = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
-        tracing::info!(task = "sync-cards", customers = t.customers, cards = t.cards, duration_ms = started.elapsed().as_millis() as u64, "run summary");
+        tracing::info!(
+            task = "sync-cards",
+            customers = t.customers,
+            cards = t.cards,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "run summary"
+        );
         return Ok(());
     }
     let engine = app.engine(gateway).await?;
@@ -112,7 +120,9 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
 /// [`CommandError`].
 pub async fn ledger_export(app: &App, format: Format) -> Result<()> {
     if format != Format::Jsonl {
-        return Err(CommandError::BadInput("--format: ledger export supports jsonl".into()));
+        return Err(CommandError::BadInput(
+            "--format: ledger export supports jsonl".into(),
+        ));
     }
     let mut out = std::io::stdout().lock();
     crate::ledger::export_jsonl(&app.pool, &mut out).await?;
@@ -126,7 +136,9 @@ pub async fn ledger_export(app: &App, format: Format) -> Result<()> {
 pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) -> Result<()> {
     let mut last = after;
     let mut listener = if follow {
-        let mut l = sqlx::postgres::PgListener::connect_with(&app.pool).await.map_err(StoreError::from)?;
+        let mut l = sqlx::postgres::PgListener::connect_with(&app.pool)
+            .await
+            .map_err(StoreError::from)?;
         l.listen("paycron_events").await.map_err(StoreError::from)?;
         Some(l)
     } else {
@@ -144,7 +156,10 @@ pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) ->
                     r.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
                     r.payload
                 ),
-                _ => println!("{}", serde_json::to_string(r).map_err(|e| CommandError::Io(e.to_string()))?),
+                _ => println!(
+                    "{}",
+                    serde_json::to_string(r).map_err(|e| CommandError::Io(e.to_string()))?
+                ),
             }
             last = r.id;
         }
@@ -169,9 +184,9 @@ pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) ->
 /// [`CommandError`].
 pub async fn simulator(port: u16, config: SimConfig) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let sim = Simulator::start(config.clone(), addr)
-        .await
-        .map_err(|e| CommandError::BadInput(format!("--port {port}: cannot listen on {addr}: {e}")))?;
+    let sim = Simulator::start(config.clone(), addr).await.map_err(|e| {
+        CommandError::BadInput(format!("--port {port}: cannot listen on {addr}: {e}"))
+    })?;
     tracing::info!(url = %sim.base_url(), customers = config.customers, "Square simulator listening");
     println!("{}", sim.base_url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -188,14 +203,22 @@ pub async fn simulator(port: u16, config: SimConfig) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError::BadInput`] naming the flag.
-pub fn faults(latency_ms: u64, error_5xx_rate: f64, rate_429_rate: f64, retry_after_secs: Option<u64>, lose_response_rate: f64) -> Result<Faults> {
+pub fn faults(
+    latency_ms: u64,
+    error_5xx_rate: f64,
+    rate_429_rate: f64,
+    retry_after_secs: Option<u64>,
+    lose_response_rate: f64,
+) -> Result<Faults> {
     for (flag, v) in [
         ("--error-5xx-rate", error_5xx_rate),
         ("--rate-429-rate", rate_429_rate),
         ("--lose-response-rate", lose_response_rate),
     ] {
         if !(0.0..=1.0).contains(&v) {
-            return Err(CommandError::BadInput(format!("{flag}: {v} is not between 0 and 1")));
+            return Err(CommandError::BadInput(format!(
+                "{flag}: {v} is not between 0 and 1"
+            )));
         }
     }
     Ok(Faults {

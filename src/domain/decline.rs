@@ -72,7 +72,7 @@ pub fn classify(category: &str, code: &str) -> ErrorClass {
 /// Picks the error that decides a response carrying several (Square may send e.g.
 /// `GENERIC_DECLINE` with `CVV_FAILURE`): a decline wins over anything else, a transient error
 /// over a fatal one, so a payment is never written off while a retry could still decide it.
-pub fn decisive<'a>(errors: &'a [(String, String)]) -> Option<(&'a (String, String), ErrorClass)> {
+pub fn decisive(errors: &[(String, String)]) -> Option<(&(String, String), ErrorClass)> {
     let rank = |c: &ErrorClass| match c {
         ErrorClass::KeyReused => 0,
         ErrorClass::Declined { .. } => 1,
@@ -92,24 +92,54 @@ mod tests {
 
     #[test]
     fn table() {
-        assert_eq!(classify("PAYMENT_METHOD_ERROR", "INSUFFICIENT_FUNDS"), ErrorClass::Declined { hard: false });
-        assert_eq!(classify("PAYMENT_METHOD_ERROR", "GENERIC_DECLINE"), ErrorClass::Declined { hard: false });
-        assert_eq!(classify("PAYMENT_METHOD_ERROR", "CARD_EXPIRED"), ErrorClass::Declined { hard: true });
-        assert_eq!(classify("PAYMENT_METHOD_ERROR", "TEMPORARY_ERROR"), ErrorClass::Transient);
-        assert_eq!(classify("API_ERROR", "INTERNAL_SERVER_ERROR"), ErrorClass::Transient);
-        assert_eq!(classify("RATE_LIMIT_ERROR", "RATE_LIMITED"), ErrorClass::Transient);
-        assert_eq!(classify("AUTHENTICATION_ERROR", "UNAUTHORIZED"), ErrorClass::Authentication);
-        assert_eq!(classify("INVALID_REQUEST_ERROR", "IDEMPOTENCY_KEY_REUSED"), ErrorClass::KeyReused);
-        assert_eq!(classify("INVALID_REQUEST_ERROR", "NOT_FOUND"), ErrorClass::Invalid);
+        assert_eq!(
+            classify("PAYMENT_METHOD_ERROR", "INSUFFICIENT_FUNDS"),
+            ErrorClass::Declined { hard: false }
+        );
+        assert_eq!(
+            classify("PAYMENT_METHOD_ERROR", "GENERIC_DECLINE"),
+            ErrorClass::Declined { hard: false }
+        );
+        assert_eq!(
+            classify("PAYMENT_METHOD_ERROR", "CARD_EXPIRED"),
+            ErrorClass::Declined { hard: true }
+        );
+        assert_eq!(
+            classify("PAYMENT_METHOD_ERROR", "TEMPORARY_ERROR"),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify("API_ERROR", "INTERNAL_SERVER_ERROR"),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify("RATE_LIMIT_ERROR", "RATE_LIMITED"),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify("AUTHENTICATION_ERROR", "UNAUTHORIZED"),
+            ErrorClass::Authentication
+        );
+        assert_eq!(
+            classify("INVALID_REQUEST_ERROR", "IDEMPOTENCY_KEY_REUSED"),
+            ErrorClass::KeyReused
+        );
+        assert_eq!(
+            classify("INVALID_REQUEST_ERROR", "NOT_FOUND"),
+            ErrorClass::Invalid
+        );
     }
 
     #[test]
     fn decline_wins() {
         let errs = vec![
             ("PAYMENT_METHOD_ERROR".to_owned(), "CVV_FAILURE".to_owned()),
-            ("PAYMENT_METHOD_ERROR".to_owned(), "GENERIC_DECLINE".to_owned()),
+            (
+                "PAYMENT_METHOD_ERROR".to_owned(),
+                "GENERIC_DECLINE".to_owned(),
+            ),
         ];
-        assert_eq!(decisive(&errs).unwrap().0 .1, "CVV_FAILURE");
+        assert_eq!(decisive(&errs).unwrap().0.1, "CVV_FAILURE");
         let errs = vec![
             ("INVALID_REQUEST_ERROR".to_owned(), "BAD_REQUEST".to_owned()),
             ("API_ERROR".to_owned(), "SERVICE_UNAVAILABLE".to_owned()),

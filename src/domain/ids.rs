@@ -82,7 +82,7 @@ pub fn looks_like_card_number(text: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// True when any maximal run of digits inside `text` (spaces and dashes removed) is a card
@@ -91,10 +91,7 @@ pub fn contains_card_number(text: &str) -> bool {
     if looks_like_card_number(text) {
         return true;
     }
-    let cleaned: String = text
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-'))
-        .collect();
+    let cleaned: String = text.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
     cleaned
         .split(|c: char| !c.is_ascii_digit())
         .any(looks_like_card_number)
@@ -250,7 +247,11 @@ impl IdempotencyKey {
     /// # Errors
     /// [`IdError::TooLong`] if period and attempt are so large the key would pass 45 characters
     /// (period 99,999 and attempt 999 still fit).
-    pub fn derive(subscription: SubscriptionId, period: u32, attempt: u32) -> Result<Self, IdError> {
+    pub fn derive(
+        subscription: SubscriptionId,
+        period: u32,
+        attempt: u32,
+    ) -> Result<Self, IdError> {
         let key = format!("{}-{period}-{attempt}", subscription.0.simple());
         Self::from_string(key)
     }
@@ -300,7 +301,10 @@ mod tests {
     fn luhn() {
         assert!(looks_like_card_number("4111111111111111"));
         assert!(looks_like_card_number("4111 1111 1111 1111"));
-        assert!(looks_like_card_number("5409-8890-0000-9029") || !looks_like_card_number("5409889000009028"));
+        assert!(
+            looks_like_card_number("5409-8890-0000-9029")
+                || !looks_like_card_number("5409889000009028")
+        );
         assert!(!looks_like_card_number("4111111111111112"));
         assert!(!looks_like_card_number("411111111111"));
         assert!(!looks_like_card_number("ccof:uIbfJXhXETSP197M3GB"));
@@ -319,7 +323,10 @@ mod tests {
         );
         assert!(" ".parse::<CustomerId>().is_err());
         assert!("a b".parse::<CustomerId>().is_err());
-        let msg = "4111111111111111".parse::<CardId>().unwrap_err().to_string();
+        let msg = "4111111111111111"
+            .parse::<CardId>()
+            .unwrap_err()
+            .to_string();
         assert!(!msg.contains("4111"), "the number is never echoed: {msg}");
     }
 

@@ -159,8 +159,11 @@ impl Calendar {
         let local = self.anchor.with_timezone(&self.zone).naive_local();
         let steps = i64::from(n) * i64::from(self.interval.count);
         let target = match self.interval.unit {
-            IntervalUnit::Day => local.checked_add_signed(Duration::try_days(steps).ok_or(ScheduleError::OutOfRange(n))?),
-            IntervalUnit::Week => local.checked_add_signed(Duration::try_days(steps * 7).ok_or(ScheduleError::OutOfRange(n))?),
+            IntervalUnit::Day => local
+                .checked_add_signed(Duration::try_days(steps).ok_or(ScheduleError::OutOfRange(n))?),
+            IntervalUnit::Week => local.checked_add_signed(
+                Duration::try_days(steps * 7).ok_or(ScheduleError::OutOfRange(n))?,
+            ),
             IntervalUnit::Month => add_months_clamped(local, steps),
             IntervalUnit::Year => add_months_clamped(local, steps * 12),
         }
@@ -184,7 +187,8 @@ impl Calendar {
             IntervalUnit::Year => 365.2425,
         } * f64::from(self.interval.count);
         let elapsed_days = (instant - self.anchor).num_seconds() as f64 / 86_400.0;
-        let mut n = ((elapsed_days / approx_days).floor() as i64 - 1).clamp(0, i64::from(u32::MAX - 1)) as u32;
+        let mut n = ((elapsed_days / approx_days).floor() as i64 - 1)
+            .clamp(0, i64::from(u32::MAX - 1)) as u32;
         while n > 0 && self.period_start(n)? >= instant {
             n -= 1;
         }
@@ -196,7 +200,11 @@ impl Calendar {
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let (ny, nm) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     NaiveDate::from_ymd_opt(ny, nm, 1)
         .and_then(|d| d.pred_opt())
         .map(|d| d.day())
@@ -245,11 +253,23 @@ mod tests {
     fn parses_intervals() {
         assert_eq!(
             "1month".parse::<Interval>().unwrap(),
-            Interval { unit: IntervalUnit::Month, count: 1 }
+            Interval {
+                unit: IntervalUnit::Month,
+                count: 1
+            }
         );
         assert_eq!("2weeks".parse::<Interval>().unwrap().count, 2);
         assert_eq!("30day".parse::<Interval>().unwrap().unit, IntervalUnit::Day);
-        for bad in ["0month", "1fortnight", "month", "", "-1month", "1.5month", "1001day", "99999year"] {
+        for bad in [
+            "0month",
+            "1fortnight",
+            "month",
+            "",
+            "-1month",
+            "1.5month",
+            "1001day",
+            "99999year",
+        ] {
             assert!(bad.parse::<Interval>().is_err(), "{bad}");
         }
     }
@@ -264,8 +284,20 @@ mod tests {
         let got: Vec<String> = (0..5)
             .map(|n| cal.period_start(n).unwrap().format("%Y-%m-%d").to_string())
             .collect();
-        assert_eq!(got, ["2023-01-31", "2023-02-28", "2023-03-31", "2023-04-30", "2023-05-31"]);
-        let leap = Calendar { anchor: utc("2024-01-31T10:00:00Z"), ..cal };
+        assert_eq!(
+            got,
+            [
+                "2023-01-31",
+                "2023-02-28",
+                "2023-03-31",
+                "2023-04-30",
+                "2023-05-31"
+            ]
+        );
+        let leap = Calendar {
+            anchor: utc("2024-01-31T10:00:00Z"),
+            ..cal
+        };
         assert_eq!(leap.period_start(1).unwrap(), utc("2024-02-29T10:00:00Z"));
     }
 
@@ -273,9 +305,17 @@ mod tests {
     fn keeps_local_time_across_dst() {
         let ny: Tz = "America/New_York".parse().unwrap();
         // 09:00 EST on Jan 15 → 09:00 EDT on Apr 15.
-        let cal = Calendar { anchor: utc("2024-01-15T14:00:00Z"), interval: "1month".parse().unwrap(), zone: ny };
+        let cal = Calendar {
+            anchor: utc("2024-01-15T14:00:00Z"),
+            interval: "1month".parse().unwrap(),
+            zone: ny,
+        };
         assert_eq!(cal.period_start(3).unwrap(), utc("2024-04-15T13:00:00Z"));
-        let weekly = Calendar { interval: "1week".parse().unwrap(), anchor: utc("2024-03-04T14:00:00Z"), zone: ny };
+        let weekly = Calendar {
+            interval: "1week".parse().unwrap(),
+            anchor: utc("2024-03-04T14:00:00Z"),
+            zone: ny,
+        };
         assert_eq!(weekly.period_start(1).unwrap(), utc("2024-03-11T13:00:00Z"));
     }
 
@@ -283,20 +323,52 @@ mod tests {
     fn dst_gap_and_overlap() {
         let ny: Tz = "America/New_York".parse().unwrap();
         // 02:30 local on 2024-02-10; a month later is 2024-03-10 02:30, inside the gap.
-        let cal = Calendar { anchor: utc("2024-02-10T07:30:00Z"), interval: "1month".parse().unwrap(), zone: ny };
+        let cal = Calendar {
+            anchor: utc("2024-02-10T07:30:00Z"),
+            interval: "1month".parse().unwrap(),
+            zone: ny,
+        };
         assert_eq!(cal.period_start(1).unwrap(), utc("2024-03-10T07:30:00Z")); // 03:30 EDT
         // 01:30 local on 2024-10-03; a month later 2024-11-03 01:30 happens twice: the first.
-        let cal = Calendar { anchor: utc("2024-10-03T05:30:00Z"), interval: "1month".parse().unwrap(), zone: ny };
+        let cal = Calendar {
+            anchor: utc("2024-10-03T05:30:00Z"),
+            interval: "1month".parse().unwrap(),
+            zone: ny,
+        };
         assert_eq!(cal.period_start(1).unwrap(), utc("2024-11-03T05:30:00Z")); // 01:30 EDT
     }
 
     #[test]
     fn first_period_at_or_after() {
-        let cal = Calendar { anchor: utc("2024-01-31T00:00:00Z"), interval: "1month".parse().unwrap(), zone: Tz::UTC };
-        assert_eq!(cal.first_period_at_or_after(utc("2023-01-01T00:00:00Z")).unwrap(), 0);
-        assert_eq!(cal.first_period_at_or_after(utc("2024-02-29T00:00:00Z")).unwrap(), 1);
-        assert_eq!(cal.first_period_at_or_after(utc("2024-02-29T00:00:01Z")).unwrap(), 2);
-        assert_eq!(cal.first_period_at_or_after(utc("2034-02-28T00:00:00Z")).unwrap(), 121);
-        assert_eq!(cal.first_period_at_or_after(utc("2034-02-28T00:00:01Z")).unwrap(), 122);
+        let cal = Calendar {
+            anchor: utc("2024-01-31T00:00:00Z"),
+            interval: "1month".parse().unwrap(),
+            zone: Tz::UTC,
+        };
+        assert_eq!(
+            cal.first_period_at_or_after(utc("2023-01-01T00:00:00Z"))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            cal.first_period_at_or_after(utc("2024-02-29T00:00:00Z"))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            cal.first_period_at_or_after(utc("2024-02-29T00:00:01Z"))
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            cal.first_period_at_or_after(utc("2034-02-28T00:00:00Z"))
+                .unwrap(),
+            121
+        );
+        assert_eq!(
+            cal.first_period_at_or_after(utc("2034-02-28T00:00:01Z"))
+                .unwrap(),
+            122
+        );
     }
 }

@@ -267,7 +267,14 @@ mod tests {
     #[test]
     fn success_advances() {
         let now: DateTime<Utc> = "2025-01-31T12:00:05Z".parse().unwrap();
-        let t = after_outcome(&pos(1, None), AttemptOutcome::Succeeded, &DunningPolicy::default(), false, now).unwrap();
+        let t = after_outcome(
+            &pos(1, None),
+            AttemptOutcome::Succeeded,
+            &DunningPolicy::default(),
+            false,
+            now,
+        )
+        .unwrap();
         assert_eq!(
             t,
             Transition::NextPeriod {
@@ -278,8 +285,22 @@ mod tests {
         );
         let mut p = pos(1, None);
         p.max_cycles = Some(1);
-        let t = after_outcome(&p, AttemptOutcome::Succeeded, &DunningPolicy::default(), false, now).unwrap();
-        assert!(matches!(t, Transition::NextPeriod { due: None, status: SubscriptionStatus::Completed, .. }));
+        let t = after_outcome(
+            &p,
+            AttemptOutcome::Succeeded,
+            &DunningPolicy::default(),
+            false,
+            now,
+        )
+        .unwrap();
+        assert!(matches!(
+            t,
+            Transition::NextPeriod {
+                due: None,
+                status: SubscriptionStatus::Completed,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -291,8 +312,21 @@ mod tests {
         let mut started = None;
         loop {
             let now = dues.last().copied().unwrap_or(start);
-            match after_outcome(&pos(attempt, started), AttemptOutcome::Declined { hard: false }, &policy, false, now).unwrap() {
-                Transition::Retry { attempt: a, due, dunning_started_at, .. } => {
+            match after_outcome(
+                &pos(attempt, started),
+                AttemptOutcome::Declined { hard: false },
+                &policy,
+                false,
+                now,
+            )
+            .unwrap()
+            {
+                Transition::Retry {
+                    attempt: a,
+                    due,
+                    dunning_started_at,
+                    ..
+                } => {
                     attempt = a;
                     started = Some(dunning_started_at);
                     dues.push(due);
@@ -311,10 +345,39 @@ mod tests {
     #[test]
     fn hard_decline_falls_back_or_ends() {
         let now = Utc::now();
-        let policy = DunningPolicy { final_state: FinalState::Canceled, ..DunningPolicy::default() };
-        let t = after_outcome(&pos(1, None), AttemptOutcome::Declined { hard: true }, &policy, true, now).unwrap();
-        assert!(matches!(t, Transition::Retry { attempt: 2, switch_card: true, .. }));
-        let t = after_outcome(&pos(1, None), AttemptOutcome::Declined { hard: true }, &policy, false, now).unwrap();
-        assert_eq!(t, Transition::Exhausted { status: SubscriptionStatus::Canceled });
+        let policy = DunningPolicy {
+            final_state: FinalState::Canceled,
+            ..DunningPolicy::default()
+        };
+        let t = after_outcome(
+            &pos(1, None),
+            AttemptOutcome::Declined { hard: true },
+            &policy,
+            true,
+            now,
+        )
+        .unwrap();
+        assert!(matches!(
+            t,
+            Transition::Retry {
+                attempt: 2,
+                switch_card: true,
+                ..
+            }
+        ));
+        let t = after_outcome(
+            &pos(1, None),
+            AttemptOutcome::Declined { hard: true },
+            &policy,
+            false,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            Transition::Exhausted {
+                status: SubscriptionStatus::Canceled
+            }
+        );
     }
 }

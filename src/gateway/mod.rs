@@ -192,11 +192,20 @@ pub trait PaymentGateway: Send + Sync {
     async fn list_customers(&self, cursor: Option<&str>) -> Result<Page<wire::Customer>>;
 
     /// One page of a customer's cards.
-    async fn list_cards(&self, customer_id: &str, cursor: Option<&str>, include_disabled: bool)
-    -> Result<Page<wire::Card>>;
+    async fn list_cards(
+        &self,
+        customer_id: &str,
+        cursor: Option<&str>,
+        include_disabled: bool,
+    ) -> Result<Page<wire::Card>>;
 
     /// One page of payments created in `[begin, end)` (RFC 3339), oldest first.
-    async fn list_payments(&self, begin: &str, end: &str, cursor: Option<&str>) -> Result<Page<wire::Payment>>;
+    async fn list_payments(
+        &self,
+        begin: &str,
+        end: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<wire::Payment>>;
 
     /// One payment by id; `None` if Square does not know it.
     async fn get_payment(&self, payment_id: &str) -> Result<Option<wire::Payment>>;

@@ -94,8 +94,11 @@ impl SquareClient {
             .pool_max_idle_per_host(256)
             .user_agent(concat!("paycron/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| GatewayError::Config(format!("cannot build the HTTP client: {}", error_chain(&e))))?;
-        let per_sec = std::num::NonZeroU32::new(cfg.rate_limit_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+            .map_err(|e| {
+                GatewayError::Config(format!("cannot build the HTTP client: {}", error_chain(&e)))
+            })?;
+        let per_sec = std::num::NonZeroU32::new(cfg.rate_limit_per_sec.max(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
         Ok(SquareClient {
             http,
             base_url: cfg.base_url(),
@@ -175,8 +178,11 @@ impl SquareClient {
             }
         };
         if !parsed.errors.is_empty() {
-            let pairs: Vec<(String, String)> =
-                parsed.errors.iter().map(|e| (e.category.clone(), e.code.clone())).collect();
+            let pairs: Vec<(String, String)> = parsed
+                .errors
+                .iter()
+                .map(|e| (e.category.clone(), e.code.clone()))
+                .collect();
             let detail_of = |code: &str| {
                 parsed
                     .errors
@@ -197,35 +203,45 @@ impl SquareClient {
                         reason: format!("HTTP {status} {category} {code}"),
                         retry_after: after,
                     },
-                    ErrorClass::KeyReused => Try::Done(PaymentOutcome::KeyReused { detail: detail_of(code) }),
-                    ErrorClass::Authentication | ErrorClass::Invalid => Try::Done(PaymentOutcome::Fatal {
-                        code: code.clone(),
-                        category: category.clone(),
+                    ErrorClass::KeyReused => Try::Done(PaymentOutcome::KeyReused {
                         detail: detail_of(code),
                     }),
+                    ErrorClass::Authentication | ErrorClass::Invalid => {
+                        Try::Done(PaymentOutcome::Fatal {
+                            code: code.clone(),
+                            category: category.clone(),
+                            detail: detail_of(code),
+                        })
+                    }
                 };
             }
         }
         match parsed.payment {
-            Some(p) if p.status == "COMPLETED" || p.status == "APPROVED" => Try::Done(PaymentOutcome::Succeeded {
-                payment_id: p.id,
-                status: p.status,
-            }),
-            Some(p) if p.status == "FAILED" || p.status == "CANCELED" => Try::Done(PaymentOutcome::Declined {
-                code: "GENERIC_DECLINE".into(),
-                category: "PAYMENT_METHOD_ERROR".into(),
-                hard: false,
-            }),
+            Some(p) if p.status == "COMPLETED" || p.status == "APPROVED" => {
+                Try::Done(PaymentOutcome::Succeeded {
+                    payment_id: p.id,
+                    status: p.status,
+                })
+            }
+            Some(p) if p.status == "FAILED" || p.status == "CANCELED" => {
+                Try::Done(PaymentOutcome::Declined {
+                    code: "GENERIC_DECLINE".into(),
+                    category: "PAYMENT_METHOD_ERROR".into(),
+                    hard: false,
+                })
+            }
             Some(p) => Try::Again {
                 maybe_sent: true,
                 reason: format!("payment {} is {}", p.id, p.status),
                 retry_after: after,
             },
-            None if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => Try::Again {
-                maybe_sent: false,
-                reason: format!("HTTP {status}"),
-                retry_after: after,
-            },
+            None if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
+                Try::Again {
+                    maybe_sent: false,
+                    reason: format!("HTTP {status}"),
+                    retry_after: after,
+                }
+            }
             None => Try::Again {
                 maybe_sent: true,
                 reason: format!("HTTP {status} with neither payment nor errors"),
@@ -244,25 +260,46 @@ impl SquareClient {
         let started = Instant::now();
         let mut delays = Self::backoff();
         loop {
-            let outcome = self.request(reqwest::Method::GET, path).query(query).send().await;
+            let outcome = self
+                .request(reqwest::Method::GET, path)
+                .query(query)
+                .send()
+                .await;
             let (cause, after) = match outcome {
-                Err(e) => (format!("{} ({}{path})", error_chain(&e), self.base_url), None),
+                Err(e) => (
+                    format!("{} ({}{path})", error_chain(&e), self.base_url),
+                    None,
+                ),
                 Ok(resp) => {
                     let status = resp.status();
                     let after = retry_after(resp.headers());
                     match resp.bytes().await {
                         Err(e) => (format!("answer lost: {}", error_chain(&e)), after),
                         Ok(bytes) => match serde_json::from_slice::<T>(&bytes) {
-                            Ok(body) if body.errors().is_empty() && status.is_success() => return Ok(body),
+                            Ok(body) if body.errors().is_empty() && status.is_success() => {
+                                return Ok(body);
+                            }
                             Ok(body) => {
                                 let first = body.errors().first().cloned();
                                 let (category, code, detail) = first
                                     .map(|e| (e.category, e.code, e.detail.unwrap_or_default()))
-                                    .unwrap_or_else(|| (String::new(), format!("HTTP_{}", status.as_u16()), String::new()));
+                                    .unwrap_or_else(|| {
+                                        (
+                                            String::new(),
+                                            format!("HTTP_{}", status.as_u16()),
+                                            String::new(),
+                                        )
+                                    });
                                 match crate::domain::decline::classify(&category, &code) {
-                                    ErrorClass::Authentication => return Err(GatewayError::Unauthorized { code }),
-                                    ErrorClass::Transient => (format!("HTTP {status} {code}"), after),
-                                    _ if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+                                    ErrorClass::Authentication => {
+                                        return Err(GatewayError::Unauthorized { code });
+                                    }
+                                    ErrorClass::Transient => {
+                                        (format!("HTTP {status} {code}"), after)
+                                    }
+                                    _ if status.is_server_error()
+                                        || status == StatusCode::TOO_MANY_REQUESTS =>
+                                    {
                                         (format!("HTTP {status} {code}"), after)
                                     }
                                     _ if status == StatusCode::UNAUTHORIZED => {
@@ -279,9 +316,15 @@ impl SquareClient {
                                 }
                             }
                             Err(e) if status == StatusCode::UNAUTHORIZED => {
-                                return Err(GatewayError::Unauthorized { code: format!("HTTP 401: {e}") });
+                                return Err(GatewayError::Unauthorized {
+                                    code: format!("HTTP 401: {e}"),
+                                });
                             }
-                            Err(e) if status.is_success() || status.is_server_error() || status.as_u16() == 429 => {
+                            Err(e)
+                                if status.is_success()
+                                    || status.is_server_error()
+                                    || status.as_u16() == 429 =>
+                            {
                                 (format!("unreadable answer (HTTP {status}): {e}"), after)
                             }
                             Err(e) => {
@@ -294,16 +337,21 @@ impl SquareClient {
                     }
                 }
             };
-            let delay = delays.next().unwrap_or(Duration::from_secs(5)).max(after.unwrap_or_default());
+            let delay = delays
+                .next()
+                .unwrap_or(Duration::from_secs(5))
+                .max(after.unwrap_or_default());
             if started.elapsed() + delay > self.deadline {
-                return Err(if cause.contains("error sending request") || cause.contains("connect") {
-                    GatewayError::Unreachable {
-                        url: format!("{}{path}", self.base_url),
-                        cause,
-                    }
-                } else {
-                    GatewayError::Exhausted { what, cause }
-                });
+                return Err(
+                    if cause.contains("error sending request") || cause.contains("connect") {
+                        GatewayError::Unreachable {
+                            url: format!("{}{path}", self.base_url),
+                            cause,
+                        }
+                    } else {
+                        GatewayError::Exhausted { what, cause }
+                    },
+                );
             }
             tracing::debug!(what, %cause, delay_ms = delay.as_millis() as u64, "retrying Square read");
             tokio::time::sleep(delay).await;
@@ -349,12 +397,18 @@ impl PaymentGateway for SquareClient {
                     maybe_sent: sent,
                 } => {
                     maybe_sent |= sent;
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5)).max(retry_after.unwrap_or_default());
+                    let delay = delays
+                        .next()
+                        .unwrap_or(Duration::from_secs(5))
+                        .max(retry_after.unwrap_or_default());
                     if started.elapsed() + delay > self.deadline {
                         return if maybe_sent {
                             PaymentOutcome::Unknown { reason }
                         } else {
-                            PaymentOutcome::Transient { reason, retry_after }
+                            PaymentOutcome::Transient {
+                                reason,
+                                retry_after,
+                            }
                         };
                     }
                     tracing::debug!(key = %payment.key, %reason, delay_ms = delay.as_millis() as u64, "retrying CreatePayment with the same key");
@@ -365,18 +419,27 @@ impl PaymentGateway for SquareClient {
     }
 
     async fn list_customers(&self, cursor: Option<&str>) -> Result<Page<wire::Customer>> {
-        let mut q = vec![("sort_field", "CREATED_AT".to_owned()), ("sort_order", "ASC".to_owned())];
+        let mut q = vec![
+            ("sort_field", "CREATED_AT".to_owned()),
+            ("sort_order", "ASC".to_owned()),
+        ];
         if let Some(c) = cursor {
             q.push(("cursor", c.to_owned()));
         }
-        let r: wire::ListCustomersResponse = self.get_json("ListCustomers", "/v2/customers", &q).await?;
+        let r: wire::ListCustomersResponse =
+            self.get_json("ListCustomers", "/v2/customers", &q).await?;
         Ok(Page {
             items: r.customers,
             cursor: r.cursor.filter(|c| !c.is_empty()),
         })
     }
 
-    async fn list_cards(&self, customer_id: &str, cursor: Option<&str>, include_disabled: bool) -> Result<Page<wire::Card>> {
+    async fn list_cards(
+        &self,
+        customer_id: &str,
+        cursor: Option<&str>,
+        include_disabled: bool,
+    ) -> Result<Page<wire::Card>> {
         let mut q = vec![
             ("customer_id", customer_id.to_owned()),
             ("include_disabled", include_disabled.to_string()),
@@ -391,7 +454,12 @@ impl PaymentGateway for SquareClient {
         })
     }
 
-    async fn list_payments(&self, begin: &str, end: &str, cursor: Option<&str>) -> Result<Page<wire::Payment>> {
+    async fn list_payments(
+        &self,
+        begin: &str,
+        end: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<wire::Payment>> {
         let mut q = vec![
             ("begin_time", begin.to_owned()),
             ("end_time", end.to_owned()),
@@ -404,7 +472,8 @@ impl PaymentGateway for SquareClient {
         if let Some(c) = cursor {
             q.push(("cursor", c.to_owned()));
         }
-        let r: wire::ListPaymentsResponse = self.get_json("ListPayments", "/v2/payments", &q).await?;
+        let r: wire::ListPaymentsResponse =
+            self.get_json("ListPayments", "/v2/payments", &q).await?;
         Ok(Page {
             items: r.payments,
             cursor: r.cursor.filter(|c| !c.is_empty()),
@@ -413,7 +482,10 @@ impl PaymentGateway for SquareClient {
 
     async fn get_payment(&self, payment_id: &str) -> Result<Option<wire::Payment>> {
         let path = format!("/v2/payments/{payment_id}");
-        match self.get_json::<wire::PaymentResponse>("GetPayment", &path, &[]).await {
+        match self
+            .get_json::<wire::PaymentResponse>("GetPayment", &path, &[])
+            .await
+        {
             Ok(r) => Ok(r.payment),
             Err(GatewayError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),

@@ -15,8 +15,10 @@ use crate::store::{self, StoreError};
 pub async fn export_jsonl(pool: &PgPool, out: &mut dyn Write) -> Result<usize, StoreError> {
     let rows = store::ledger::export(pool).await?;
     for row in &rows {
-        let line = serde_json::to_string(row).map_err(|e| StoreError::Rejected(format!("cannot encode ledger row: {e}")))?;
-        writeln!(out, "{line}").map_err(|e| StoreError::Rejected(format!("cannot write the export: {e}")))?;
+        let line = serde_json::to_string(row)
+            .map_err(|e| StoreError::Rejected(format!("cannot encode ledger row: {e}")))?;
+        writeln!(out, "{line}")
+            .map_err(|e| StoreError::Rejected(format!("cannot write the export: {e}")))?;
     }
     Ok(rows.len())
 }

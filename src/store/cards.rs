@@ -70,16 +70,18 @@ pub struct CardRow {
 /// # Errors
 /// [`super::StoreError::Rejected`] with the SQL function's message for bad values.
 pub async fn upsert_customer_card(conn: &mut PgConnection, card: &CardRecord) -> Result<bool> {
-    Ok(sqlx::query_scalar("SELECT paycron.upsert_customer_card($1, $2, $3, $4, $5, $6, $7)")
-        .bind(&card.customer_id)
-        .bind(&card.card_id)
-        .bind(&card.card_brand)
-        .bind(&card.last_4)
-        .bind(card.exp_month)
-        .bind(card.exp_year)
-        .bind(card.enabled)
-        .fetch_one(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT paycron.upsert_customer_card($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&card.customer_id)
+            .bind(&card.card_id)
+            .bind(&card.card_brand)
+            .bind(&card.last_4)
+            .bind(card.exp_month)
+            .bind(card.exp_year)
+            .bind(card.enabled)
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 /// Inserts or updates a customer's profile fields (from Square's ListCustomers).
@@ -142,7 +144,11 @@ pub async fn list_cards(pool: &PgPool) -> Result<Vec<CardRow>> {
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn other_enabled_card(conn: &mut PgConnection, customer_id: &str, except: &str) -> Result<Option<String>> {
+pub async fn other_enabled_card(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    except: &str,
+) -> Result<Option<String>> {
     Ok(sqlx::query_scalar(
         "SELECT id FROM paycron.cards WHERE customer_id = $1 AND id <> $2 AND enabled
           ORDER BY updated_at DESC, id LIMIT 1",
@@ -158,7 +164,11 @@ pub async fn other_enabled_card(conn: &mut PgConnection, customer_id: &str, exce
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn disable_missing(conn: &mut PgConnection, customer_id: &str, seen: &[String]) -> Result<u64> {
+pub async fn disable_missing(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    seen: &[String],
+) -> Result<u64> {
     Ok(sqlx::query(
         "UPDATE paycron.cards SET enabled = false, updated_at = now()
           WHERE customer_id = $1 AND enabled AND NOT (id = ANY($2))",

@@ -206,7 +206,12 @@ pub async fn owned_pending(conn: &mut PgConnection, owner: Uuid) -> Result<Vec<C
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn renew_lease(conn: &mut PgConnection, id: Uuid, owner: Uuid, locked_until: DateTime<Utc>) -> Result<bool> {
+pub async fn renew_lease(
+    conn: &mut PgConnection,
+    id: Uuid,
+    owner: Uuid,
+    locked_until: DateTime<Utc>,
+) -> Result<bool> {
     Ok(sqlx::query(
         "UPDATE paycron.charges SET locked_until = $3, sends = sends + 1
           WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
@@ -268,9 +273,11 @@ pub async fn resolve(
 /// # Errors
 /// [`super::StoreError`].
 pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>> {
-    Ok(sqlx::query_as("SELECT status, count(*) FROM paycron.charges GROUP BY status ORDER BY status")
-        .fetch_all(pool)
-        .await?)
+    Ok(sqlx::query_as(
+        "SELECT status, count(*) FROM paycron.charges GROUP BY status ORDER BY status",
+    )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// The charge whose id was sent as `reference_id`, if it is one of ours.
@@ -278,8 +285,10 @@ pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>> {
 /// # Errors
 /// [`super::StoreError`].
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<ChargeRow>> {
-    Ok(sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.charges WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?)
+    Ok(
+        sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.charges WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }

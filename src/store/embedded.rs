@@ -38,7 +38,9 @@ pub enum EmbeddedError {
     )]
     NoBinaries,
     /// Running as root, but there is no unprivileged user to run the server as.
-    #[error("running as root and no unprivileged `postgres` user exists to run the embedded cluster: create one (useradd postgres) or set DATABASE_URL")]
+    #[error(
+        "running as root and no unprivileged `postgres` user exists to run the embedded cluster: create one (useradd postgres) or set DATABASE_URL"
+    )]
     NoServerUser,
     /// A filesystem step failed.
     #[error("embedded database: {what} {path}: {source}")]
@@ -95,12 +97,15 @@ fn server_user() -> Option<(u32, u32)> {
     let passwd = fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
-        (f.len() > 3 && f[0] == SUPERUSER).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        (f.len() > 3 && f[0] == SUPERUSER)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
     })
 }
 
 fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// True when a process with `uid`/`gid` can traverse every ancestor of `path`.
@@ -130,7 +135,11 @@ fn short_hash(path: &Path) -> String {
 /// # Errors
 /// [`EmbeddedError::NoBinaries`].
 pub fn find_bindir() -> Result<PathBuf> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if has_all(&dir) {
@@ -157,7 +166,10 @@ pub fn find_bindir() -> Result<PathBuf> {
         .filter(|(_, p)| has_all(p))
         .collect();
     candidates.sort();
-    candidates.pop().map(|(_, p)| p).ok_or(EmbeddedError::NoBinaries)
+    candidates
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or(EmbeddedError::NoBinaries)
 }
 
 impl LocalCluster {
@@ -185,7 +197,8 @@ impl LocalCluster {
         {
             base = PathBuf::from(format!("/var/tmp/paycron-{}", short_hash(&root)));
             fs::create_dir_all(&base).map_err(io("cannot create", &base))?;
-            fs::write(&location_file, base.display().to_string()).map_err(io("cannot write", &location_file))?;
+            fs::write(&location_file, base.display().to_string())
+                .map_err(io("cannot write", &location_file))?;
         }
         let mut socket_dir = base.join("run");
         if socket_dir.as_os_str().len() + 16 > MAX_SOCKET_PATH {
@@ -215,16 +228,22 @@ impl LocalCluster {
 
     fn command(&self, bindir: &Path, tool: &str) -> Command {
         let mut cmd = Command::new(bindir.join(tool));
-        cmd.stdin(Stdio::null()).env("LC_ALL", "C").env_remove("PGDATA");
+        cmd.stdin(Stdio::null())
+            .env("LC_ALL", "C")
+            .env_remove("PGDATA");
         if let Some((uid, gid)) = self.run_as {
-            cmd.uid(uid).gid(gid).env("HOME", &self.root).current_dir("/");
+            cmd.uid(uid)
+                .gid(gid)
+                .env("HOME", &self.root)
+                .current_dir("/");
         }
         cmd
     }
 
     fn give_to_server_user(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io("cannot chown", path))?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(io("cannot chown", path))?;
         }
         Ok(())
     }
@@ -290,7 +309,15 @@ impl LocalCluster {
                 .command(bindir, "initdb")
                 .arg("-D")
                 .arg(&self.data)
-                .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+                .args([
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
                 .stdout(out)
                 .stderr(err)
                 .status()
@@ -366,7 +393,11 @@ impl LocalCluster {
 
     /// A one-line description for `paycron db status`.
     pub fn describe(&self) -> String {
-        format!("data {} socket {}", self.data.display(), self.socket_dir.display())
+        format!(
+            "data {} socket {}",
+            self.data.display(),
+            self.socket_dir.display()
+        )
     }
 }
 
@@ -374,13 +405,18 @@ impl LocalCluster {
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn recreate_database(opts: &sqlx::postgres::PgConnectOptions, database: &str) -> super::Result<()> {
+pub async fn recreate_database(
+    opts: &sqlx::postgres::PgConnectOptions,
+    database: &str,
+) -> super::Result<()> {
     use sqlx::ConnectOptions;
     let mut conn = opts.clone().database("postgres").connect().await?;
     let quoted = database.replace('"', "\"\"");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)")))
-        .execute(&mut conn)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
         .execute(&mut conn)
         .await?;

@@ -20,14 +20,16 @@ pub async fn emit(
     charge_id: Option<Uuid>,
     payload: serde_json::Value,
 ) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT paycron.emit($1, $2, $3, $4, $5)")
-        .bind(kind)
-        .bind(subscription_id)
-        .bind(customer_id)
-        .bind(charge_id)
-        .bind(payload)
-        .fetch_one(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT paycron.emit($1, $2, $3, $4, $5)")
+            .bind(kind)
+            .bind(subscription_id)
+            .bind(customer_id)
+            .bind(charge_id)
+            .bind(payload)
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 /// A stored event.

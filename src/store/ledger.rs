@@ -22,7 +22,11 @@ pub const ACCOUNT_REVENUE: &str = "revenue:subscriptions";
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn record(conn: &mut PgConnection, charge: &ChargeRow, recorded_at: DateTime<Utc>) -> Result<bool> {
+pub async fn record(
+    conn: &mut PgConnection,
+    charge: &ChargeRow,
+    recorded_at: DateTime<Utc>,
+) -> Result<bool> {
     let entry: Option<i64> = sqlx::query_scalar(
         "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
                 decline_code, amount_minor, currency, provider_payment_id, recorded_at)

@@ -111,7 +111,10 @@ pub fn resolve_url(config: &Config) -> Result<(String, DatabaseLocation)> {
     }
     let cluster = LocalCluster::new(&config.home, ClusterOptions::default())?;
     cluster.ensure_running()?;
-    Ok((cluster.url(embedded::DATABASE), DatabaseLocation::Embedded(cluster)))
+    Ok((
+        cluster.url(embedded::DATABASE),
+        DatabaseLocation::Embedded(cluster),
+    ))
 }
 
 /// Connect options from a URL, with statement logging turned down.
@@ -139,13 +142,17 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
 pub async fn create_database_if_missing(opts: &PgConnectOptions, database: &str) -> Result<()> {
     let admin = opts.clone().database("postgres");
     let mut conn = admin.connect().await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(database)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             // Another process created it between our check and our CREATE.
             let dup = e
                 .as_database_error()

@@ -96,11 +96,16 @@ impl SubscriptionRow {
             table: "subscriptions",
             reason,
         };
-        let unit: IntervalUnit = self.interval_unit.parse().map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
-        let count = u32::try_from(self.interval_count).map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
+        let unit: IntervalUnit = self
+            .interval_unit
+            .parse()
+            .map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
+        let count =
+            u32::try_from(self.interval_count).map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
         Ok(Calendar {
             anchor: self.anchor,
-            interval: Interval::new(unit, count).map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
+            interval: Interval::new(unit, count)
+                .map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
             zone: parse_zone(&self.time_zone).map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
         })
     }
@@ -139,9 +144,11 @@ pub async fn create(conn: &mut PgConnection, new: &NewSubscription) -> Result<Uu
 /// # Errors
 /// [`StoreError`].
 pub async fn list(pool: &PgPool) -> Result<Vec<SubscriptionRow>> {
-    Ok(sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.subscriptions ORDER BY created_at, id"))
-        .fetch_all(pool)
-        .await?)
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.subscriptions ORDER BY created_at, id"
+    ))
+    .fetch_all(pool)
+    .await?)
 }
 
 /// One subscription.
@@ -149,11 +156,13 @@ pub async fn list(pool: &PgPool) -> Result<Vec<SubscriptionRow>> {
 /// # Errors
 /// [`StoreError::NotFound`].
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> {
-    sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
+    sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
 }
 
 /// The management actions of the SQL API.
@@ -177,8 +186,12 @@ pub async fn act(conn: &mut PgConnection, id: Uuid, action: Action) -> Result<St
     let q = match action {
         Action::Pause => sqlx::query_scalar("SELECT paycron.pause_subscription($1)").bind(id),
         Action::Resume => sqlx::query_scalar("SELECT paycron.resume_subscription($1)").bind(id),
-        Action::CancelNow => sqlx::query_scalar("SELECT paycron.cancel_subscription($1, false)").bind(id),
-        Action::CancelAtPeriodEnd => sqlx::query_scalar("SELECT paycron.cancel_subscription($1, true)").bind(id),
+        Action::CancelNow => {
+            sqlx::query_scalar("SELECT paycron.cancel_subscription($1, false)").bind(id)
+        }
+        Action::CancelAtPeriodEnd => {
+            sqlx::query_scalar("SELECT paycron.cancel_subscription($1, true)").bind(id)
+        }
     };
     Ok(q.fetch_one(conn).await?)
 }
@@ -188,7 +201,11 @@ pub async fn act(conn: &mut PgConnection, id: Uuid, action: Action) -> Result<St
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn claim_due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<SubscriptionRow>> {
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<SubscriptionRow>> {
     Ok(sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions s
           WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
@@ -208,11 +225,13 @@ pub async fn claim_due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) 
 /// # Errors
 /// [`StoreError::NotFound`].
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> {
-    sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
+    sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
 }
 
 /// The engine's view of a subscription's billing position.

@@ -6,26 +6,38 @@ use paycron::billing::Engine;
 use paycron::gateway::simulator::SimConfig;
 use uuid::Uuid;
 
-use crate::helpers::{app, client, fresh_db, paycron, run, seed_card, sim, TestDb};
+use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, sim};
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-async fn create(db: &TestDb, customer: &str, card: Option<&str>, anchor: &str, extra: &str) -> Uuid {
+async fn create(
+    db: &TestDb,
+    customer: &str,
+    card: Option<&str>,
+    anchor: &str,
+    extra: &str,
+) -> Uuid {
     let sql = format!(
         "SELECT paycron.create_subscription('{customer}', 1000, 'USD', 'month', 1, {}, '{anchor}'::timestamptz, 'UTC'{extra})",
-        card.map(|c| format!("'{c}'")).unwrap_or_else(|| "NULL".into())
+        card.map(|c| format!("'{c}'"))
+            .unwrap_or_else(|| "NULL".into())
     );
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&db.pool).await.unwrap()
-}
-
-async fn status(db: &TestDb, id: Uuid) -> (String, i32, Option<DateTime<Utc>>, String) {
-    sqlx::query_as("SELECT status, next_period, next_due_at, card_id FROM paycron.subscriptions WHERE id = $1")
-        .bind(id)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_one(&db.pool)
         .await
         .unwrap()
+}
+
+async fn status(db: &TestDb, id: Uuid) -> (String, i32, Option<DateTime<Utc>>, String) {
+    sqlx::query_as(
+        "SELECT status, next_period, next_due_at, card_id FROM paycron.subscriptions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
 
 async fn ledger(db: &TestDb, id: Uuid) -> Vec<(String, i32, String, Option<String>)> {
@@ -53,22 +65,56 @@ async fn month_ends_in_new_york_through_the_ledger() {
     let mut ids = vec![];
     for day in [29, 30, 31] {
         let (code, out, err) = run(paycron(Some(&db.url), None).args([
-            "subscription", "create", "--customer", "NY1", "--amount", "2500", "--currency", "USD", "--every", "1month",
-            "--anchor", &format!("2027-01-{day}T09:30:00-05:00"), "--timezone", "America/New_York",
+            "subscription",
+            "create",
+            "--customer",
+            "NY1",
+            "--amount",
+            "2500",
+            "--currency",
+            "USD",
+            "--every",
+            "1month",
+            "--anchor",
+            &format!("2027-01-{day}T09:30:00-05:00"),
+            "--timezone",
+            "America/New_York",
         ]));
         assert_eq!(code, 0, "{err}");
         ids.push(out.trim().to_owned());
     }
     // Thirteen months later, one catch-up run bills every missed period once, oldest first.
-    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", "2028-01-15T00:00:00Z"]));
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args([
+        "run-once",
+        "--now",
+        "2028-01-15T00:00:00Z",
+    ]));
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
     assert_eq!(code, 0);
-    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let keys: Vec<&str> = rows[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut expected_keys = vec![
-        "charge_id", "subscription_id", "customer_id", "period_start", "attempt", "status", "decline_code",
-        "amount_minor", "currency", "provider_payment_id", "recorded_at",
+        "charge_id",
+        "subscription_id",
+        "customer_id",
+        "period_start",
+        "attempt",
+        "status",
+        "decline_code",
+        "amount_minor",
+        "currency",
+        "provider_payment_id",
+        "recorded_at",
     ];
     let mut got = keys.clone();
     got.sort();
@@ -85,7 +131,10 @@ async fn month_ends_in_new_york_through_the_ledger() {
     };
     // 09:30 local: 14:30Z in winter (EST), 13:30Z in summer (EDT); clamped to month ends.
     let expect = |days: [u32; 13]| -> Vec<String> {
-        let months = ["2027-01", "2027-02", "2027-03", "2027-04", "2027-05", "2027-06", "2027-07", "2027-08", "2027-09", "2027-10", "2027-11", "2027-12", "2028-01"];
+        let months = [
+            "2027-01", "2027-02", "2027-03", "2027-04", "2027-05", "2027-06", "2027-07", "2027-08",
+            "2027-09", "2027-10", "2027-11", "2027-12", "2028-01",
+        ];
         months
             .iter()
             .zip(days)
@@ -96,10 +145,22 @@ async fn month_ends_in_new_york_through_the_ledger() {
             })
             .collect()
     };
-    assert_eq!(starts(&ids[0]), expect([29, 28, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29])[..12]);
-    assert_eq!(starts(&ids[1]), expect([30, 28, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30])[..12]);
-    assert_eq!(starts(&ids[2]), expect([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 31])[..12]);
-    assert!(rows.iter().all(|r| r["status"] == "succeeded" && r["attempt"] == 1));
+    assert_eq!(
+        starts(&ids[0]),
+        expect([29, 28, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29])[..12]
+    );
+    assert_eq!(
+        starts(&ids[1]),
+        expect([30, 28, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30])[..12]
+    );
+    assert_eq!(
+        starts(&ids[2]),
+        expect([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 31])[..12]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["status"] == "succeeded" && r["attempt"] == 1)
+    );
     // The simulator took exactly one payment per row.
     assert_eq!(s.with(|st| st.completed().len()), rows.len());
     s.shutdown().await;
@@ -136,8 +197,18 @@ async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
     assert_eq!(
         ledger(&db, soft).await,
         vec![
-            ("2027-03-01".into(), 1, "declined".into(), Some("INSUFFICIENT_FUNDS".into())),
-            ("2027-03-01".into(), 2, "declined".into(), Some("INSUFFICIENT_FUNDS".into())),
+            (
+                "2027-03-01".into(),
+                1,
+                "declined".into(),
+                Some("INSUFFICIENT_FUNDS".into())
+            ),
+            (
+                "2027-03-01".into(),
+                2,
+                "declined".into(),
+                Some("INSUFFICIENT_FUNDS".into())
+            ),
             ("2027-03-01".into(), 3, "succeeded".into(), None),
         ]
     );
@@ -154,32 +225,60 @@ async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
     assert_eq!(status(&db, hard).await.0, "unpaid");
     // Hard with a spare card: falls back at once, a new attempt with its own key.
     let l = ledger(&db, spare).await;
-    assert_eq!(l.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), ["declined", "succeeded"]);
+    assert_eq!(
+        l.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+        ["declined", "succeeded"]
+    );
     assert_eq!(status(&db, spare).await.3, "ccof:sim-ok-b");
     // Every attempt had its own key; the simulator took exactly the successes.
-    let keys: i64 = sqlx::query_scalar("SELECT count(DISTINCT idempotency_key) FROM paycron.charges").fetch_one(&db.pool).await.unwrap();
-    let charges: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.charges").fetch_one(&db.pool).await.unwrap();
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT idempotency_key) FROM paycron.charges")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let charges: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.charges")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(keys, charges);
     assert_eq!(s.with(|st| st.completed().len()), 2);
 
     // Events: each outcome once, in id order, in the same transaction as the change.
-    let kinds: Vec<(i64, String)> = sqlx::query_as("SELECT id, type FROM paycron.events WHERE subscription_id = $1 ORDER BY id")
-        .bind(soft)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let kinds: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, type FROM paycron.events WHERE subscription_id = $1 ORDER BY id",
+    )
+    .bind(soft)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     let names: Vec<&str> = kinds.iter().map(|k| k.1.as_str()).collect();
     assert_eq!(
         names,
-        ["subscription_created", "payment_declined", "subscription_past_due", "payment_declined", "payment_succeeded", "payment_recovered"]
+        [
+            "subscription_created",
+            "payment_declined",
+            "subscription_past_due",
+            "payment_declined",
+            "payment_succeeded",
+            "payment_recovered"
+        ]
     );
-    let unpaid: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.events WHERE type = 'subscription_unpaid'").fetch_one(&db.pool).await.unwrap();
+    let unpaid: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.events WHERE type = 'subscription_unpaid'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(unpaid, 2);
 
     // A new card brings an unpaid subscription back: billed at once with a new attempt.
     s.with(|st| st.add_card("NEVER", "ccof:sim-ok-new", "VISA", true));
     seed_card(&db, "NEVER", "ccof:sim-ok-new").await;
-    sqlx::query("SELECT paycron.change_card($1, 'ccof:sim-ok-new')").bind(never).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT paycron.change_card($1, 'ccof:sim-ok-new')")
+        .bind(never)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     e.bill_due(Utc::now()).await.unwrap();
     assert_eq!(status(&db, never).await.0, "active");
     assert_eq!(ledger(&db, never).await.last().unwrap().2, "succeeded");
@@ -196,35 +295,69 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
     // Paused after its first period, resumed months later: the periods in between are skipped.
     let past = (Utc::now() - chrono::Duration::days(95)).to_rfc3339();
     let pausing = create(&db, "C", None, &past, "").await;
-    e.bill_due(t(&past) + chrono::Duration::hours(1)).await.unwrap();
+    e.bill_due(t(&past) + chrono::Duration::hours(1))
+        .await
+        .unwrap();
     assert_eq!(ledger(&db, pausing).await.len(), 1);
-    sqlx::query("SELECT paycron.pause_subscription($1)").bind(pausing).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT paycron.pause_subscription($1)")
+        .bind(pausing)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let anchor = "2027-01-10T00:00:00Z";
     let trial = create(&db, "C", None, anchor, ", NULL, 14").await;
     let cycles = create(&db, "C", None, anchor, ", 3").await;
     let ending = create(&db, "C", None, anchor, "").await;
     e.bill_due(t("2027-01-10T01:00:00Z")).await.unwrap();
-    assert_eq!(status(&db, trial).await.0, "trialing", "not billed during the trial");
+    assert_eq!(
+        status(&db, trial).await.0,
+        "trialing",
+        "not billed during the trial"
+    );
     assert_eq!(ledger(&db, ending).await.len(), 1);
-    sqlx::query("SELECT paycron.cancel_subscription($1, true)").bind(ending).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT paycron.cancel_subscription($1, true)")
+        .bind(ending)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     e.bill_due(t("2027-05-01T00:00:00Z")).await.unwrap();
     let trial_ledger = ledger(&db, trial).await;
-    assert_eq!(trial_ledger.first().unwrap().0, "2027-01-24", "first charge when the trial ends");
+    assert_eq!(
+        trial_ledger.first().unwrap().0,
+        "2027-01-24",
+        "first charge when the trial ends"
+    );
     assert_eq!(status(&db, trial).await.0, "active");
     assert_eq!(ledger(&db, cycles).await.len(), 3);
     assert_eq!(status(&db, cycles).await.0, "completed");
-    assert_eq!(ledger(&db, pausing).await.len(), 1, "nothing billed while paused");
-    assert_eq!(ledger(&db, ending).await.len(), 1, "the paid period runs out, nothing more");
+    assert_eq!(
+        ledger(&db, pausing).await.len(),
+        1,
+        "nothing billed while paused"
+    );
+    assert_eq!(
+        ledger(&db, ending).await.len(),
+        1,
+        "the paid period runs out, nothing more"
+    );
     assert_eq!(status(&db, ending).await.0, "canceled");
 
-    sqlx::query("SELECT paycron.resume_subscription($1)").bind(pausing).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT paycron.resume_subscription($1)")
+        .bind(pausing)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     e.bill_due(Utc::now()).await.unwrap();
     let (st, period, due, _) = status(&db, pausing).await;
     assert_eq!(st, "active");
     assert!(period >= 3, "moved past the paused periods: {period}");
     assert!(due.unwrap() > Utc::now(), "next due after the resume");
-    assert_eq!(ledger(&db, pausing).await.len(), 1, "the skipped periods were not billed");
+    assert_eq!(
+        ledger(&db, pausing).await.len(),
+        1,
+        "the skipped periods were not billed"
+    );
     s.shutdown().await;
 }

@@ -18,34 +18,61 @@ const HEADER: &str = "customer_id,card_id,card_brand,last_4,exp_month,exp_year";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_create_list_show_manage() {
     let db = fresh_db().await;
-    let file = csv(&[HEADER, "CUST1,ccof:one,VISA,1111,12,2030", "CUST2,ccof:two,mastercard,4444,1,2031"]);
-    let (code, out, err) = run(paycron(Some(&db.url), None).args(["cards", "import"]).arg(file.path()));
+    let file = csv(&[
+        HEADER,
+        "CUST1,ccof:one,VISA,1111,12,2030",
+        "CUST2,ccof:two,mastercard,4444,1,2031",
+    ]);
+    let (code, out, err) = run(paycron(Some(&db.url), None)
+        .args(["cards", "import"])
+        .arg(file.path()));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("imported 2 cards"));
-    let (code, out, _) = run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
     assert_eq!(code, 0);
     let cards: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cards.as_array().unwrap().len(), 2);
     assert_eq!(cards[1]["card_brand"], "MASTERCARD");
 
     let (code, id, err) = run(paycron(Some(&db.url), None).args([
-        "subscription", "create", "--customer", "CUST1", "--amount", "1999", "--currency", "USD", "--every", "1month",
-        "--anchor", "2026-01-31T09:00:00Z", "--timezone", "America/New_York", "--cycles", "12",
+        "subscription",
+        "create",
+        "--customer",
+        "CUST1",
+        "--amount",
+        "1999",
+        "--currency",
+        "USD",
+        "--every",
+        "1month",
+        "--anchor",
+        "2026-01-31T09:00:00Z",
+        "--timezone",
+        "America/New_York",
+        "--cycles",
+        "12",
     ]));
     assert_eq!(code, 0, "{err}");
     let id = id.trim().to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
-    let (code, out, _) = run(paycron(Some(&db.url), None).args(["subscription", "list", "--format", "json"]));
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["subscription", "list", "--format", "json"]));
     assert_eq!(code, 0);
     let subs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(subs[0]["id"], id.as_str());
     assert_eq!(subs[0]["card_id"], "ccof:one");
     assert_eq!(subs[0]["time_zone"], "America/New_York");
     assert_eq!(subs[0]["max_cycles"], 12);
-    let (code, out, _) = run(paycron(Some(&db.url), None).args(["subscription", "show", &id, "--format", "json"]));
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["subscription", "show", &id, "--format", "json"]));
     assert_eq!(code, 0);
     assert!(out.contains("\"status\": \"active\""), "{out}");
-    for (verb, expect) in [("pause", "paused"), ("resume", "resumed"), ("cancel", "canceled")] {
+    for (verb, expect) in [
+        ("pause", "paused"),
+        ("resume", "resumed"),
+        ("cancel", "canceled"),
+    ] {
         let (code, out, err) = run(paycron(Some(&db.url), None).args(["subscription", verb, &id]));
         assert_eq!(code, 0, "{verb}: {err}");
         assert!(out.contains(expect), "{verb}: {out}");
@@ -53,11 +80,13 @@ async fn import_create_list_show_manage() {
     let (code, _, err) = run(paycron(Some(&db.url), None).args(["subscription", "pause", &id]));
     assert_eq!(code, 2, "pausing a canceled subscription: {err}");
     assert!(err.contains("canceled"), "{err}");
-    let (code, out, _) = run(paycron(Some(&db.url), None).args(["customers", "list", "--format", "json"]));
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["customers", "list", "--format", "json"]));
     assert_eq!(code, 0);
     assert!(out.contains("CUST2"));
     // An empty ledger exports nothing.
-    let (code, out, _) = run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
     assert_eq!((code, out.as_str()), (0, ""));
 }
 
@@ -65,8 +94,25 @@ async fn import_create_list_show_manage() {
 async fn bad_subscription_input_exits_2_and_writes_nothing() {
     let db = fresh_db().await;
     let file = csv(&[HEADER, "CUST1,ccof:one,VISA,1111,12,2030"]);
-    assert_eq!(run(paycron(Some(&db.url), None).args(["cards", "import"]).arg(file.path())).0, 0);
-    let base = ["subscription", "create", "--customer", "CUST1", "--amount", "1999", "--currency", "USD", "--every", "1month"];
+    assert_eq!(
+        run(paycron(Some(&db.url), None)
+            .args(["cards", "import"])
+            .arg(file.path()))
+        .0,
+        0
+    );
+    let base = [
+        "subscription",
+        "create",
+        "--customer",
+        "CUST1",
+        "--amount",
+        "1999",
+        "--currency",
+        "USD",
+        "--every",
+        "1month",
+    ];
     let cases: &[(&str, &str, &str)] = &[
         ("--amount", "0", "--amount"),
         ("--amount", "-5", "--amount"),
@@ -97,8 +143,14 @@ async fn bad_subscription_input_exits_2_and_writes_nothing() {
         let (code, out, err) = run(paycron(Some(&db.url), None).args(&args));
         assert_eq!(code, 2, "{flag} {value}: stdout {out} stderr {err}");
         let last = err.lines().last().unwrap_or("");
-        assert!(last.starts_with("paycron: ") && last.contains(expect), "{flag} {value}: {err}");
-        assert!(!err.contains("4111111111111111") || *value != "4111111111111111", "a card number is never echoed: {err}");
+        assert!(
+            last.starts_with("paycron: ") && last.contains(expect),
+            "{flag} {value}: {err}"
+        );
+        assert!(
+            !err.contains("4111111111111111") || *value != "4111111111111111",
+            "a card number is never echoed: {err}"
+        );
     }
     assert_eq!(count(&db, "subscriptions").await, 0);
 }
@@ -107,24 +159,66 @@ async fn bad_subscription_input_exits_2_and_writes_nothing() {
 async fn bad_import_files_name_the_line_and_import_nothing() {
     let db = fresh_db().await;
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["customer_id,card_id,card_brand,last_4,exp_month", "C1,ccof:a,VISA,1111,1"], ":1: missing column \"exp_year\""),
-        (vec![HEADER, "C1,ccof:a,VISA,1111,12,2030", "C2,4111111111111111,VISA,1111,12,2030"], ":3: card_id looks like a card number"),
-        (vec![HEADER, "C1,ccof:a,VISA,1111,12,2030", "C2,ccof:b,VISA,11,12,2030"], ":3: last_4"),
+        (
+            vec![
+                "customer_id,card_id,card_brand,last_4,exp_month",
+                "C1,ccof:a,VISA,1111,1",
+            ],
+            ":1: missing column \"exp_year\"",
+        ),
+        (
+            vec![
+                HEADER,
+                "C1,ccof:a,VISA,1111,12,2030",
+                "C2,4111111111111111,VISA,1111,12,2030",
+            ],
+            ":3: card_id looks like a card number",
+        ),
+        (
+            vec![
+                HEADER,
+                "C1,ccof:a,VISA,1111,12,2030",
+                "C2,ccof:b,VISA,11,12,2030",
+            ],
+            ":3: last_4",
+        ),
         (vec![HEADER, "C1,ccof:a,VISA,1111,13,2030"], ":2: exp_month"),
-        (vec![HEADER, "C1,ccof:a,VISA,1111,12"], ":2: expected 6 fields, found 5"),
-        (vec![HEADER, "C1,ccof:a,VISA,1111,12,2030", "C2,ccof:a,VISA,1111,12,2030"], ":3: card_id ccof:a belongs to customer C1"),
-        (vec![HEADER, ",ccof:a,VISA,1111,12,2030"], ":2: customer_id is empty"),
+        (
+            vec![HEADER, "C1,ccof:a,VISA,1111,12"],
+            ":2: expected 6 fields, found 5",
+        ),
+        (
+            vec![
+                HEADER,
+                "C1,ccof:a,VISA,1111,12,2030",
+                "C2,ccof:a,VISA,1111,12,2030",
+            ],
+            ":3: card_id ccof:a belongs to customer C1",
+        ),
+        (
+            vec![HEADER, ",ccof:a,VISA,1111,12,2030"],
+            ":2: customer_id is empty",
+        ),
     ];
     for (lines, expect) in cases {
         let file = csv(&lines);
-        let (code, _, err) = run(paycron(Some(&db.url), None).args(["cards", "import"]).arg(file.path()));
+        let (code, _, err) = run(paycron(Some(&db.url), None)
+            .args(["cards", "import"])
+            .arg(file.path()));
         assert_eq!(code, 2, "{lines:?}: {err}");
-        assert!(err.contains(expect), "{lines:?}: expected {expect:?} in {err}");
-        assert!(!err.contains("4111111111111111"), "never echo a card number: {err}");
+        assert!(
+            err.contains(expect),
+            "{lines:?}: expected {expect:?} in {err}"
+        );
+        assert!(
+            !err.contains("4111111111111111"),
+            "never echo a card number: {err}"
+        );
         assert_eq!(count(&db, "cards").await, 0, "{lines:?}");
         assert_eq!(count(&db, "customers").await, 0, "{lines:?}");
     }
-    let (code, _, err) = run(paycron(Some(&db.url), None).args(["cards", "import", "/nonexistent/x.csv"]));
+    let (code, _, err) =
+        run(paycron(Some(&db.url), None).args(["cards", "import", "/nonexistent/x.csv"]));
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/x.csv"), "{err}");
 }
@@ -138,7 +232,9 @@ async fn bad_configuration_exits_2_naming_the_key() {
         ("PAYCRON_DUNNING_RETRY_DAYS", "3,1"),
         ("SQUARE_BASE_URL", "ftp://x"),
     ] {
-        let (code, _, err) = run(paycron(None, None).env(key, value).args(["customers", "list"]));
+        let (code, _, err) = run(paycron(None, None)
+            .env(key, value)
+            .args(["customers", "list"]));
         assert_eq!(code, 2, "{key}");
         assert!(err.contains(key), "{key}: {err}");
     }
@@ -153,7 +249,10 @@ async fn bad_configuration_exits_2_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_default_is_shared_by_concurrent_processes() {
-    let home = tempfile::Builder::new().prefix("paycron-home").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let home = tempfile::Builder::new()
+        .prefix("paycron-home")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     let file = csv(&[HEADER, "CUST1,ccof:one,VISA,1111,12,2030"]);
     let children: Vec<_> = (0..3)
         .map(|_| {
@@ -169,17 +268,29 @@ async fn embedded_default_is_shared_by_concurrent_processes() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let (code, out, err) = run(paycron(None, None).env("PAYCRON_HOME", home.path()).args(["cards", "list", "--format", "json"]));
+    let (code, out, err) = run(paycron(None, None)
+        .env("PAYCRON_HOME", home.path())
+        .args(["cards", "list", "--format", "json"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ccof:one"));
-    let (code, out, _) = run(paycron(None, None).env("PAYCRON_HOME", home.path()).args(["db", "status"]));
+    let (code, out, _) = run(paycron(None, None)
+        .env("PAYCRON_HOME", home.path())
+        .args(["db", "status"]));
     assert_eq!(code, 0);
     assert!(out.starts_with("running"), "{out}");
-    let (code, out, _) = run(paycron(None, None).env("PAYCRON_HOME", home.path()).args(["db", "url"]));
+    let (code, out, _) = run(paycron(None, None)
+        .env("PAYCRON_HOME", home.path())
+        .args(["db", "url"]));
     assert_eq!(code, 0);
     assert!(out.starts_with("postgres://"), "{out}");
-    let (code, out, _) = run(paycron(None, None).env("PAYCRON_HOME", home.path()).args(["db", "stop"]));
+    let (code, out, _) = run(paycron(None, None)
+        .env("PAYCRON_HOME", home.path())
+        .args(["db", "stop"]));
     assert_eq!((code, out.trim()), (0, "stopped"));
 }

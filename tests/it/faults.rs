@@ -19,63 +19,87 @@ async fn setup(db: &TestDb, s: &Simulator, subs: usize) -> usize {
         let card = format!("ccof:sim-ok-k{i:04}");
         s.with(|st| st.add_card(&customer, &card, "VISA", true));
         seed_card(db, &customer, &card).await;
-        sqlx::query("SELECT paycron.create_subscription($1, $2, 'USD', 'month', 1, NULL, $3::timestamptz)")
-            .bind(&customer)
-            .bind(1000 + i as i64)
-            .bind(format!("2027-01-{:02}T10:00:00Z", 1 + i % 28))
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "SELECT paycron.create_subscription($1, $2, 'USD', 'month', 1, NULL, $3::timestamptz)",
+        )
+        .bind(&customer)
+        .bind(1000 + i as i64)
+        .bind(format!("2027-01-{:02}T10:00:00Z", 1 + i % 28))
+        .execute(&db.pool)
+        .await
+        .unwrap();
     }
     subs * 4 // periods starting Jan, Feb, Mar, Apr (all before Apr 15 for days 1-14; see audit)
 }
 
 /// Checks invariant 3 and the ledger against the simulator's own record.
 async fn audit(db: &TestDb, s: &Simulator) -> usize {
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.charges WHERE status = 'pending'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.charges WHERE status = 'pending'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(pending, 0, "no charge left pending");
-    let charges: Vec<(Uuid, Uuid, i32)> = sqlx::query_as("SELECT id, subscription_id, period FROM paycron.charges")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    let by_charge: HashMap<String, (Uuid, i32)> = charges.iter().map(|(c, s, p)| (c.to_string(), (*s, *p))).collect();
+    let charges: Vec<(Uuid, Uuid, i32)> =
+        sqlx::query_as("SELECT id, subscription_id, period FROM paycron.charges")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let by_charge: HashMap<String, (Uuid, i32)> = charges
+        .iter()
+        .map(|(c, s, p)| (c.to_string(), (*s, *p)))
+        .collect();
     let taken = s.with(|st| st.completed());
     let mut periods = HashSet::new();
     for p in &taken {
-        let reference = p.reference_id.clone().expect("reference_id on every payment");
-        let period = by_charge.get(&reference).unwrap_or_else(|| panic!("payment {} has no intent", p.id));
+        let reference = p
+            .reference_id
+            .clone()
+            .expect("reference_id on every payment");
+        let period = by_charge
+            .get(&reference)
+            .unwrap_or_else(|| panic!("payment {} has no intent", p.id));
         assert!(periods.insert(*period), "period {period:?} charged twice");
     }
     // Every due period was charged: the engine's view of what is due matches.
-    let due_left: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.subscriptions WHERE next_due_at <= $1::timestamptz")
-        .bind(NOW)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let due_left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.subscriptions WHERE next_due_at <= $1::timestamptz",
+    )
+    .bind(NOW)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(due_left, 0, "nothing due left unbilled");
     let expected: i64 = sqlx::query_scalar("SELECT sum(next_period) FROM paycron.subscriptions")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(periods.len() as i64, expected, "one payment per billed period");
+    assert_eq!(
+        periods.len() as i64,
+        expected,
+        "one payment per billed period"
+    );
     // The ledger holds each payment exactly once.
-    let ledger: Vec<String> = sqlx::query_scalar("SELECT provider_payment_id FROM paycron.ledger_entries WHERE status = 'succeeded'")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let ledger: Vec<String> = sqlx::query_scalar(
+        "SELECT provider_payment_id FROM paycron.ledger_entries WHERE status = 'succeeded'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     let ledger_set: HashSet<String> = ledger.iter().cloned().collect();
     assert_eq!(ledger.len(), ledger_set.len());
     let sim_set: HashSet<String> = taken.iter().map(|p| p.id.clone()).collect();
-    assert_eq!(ledger_set, sim_set, "ledger equals the simulator's payments");
+    assert_eq!(
+        ledger_set, sim_set,
+        "ledger equals the simulator's payments"
+    );
     taken.len()
 }
 
 fn finish(db: &TestDb, s: &Simulator) {
     for round in 0..6 {
-        let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", NOW]));
+        let (code, _, err) =
+            run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", NOW]));
         if code == 0 {
             return;
         }
@@ -94,7 +118,12 @@ fn pseudo_random(seed: &mut u64) -> u64 {
 
 async fn kill_rounds(kills: usize, seed: u64) {
     let s = sim(SimConfig {
-        faults: Faults { latency_ms: 3, slow_rate: 0.05, slow_ms: 300, ..Faults::default() },
+        faults: Faults {
+            latency_ms: 3,
+            slow_rate: 0.05,
+            slow_ms: 300,
+            ..Faults::default()
+        },
         ..SimConfig::default()
     })
     .await;
@@ -123,7 +152,9 @@ async fn kill_rounds(kills: usize, seed: u64) {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    eprintln!("kill rounds: {kills} kills, {n} payments, {recovered} charges recovered after a kill");
+    eprintln!(
+        "kill rounds: {kills} kills, {n} payments, {recovered} charges recovered after a kill"
+    );
     assert!(recovered > 0, "no kill hit an open charge");
     s.shutdown().await;
 }
@@ -140,7 +171,14 @@ async fn sigkill_at_random_instants_second_half() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_replicas_billing_the_same_due_set() {
-    let s = sim(SimConfig { faults: Faults { latency_ms: 2, ..Faults::default() }, ..SimConfig::default() }).await;
+    let s = sim(SimConfig {
+        faults: Faults {
+            latency_ms: 2,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
     let db = fresh_db().await;
     setup(&db, &s, 60).await;
     let children: Vec<_> = (0..4)
@@ -156,7 +194,11 @@ async fn four_replicas_billing_the_same_due_set() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let n = audit(&db, &s).await;
     assert!(n >= 60 * 3);

@@ -17,7 +17,16 @@ fn spec() -> Value {
 
 fn payment(card: &str, customer: &str, amount: i64, currency: &str) -> PreparedPayment {
     let key = IdempotencyKey::derive(SubscriptionId::new(), 0, 1).unwrap();
-    PreparedPayment::card_on_file(key, card, customer, amount, currency, &uuid::Uuid::new_v4().to_string(), None).unwrap()
+    PreparedPayment::card_on_file(
+        key,
+        card,
+        customer,
+        amount,
+        currency,
+        &uuid::Uuid::new_v4().to_string(),
+        None,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -36,11 +45,17 @@ fn create_payment_body_follows_the_spec() {
     .unwrap();
     let body: Value = serde_json::from_str(&p.body).unwrap();
     for req in schema["required"].as_array().unwrap() {
-        assert!(body.get(req.as_str().unwrap()).is_some(), "required {req} missing");
+        assert!(
+            body.get(req.as_str().unwrap()).is_some(),
+            "required {req} missing"
+        );
     }
     for (k, v) in body.as_object().unwrap() {
         let prop = &schema["properties"][k];
-        assert!(prop.is_object(), "{k} is not a CreatePaymentRequest property");
+        assert!(
+            prop.is_object(),
+            "{k} is not a CreatePaymentRequest property"
+        );
         if let Some(s) = v.as_str() {
             if let Some(max) = prop["maxLength"].as_u64() {
                 assert!(s.chars().count() as u64 <= max, "{k} longer than {max}");
@@ -57,9 +72,17 @@ fn create_payment_body_follows_the_spec() {
     // The same inputs give the same bytes: what recovery re-sends is identical.
     assert_eq!(
         p.body,
-        PreparedPayment::card_on_file(p.key.clone(), "ccof:GaJGNaZa8x4OgDJn4GB", "W92WH6P11H4Z77CTET0RNTGFW8", 1000, "USD", body["reference_id"].as_str().unwrap(), Some("L88917AVBK2S5"))
-            .unwrap()
-            .body
+        PreparedPayment::card_on_file(
+            p.key.clone(),
+            "ccof:GaJGNaZa8x4OgDJn4GB",
+            "W92WH6P11H4Z77CTET0RNTGFW8",
+            1000,
+            "USD",
+            body["reference_id"].as_str().unwrap(),
+            Some("L88917AVBK2S5")
+        )
+        .unwrap()
+        .body
     );
 }
 
@@ -70,14 +93,28 @@ fn every_example_in_the_spec_subset_parses() {
     let parse = |name: &str| -> Result<(), String> {
         let v = ex[name].clone();
         let r = match name {
-            "CreatePaymentRequest" => serde_json::from_value::<wire::CreatePaymentRequest>(v).map(|_| ()),
-            "CreatePaymentResponse" | "GetPaymentResponse" => serde_json::from_value::<wire::PaymentResponse>(v).map(|_| ()),
+            "CreatePaymentRequest" => {
+                serde_json::from_value::<wire::CreatePaymentRequest>(v).map(|_| ())
+            }
+            "CreatePaymentResponse" | "GetPaymentResponse" => {
+                serde_json::from_value::<wire::PaymentResponse>(v).map(|_| ())
+            }
             "ListCardsResponse" => serde_json::from_value::<wire::ListCardsResponse>(v).map(|_| ()),
-            "ListCustomersResponse" => serde_json::from_value::<wire::ListCustomersResponse>(v).map(|_| ()),
-            "ListPaymentsResponse" => serde_json::from_value::<wire::ListPaymentsResponse>(v).map(|_| ()),
-            "DisableCardResponse" => serde_json::from_value::<wire::Card>(v["card"].clone()).map(|_| ()),
-            "RetrieveCustomerResponse" => serde_json::from_value::<wire::Customer>(v["customer"].clone()).map(|_| ()),
-            "SearchCustomersResponse" => serde_json::from_value::<wire::ListCustomersResponse>(v).map(|_| ()),
+            "ListCustomersResponse" => {
+                serde_json::from_value::<wire::ListCustomersResponse>(v).map(|_| ())
+            }
+            "ListPaymentsResponse" => {
+                serde_json::from_value::<wire::ListPaymentsResponse>(v).map(|_| ())
+            }
+            "DisableCardResponse" => {
+                serde_json::from_value::<wire::Card>(v["card"].clone()).map(|_| ())
+            }
+            "RetrieveCustomerResponse" => {
+                serde_json::from_value::<wire::Customer>(v["customer"].clone()).map(|_| ())
+            }
+            "SearchCustomersResponse" => {
+                serde_json::from_value::<wire::ListCustomersResponse>(v).map(|_| ())
+            }
             _ => return Ok(()),
         };
         r.map_err(|e| format!("{name}: {e}"))
@@ -88,16 +125,23 @@ fn every_example_in_the_spec_subset_parses() {
         parsed += 1;
     }
     assert!(parsed >= 9);
-    let cards: wire::ListCardsResponse = serde_json::from_value(ex["ListCardsResponse"].clone()).unwrap();
-    assert_eq!(cards.cards[0].id.as_deref(), Some("ccof:uIbfJXhXETSP197M3GB"));
-    let pay: wire::PaymentResponse = serde_json::from_value(ex["CreatePaymentResponse"].clone()).unwrap();
+    let cards: wire::ListCardsResponse =
+        serde_json::from_value(ex["ListCardsResponse"].clone()).unwrap();
+    assert_eq!(
+        cards.cards[0].id.as_deref(),
+        Some("ccof:uIbfJXhXETSP197M3GB")
+    );
+    let pay: wire::PaymentResponse =
+        serde_json::from_value(ex["CreatePaymentResponse"].clone()).unwrap();
     assert_eq!(pay.payment.unwrap().status, "COMPLETED");
 }
 
 #[test]
 fn every_error_code_in_the_spec_maps_to_a_class() {
     let spec = spec();
-    let elements = spec["schemas_extra"]["ErrorCode"]["x-enum-elements"].as_array().unwrap();
+    let elements = spec["schemas_extra"]["ErrorCode"]["x-enum-elements"]
+        .as_array()
+        .unwrap();
     assert!(elements.len() > 100);
     for e in elements {
         let code = e["name"].as_str().unwrap();
@@ -113,8 +157,14 @@ fn every_error_code_in_the_spec_maps_to_a_class() {
         };
         assert!(expected_ok, "{category}/{code} -> {class:?}");
     }
-    assert_eq!(classify("PAYMENT_METHOD_ERROR", "CARD_EXPIRED"), ErrorClass::Declined { hard: true });
-    assert_eq!(classify("PAYMENT_METHOD_ERROR", "INSUFFICIENT_FUNDS"), ErrorClass::Declined { hard: false });
+    assert_eq!(
+        classify("PAYMENT_METHOD_ERROR", "CARD_EXPIRED"),
+        ErrorClass::Declined { hard: true }
+    );
+    assert_eq!(
+        classify("PAYMENT_METHOD_ERROR", "INSUFFICIENT_FUNDS"),
+        ErrorClass::Declined { hard: false }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,27 +180,63 @@ async fn simulator_takes_declines_and_replays_keys_like_square() {
     let c = client(&config(&s.base_url()));
     let ok = payment("ccof:sim-ok-1", "C1", 1500, "USD");
     let first = c.create_payment(&ok).await;
-    let PaymentOutcome::Succeeded { payment_id, .. } = first.clone() else { panic!("{first:?}") };
+    let PaymentOutcome::Succeeded { payment_id, .. } = first.clone() else {
+        panic!("{first:?}")
+    };
     // Same key, same body: the original payment, not a new one.
     assert_eq!(c.create_payment(&ok).await, first);
     assert_eq!(s.with(|st| st.completed().len()), 1);
     // Same key, changed body: IDEMPOTENCY_KEY_REUSED.
-    let changed = PreparedPayment { body: ok.body.replace("1500", "1600"), ..ok.clone() };
-    assert!(matches!(c.create_payment(&changed).await, PaymentOutcome::KeyReused { .. }));
+    let changed = PreparedPayment {
+        body: ok.body.replace("1500", "1600"),
+        ..ok.clone()
+    };
+    assert!(matches!(
+        c.create_payment(&changed).await,
+        PaymentOutcome::KeyReused { .. }
+    ));
     assert_eq!(s.with(|st| st.completed().len()), 1);
-    assert_eq!(c.get_payment(&payment_id).await.unwrap().unwrap().status, "COMPLETED");
+    assert_eq!(
+        c.get_payment(&payment_id).await.unwrap().unwrap().status,
+        "COMPLETED"
+    );
     assert!(c.get_payment("NOPE").await.unwrap().is_none());
 
-    let d = c.create_payment(&payment("ccof:sim-insufficient-funds-1", "C1", 1500, "USD")).await;
-    assert_eq!(d, PaymentOutcome::Declined { code: "INSUFFICIENT_FUNDS".into(), category: "PAYMENT_METHOD_ERROR".into(), hard: false });
-    let d = c.create_payment(&payment("ccof:sim-card-expired-1", "C1", 1500, "USD")).await;
-    assert!(matches!(d, PaymentOutcome::Declined { hard: true, .. }), "{d:?}");
+    let d = c
+        .create_payment(&payment("ccof:sim-insufficient-funds-1", "C1", 1500, "USD"))
+        .await;
+    assert_eq!(
+        d,
+        PaymentOutcome::Declined {
+            code: "INSUFFICIENT_FUNDS".into(),
+            category: "PAYMENT_METHOD_ERROR".into(),
+            hard: false
+        }
+    );
+    let d = c
+        .create_payment(&payment("ccof:sim-card-expired-1", "C1", 1500, "USD"))
+        .await;
+    assert!(
+        matches!(d, PaymentOutcome::Declined { hard: true, .. }),
+        "{d:?}"
+    );
     for expect_ok in [false, false, true] {
-        let r = c.create_payment(&payment("ccof:sim-decline-first-2-1", "C1", 1500, "USD")).await;
-        assert_eq!(matches!(r, PaymentOutcome::Succeeded { .. }), expect_ok, "{r:?}");
+        let r = c
+            .create_payment(&payment("ccof:sim-decline-first-2-1", "C1", 1500, "USD"))
+            .await;
+        assert_eq!(
+            matches!(r, PaymentOutcome::Succeeded { .. }),
+            expect_ok,
+            "{r:?}"
+        );
     }
-    let d = c.create_payment(&payment("ccof:sim-ok-2", "C2", 1500, "USD")).await;
-    assert!(matches!(d, PaymentOutcome::Declined { hard: true, .. }), "disabled card: {d:?}");
+    let d = c
+        .create_payment(&payment("ccof:sim-ok-2", "C2", 1500, "USD"))
+        .await;
+    assert!(
+        matches!(d, PaymentOutcome::Declined { hard: true, .. }),
+        "disabled card: {d:?}"
+    );
     s.shutdown().await;
 }
 
@@ -167,35 +253,94 @@ async fn simulator_validates_like_square() {
         other => panic!("{other:?}"),
     };
     // Wrong customer for the card, unknown card, amount 0, foreign currency.
-    assert_eq!(fatal_code(c.create_payment(&payment("ccof:sim-ok-1", "C2", 100, "USD")).await), "INVALID_VALUE");
-    assert_eq!(fatal_code(c.create_payment(&payment("ccof:nope", "C1", 100, "USD")).await), "NOT_FOUND");
-    assert_eq!(fatal_code(c.create_payment(&payment("ccof:sim-ok-1", "C1", 0, "USD")).await), "VALUE_TOO_LOW");
-    assert_eq!(fatal_code(c.create_payment(&payment("ccof:sim-ok-1", "C1", 100, "EUR")).await), "INVALID_VALUE");
+    assert_eq!(
+        fatal_code(
+            c.create_payment(&payment("ccof:sim-ok-1", "C2", 100, "USD"))
+                .await
+        ),
+        "INVALID_VALUE"
+    );
+    assert_eq!(
+        fatal_code(
+            c.create_payment(&payment("ccof:nope", "C1", 100, "USD"))
+                .await
+        ),
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        fatal_code(
+            c.create_payment(&payment("ccof:sim-ok-1", "C1", 0, "USD"))
+                .await
+        ),
+        "VALUE_TOO_LOW"
+    );
+    assert_eq!(
+        fatal_code(
+            c.create_payment(&payment("ccof:sim-ok-1", "C1", 100, "EUR"))
+                .await
+        ),
+        "INVALID_VALUE"
+    );
     // Key over 45 and reference over 40, and a missing customer, sent raw.
-    let mut raw: Value = serde_json::from_str(&payment("ccof:sim-ok-1", "C1", 100, "USD").body).unwrap();
+    let mut raw: Value =
+        serde_json::from_str(&payment("ccof:sim-ok-1", "C1", 100, "USD").body).unwrap();
     let key = IdempotencyKey::from_string("k".repeat(45)).unwrap();
     raw["idempotency_key"] = "k".repeat(46).into();
-    let long_key = PreparedPayment { key: key.clone(), body: raw.to_string() };
-    assert_eq!(fatal_code(c.create_payment(&long_key).await), "VALUE_TOO_LONG");
+    let long_key = PreparedPayment {
+        key: key.clone(),
+        body: raw.to_string(),
+    };
+    assert_eq!(
+        fatal_code(c.create_payment(&long_key).await),
+        "VALUE_TOO_LONG"
+    );
     raw["idempotency_key"] = "k2".into();
     raw["reference_id"] = "r".repeat(41).into();
-    assert_eq!(fatal_code(c.create_payment(&PreparedPayment { key: key.clone(), body: raw.to_string() }).await), "VALUE_TOO_LONG");
+    assert_eq!(
+        fatal_code(
+            c.create_payment(&PreparedPayment {
+                key: key.clone(),
+                body: raw.to_string()
+            })
+            .await
+        ),
+        "VALUE_TOO_LONG"
+    );
     raw["idempotency_key"] = "k3".into();
     raw["reference_id"] = "r".into();
     raw.as_object_mut().unwrap().remove("customer_id");
-    assert_eq!(fatal_code(c.create_payment(&PreparedPayment { key, body: raw.to_string() }).await), "MISSING_REQUIRED_PARAMETER");
+    assert_eq!(
+        fatal_code(
+            c.create_payment(&PreparedPayment {
+                key,
+                body: raw.to_string()
+            })
+            .await
+        ),
+        "MISSING_REQUIRED_PARAMETER"
+    );
     assert!(s.with(|st| st.completed().is_empty()));
 
     // A bearer token the simulator does not accept.
-    let s2 = sim(SimConfig { token: Some("right".into()), ..SimConfig::default() }).await;
+    let s2 = sim(SimConfig {
+        token: Some("right".into()),
+        ..SimConfig::default()
+    })
+    .await;
     let c2 = client(&config(&s2.base_url()));
-    match c2.create_payment(&payment("ccof:x", "C1", 100, "USD")).await {
+    match c2
+        .create_payment(&payment("ccof:x", "C1", 100, "USD"))
+        .await
+    {
         PaymentOutcome::Fatal { category, .. } => assert_eq!(category, "AUTHENTICATION_ERROR"),
         other => panic!("{other:?}"),
     }
     let err = c2.list_customers(None).await.unwrap_err();
     assert!(matches!(err, GatewayError::Unauthorized { .. }), "{err}");
-    assert!(err.to_string().contains("SQUARE_ACCESS_TOKEN was rejected by Square"));
+    assert!(
+        err.to_string()
+            .contains("SQUARE_ACCESS_TOKEN was rejected by Square")
+    );
     assert!(!err.to_string().contains("test-token-not-secret"));
     s.shutdown().await;
     s2.shutdown().await;
@@ -207,19 +352,42 @@ async fn transient_failures_resend_the_same_key_and_bytes() {
     s.with(|st| st.add_card("C1", "ccof:sim-ok-1", "VISA", true));
     let c = client(&config(&s.base_url()));
     for faults in [
-        Faults { error_5xx_rate: 0.3, ..Faults::default() },
-        Faults { rate_429_rate: 0.3, ..Faults::default() },
-        Faults { lose_response_rate: 0.3, ..Faults::default() },
-        Faults { garbage_rate: 0.3, ..Faults::default() },
+        Faults {
+            error_5xx_rate: 0.3,
+            ..Faults::default()
+        },
+        Faults {
+            rate_429_rate: 0.3,
+            ..Faults::default()
+        },
+        Faults {
+            lose_response_rate: 0.3,
+            ..Faults::default()
+        },
+        Faults {
+            garbage_rate: 0.3,
+            ..Faults::default()
+        },
     ] {
         s.with(|st| st.faults = faults.clone());
         for _ in 0..5 {
             let p = payment("ccof:sim-ok-1", "C1", 700, "USD");
             let before = s.with(|st| st.requests().len());
             let outcome = c.create_payment(&p).await;
-            assert!(matches!(outcome, PaymentOutcome::Succeeded { .. }), "{faults:?}: {outcome:?}");
-            let sent: Vec<String> = s.with(|st| st.requests()[before..].iter().map(|r| r.body.clone()).collect());
-            assert!(sent.iter().all(|b| b == &p.body), "every retry re-sends identical bytes");
+            assert!(
+                matches!(outcome, PaymentOutcome::Succeeded { .. }),
+                "{faults:?}: {outcome:?}"
+            );
+            let sent: Vec<String> = s.with(|st| {
+                st.requests()[before..]
+                    .iter()
+                    .map(|r| r.body.clone())
+                    .collect()
+            });
+            assert!(
+                sent.iter().all(|b| b == &p.body),
+                "every retry re-sends identical bytes"
+            );
         }
     }
     // Each key took exactly one payment, whatever was lost on the way.
@@ -236,7 +404,9 @@ async fn transient_failures_resend_the_same_key_and_bytes() {
         st.add_card("C1", "ccof:sim-generic-decline-1", "VISA", true);
     });
     let before = s.with(|st| st.requests().len());
-    let d = c.create_payment(&payment("ccof:sim-generic-decline-1", "C1", 700, "USD")).await;
+    let d = c
+        .create_payment(&payment("ccof:sim-generic-decline-1", "C1", 700, "USD"))
+        .await;
     assert!(matches!(d, PaymentOutcome::Declined { .. }));
     assert_eq!(s.with(|st| st.requests().len()) - before, 1);
     s.shutdown().await;
@@ -247,31 +417,82 @@ async fn the_deadline_holds_and_retry_after_is_honoured() {
     let s = sim(SimConfig::default()).await;
     s.with(|st| {
         st.add_card("C1", "ccof:sim-ok-1", "VISA", true);
-        st.faults = Faults { rate_429_rate: 1.0, retry_after_secs: Some(30), ..Faults::default() };
+        st.faults = Faults {
+            rate_429_rate: 1.0,
+            retry_after_secs: Some(30),
+            ..Faults::default()
+        };
     });
     let mut cfg = config(&s.base_url());
     cfg.square.retry_deadline = Duration::from_secs(2);
     let c = client(&cfg);
     // Retry-After 30 s is beyond the 2 s deadline: one request, then a Transient outcome.
     let before = s.with(|st| st.hits);
-    let r = c.create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD")).await;
-    assert!(matches!(r, PaymentOutcome::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(30)), "{r:?}");
-    assert_eq!(s.with(|st| st.hits) - before, 1, "no retry before Retry-After");
+    let r = c
+        .create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD"))
+        .await;
+    assert!(
+        matches!(r, PaymentOutcome::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(30)),
+        "{r:?}"
+    );
+    assert_eq!(
+        s.with(|st| st.hits) - before,
+        1,
+        "no retry before Retry-After"
+    );
     assert!(s.with(|st| st.completed().is_empty()));
     // Without Retry-After, the client keeps retrying until the deadline, then gives up.
-    s.with(|st| st.faults = Faults { error_5xx_rate: 1.0, ..Faults::default() });
+    s.with(|st| {
+        st.faults = Faults {
+            error_5xx_rate: 1.0,
+            ..Faults::default()
+        }
+    });
     let before = s.with(|st| st.hits);
-    let r = c.create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD")).await;
-    assert!(matches!(r, PaymentOutcome::Transient { retry_after: None, .. }), "{r:?}");
-    assert!(s.with(|st| st.hits) - before > 2, "retried within the deadline");
+    let r = c
+        .create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD"))
+        .await;
+    assert!(
+        matches!(
+            r,
+            PaymentOutcome::Transient {
+                retry_after: None,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert!(
+        s.with(|st| st.hits) - before > 2,
+        "retried within the deadline"
+    );
     // With Retry-After 1 s inside a 2 s deadline, the client waits and tries again.
-    s.with(|st| st.faults = Faults { rate_429_rate: 1.0, retry_after_secs: Some(1), ..Faults::default() });
+    s.with(|st| {
+        st.faults = Faults {
+            rate_429_rate: 1.0,
+            retry_after_secs: Some(1),
+            ..Faults::default()
+        }
+    });
     let before = s.with(|st| st.hits);
-    let _ = c.create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD")).await;
-    assert_eq!(s.with(|st| st.hits) - before, 2, "waited Retry-After between the two tries");
+    let _ = c
+        .create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD"))
+        .await;
+    assert_eq!(
+        s.with(|st| st.hits) - before,
+        2,
+        "waited Retry-After between the two tries"
+    );
     // A lost answer after the payment was taken is Unknown at the deadline, never a failure.
-    s.with(|st| st.faults = Faults { lose_response_rate: 1.0, ..Faults::default() });
-    let r = c.create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD")).await;
+    s.with(|st| {
+        st.faults = Faults {
+            lose_response_rate: 1.0,
+            ..Faults::default()
+        }
+    });
+    let r = c
+        .create_payment(&payment("ccof:sim-ok-1", "C1", 700, "USD"))
+        .await;
     assert!(matches!(r, PaymentOutcome::Unknown { .. }), "{r:?}");
     assert_eq!(s.with(|st| st.completed().len()), 1);
     s.shutdown().await;

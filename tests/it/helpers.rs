@@ -28,7 +28,8 @@ fn server_url() -> String {
                 return url;
             }
             let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
-            let cluster = LocalCluster::new(&home, ClusterOptions { ephemeral: true }).expect("test cluster home");
+            let cluster = LocalCluster::new(&home, ClusterOptions { ephemeral: true })
+                .expect("test cluster home");
             cluster.ensure_running().expect("test cluster starts");
             cluster.url("postgres")
         })
@@ -54,15 +55,21 @@ pub async fn fresh_db() -> TestDb {
     let base = server_url();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let opts = connect_options(&base).expect("options");
-    create_database_if_missing(&opts, &name).await.expect("create database");
+    create_database_if_missing(&opts, &name)
+        .await
+        .expect("create database");
     let url = with_database(&base, &name);
-    let pool = open_pool(connect_options(&url).expect("options"), 20).await.expect("migrate");
+    let pool = open_pool(connect_options(&url).expect("options"), 20)
+        .await
+        .expect("migrate");
     TestDb { url, pool }
 }
 
 /// Starts an in-process simulator.
 pub async fn sim(config: SimConfig) -> Simulator {
-    Simulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("simulator starts")
+    Simulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("simulator starts")
 }
 
 /// A configuration pointed at `sim_url`, with short deadlines suited to tests.
@@ -95,12 +102,14 @@ pub fn paycron(db_url: Option<&str>, sim_url: Option<&str>) -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.env("RUST_LOG", "info").env("PAYCRON_LOG_FORMAT", "json");
+    cmd.env("RUST_LOG", "info")
+        .env("PAYCRON_LOG_FORMAT", "json");
     if let Some(url) = db_url {
         cmd.env("DATABASE_URL", url);
     }
     if let Some(url) = sim_url {
-        cmd.env("SQUARE_BASE_URL", url).env("SQUARE_ACCESS_TOKEN", "test-token-not-secret");
+        cmd.env("SQUARE_BASE_URL", url)
+            .env("SQUARE_ACCESS_TOKEN", "test-token-not-secret");
     }
     cmd
 }
@@ -127,8 +136,10 @@ pub async fn seed_card(db: &TestDb, customer: &str, card: &str) {
 
 /// Counts rows of a paycron table.
 pub async fn count(db: &TestDb, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM paycron.{table}")))
-        .fetch_one(&db.pool)
-        .await
-        .expect("count")
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM paycron.{table}"
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .expect("count")
 }

@@ -11,7 +11,14 @@ async fn subscription(db: &crate::helpers::TestDb) -> Uuid {
         .expect("create")
 }
 
-async fn insert_charge(db: &crate::helpers::TestDb, sub: Uuid, attempt: i32, key: &str, status: &str, payment: Option<&str>) -> Result<Uuid, sqlx::Error> {
+async fn insert_charge(
+    db: &crate::helpers::TestDb,
+    sub: Uuid,
+    attempt: i32,
+    key: &str,
+    status: &str,
+    payment: Option<&str>,
+) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key, customer_id,
@@ -33,7 +40,9 @@ async fn insert_charge(db: &crate::helpers::TestDb, sub: Uuid, attempt: i32, key
 async fn ledger_refuses_update_delete_truncate() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
-    let charge = insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1")).await.unwrap();
+    let charge = insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
+        .await
+        .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
     let entry: i64 = sqlx::query_scalar(
         "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
@@ -70,7 +79,9 @@ async fn ledger_refuses_update_delete_truncate() {
 async fn unbalanced_postings_are_refused_at_commit() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
-    let charge = insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1")).await.unwrap();
+    let charge = insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
+        .await
+        .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
     let entry: i64 = sqlx::query_scalar(
         "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
@@ -95,19 +106,40 @@ async fn unbalanced_postings_are_refused_at_commit() {
 async fn one_success_and_one_intent_per_period() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
-    insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1")).await.unwrap();
+    insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
+        .await
+        .unwrap();
     // A second success for the same period.
-    let err = insert_charge(&db, sub, 2, "k2", "succeeded", Some("PAY2")).await.expect_err("second success");
-    assert!(err.to_string().contains("charges_one_success_per_period"), "{err}");
+    let err = insert_charge(&db, sub, 2, "k2", "succeeded", Some("PAY2"))
+        .await
+        .expect_err("second success");
+    assert!(
+        err.to_string().contains("charges_one_success_per_period"),
+        "{err}"
+    );
     // A second intent for the same attempt.
-    let err = insert_charge(&db, sub, 1, "k3", "pending", None).await.expect_err("same attempt");
-    assert!(err.to_string().contains("subscription_id_period_attempt"), "{err}");
+    let err = insert_charge(&db, sub, 1, "k3", "pending", None)
+        .await
+        .expect_err("same attempt");
+    assert!(
+        err.to_string().contains("subscription_id_period_attempt"),
+        "{err}"
+    );
     // Two open intents for one period.
-    insert_charge(&db, sub, 3, "k4", "pending", None).await.unwrap();
-    let err = insert_charge(&db, sub, 4, "k5", "pending", None).await.expect_err("two pending");
-    assert!(err.to_string().contains("charges_one_pending_per_period"), "{err}");
+    insert_charge(&db, sub, 3, "k4", "pending", None)
+        .await
+        .unwrap();
+    let err = insert_charge(&db, sub, 4, "k5", "pending", None)
+        .await
+        .expect_err("two pending");
+    assert!(
+        err.to_string().contains("charges_one_pending_per_period"),
+        "{err}"
+    );
     // The same idempotency key twice.
-    let err = insert_charge(&db, sub, 5, "k1", "declined", None).await.expect_err("same key");
+    let err = insert_charge(&db, sub, 5, "k1", "declined", None)
+        .await
+        .expect_err("same key");
     assert!(err.to_string().contains("idempotency_key"), "{err}");
 }
 
@@ -116,26 +148,61 @@ async fn constraints_hold_money_and_card_rules() {
     let db = fresh_db().await;
     seed_card(&db, "CUST1", "ccof:card1").await;
     for (sql, what) in [
-        ("SELECT paycron.create_subscription('CUST1', 0, 'USD', 'month', 1)", "greater than 0"),
-        ("SELECT paycron.create_subscription('CUST1', -5, 'USD', 'month', 1)", "greater than 0"),
-        ("SELECT paycron.create_subscription('CUST1', 1000000000001, 'USD', 'month', 1)", "above the cap"),
-        ("SELECT paycron.create_subscription('CUST1', 100, 'usd', 'month', 1)", "ISO 4217"),
-        ("SELECT paycron.create_subscription('CUST1', 100, 'USD', 'fortnight', 1)", "interval"),
-        ("SELECT paycron.create_subscription('CUST1', 100, 'USD', 'month', 0)", "interval"),
-        ("SELECT paycron.create_subscription('CUST1', 100, 'USD', 'month', 1, NULL, NULL, 'Mars/Base')", "time zone"),
-        ("SELECT paycron.create_subscription('NOBODY', 100, 'USD', 'month', 1)", "unknown"),
-        ("SELECT paycron.create_subscription('CUST1', 100, 'USD', 'month', 1, 'ccof:none')", "unknown"),
-        ("SELECT paycron.upsert_customer_card('CUST9', '4111111111111111')", "card number"),
-        ("SELECT paycron.upsert_customer_card('4111 1111 1111 1111', 'ccof:x')", "card number"),
+        (
+            "SELECT paycron.create_subscription('CUST1', 0, 'USD', 'month', 1)",
+            "greater than 0",
+        ),
+        (
+            "SELECT paycron.create_subscription('CUST1', -5, 'USD', 'month', 1)",
+            "greater than 0",
+        ),
+        (
+            "SELECT paycron.create_subscription('CUST1', 1000000000001, 'USD', 'month', 1)",
+            "above the cap",
+        ),
+        (
+            "SELECT paycron.create_subscription('CUST1', 100, 'usd', 'month', 1)",
+            "ISO 4217",
+        ),
+        (
+            "SELECT paycron.create_subscription('CUST1', 100, 'USD', 'fortnight', 1)",
+            "interval",
+        ),
+        (
+            "SELECT paycron.create_subscription('CUST1', 100, 'USD', 'month', 0)",
+            "interval",
+        ),
+        (
+            "SELECT paycron.create_subscription('CUST1', 100, 'USD', 'month', 1, NULL, NULL, 'Mars/Base')",
+            "time zone",
+        ),
+        (
+            "SELECT paycron.create_subscription('NOBODY', 100, 'USD', 'month', 1)",
+            "unknown",
+        ),
+        (
+            "SELECT paycron.create_subscription('CUST1', 100, 'USD', 'month', 1, 'ccof:none')",
+            "unknown",
+        ),
+        (
+            "SELECT paycron.upsert_customer_card('CUST9', '4111111111111111')",
+            "card number",
+        ),
+        (
+            "SELECT paycron.upsert_customer_card('4111 1111 1111 1111', 'ccof:x')",
+            "card number",
+        ),
     ] {
         let err = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
         assert!(err.to_string().contains(what), "{sql}: {err}");
     }
     // Direct inserts are held by CHECK constraints too.
-    let err = sqlx::query("INSERT INTO paycron.cards (id, customer_id) VALUES ('5500005555555559', 'CUST1')")
-        .execute(&db.pool)
-        .await
-        .expect_err("pan as card id");
+    let err = sqlx::query(
+        "INSERT INTO paycron.cards (id, customer_id) VALUES ('5500005555555559', 'CUST1')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect_err("pan as card id");
     assert!(err.to_string().contains("cards_id_check"), "{err}");
     assert_eq!(count(&db, "subscriptions").await, 0);
 }
@@ -145,16 +212,21 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
     let db = fresh_db().await;
     seed_card(&db, "CUST1", "ccof:card1").await;
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL ROLE paycron_app").execute(&mut *tx).await.unwrap();
-    let id: Uuid = sqlx::query_scalar("SELECT paycron.create_subscription('CUST1', 900, 'USD', 'month', 1)")
-        .fetch_one(&mut *tx)
+    sqlx::query("SET LOCAL ROLE paycron_app")
+        .execute(&mut *tx)
         .await
-        .expect("app may create");
-    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.events_feed WHERE subscription_id = $1")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("app may read events");
+        .unwrap();
+    let id: Uuid =
+        sqlx::query_scalar("SELECT paycron.create_subscription('CUST1', 900, 'USD', 'month', 1)")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("app may create");
+    let seen: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.events_feed WHERE subscription_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("app may read events");
     assert_eq!(seen, 1);
     tx.commit().await.unwrap();
     for sql in [
@@ -164,9 +236,15 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
         "UPDATE paycron.subscriptions SET amount_minor = 1",
     ] {
         let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("SET LOCAL ROLE paycron_app").execute(&mut *tx).await.unwrap();
+        sqlx::query("SET LOCAL ROLE paycron_app")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         let err = sqlx::query(sql).execute(&mut *tx).await.expect_err(sql);
-        assert!(err.to_string().contains("permission denied"), "{sql}: {err}");
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
     }
 }
 
@@ -174,14 +252,17 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
 async fn rolled_back_application_transaction_leaves_nothing() {
     let db = fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT paycron.upsert_customer_card('APP1', 'ccof:app1', 'VISA', '4242', 1, 2032)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let _: Uuid = sqlx::query_scalar("SELECT paycron.create_subscription('APP1', 500, 'USD', 'week', 2)")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(
+        "SELECT paycron.upsert_customer_card('APP1', 'ccof:app1', 'VISA', '4242', 1, 2032)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let _: Uuid =
+        sqlx::query_scalar("SELECT paycron.create_subscription('APP1', 500, 'USD', 'week', 2)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(count(&db, "customers").await, 0);
     assert_eq!(count(&db, "subscriptions").await, 0);

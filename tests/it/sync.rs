@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use paycron::billing::sync::sync_cards;
 use paycron::gateway::simulator::{Faults, SimConfig};
-use paycron::gateway::{self, GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, wire};
+use paycron::gateway::{
+    self, GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, wire,
+};
 
 use crate::helpers::{client, config, count, fresh_db, paycron, run, sim};
 
@@ -25,13 +27,26 @@ impl PaymentGateway for Interrupting {
     async fn list_customers(&self, cursor: Option<&str>) -> gateway::Result<Page<wire::Customer>> {
         self.inner.list_customers(cursor).await
     }
-    async fn list_cards(&self, customer: &str, cursor: Option<&str>, all: bool) -> gateway::Result<Page<wire::Card>> {
+    async fn list_cards(
+        &self,
+        customer: &str,
+        cursor: Option<&str>,
+        all: bool,
+    ) -> gateway::Result<Page<wire::Card>> {
         if self.calls.fetch_add(1, Ordering::SeqCst) >= self.limit {
-            return Err(GatewayError::Exhausted { what: "ListCards", cause: "connection reset (test)".into() });
+            return Err(GatewayError::Exhausted {
+                what: "ListCards",
+                cause: "connection reset (test)".into(),
+            });
         }
         self.inner.list_cards(customer, cursor, all).await
     }
-    async fn list_payments(&self, b: &str, e: &str, c: Option<&str>) -> gateway::Result<Page<wire::Payment>> {
+    async fn list_payments(
+        &self,
+        b: &str,
+        e: &str,
+        c: Option<&str>,
+    ) -> gateway::Result<Page<wire::Payment>> {
         self.inner.list_payments(b, e, c).await
     }
     async fn get_payment(&self, id: &str) -> gateway::Result<Option<wire::Payment>> {
@@ -41,17 +56,27 @@ impl PaymentGateway for Interrupting {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_customers_twice_and_after_an_interruption() {
-    let s = sim(SimConfig { customers: 1000, ..SimConfig::default() }).await;
+    let s = sim(SimConfig {
+        customers: 1000,
+        ..SimConfig::default()
+    })
+    .await;
     let db = fresh_db().await;
     let gw = client(&config(&s.base_url()));
     let expected_cards = s.with(|st| {
         let r = st.list_cards(None, None, true);
         let _ = r;
-        (0..1000).map(|i| if i % 50 == 47 || i % 50 == 10 { 2 } else { 1 }).sum::<i64>()
+        (0..1000)
+            .map(|i| if i % 50 == 47 || i % 50 == 10 { 2 } else { 1 })
+            .sum::<i64>()
     });
 
     // Interrupted after 300 customers: what was written is whole, per customer.
-    let cut = Interrupting { inner: gw.clone(), calls: AtomicUsize::new(0), limit: 300 };
+    let cut = Interrupting {
+        inner: gw.clone(),
+        calls: AtomicUsize::new(0),
+        limit: 300,
+    };
     assert!(sync_cards(&db.pool, &cut).await.is_err());
     assert_eq!(count(&db, "customers").await, 300);
     let orphans: i64 = sqlx::query_scalar(
@@ -66,19 +91,27 @@ async fn thousand_customers_twice_and_after_an_interruption() {
     assert_eq!(first.customers, 1000);
     assert_eq!(count(&db, "customers").await, 1000);
     assert_eq!(count(&db, "cards").await, expected_cards);
-    assert_eq!(first.customers_changed, 700, "only the customers the interrupted run missed");
+    assert_eq!(
+        first.customers_changed, 700,
+        "only the customers the interrupted run missed"
+    );
 
     let second = sync_cards(&db.pool, gw.as_ref()).await.unwrap();
-    assert_eq!((second.customers_changed, second.cards_changed), (0, 0), "a second run changes nothing");
+    assert_eq!(
+        (second.customers_changed, second.cards_changed),
+        (0, 0),
+        "a second run changes nothing"
+    );
 
     // A card disabled at Square is disabled here.
     s.with(|st| assert!(st.disable_card("ccof:sim-ok-000001")));
     let third = sync_cards(&db.pool, gw.as_ref()).await.unwrap();
     assert_eq!(third.cards_changed, 1);
-    let enabled: bool = sqlx::query_scalar("SELECT enabled FROM paycron.cards WHERE id = 'ccof:sim-ok-000001'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let enabled: bool =
+        sqlx::query_scalar("SELECT enabled FROM paycron.cards WHERE id = 'ccof:sim-ok-000001'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(!enabled);
     s.shutdown().await;
 }
@@ -89,7 +122,10 @@ async fn sync_through_the_cli_with_small_pages_and_503s() {
         customers: 120,
         customers_page: 7,
         cards_page: 1,
-        faults: Faults { error_5xx_rate: 0.2, ..Faults::default() },
+        faults: Faults {
+            error_5xx_rate: 0.2,
+            ..Faults::default()
+        },
         ..SimConfig::default()
     })
     .await;
@@ -97,7 +133,8 @@ async fn sync_through_the_cli_with_small_pages_and_503s() {
     let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).arg("sync-cards"));
     assert_eq!(code, 0, "{err}");
     assert_eq!(count(&db, "customers").await, 120);
-    let (code, out, _) = run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
     assert_eq!(code, 0);
     let cards: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cards.as_array().unwrap().len(), 125);
@@ -108,15 +145,31 @@ async fn sync_through_the_cli_with_small_pages_and_503s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_and_rejected_square() {
     let db = fresh_db().await;
-    let (code, _, err) = run(paycron(Some(&db.url), Some("http://127.0.0.1:9")).env("SQUARE_RETRY_DEADLINE_MS", "300").arg("sync-cards"));
+    let (code, _, err) = run(paycron(Some(&db.url), Some("http://127.0.0.1:9"))
+        .env("SQUARE_RETRY_DEADLINE_MS", "300")
+        .arg("sync-cards"));
     assert_eq!(code, 1, "{err}");
     let last = err.lines().last().unwrap();
-    assert!(last.contains("unreachable") && last.contains("http://127.0.0.1:9"), "{err}");
+    assert!(
+        last.contains("unreachable") && last.contains("http://127.0.0.1:9"),
+        "{err}"
+    );
 
-    let s = sim(SimConfig { token: Some("the-right-token".into()), customers: 3, ..SimConfig::default() }).await;
+    let s = sim(SimConfig {
+        token: Some("the-right-token".into()),
+        customers: 3,
+        ..SimConfig::default()
+    })
+    .await;
     let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).arg("sync-cards"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("SQUARE_ACCESS_TOKEN was rejected by Square"), "{err}");
-    assert!(!err.contains("test-token-not-secret"), "the token is never echoed");
+    assert!(
+        err.contains("SQUARE_ACCESS_TOKEN was rejected by Square"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("test-token-not-secret"),
+        "the token is never echoed"
+    );
     s.shutdown().await;
 }

@@ -29,8 +29,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use state::{Faults, SimConfig, SimState};
 use state::Reply;
+pub use state::{Faults, SimConfig, SimState};
 
 type Shared = Arc<Mutex<SimState>>;
 
@@ -65,7 +65,12 @@ impl Simulator {
                 .with_graceful_shutdown(async move { token.cancelled().await })
                 .await;
         });
-        Ok(Simulator { addr, state, stop, task })
+        Ok(Simulator {
+            addr,
+            state,
+            stop,
+            task,
+        })
     }
 
     /// The address it listens on.
@@ -92,7 +97,12 @@ impl Simulator {
 
 fn json_reply(r: Reply) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json")], r.body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        r.body.to_string(),
+    )
+        .into_response()
 }
 
 fn router(state: Shared) -> Router {
@@ -112,7 +122,9 @@ fn router(state: Shared) -> Router {
 
 /// Token check, latency and the pre-processing faults (5xx, 429) shared by Square endpoints.
 async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let (denied, faults) = {
         let mut s = lock(state);
         s.hits += 1;
@@ -131,10 +143,20 @@ async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
         (five, four)
     };
     if five {
-        return Some(json_reply(SimState::error_reply(500, "API_ERROR", "INTERNAL_SERVER_ERROR", "An internal error occurred.")));
+        return Some(json_reply(SimState::error_reply(
+            500,
+            "API_ERROR",
+            "INTERNAL_SERVER_ERROR",
+            "An internal error occurred.",
+        )));
     }
     if four {
-        let mut resp = json_reply(SimState::error_reply(429, "RATE_LIMIT_ERROR", "RATE_LIMITED", "Rate limited."));
+        let mut resp = json_reply(SimState::error_reply(
+            429,
+            "RATE_LIMIT_ERROR",
+            "RATE_LIMITED",
+            "Rate limited.",
+        ));
         if let Some(secs) = faults.retry_after_secs
             && let Ok(v) = secs.to_string().parse()
         {
@@ -145,14 +167,22 @@ async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
-async fn list_customers(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn list_customers(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
     json_reply(lock(&state).list_customers(q.get("cursor").map(String::as_str)))
 }
 
-async fn list_cards(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn list_cards(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
@@ -164,13 +194,22 @@ async fn list_cards(State(state): State<Shared>, headers: HeaderMap, Query(q): Q
     ))
 }
 
-async fn disable_card(State(state): State<Shared>, headers: HeaderMap, Path(card_id): Path<String>) -> Response {
+async fn disable_card(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(card_id): Path<String>,
+) -> Response {
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
     let mut s = lock(&state);
     if !s.disable_card(&card_id) {
-        return json_reply(SimState::error_reply(404, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Card not found."));
+        return json_reply(SimState::error_reply(
+            404,
+            "INVALID_REQUEST_ERROR",
+            "NOT_FOUND",
+            "Card not found.",
+        ));
     }
     let reply = s.list_cards(None, None, true);
     let card = reply.body["cards"]
@@ -199,7 +238,9 @@ async fn create_payment(State(state): State<Shared>, headers: HeaderMap, body: B
     };
     if lose {
         // The payment is taken; the answer never arrives: the connection breaks mid-response.
-        let stream = futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("response lost")) });
+        let stream = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("response lost"))
+        });
         return Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
@@ -212,12 +253,21 @@ async fn create_payment(State(state): State<Shared>, headers: HeaderMap, body: B
     if garbage {
         let text = reply.body.to_string();
         let cut = &text[..text.len() / 2];
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], cut.to_owned()).into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            cut.to_owned(),
+        )
+            .into_response();
     }
     json_reply(reply)
 }
 
-async fn list_payments(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn list_payments(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
@@ -229,7 +279,11 @@ async fn list_payments(State(state): State<Shared>, headers: HeaderMap, Query(q)
     ))
 }
 
-async fn get_payment(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_payment(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
@@ -269,7 +323,12 @@ async fn admin_faults(State(state): State<Shared>, body: Bytes) -> Response {
                 body: serde_json::to_value(f).unwrap_or_default(),
             })
         }
-        Err(e) => json_reply(SimState::error_reply(400, "INVALID_REQUEST_ERROR", "BAD_REQUEST", &e.to_string())),
+        Err(e) => json_reply(SimState::error_reply(
+            400,
+            "INVALID_REQUEST_ERROR",
+            "BAD_REQUEST",
+            &e.to_string(),
+        )),
     }
 }
 
@@ -305,6 +364,11 @@ async fn admin_add_card(State(state): State<Shared>, body: Bytes) -> Response {
                 body: serde_json::json!({}),
             })
         }
-        Err(e) => json_reply(SimState::error_reply(400, "INVALID_REQUEST_ERROR", "BAD_REQUEST", &e.to_string())),
+        Err(e) => json_reply(SimState::error_reply(
+            400,
+            "INVALID_REQUEST_ERROR",
+            "BAD_REQUEST",
+            &e.to_string(),
+        )),
     }
 }

@@ -268,7 +268,11 @@ impl SimState {
 
     /// Disables a card (as DisableCard would). Returns false when unknown.
     pub fn disable_card(&mut self, card_id: &str) -> bool {
-        match self.cards.iter_mut().find(|c| c.id.as_deref() == Some(card_id)) {
+        match self
+            .cards
+            .iter_mut()
+            .find(|c| c.id.as_deref() == Some(card_id))
+        {
             Some(c) => {
                 c.enabled = Some(false);
                 c.version = Some(c.version.unwrap_or(1) + 1);
@@ -285,7 +289,10 @@ impl SimState {
 
     /// Checks the bearer token. `None` when accepted.
     pub fn check_token(&self, header: Option<&str>) -> Option<Reply> {
-        let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
         let ok = match &self.config.token {
             Some(required) => token == required,
             None => !token.is_empty(),
@@ -305,7 +312,15 @@ impl SimState {
     pub fn list_customers(&self, cursor: Option<&str>) -> Reply {
         let start: usize = match cursor.map(str::parse).transpose() {
             Ok(v) => v.unwrap_or(0),
-            Err(_) => return error(400, "INVALID_REQUEST_ERROR", "INVALID_CURSOR", "Invalid cursor.", Some("cursor")),
+            Err(_) => {
+                return error(
+                    400,
+                    "INVALID_REQUEST_ERROR",
+                    "INVALID_CURSOR",
+                    "Invalid cursor.",
+                    Some("cursor"),
+                );
+            }
         };
         let page = self.config.customers_page.max(1);
         let items: Vec<&Customer> = self.customers.iter().skip(start).take(page).collect();
@@ -320,10 +335,23 @@ impl SimState {
     }
 
     /// `GET /v2/cards`.
-    pub fn list_cards(&self, customer_id: Option<&str>, cursor: Option<&str>, include_disabled: bool) -> Reply {
+    pub fn list_cards(
+        &self,
+        customer_id: Option<&str>,
+        cursor: Option<&str>,
+        include_disabled: bool,
+    ) -> Reply {
         let start: usize = match cursor.map(str::parse).transpose() {
             Ok(v) => v.unwrap_or(0),
-            Err(_) => return error(400, "INVALID_REQUEST_ERROR", "INVALID_CURSOR", "Invalid cursor.", Some("cursor")),
+            Err(_) => {
+                return error(
+                    400,
+                    "INVALID_REQUEST_ERROR",
+                    "INVALID_CURSOR",
+                    "Invalid cursor.",
+                    Some("cursor"),
+                );
+            }
         };
         let matching: Vec<&Card> = self
             .cards
@@ -347,18 +375,42 @@ impl SimState {
     pub fn create_payment(&mut self, raw: &str) -> Reply {
         let value: serde_json::Value = match serde_json::from_str(raw) {
             Ok(v) => v,
-            Err(_) => return error(400, "INVALID_REQUEST_ERROR", "INVALID_CONTENT_TYPE", "Expected a JSON body.", None),
+            Err(_) => {
+                return error(
+                    400,
+                    "INVALID_REQUEST_ERROR",
+                    "INVALID_CONTENT_TYPE",
+                    "Expected a JSON body.",
+                    None,
+                );
+            }
         };
-        let key = value.get("idempotency_key").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let key = value
+            .get("idempotency_key")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
         self.requests.push(ReceivedRequest {
             idempotency_key: key.clone(),
             body: raw.to_owned(),
         });
         if key.is_empty() {
-            return error(400, "INVALID_REQUEST_ERROR", "MISSING_REQUIRED_PARAMETER", "Missing idempotency_key.", Some("idempotency_key"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "MISSING_REQUIRED_PARAMETER",
+                "Missing idempotency_key.",
+                Some("idempotency_key"),
+            );
         }
         if key.chars().count() > 45 {
-            return error(400, "INVALID_REQUEST_ERROR", "VALUE_TOO_LONG", "Field must not be greater than 45 length", Some("idempotency_key"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "VALUE_TOO_LONG",
+                "Field must not be greater than 45 length",
+                Some("idempotency_key"),
+            );
         }
         if let Some(rec) = self.keys.get(&key) {
             if rec.request == value {
@@ -389,32 +441,94 @@ impl SimState {
     fn take_payment(&mut self, req: &serde_json::Value) -> Reply {
         let req: wire::CreatePaymentRequest = match serde_json::from_value(req.clone()) {
             Ok(r) => r,
-            Err(e) => return error(400, "INVALID_REQUEST_ERROR", "BAD_REQUEST", &e.to_string(), None),
+            Err(e) => {
+                return error(
+                    400,
+                    "INVALID_REQUEST_ERROR",
+                    "BAD_REQUEST",
+                    &e.to_string(),
+                    None,
+                );
+            }
         };
-        if req.reference_id.as_ref().is_some_and(|r| r.chars().count() > 40) {
-            return error(400, "INVALID_REQUEST_ERROR", "VALUE_TOO_LONG", "Field must not be greater than 40 length", Some("reference_id"));
+        if req
+            .reference_id
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > 40)
+        {
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "VALUE_TOO_LONG",
+                "Field must not be greater than 40 length",
+                Some("reference_id"),
+            );
         }
         if req.amount_money.amount <= 0 {
-            return error(400, "INVALID_REQUEST_ERROR", "VALUE_TOO_LOW", "`amount_money.amount` must be greater than 0.", Some("amount_money.amount"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "VALUE_TOO_LOW",
+                "`amount_money.amount` must be greater than 0.",
+                Some("amount_money.amount"),
+            );
         }
         if req.amount_money.currency != self.config.currency {
-            return error(400, "INVALID_REQUEST_ERROR", "INVALID_VALUE", "The currency does not match the location's currency.", Some("amount_money.currency"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "INVALID_VALUE",
+                "The currency does not match the location's currency.",
+                Some("amount_money.currency"),
+            );
         }
         if let Some(loc) = &req.location_id
             && loc != &self.config.location_id
         {
-            return error(400, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Location not found.", Some("location_id"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "NOT_FOUND",
+                "Location not found.",
+                Some("location_id"),
+            );
         }
-        let Some(card) = self.cards.iter().find(|c| c.id.as_deref() == Some(req.source_id.as_str())).cloned() else {
-            return error(400, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Card not found.", Some("source_id"));
+        let Some(card) = self
+            .cards
+            .iter()
+            .find(|c| c.id.as_deref() == Some(req.source_id.as_str()))
+            .cloned()
+        else {
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "NOT_FOUND",
+                "Card not found.",
+                Some("source_id"),
+            );
         };
         let Some(customer) = req.customer_id.as_deref() else {
-            return error(400, "INVALID_REQUEST_ERROR", "MISSING_REQUIRED_PARAMETER", "customer_id is required for a card on file.", Some("customer_id"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "MISSING_REQUIRED_PARAMETER",
+                "customer_id is required for a card on file.",
+                Some("customer_id"),
+            );
         };
         if card.customer_id.as_deref() != Some(customer) {
-            return error(400, "INVALID_REQUEST_ERROR", "INVALID_VALUE", "The card does not belong to the customer.", Some("customer_id"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "INVALID_VALUE",
+                "The card does not belong to the customer.",
+                Some("customer_id"),
+            );
         }
-        let seen = self.attempts_per_card.entry(req.source_id.clone()).or_insert(0);
+        let seen = self
+            .attempts_per_card
+            .entry(req.source_id.clone())
+            .or_insert(0);
         *seen += 1;
         let attempt = *seen;
         let decline = if card.enabled != Some(true) {
@@ -430,7 +544,11 @@ impl SimState {
         let now = Utc::now() + self.clock_offset;
         let id = format!("SIMPAY{:012}", self.next_id);
         self.next_id += 1;
-        let status = if decline.is_some() { "FAILED" } else { "COMPLETED" };
+        let status = if decline.is_some() {
+            "FAILED"
+        } else {
+            "COMPLETED"
+        };
         let payment = Payment {
             id: id.clone(),
             created_at: rfc3339(now),
@@ -440,7 +558,14 @@ impl SimState {
             status: status.into(),
             source_type: Some("CARD".into()),
             card_details: Some(wire::CardPaymentDetails {
-                status: Some(if decline.is_some() { "FAILED" } else { "CAPTURED" }.into()),
+                status: Some(
+                    if decline.is_some() {
+                        "FAILED"
+                    } else {
+                        "CAPTURED"
+                    }
+                    .into(),
+                ),
                 card: Some(Card {
                     card_brand: card.card_brand.clone(),
                     last_4: card.last_4.clone(),
@@ -455,7 +580,9 @@ impl SimState {
             customer_id: Some(customer.to_owned()),
             reference_id: req.reference_id.clone(),
             note: req.note.clone(),
-            receipt_url: decline.is_none().then(|| format!("https://squareup.com/receipt/preview/{id}")),
+            receipt_url: decline
+                .is_none()
+                .then(|| format!("https://squareup.com/receipt/preview/{id}")),
         };
         self.by_id.insert(id, self.payments.len());
         self.payments.push(payment.clone());
@@ -465,7 +592,13 @@ impl SimState {
                 body: serde_json::json!({ "payment": payment }),
             },
             Some(code) => {
-                let mut r = error(402, "PAYMENT_METHOD_ERROR", code, &format!("Authorization error: '{code}'"), None);
+                let mut r = error(
+                    402,
+                    "PAYMENT_METHOD_ERROR",
+                    code,
+                    &format!("Authorization error: '{code}'"),
+                    None,
+                );
                 r.body["payment"] = serde_json::to_value(&payment).unwrap_or_default();
                 r
             }
@@ -473,10 +606,22 @@ impl SimState {
     }
 
     /// `GET /v2/payments` over `[begin, end)`, oldest first, 100 a page.
-    pub fn list_payments(&self, begin: Option<&str>, end: Option<&str>, cursor: Option<&str>, limit: Option<usize>) -> Reply {
+    pub fn list_payments(
+        &self,
+        begin: Option<&str>,
+        end: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Reply {
         let parse = |s: Option<&str>| s.map(DateTime::parse_from_rfc3339).transpose();
         let (Ok(b), Ok(e)) = (parse(begin), parse(end)) else {
-            return error(400, "INVALID_REQUEST_ERROR", "INVALID_TIME", "Invalid time.", Some("begin_time"));
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "INVALID_TIME",
+                "Invalid time.",
+                Some("begin_time"),
+            );
         };
         let start: usize = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
         let page = limit.unwrap_or(100).clamp(1, 100);
@@ -485,7 +630,8 @@ impl SimState {
             .iter()
             .filter(|p| {
                 let t = DateTime::parse_from_rfc3339(&p.created_at).ok();
-                b.is_none_or(|b| t.is_some_and(|t| t >= b)) && e.is_none_or(|e| t.is_some_and(|t| t < e))
+                b.is_none_or(|b| t.is_some_and(|t| t >= b))
+                    && e.is_none_or(|e| t.is_some_and(|t| t < e))
             })
             .collect();
         let items: Vec<&&Payment> = matching.iter().skip(start).take(page).collect();
@@ -506,13 +652,23 @@ impl SimState {
                 status: 200,
                 body: serde_json::json!({ "payment": self.payments[i] }),
             },
-            None => error(404, "INVALID_REQUEST_ERROR", "NOT_FOUND", "Payment not found.", None),
+            None => error(
+                404,
+                "INVALID_REQUEST_ERROR",
+                "NOT_FOUND",
+                "Payment not found.",
+                None,
+            ),
         }
     }
 
     /// Every payment taken (COMPLETED), for audits.
     pub fn completed(&self) -> Vec<Payment> {
-        self.payments.iter().filter(|p| p.status == "COMPLETED").cloned().collect()
+        self.payments
+            .iter()
+            .filter(|p| p.status == "COMPLETED")
+            .cloned()
+            .collect()
     }
 
     /// Every payment, any status.
@@ -539,7 +695,13 @@ mod tests {
     fn behaviours() {
         assert_eq!(behaviour_of("ccof:sim-ok-1"), Behaviour::Approve);
         assert_eq!(behaviour_of("ccof:abc"), Behaviour::Approve);
-        assert_eq!(behaviour_of("ccof:sim-card-expired-1"), Behaviour::Decline("CARD_EXPIRED"));
-        assert_eq!(behaviour_of("ccof:sim-decline-first-3-x"), Behaviour::DeclineFirst(3));
+        assert_eq!(
+            behaviour_of("ccof:sim-card-expired-1"),
+            Behaviour::Decline("CARD_EXPIRED")
+        );
+        assert_eq!(
+            behaviour_of("ccof:sim-decline-first-3-x"),
+            Behaviour::DeclineFirst(3)
+        );
     }
 }

@@ -12,11 +12,13 @@
 //! - [`app`]: `App::build`, the one way every entry point (CLI, demo, tests) boots.
 //! - [`commands`]: what each CLI command does and prints.
 //! - [`demo`]: the self-contained demonstration.
+//! - [`bench`]: the throughput benchmark.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod bench;
 pub mod billing;
 pub mod commands;
 pub mod config;

@@ -67,6 +67,8 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         months: u32,
     },
+    /// Throughput benchmark against the simulator.
+    Bench(paycron::bench::BenchArgs),
     /// The Square-compatible simulator as a standalone server.
     Simulator {
         /// Port on 127.0.0.1.
@@ -87,6 +89,9 @@ enum Command {
         /// ListCustomers page size.
         #[arg(long, default_value_t = 100)]
         customers_page: usize,
+        /// Approve unknown ccof: card ids as the given customer's (benchmarks).
+        #[arg(long)]
+        accept_unknown_cards: bool,
         /// Added latency, milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
@@ -218,6 +223,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
         },
         Command::Migrate => db::migrate(config).await,
         Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,
+        Command::Bench(args) => paycron::bench::run(config, args).await,
         Command::Simulator {
             port,
             customers,
@@ -225,6 +231,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
             token,
             seed,
             customers_page,
+            accept_unknown_cards,
             latency_ms,
             error_5xx_rate,
             rate_429_rate,
@@ -250,6 +257,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     seed,
                     token,
                     customers_page,
+                    accept_unknown_cards,
                     mix,
                     faults,
                     ..SimConfig::default()
@@ -306,6 +314,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                 Command::Db { .. }
                 | Command::Migrate
                 | Command::Demo { .. }
+                | Command::Bench(_)
                 | Command::Simulator { .. } => Ok(()),
             }
         }
@@ -321,7 +330,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+    let default_level = if matches!(cli.command, Command::Demo { .. } | Command::Bench(_)) {
         "warn"
     } else {
         "info"

@@ -20,6 +20,8 @@
 //! failure, because money may have moved.
 
 mod record;
+
+use record::Attempted;
 pub mod sync;
 
 use std::collections::BTreeMap;
@@ -117,6 +119,11 @@ pub enum Outcome {
     /// Nothing was due.
     NothingDue,
 }
+
+/// Outcomes recorded per transaction.
+const RECORD_BATCH: usize = 64;
+/// Batches recorded at once.
+const RECORD_PARALLEL: usize = 4;
 
 /// The billing engine of one worker.
 pub struct Engine {
@@ -281,12 +288,10 @@ impl Engine {
         let inserted =
             charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        let mine: Vec<NewCharge> = intents
+        let mine: Vec<ChargeRow> = intents
             .into_iter()
             .filter(|c| inserted.contains(&c.id))
-            .collect();
-        let results: Vec<Result<Summary>> = futures::stream::iter(mine.into_iter().map(|c| {
-            let charge = ChargeRow {
+            .map(|c| ChargeRow {
                 id: c.id,
                 subscription_id: c.subscription_id,
                 period: c.period,
@@ -303,33 +308,54 @@ impl Engine {
                 provider_payment_id: None,
                 decline_code: None,
                 created_at: Utc::now(),
-            };
-            async move { self.drive(charge, now).await }
-        }))
-        .buffer_unordered(self.config.concurrency)
-        .collect()
-        .await;
-        for r in results {
-            summary.merge(&r?);
-        }
+            })
+            .collect();
+        summary.merge(&self.drive_all(mine, now).await?);
         Ok(Outcome::Billed(summary))
     }
 
-    /// Sends one charge (its stored body, its key) and records the outcome.
-    async fn drive(&self, charge: ChargeRow, now: DateTime<Utc>) -> Result<Summary> {
-        let key = IdempotencyKey::from_string(charge.idempotency_key.clone()).map_err(|e| {
-            BillingError::Build {
-                subscription: charge.subscription_id,
-                reason: e.to_string(),
+    /// Sends charges (each its stored body under its key), at most `concurrency` in flight,
+    /// and records the outcomes in batches as they arrive.
+    async fn drive_all(&self, charges: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
+        let mut summary = Summary::default();
+        let mut outcomes = futures::stream::iter(charges.into_iter().map(|charge| {
+            let gateway = self.gateway.clone();
+            async move {
+                let started = Instant::now();
+                let outcome = match IdempotencyKey::from_string(charge.idempotency_key.clone()) {
+                    Ok(key) => {
+                        let prepared = PreparedPayment {
+                            key,
+                            body: charge.request_body.clone(),
+                        };
+                        // A task of its own: the call progresses while earlier outcomes are recorded.
+                        tokio::spawn(async move { gateway.create_payment(&prepared).await })
+                            .await
+                            .unwrap_or_else(|e| PaymentOutcome::Unknown {
+                                reason: format!("payment task failed: {e}"),
+                            })
+                    }
+                    Err(e) => PaymentOutcome::Unknown {
+                        reason: format!("stored idempotency key is invalid: {e}"),
+                    },
+                };
+                Attempted {
+                    charge,
+                    outcome,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                }
             }
-        })?;
-        let prepared = PreparedPayment {
-            key,
-            body: charge.request_body.clone(),
-        };
-        let started = Instant::now();
-        let outcome = self.gateway.create_payment(&prepared).await;
-        self.record(&charge, &outcome, now, started).await
+        }))
+        .buffer_unordered(self.config.concurrency)
+        .ready_chunks(RECORD_BATCH)
+        .map(|chunk| self.record_batch(chunk, now))
+        // Batches touch disjoint charges and subscriptions (one open intent per subscription),
+        // so recording a few at once cannot deadlock.
+        .buffer_unordered(RECORD_PARALLEL);
+        while let Some(recorded) = outcomes.next().await {
+            summary.merge(&recorded?);
+        }
+        Ok(summary)
     }
 
     /// Bills everything due as of `now`: batches until nothing is due, then re-drives this
@@ -361,26 +387,19 @@ impl Engine {
     }
 
     async fn redrive(&self, open: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
-        let results: Vec<Result<Summary>> =
-            futures::stream::iter(open.into_iter().map(|c| async move {
-                let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-                if !charges::renew_lease(&mut conn, c.id, self.owner, self.lease_until()).await? {
-                    return Ok(Summary {
-                        fenced: 1,
-                        ..Summary::default()
-                    });
-                }
-                drop(conn);
-                self.drive(c, now).await
-            }))
-            .buffer_unordered(self.config.concurrency)
-            .collect()
-            .await;
-        let mut total = Summary::default();
-        for r in results {
-            total.merge(&r?);
+        let mut mine = Vec::with_capacity(open.len());
+        let mut summary = Summary::default();
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        for c in open {
+            if charges::renew_lease(&mut conn, c.id, self.owner, self.lease_until()).await? {
+                mine.push(c);
+            } else {
+                summary.fenced += 1;
+            }
         }
-        Ok(total)
+        drop(conn);
+        summary.merge(&self.drive_all(mine, now).await?);
+        Ok(summary)
     }
 
     /// Takes over and finishes pending charges whose owner is gone: a dead process (its
@@ -445,11 +464,16 @@ impl Engine {
                 p.reference_id.as_deref() == Some(reference.as_str())
                     && (p.status == "COMPLETED" || p.status == "APPROVED")
             }) {
-                let outcome = PaymentOutcome::Succeeded {
-                    payment_id: p.id.clone(),
-                    status: p.status.clone(),
+                let found = Attempted {
+                    charge: c.clone(),
+                    outcome: PaymentOutcome::Succeeded {
+                        payment_id: p.id.clone(),
+                        status: p.status.clone(),
+                    },
+                    duration_ms: 0,
                 };
-                return Ok(Some(self.record(c, &outcome, now, Instant::now()).await?));
+                tracing::info!(charge_id = %c.id, provider_payment_id = %p.id, "stale intent found at Square");
+                return Ok(Some(self.record_batch(vec![found], now).await?));
             }
             match page.cursor {
                 Some(next) => cursor = Some(next),

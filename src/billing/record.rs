@@ -1,298 +1,369 @@
-//! Step 3 of the protocol: recording one attempt's outcome in one transaction — the charge's
-//! final status (fenced on our lease), the ledger entry and postings, the subscription's next
-//! position from the pure state machine, and the events. One log line per outcome.
+//! Step 3 of the protocol: recording attempts' outcomes. A batch of outcomes is recorded in one
+//! transaction with set-based statements — the charges' final status (fenced on our lease),
+//! the ledger entries and postings, the subscriptions' next positions from the pure state
+//! machine, and the events — so one commit (and one NOTIFY round) covers many charges. One log
+//! line per outcome.
+//!
+//! Outcomes that leave the payment's fate open (transient until the deadline, unknown, key
+//! reused) are logged and left pending for recovery; an authentication failure stops the run
+//! after the rest of the batch is recorded.
 
-use std::time::Instant;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::{BillingError, Engine, Result, Summary};
 use crate::domain::subscription::{AttemptOutcome, Position, Transition, after_outcome};
 use crate::gateway::PaymentOutcome;
-use crate::store::charges::{self, ChargeRow, Resolution};
-use crate::store::subscriptions::{self, PositionUpdate};
-use crate::store::{StoreError, cards, events, ledger};
+use crate::store::charges::{ChargeRow, OwnedResolution, resolve_many};
+use crate::store::events::{NewEvent, emit_many};
+use crate::store::subscriptions::{self, PositionUpdate, SubscriptionRow};
+use crate::store::{StoreError, cards, ledger};
+
+/// One sent attempt and what Square said.
+pub(crate) struct Attempted {
+    pub charge: ChargeRow,
+    pub outcome: PaymentOutcome,
+    pub duration_ms: u64,
+}
+
+struct Decided {
+    resolution: OwnedResolution,
+    outcome: AttemptOutcome,
+    duration_ms: u64,
+}
+
+fn is_retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("40P01") | Some("40001")))
+}
 
 impl Engine {
-    /// Records `outcome` for `charge`. Outcomes that leave the payment's fate open are logged
-    /// and left pending.
-    pub(crate) async fn record(
+    /// Records a batch of outcomes.
+    pub(crate) async fn record_batch(
         &self,
-        charge: &ChargeRow,
-        outcome: &PaymentOutcome,
+        items: Vec<Attempted>,
         now: DateTime<Utc>,
-        started: Instant,
     ) -> Result<Summary> {
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let (resolution, attempt_outcome) = match outcome {
-            PaymentOutcome::Succeeded { payment_id, .. } => (
-                Resolution {
-                    status: "succeeded",
-                    payment_id: Some(payment_id),
-                    code: None,
-                    category: None,
-                },
-                AttemptOutcome::Succeeded,
-            ),
-            PaymentOutcome::Declined {
-                code,
-                category,
-                hard,
-            } => (
-                Resolution {
-                    status: "declined",
-                    payment_id: None,
-                    code: Some(code),
-                    category: Some(category),
-                },
-                AttemptOutcome::Declined { hard: *hard },
-            ),
-            PaymentOutcome::Fatal { code, category, .. } if category == "AUTHENTICATION_ERROR" => {
-                tracing::error!(subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
-                    outcome = "unauthorized", code = %code, "Square rejected the access token; charge left pending");
-                return Err(BillingError::Unauthorized { code: code.clone() });
-            }
-            PaymentOutcome::Fatal {
-                code,
-                category,
-                detail,
-            } => {
-                tracing::warn!(subscription_id = %charge.subscription_id, charge_id = %charge.id, %detail, "Square refused the request");
-                (
-                    Resolution {
-                        status: "failed",
-                        payment_id: None,
-                        code: Some(code),
-                        category: Some(category),
+        let mut summary = Summary::default();
+        let mut unauthorized: Option<String> = None;
+        let mut decided: Vec<(ChargeRow, Decided)> = Vec::with_capacity(items.len());
+        for Attempted {
+            charge,
+            outcome,
+            duration_ms,
+        } in items
+        {
+            summary.attempted += 1;
+            let (status, payment_id, code, category, attempt_outcome) = match outcome {
+                PaymentOutcome::Succeeded { payment_id, .. } => (
+                    "succeeded",
+                    Some(payment_id),
+                    None,
+                    None,
+                    AttemptOutcome::Succeeded,
+                ),
+                PaymentOutcome::Declined {
+                    code,
+                    category,
+                    hard,
+                } => (
+                    "declined",
+                    None,
+                    Some(code),
+                    Some(category),
+                    AttemptOutcome::Declined { hard },
+                ),
+                PaymentOutcome::Fatal { code, category, .. }
+                    if category == "AUTHENTICATION_ERROR" =>
+                {
+                    tracing::error!(subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+                        outcome = "unauthorized", code = %code, "Square rejected the access token; charge left pending");
+                    summary.unresolved += 1;
+                    unauthorized = Some(code);
+                    continue;
+                }
+                PaymentOutcome::Fatal {
+                    code,
+                    category,
+                    detail,
+                } => {
+                    tracing::warn!(subscription_id = %charge.subscription_id, charge_id = %charge.id, %code, %detail, "Square refused the request");
+                    // A request Square can never accept for this card: the card is unusable.
+                    (
+                        "failed",
+                        None,
+                        Some(code),
+                        Some(category),
+                        AttemptOutcome::Declined { hard: true },
+                    )
+                }
+                PaymentOutcome::Transient { reason, .. }
+                | PaymentOutcome::Unknown { reason }
+                | PaymentOutcome::KeyReused { detail: reason } => {
+                    tracing::warn!(
+                        subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+                        outcome = "pending", code = "", amount_minor = charge.amount_minor, currency = %charge.currency,
+                        duration_ms, %reason, "charge left pending for recovery"
+                    );
+                    summary.unresolved += 1;
+                    continue;
+                }
+            };
+            decided.push((
+                charge.clone(),
+                Decided {
+                    resolution: OwnedResolution {
+                        id: charge.id,
+                        status: status.to_owned(),
+                        payment_id,
+                        code,
+                        category,
                     },
-                    // A request Square can never accept for this card: treat the card as unusable.
-                    AttemptOutcome::Declined { hard: true },
-                )
-            }
-            PaymentOutcome::Transient { reason, .. }
-            | PaymentOutcome::Unknown { reason }
-            | PaymentOutcome::KeyReused { detail: reason } => {
-                let kind = match outcome {
-                    PaymentOutcome::Transient { .. } => "transient",
-                    PaymentOutcome::Unknown { .. } => "unknown",
-                    _ => "key_reused",
-                };
-                tracing::warn!(
-                    subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
-                    outcome = kind, code = "", amount_minor = charge.amount_minor, currency = %charge.currency,
-                    duration_ms, %reason, "charge left pending for recovery"
+                    outcome: attempt_outcome,
+                    duration_ms,
+                },
+            ));
+        }
+        if !decided.is_empty() {
+            let mut tries = 0;
+            let resolved = loop {
+                match self.record_decided(&decided, now).await {
+                    Ok(r) => break r,
+                    Err(BillingError::Store(e)) if is_retryable(&e) && tries < 3 => {
+                        tries += 1;
+                        tracing::warn!(error = %e, tries, "recording batch conflicted; retrying");
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            for (charge, d) in &decided {
+                if !resolved.contains(&charge.id) {
+                    summary.fenced += 1;
+                    tracing::info!(subscription_id = %charge.subscription_id, charge_id = %charge.id, outcome = "fenced",
+                        "charge was taken over by another worker; recording nothing");
+                    continue;
+                }
+                let r = &d.resolution;
+                tracing::info!(
+                    subscription_id = %charge.subscription_id,
+                    charge_id = %charge.id,
+                    attempt = charge.attempt,
+                    outcome = %r.status,
+                    code = r.code.as_deref().unwrap_or(""),
+                    amount_minor = charge.amount_minor,
+                    currency = %charge.currency,
+                    duration_ms = d.duration_ms,
+                    provider_payment_id = r.payment_id.as_deref().unwrap_or(""),
+                    "charge"
                 );
-                return Ok(Summary {
-                    attempted: 1,
-                    unresolved: 1,
-                    ..Summary::default()
-                });
+                match r.status.as_str() {
+                    "succeeded" => {
+                        summary.succeeded += 1;
+                        *summary.revenue.entry(charge.currency.clone()).or_default() +=
+                            charge.amount_minor;
+                    }
+                    "declined" => summary.declined += 1,
+                    _ => summary.failed += 1,
+                }
             }
-        };
+        }
+        if let Some(code) = unauthorized {
+            return Err(BillingError::Unauthorized { code });
+        }
+        Ok(summary)
+    }
 
+    /// The transaction: returns the ids this call resolved (the rest were fenced).
+    async fn record_decided(
+        &self,
+        decided: &[(ChargeRow, Decided)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>> {
+        let wall = Utc::now();
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let Some(resolved) =
-            charges::resolve(&mut tx, charge.id, self.owner, &resolution, Utc::now()).await?
-        else {
+        let resolutions: Vec<OwnedResolution> =
+            decided.iter().map(|(_, d)| d.resolution.clone()).collect();
+        let resolved = resolve_many(&mut tx, self.owner, &resolutions, wall).await?;
+        if resolved.is_empty() {
             tx.rollback().await.map_err(StoreError::from)?;
-            tracing::info!(subscription_id = %charge.subscription_id, charge_id = %charge.id, outcome = "fenced",
-                "charge was taken over by another worker; recording nothing");
-            return Ok(Summary {
-                fenced: 1,
-                ..Summary::default()
-            });
-        };
-        ledger::record(&mut tx, &resolved, Utc::now()).await?;
-        let sub = subscriptions::lock(&mut tx, charge.subscription_id).await?;
-        let was_past_due = sub.status == "past_due" || charge.attempt > 1;
-        let billable = matches!(sub.status.as_str(), "active" | "trialing" | "past_due");
-        let same_position = sub.next_period == charge.period && sub.next_attempt == charge.attempt;
+            return Ok(vec![]);
+        }
+        ledger::record_many(&mut tx, &resolved, wall).await?;
+        let by_id: HashMap<Uuid, &(ChargeRow, Decided)> =
+            decided.iter().map(|x| (x.0.id, x)).collect();
+        let mut sub_ids: Vec<Uuid> = resolved.iter().map(|c| c.subscription_id).collect();
+        sub_ids.sort();
+        sub_ids.dedup();
+        let subs: HashMap<Uuid, SubscriptionRow> = subscriptions::lock_many(&mut tx, &sub_ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
+        let hard_pairs: Vec<(String, String)> = resolved
+            .iter()
+            .filter(|c| {
+                matches!(
+                    by_id.get(&c.id).map(|x| x.1.outcome),
+                    Some(AttemptOutcome::Declined { hard: true })
+                )
+            })
+            .map(|c| (c.customer_id.clone(), c.card_id.clone()))
+            .collect();
+        let spares = cards::other_enabled_cards(&mut tx, &hard_pairs).await?;
+
+        let mut updates = Vec::new();
+        let mut events = Vec::new();
+        for charge in &resolved {
+            let (Some(sub), Some((_, d))) =
+                (subs.get(&charge.subscription_id), by_id.get(&charge.id))
+            else {
+                continue;
+            };
+            let spare = spares
+                .get(&(charge.customer_id.clone(), charge.card_id.clone()))
+                .cloned();
+            if let Some(u) = self.transition(sub, charge, d, spare, now, &mut events)? {
+                updates.push((sub.id, u));
+            }
+        }
+        subscriptions::set_positions(&mut tx, &updates).await?;
+        emit_many(&mut tx, &events).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(resolved.iter().map(|c| c.id).collect())
+    }
+
+    /// The subscription's next position after one recorded outcome, and the events it causes.
+    fn transition(
+        &self,
+        sub: &SubscriptionRow,
+        charge: &ChargeRow,
+        d: &Decided,
+        spare: Option<String>,
+        now: DateTime<Utc>,
+        events: &mut Vec<NewEvent>,
+    ) -> Result<Option<PositionUpdate>> {
+        let r = &d.resolution;
         let payload = serde_json::json!({
             "charge_id": charge.id,
             "period_start": charge.period_start,
             "attempt": charge.attempt,
             "amount_minor": charge.amount_minor,
             "currency": charge.currency,
-            "provider_payment_id": resolution.payment_id,
-            "decline_code": resolution.code,
+            "provider_payment_id": r.payment_id,
+            "decline_code": r.code,
         });
-        let sid = Some(sub.id);
-        let cust = Some(sub.customer_id.as_str());
-        match attempt_outcome {
+        let mut emit = |kind: &'static str, payload: serde_json::Value| {
+            events.push(NewEvent {
+                kind,
+                subscription_id: Some(sub.id),
+                customer_id: Some(sub.customer_id.clone()),
+                charge_id: Some(charge.id),
+                payload,
+            })
+        };
+        match d.outcome {
             AttemptOutcome::Succeeded => {
-                events::emit(
-                    &mut tx,
-                    "payment_succeeded",
-                    sid,
-                    cust,
-                    Some(charge.id),
-                    payload.clone(),
-                )
-                .await?;
-                if was_past_due {
-                    events::emit(
-                        &mut tx,
-                        "payment_recovered",
-                        sid,
-                        cust,
-                        Some(charge.id),
-                        payload.clone(),
-                    )
-                    .await?;
+                emit("payment_succeeded", payload.clone());
+                if sub.status == "past_due" || charge.attempt > 1 {
+                    emit("payment_recovered", payload.clone());
                 }
             }
-            AttemptOutcome::Declined { .. } => {
-                events::emit(
-                    &mut tx,
-                    "payment_declined",
-                    sid,
-                    cust,
-                    Some(charge.id),
-                    payload.clone(),
-                )
-                .await?;
-            }
+            AttemptOutcome::Declined { .. } => emit("payment_declined", payload.clone()),
         }
-        if same_position {
-            let cal = sub.calendar()?;
-            let pos = Position {
-                calendar: cal,
-                period: charge.period as u32,
-                attempt: charge.attempt as u32,
-                dunning_started_at: sub.dunning_started_at,
-                max_cycles: sub.max_cycles.map(|c| c as u32),
-                ends_at: sub.ends_at,
-            };
-            let other_card = if matches!(attempt_outcome, AttemptOutcome::Declined { hard: true }) {
-                cards::other_enabled_card(&mut tx, &sub.customer_id, &charge.card_id).await?
-            } else {
-                None
-            };
-            let transition = after_outcome(
-                &pos,
-                attempt_outcome,
-                &self.config.dunning,
-                other_card.is_some(),
-                now,
-            )
+        // Only the attempt the subscription is waiting for moves it.
+        if sub.next_period != charge.period || sub.next_attempt != charge.attempt {
+            return Ok(None);
+        }
+        let billable = matches!(sub.status.as_str(), "active" | "trialing" | "past_due");
+        let pos = Position {
+            calendar: sub.calendar()?,
+            period: charge.period as u32,
+            attempt: charge.attempt as u32,
+            dunning_started_at: sub.dunning_started_at,
+            max_cycles: sub.max_cycles.map(|c| c as u32),
+            ends_at: sub.ends_at,
+        };
+        let transition = after_outcome(&pos, d.outcome, &self.config.dunning, spare.is_some(), now)
             .map_err(|e| BillingError::Build {
                 subscription: sub.id,
                 reason: e.to_string(),
             })?;
-            let update = match transition {
-                Transition::NextPeriod {
-                    period,
-                    due,
-                    status,
-                } => PositionUpdate {
-                    status: if billable
-                        || status.as_str() == "completed" && sub.status != "canceled"
-                    {
-                        status.as_str().to_owned()
-                    } else {
-                        sub.status.clone()
-                    },
-                    card_id: sub.card_id.clone(),
-                    next_period: period as i32,
-                    next_attempt: 1,
-                    next_due_at: if billable || sub.status == "paused" {
-                        due
-                    } else {
-                        None
-                    },
-                    dunning_started_at: None,
-                    clear_skip: false,
-                },
-                Transition::Retry { .. } | Transition::Exhausted { .. } if !billable => {
-                    PositionUpdate {
-                        status: sub.status.clone(),
-                        card_id: sub.card_id.clone(),
-                        next_period: sub.next_period,
-                        next_attempt: charge.attempt + 1,
-                        next_due_at: sub.next_due_at,
-                        dunning_started_at: sub.dunning_started_at,
-                        clear_skip: false,
-                    }
-                }
-                Transition::Retry {
-                    attempt,
-                    due,
-                    switch_card,
-                    dunning_started_at,
-                } => {
-                    if sub.status != "past_due" {
-                        events::emit(
-                            &mut tx,
-                            "subscription_past_due",
-                            sid,
-                            cust,
-                            Some(charge.id),
-                            payload.clone(),
-                        )
-                        .await?;
-                    }
-                    PositionUpdate {
-                        status: "past_due".into(),
-                        card_id: if switch_card {
-                            other_card.clone().unwrap_or_else(|| sub.card_id.clone())
-                        } else {
-                            sub.card_id.clone()
-                        },
-                        next_period: sub.next_period,
-                        next_attempt: attempt as i32,
-                        next_due_at: Some(due),
-                        dunning_started_at: Some(dunning_started_at),
-                        clear_skip: false,
-                    }
-                }
-                Transition::Exhausted { status } => {
-                    let kind = if status.as_str() == "canceled" {
-                        "subscription_canceled"
-                    } else {
-                        "subscription_unpaid"
-                    };
-                    events::emit(&mut tx, kind, sid, cust, Some(charge.id), serde_json::json!({"reason": "dunning_exhausted", "decline_code": resolution.code})).await?;
-                    PositionUpdate {
-                        status: status.as_str().to_owned(),
-                        card_id: sub.card_id.clone(),
-                        next_period: sub.next_period,
-                        next_attempt: charge.attempt + 1,
-                        next_due_at: None,
-                        dunning_started_at: sub.dunning_started_at.or(Some(now)),
-                        clear_skip: false,
-                    }
-                }
-            };
-            subscriptions::set_position(&mut tx, sub.id, &update).await?;
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-
-        let code = resolution.code.unwrap_or("");
-        tracing::info!(
-            subscription_id = %charge.subscription_id,
-            charge_id = %charge.id,
-            attempt = charge.attempt,
-            outcome = resolution.status,
-            code,
-            amount_minor = charge.amount_minor,
-            currency = %charge.currency,
-            duration_ms,
-            provider_payment_id = resolution.payment_id.unwrap_or(""),
-            "charge"
-        );
-        let mut s = Summary {
-            attempted: 1,
-            ..Summary::default()
+        let keep = PositionUpdate {
+            status: sub.status.clone(),
+            card_id: sub.card_id.clone(),
+            next_period: sub.next_period,
+            next_attempt: charge.attempt + 1,
+            next_due_at: sub.next_due_at,
+            dunning_started_at: sub.dunning_started_at,
+            clear_skip: false,
         };
-        match resolution.status {
-            "succeeded" => {
-                s.succeeded = 1;
-                s.revenue
-                    .insert(charge.currency.clone(), charge.amount_minor);
+        Ok(Some(match transition {
+            Transition::NextPeriod {
+                period,
+                due,
+                status,
+            } => PositionUpdate {
+                // Paid: the period is settled whatever the business did meanwhile; a paused or
+                // canceled subscription keeps its status.
+                status: if billable {
+                    status.as_str().to_owned()
+                } else {
+                    sub.status.clone()
+                },
+                card_id: sub.card_id.clone(),
+                next_period: period as i32,
+                next_attempt: 1,
+                next_due_at: if billable || sub.status == "paused" {
+                    due
+                } else {
+                    None
+                },
+                dunning_started_at: None,
+                clear_skip: false,
+            },
+            // Declined while paused, canceled or unpaid: no dunning; the next try gets a new key.
+            Transition::Retry { .. } | Transition::Exhausted { .. } if !billable => keep,
+            Transition::Retry {
+                attempt,
+                due,
+                switch_card,
+                dunning_started_at,
+            } => {
+                if sub.status != "past_due" {
+                    emit("subscription_past_due", payload);
+                }
+                PositionUpdate {
+                    status: "past_due".into(),
+                    card_id: if switch_card {
+                        spare.unwrap_or_else(|| sub.card_id.clone())
+                    } else {
+                        sub.card_id.clone()
+                    },
+                    next_period: sub.next_period,
+                    next_attempt: attempt as i32,
+                    next_due_at: Some(due),
+                    dunning_started_at: Some(dunning_started_at),
+                    clear_skip: false,
+                }
             }
-            "declined" => s.declined = 1,
-            _ => s.failed = 1,
-        }
-        Ok(s)
+            Transition::Exhausted { status } => {
+                let kind = if status.as_str() == "canceled" {
+                    "subscription_canceled"
+                } else {
+                    "subscription_unpaid"
+                };
+                emit(
+                    kind,
+                    serde_json::json!({"reason": "dunning_exhausted", "decline_code": r.code}),
+                );
+                PositionUpdate {
+                    status: status.as_str().to_owned(),
+                    next_due_at: None,
+                    dunning_started_at: sub.dunning_started_at.or(Some(now)),
+                    ..keep
+                }
+            }
+        }))
     }
 }

@@ -179,3 +179,27 @@ pub async fn disable_missing(
     .await?
     .rows_affected())
 }
+
+/// For each (customer, card to avoid), the customer's most recently updated other enabled card.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn other_enabled_cards(
+    conn: &mut PgConnection,
+    pairs: &[(String, String)],
+) -> Result<std::collections::HashMap<(String, String), String>> {
+    if pairs.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (p.customer_id, p.except_id) p.customer_id, p.except_id, k.id
+           FROM UNNEST($1::text[], $2::text[]) AS p(customer_id, except_id)
+           JOIN paycron.cards k ON k.customer_id = p.customer_id AND k.id <> p.except_id AND k.enabled
+          ORDER BY p.customer_id, p.except_id, k.updated_at DESC, k.id",
+    )
+    .bind(pairs.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
+    .bind(pairs.iter().map(|p| p.1.clone()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(c, e, k)| ((c, e), k)).collect())
+}

@@ -292,3 +292,62 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<ChargeRow>>
             .await?,
     )
 }
+
+/// The final outcome of one charge, owned (for batches).
+#[derive(Clone, Debug)]
+pub struct OwnedResolution {
+    /// The charge.
+    pub id: Uuid,
+    /// succeeded | declined | failed.
+    pub status: String,
+    /// Square payment id (succeeded only).
+    pub payment_id: Option<String>,
+    /// Decline or error code.
+    pub code: Option<String>,
+    /// Square error category.
+    pub category: Option<String>,
+}
+
+/// Resolves many pending charges held by `owner` in one statement, locking them in id order.
+/// Returns the rows this call resolved; the others were fenced (no longer ours or no longer
+/// pending) and must not be recorded.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn resolve_many(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    items: &[OwnedResolution],
+    wall_now: DateTime<Utc>,
+) -> Result<Vec<ChargeRow>> {
+    if items.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<Uuid> = items.iter().map(|r| r.id).collect();
+    let statuses: Vec<String> = items.iter().map(|r| r.status.clone()).collect();
+    let payments: Vec<Option<String>> = items.iter().map(|r| r.payment_id.clone()).collect();
+    let codes: Vec<Option<String>> = items.iter().map(|r| r.code.clone()).collect();
+    let categories: Vec<Option<String>> = items.iter().map(|r| r.category.clone()).collect();
+    Ok(sqlx::query_as(sqlf!(
+        "WITH r AS (SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])
+                      AS r(id, status, payment_id, code, category)),
+              locked AS (SELECT c.id FROM paycron.charges c JOIN r ON r.id = c.id
+                          WHERE c.lease_owner = $1 AND c.status = 'pending' ORDER BY c.id FOR UPDATE OF c)
+         UPDATE paycron.charges c
+            SET status = r.status, provider_payment_id = r.payment_id, decline_code = r.code,
+                decline_category = r.category, resolved_at = $7, locked_until = NULL
+           FROM r, locked
+          WHERE c.id = r.id AND c.id = locked.id AND c.lease_owner = $1 AND c.status = 'pending'
+          RETURNING {}",
+        COLUMNS.split(',').map(|col| format!("c.{}", col.trim())).collect::<Vec<_>>().join(", ")
+    ))
+    .bind(owner)
+    .bind(ids)
+    .bind(statuses)
+    .bind(payments)
+    .bind(codes)
+    .bind(categories)
+    .bind(wall_now)
+    .fetch_all(conn)
+    .await?)
+}

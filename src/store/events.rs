@@ -66,3 +66,48 @@ pub async fn after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<EventRow
     .fetch_all(pool)
     .await?)
 }
+
+/// An event to write.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Type.
+    pub kind: &'static str,
+    /// Subscription.
+    pub subscription_id: Option<Uuid>,
+    /// Customer.
+    pub customer_id: Option<String>,
+    /// Charge.
+    pub charge_id: Option<Uuid>,
+    /// Details.
+    pub payload: serde_json::Value,
+}
+
+/// Writes many events in one statement, in the given order (ids follow it).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn emit_many(conn: &mut PgConnection, events: &[NewEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO paycron.events (type, subscription_id, customer_id, charge_id, payload)
+         SELECT t.kind, t.sub, t.cust, t.charge, t.payload
+           FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::jsonb[]) WITH ORDINALITY
+                AS t(kind, sub, cust, charge, payload, n)
+          ORDER BY t.n",
+    )
+    .bind(events.iter().map(|e| e.kind.to_owned()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.subscription_id).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.customer_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.charge_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}

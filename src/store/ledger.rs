@@ -18,50 +18,61 @@ pub const ACCOUNT_CLEARING: &str = "assets:square_clearing";
 /// The revenue account credited by a successful charge.
 pub const ACCOUNT_REVENUE: &str = "revenue:subscriptions";
 
-/// Records a resolved charge's outcome; returns false if it was already recorded.
+/// Records resolved charges' outcomes (entries, and balanced postings for money taken) in
+/// three statements; an outcome already recorded is skipped. Returns how many were new.
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn record(
+pub async fn record_many(
     conn: &mut PgConnection,
-    charge: &ChargeRow,
+    charges: &[ChargeRow],
     recorded_at: DateTime<Utc>,
-) -> Result<bool> {
-    let entry: Option<i64> = sqlx::query_scalar(
+) -> Result<usize> {
+    if charges.is_empty() {
+        return Ok(0);
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            charges.iter().map(|c| c.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let entries: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
                 decline_code, amount_minor, currency, provider_payment_id, recorded_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         SELECT t.*, $11 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[], $6::text[],
+                $7::text[], $8::bigint[], $9::text[], $10::text[])
+                AS t(charge_id, subscription_id, customer_id, period_start, attempt, status, decline_code,
+                     amount_minor, currency, provider_payment_id)
          ON CONFLICT (charge_id) DO NOTHING
          RETURNING id",
     )
-    .bind(charge.id)
-    .bind(charge.subscription_id)
-    .bind(&charge.customer_id)
-    .bind(charge.period_start)
-    .bind(charge.attempt)
-    .bind(&charge.status)
-    .bind(&charge.decline_code)
-    .bind(charge.amount_minor)
-    .bind(&charge.currency)
-    .bind(&charge.provider_payment_id)
+    .bind(col!(id))
+    .bind(col!(subscription_id))
+    .bind(col!(customer_id))
+    .bind(col!(period_start))
+    .bind(col!(attempt))
+    .bind(col!(status))
+    .bind(col!(decline_code))
+    .bind(col!(amount_minor))
+    .bind(col!(currency))
+    .bind(col!(provider_payment_id))
     .bind(recorded_at)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(entry) = entry else { return Ok(false) };
-    if charge.status == "succeeded" {
-        sqlx::query(
-            "INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency)
-             VALUES ($1, $2, $4, $5), ($1, $3, -$4, $5)",
-        )
-        .bind(entry)
-        .bind(ACCOUNT_CLEARING)
-        .bind(ACCOUNT_REVENUE)
-        .bind(charge.amount_minor)
-        .bind(&charge.currency)
-        .execute(conn)
-        .await?;
-    }
-    Ok(true)
+    // Postings only for money taken: debit clearing, credit revenue.
+    sqlx::query(
+        "INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency)
+         SELECT e.id, a.account, a.sign * e.amount_minor, e.currency
+           FROM paycron.ledger_entries e
+           CROSS JOIN (VALUES ($2, 1), ($3, -1)) AS a(account, sign)
+          WHERE e.id = ANY($1) AND e.status = 'succeeded'",
+    )
+    .bind(&entries)
+    .bind(ACCOUNT_CLEARING)
+    .bind(ACCOUNT_REVENUE)
+    .execute(conn)
+    .await?;
+    Ok(entries.len())
 }
 
 /// One line of `paycron ledger export`: exactly the contract's keys.

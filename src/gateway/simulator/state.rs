@@ -92,6 +92,9 @@ pub struct Faults {
 pub struct SimConfig {
     /// Customers to seed.
     pub customers: usize,
+    /// Approve any `ccof:` card id not on file as if the given customer owned it (benchmarks
+    /// with more cards than are worth seeding).
+    pub accept_unknown_cards: bool,
     /// RNG seed (fault draws, seeded card mix).
     pub seed: u64,
     /// Require exactly this bearer token; any non-empty token when `None`.
@@ -114,6 +117,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             customers: 0,
+            accept_unknown_cards: false,
             seed: 42,
             token: None,
             location_id: "LSIM0000000001".into(),
@@ -156,7 +160,10 @@ pub struct SimState {
     /// Current faults.
     pub faults: Faults,
     customers: Vec<Customer>,
+    customer_index: HashMap<String, usize>,
     cards: Vec<Card>,
+    card_index: HashMap<String, usize>,
+    cards_by_customer: HashMap<String, Vec<usize>>,
     payments: Vec<Payment>,
     by_id: HashMap<String, usize>,
     keys: HashMap<String, KeyRecord>,
@@ -193,7 +200,10 @@ impl SimState {
             rng: StdRng::seed_from_u64(config.seed),
             config,
             customers: vec![],
+            customer_index: HashMap::new(),
             cards: vec![],
+            card_index: HashMap::new(),
+            cards_by_customer: HashMap::new(),
             payments: vec![],
             by_id: HashMap::new(),
             keys: HashMap::new(),
@@ -212,6 +222,7 @@ impl SimState {
         let realistic = self.config.mix == "realistic";
         for i in 0..n {
             let id = format!("SIMCUST{i:06}");
+            self.customer_index.insert(id.clone(), self.customers.len());
             self.customers.push(Customer {
                 id: id.clone(),
                 given_name: Some(format!("Customer{i}")),
@@ -245,7 +256,9 @@ impl SimState {
 
     /// Adds a customer if missing and a card for it.
     pub fn add_card(&mut self, customer_id: &str, card_id: &str, brand: &str, enabled: bool) {
-        if !self.customers.iter().any(|c| c.id == customer_id) {
+        if !self.customer_index.contains_key(customer_id) {
+            self.customer_index
+                .insert(customer_id.to_owned(), self.customers.len());
             self.customers.push(Customer {
                 id: customer_id.to_owned(),
                 created_at: Some(rfc3339(Utc::now())),
@@ -253,6 +266,11 @@ impl SimState {
             });
         }
         let n = self.cards.len();
+        self.card_index.insert(card_id.to_owned(), n);
+        self.cards_by_customer
+            .entry(customer_id.to_owned())
+            .or_default()
+            .push(n);
         self.cards.push(Card {
             id: Some(card_id.to_owned()),
             card_brand: Some(brand.to_owned()),
@@ -269,9 +287,9 @@ impl SimState {
     /// Disables a card (as DisableCard would). Returns false when unknown.
     pub fn disable_card(&mut self, card_id: &str) -> bool {
         match self
-            .cards
-            .iter_mut()
-            .find(|c| c.id.as_deref() == Some(card_id))
+            .card_index
+            .get(card_id)
+            .and_then(|&i| self.cards.get_mut(i))
         {
             Some(c) => {
                 c.enabled = Some(false);
@@ -353,10 +371,17 @@ impl SimState {
                 );
             }
         };
-        let matching: Vec<&Card> = self
-            .cards
-            .iter()
-            .filter(|c| customer_id.is_none_or(|id| c.customer_id.as_deref() == Some(id)))
+        let candidates: Box<dyn Iterator<Item = &Card>> = match customer_id {
+            Some(id) => Box::new(
+                self.cards_by_customer
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|&i| self.cards.get(i)),
+            ),
+            None => Box::new(self.cards.iter()),
+        };
+        let matching: Vec<&Card> = candidates
             .filter(|c| include_disabled || c.enabled == Some(true))
             .collect();
         let page = self.config.cards_page.max(1);
@@ -493,12 +518,21 @@ impl SimState {
                 Some("location_id"),
             );
         }
-        let Some(card) = self
-            .cards
-            .iter()
-            .find(|c| c.id.as_deref() == Some(req.source_id.as_str()))
-            .cloned()
-        else {
+        let known = self
+            .card_index
+            .get(&req.source_id)
+            .map(|&i| self.cards[i].clone());
+        let card = known.or_else(|| {
+            (self.config.accept_unknown_cards && req.source_id.starts_with("ccof:")).then(|| Card {
+                id: Some(req.source_id.clone()),
+                card_brand: Some("VISA".into()),
+                last_4: Some("1111".into()),
+                customer_id: req.customer_id.clone(),
+                enabled: Some(true),
+                ..Card::default()
+            })
+        });
+        let Some(card) = card else {
             return error(
                 400,
                 "INVALID_REQUEST_ERROR",
@@ -690,6 +724,26 @@ impl SimState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeded_customers_are_listed_once_with_their_cards() {
+        let s = SimState::new(SimConfig {
+            customers: 120,
+            ..SimConfig::default()
+        });
+        let page = s.list_customers(None);
+        let next = s.list_customers(page.body["cursor"].as_str());
+        let n = page.body["customers"].as_array().unwrap().len()
+            + next.body["customers"].as_array().unwrap().len();
+        assert_eq!(n, 120);
+        assert!(next.body.get("cursor").is_none());
+        let cards = s.list_cards(Some("SIMCUST000010"), None, true);
+        assert_eq!(
+            cards.body["cards"].as_array().unwrap().len(),
+            2,
+            "customer 10 has a spare card"
+        );
+    }
 
     #[test]
     fn behaviours() {

@@ -1,0 +1,193 @@
+//! `paycron bench`: bills N due subscriptions against the simulator (run as a separate
+//! process, so the figures are paycron's own) at a chosen latency and concurrency, and prints
+//! `bench: charges=N seconds=S charges_per_sec=R cpu_s=C peak_rss_mb=M` as its last line.
+//!
+//! It works in its own database, `paycron_bench`, recreated each run, on the embedded cluster
+//! (or on the server of `DATABASE_URL`). `cpu_s` and `peak_rss_mb` are this process's
+//! (user + system time, VmHWM); Postgres and the simulator are separate processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::app::App;
+use crate::commands::{CommandError, Result};
+use crate::config::Config;
+use crate::store::embedded::{self, ClusterOptions, LocalCluster};
+use crate::store::{self, StoreError, subscriptions};
+
+const BENCH_DATABASE: &str = "paycron_bench";
+
+/// Benchmark parameters.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Due subscriptions to bill.
+    #[arg(long, default_value_t = 100_000)]
+    pub subscriptions: i64,
+    /// Simulated Square latency per request, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Charges in flight.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Subscriptions claimed per transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: u32,
+}
+
+struct Sim(Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// This process's CPU seconds (user + system) from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based); here offset by the two before ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory (VmHWM) in MiB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
+    if args.subscriptions <= 0 || args.concurrency == 0 || args.batch_size == 0 {
+        return Err(CommandError::BadInput(
+            "--subscriptions, --concurrency and --batch-size must be positive".into(),
+        ));
+    }
+    let url = match &config.database_url {
+        Some(u) => {
+            let mut parsed = reqwest::Url::parse(u.expose_secret())
+                .map_err(|_| StoreError::BadUrl("unparseable".into()))?;
+            parsed.set_path(&format!("/{BENCH_DATABASE}"));
+            parsed.to_string()
+        }
+        None => {
+            let home = config.home.clone();
+            let cluster = tokio::task::spawn_blocking(
+                move || -> std::result::Result<LocalCluster, StoreError> {
+                    let c = LocalCluster::new(&home, ClusterOptions::default())?;
+                    c.ensure_running()?;
+                    Ok(c)
+                },
+            )
+            .await
+            .map_err(|e| CommandError::Failed(format!("start-up task failed: {e}")))??;
+            cluster.url(BENCH_DATABASE)
+        }
+    };
+    let opts = store::connect_options(&url)?;
+    embedded::recreate_database(&opts, BENCH_DATABASE).await?;
+    let pool = store::open_pool(opts, (args.concurrency as u32 + 8).min(200)).await?;
+
+    let exe = std::env::current_exe().map_err(|e| CommandError::Io(e.to_string()))?;
+    let mut child = Command::new(exe)
+        .args([
+            "simulator",
+            "--port",
+            "0",
+            "--customers",
+            "0",
+            "--accept-unknown-cards",
+            "--latency-ms",
+        ])
+        .arg(args.latency_ms.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CommandError::Io(format!("cannot start the simulator: {e}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| CommandError::Io("simulator has no stdout".into()))?;
+    let sim = Sim(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| CommandError::Io(format!("simulator did not start: {e}")))?;
+    let base_url = line.trim().to_owned();
+    if !base_url.starts_with("http://") {
+        return Err(CommandError::Failed(
+            "the simulator did not print its URL".into(),
+        ));
+    }
+
+    let now = Utc::now();
+    let seed_started = Instant::now();
+    subscriptions::bulk_seed(
+        &pool,
+        args.subscriptions,
+        now - chrono::Duration::minutes(1),
+    )
+    .await?;
+    eprintln!(
+        "bench: seeded {} due subscriptions in {:.1}s; billing at latency {} ms, concurrency {}",
+        args.subscriptions,
+        seed_started.elapsed().as_secs_f64(),
+        args.latency_ms,
+        args.concurrency
+    );
+
+    let mut cfg = config;
+    cfg.square.base_url = Some(base_url);
+    cfg.square.access_token = Some(SecretString::from("bench-token".to_owned()));
+    cfg.square.location_id = None;
+    cfg.square.rate_limit_per_sec = 1_000_000;
+    cfg.square.request_timeout = Duration::from_secs(30);
+    cfg.billing.concurrency = args.concurrency;
+    cfg.billing.batch_size = args.batch_size;
+    let app = App::from_pool(cfg, pool);
+    let engine = app.engine(app.square()?).await?;
+
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let summary = engine.bill_due(now).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    drop(sim);
+    if summary.succeeded != args.subscriptions as u64 {
+        return Err(CommandError::Failed(format!(
+            "bench: {} of {} charges succeeded ({} unresolved)",
+            summary.succeeded, args.subscriptions, summary.unresolved
+        )));
+    }
+    let rate = summary.succeeded as f64 / seconds;
+    if args.latency_ms > 0 {
+        let ideal = args.concurrency as f64 * 1000.0 / args.latency_ms as f64;
+        eprintln!(
+            "bench: {:.0} % of concurrency/latency ({ideal:.0} charges/s)",
+            100.0 * rate / ideal
+        );
+    }
+    println!(
+        "bench: charges={} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={:.1}",
+        summary.succeeded,
+        peak_rss_mb()
+    );
+    Ok(())
+}

@@ -76,7 +76,7 @@ async fn ledger_refuses_update_delete_truncate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unbalanced_postings_are_refused_at_commit() {
+async fn unbalanced_postings_are_refused() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
     let charge = insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
@@ -92,14 +92,19 @@ async fn unbalanced_postings_are_refused_at_commit() {
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES ($1, 'a', 1500, 'USD'), ($1, 'b', -1400, 'USD')")
+    let err = sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES ($1, 'a', 1500, 'USD'), ($1, 'b', -1400, 'USD')")
         .bind(entry)
         .execute(&mut *tx)
         .await
-        .unwrap();
-    let err = tx.commit().await.expect_err("unbalanced");
+        .expect_err("unbalanced");
+    drop(tx);
     assert!(err.to_string().contains("do not balance"), "{err}");
     assert_eq!(count(&db, "ledger_entries").await, 0);
+    // Nor can a lone posting be added to a balanced entry later.
+    let err = sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) SELECT id, 'x', 5, 'USD' FROM paycron.ledger_entries")
+        .execute(&db.pool)
+        .await;
+    assert!(err.is_ok(), "no entries, nothing inserted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -361,3 +361,43 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_intent_is_looked_up_at_square_before_any_resend() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| st.add_card("OLD", "ccof:sim-ok-old", "VISA", true));
+    let db = fresh_db().await;
+    seed_card(&db, "OLD", "ccof:sim-ok-old").await;
+    let due = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let id = create(&db, "OLD", None, &due, "").await;
+
+    // Worker A: Square takes the money, every answer is lost; A gives up and dies.
+    s.with(|st| st.faults = paycron::gateway::simulator::Faults { lose_response_rate: 1.0, ..Default::default() });
+    let mut a = app(&db, &s.base_url());
+    a.config.square.retry_deadline = std::time::Duration::from_millis(500);
+    let worker_a = a.engine(client(&a.config)).await.unwrap();
+    let summary = worker_a.bill_due(Utc::now()).await.unwrap();
+    assert_eq!(summary.unresolved, 1);
+    drop(worker_a);
+    assert_eq!(s.with(|st| st.completed().len()), 1, "Square took it once");
+
+    // Worker B, later: the intent is older than the lookup age, so B asks ListPayments first.
+    s.with(|st| st.faults = Default::default());
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let mut b = app(&db, &s.base_url());
+    b.config.billing.stale_lookup_after = std::time::Duration::from_secs(1);
+    let worker_b = b.engine(client(&b.config)).await.unwrap();
+    let sent_before = s.with(|st| st.requests().len());
+    let recovered = worker_b.recover(Utc::now()).await.unwrap();
+    assert_eq!(recovered.succeeded, 1);
+    assert_eq!(s.with(|st| st.requests().len()), sent_before, "nothing re-sent: found by reference_id");
+    let taken = s.with(|st| st.completed())[0].id.clone();
+    let recorded: Option<String> = sqlx::query_scalar("SELECT provider_payment_id FROM paycron.ledger_entries WHERE subscription_id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded.as_deref(), Some(taken.as_str()));
+    assert_eq!(status(&db, id).await.1, 1, "the period is settled");
+    s.shutdown().await;
+}

@@ -294,3 +294,18 @@ async fn embedded_default_is_shared_by_concurrent_processes() {
         .args(["db", "stop"]));
     assert_eq!((code, out.trim()), (0, "stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_test_clock_is_refused_against_production() {
+    let db = fresh_db().await;
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("SQUARE_ENVIRONMENT", "production")
+        .env("SQUARE_ACCESS_TOKEN", "never-used")
+        .args(["run-once", "--now", "2099-01-01T00:00:00Z"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--now") && err.contains("production"), "{err}");
+    assert!(!err.contains("never-used"));
+    let (code, _, err) = run(paycron(Some(&db.url), None).env("SQUARE_ACCESS_TOKEN", "x").args(["run-once", "--now", "tomorrow"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--now"), "{err}");
+}

@@ -504,3 +504,24 @@ async fn the_deadline_holds_and_retry_after_is_honoured() {
     assert!(matches!(err, GatewayError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_answers_time_out_and_the_same_key_gets_the_original_payment() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| {
+        st.add_card("C1", "ccof:sim-ok-1", "VISA", true);
+        st.faults = Faults { slow_rate: 0.5, slow_ms: 1500, ..Faults::default() };
+    });
+    let mut cfg = config(&s.base_url());
+    cfg.square.request_timeout = Duration::from_millis(500);
+    cfg.square.retry_deadline = Duration::from_secs(10);
+    let c = client(&cfg);
+    for _ in 0..4 {
+        let p = payment("ccof:sim-ok-1", "C1", 700, "USD");
+        let r = c.create_payment(&p).await;
+        assert!(matches!(r, PaymentOutcome::Succeeded { .. }), "{r:?}");
+    }
+    let payments = s.with(|st| st.completed());
+    assert_eq!(payments.len(), 4, "one payment per key, however many tries");
+    s.shutdown().await;
+}

@@ -525,3 +525,12 @@ async fn slow_answers_time_out_and_the_same_key_gets_the_original_payment() {
     assert_eq!(payments.len(), 4, "one payment per key, however many tries");
     s.shutdown().await;
 }
+
+#[test]
+fn the_token_never_shows_in_debug_output() {
+    let cfg = config("http://127.0.0.1:1");
+    let client = paycron::gateway::square::SquareClient::new(&cfg.square).unwrap();
+    for text in [format!("{cfg:?}"), format!("{client:?}"), format!("{:?}", cfg.square)] {
+        assert!(!text.contains("test-token-not-secret"), "{text}");
+    }
+}

@@ -173,3 +173,32 @@ async fn unreachable_and_rejected_square() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_against_an_independent_square_stand_in() {
+    use std::io::BufRead;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/square_standin.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the stand-in");
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let url = format!("http://127.0.0.1:{}", port.trim());
+    let db = fresh_db().await;
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&url)).arg("sync-cards"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(count(&db, "customers").await, 11);
+    // 11 customers with 1, 2 or 3 cards; the third of each customer is disabled at Square.
+    assert_eq!(count(&db, "cards").await, 4 * 1 + 4 * 2 + 3 * 3);
+    let disabled: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.cards WHERE NOT enabled")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(disabled, 3);
+    let brand: String = sqlx::query_scalar("SELECT card_brand FROM paycron.cards LIMIT 1").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(brand, "VISA");
+}

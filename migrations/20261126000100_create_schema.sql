@@ -172,14 +172,22 @@ CREATE FUNCTION paycron.check_postings_balance() RETURNS trigger LANGUAGE plpgsq
 DECLARE
   bad record;
 BEGIN
-  SELECT n.entry_id, sum(p.amount_minor) AS total, count(DISTINCT p.currency) AS currencies INTO bad
-    FROM (SELECT DISTINCT entry_id FROM new_rows) n
-    JOIN paycron.ledger_postings p ON p.entry_id = n.entry_id
-   GROUP BY n.entry_id
-  HAVING sum(p.amount_minor) <> 0 OR count(DISTINCT p.currency) > 1
+  -- The statement's postings balance per entry and use one currency...
+  SELECT entry_id, sum(amount_minor) AS total, count(DISTINCT currency) AS currencies INTO bad
+    FROM new_rows GROUP BY entry_id
+  HAVING sum(amount_minor) <> 0 OR count(DISTINCT currency) > 1
    LIMIT 1;
   IF FOUND THEN
     RAISE EXCEPTION 'ledger entry % postings do not balance (sum %, % currencies)', bad.entry_id, bad.total, bad.currencies
+      USING ERRCODE = 'check_violation';
+  END IF;
+  -- ...and are all of those entries' postings (none added to an entry written before).
+  SELECT n.entry_id, 0 AS total, 0 AS currencies INTO bad
+    FROM (SELECT entry_id, count(*) AS k FROM new_rows GROUP BY entry_id) n
+   WHERE (SELECT count(*) FROM paycron.ledger_postings p WHERE p.entry_id = n.entry_id) <> n.k
+   LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'ledger entry % already has postings: an entry''s postings are written together', bad.entry_id
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;

@@ -329,15 +329,15 @@ pub async fn resolve_many(
     let codes: Vec<Option<String>> = items.iter().map(|r| r.code.clone()).collect();
     let categories: Vec<Option<String>> = items.iter().map(|r| r.category.clone()).collect();
     Ok(sqlx::query_as(sqlf!(
-        "WITH r AS (SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])
-                      AS r(id, status, payment_id, code, category)),
-              locked AS (SELECT c.id FROM paycron.charges c JOIN r ON r.id = c.id
-                          WHERE c.lease_owner = $1 AND c.status = 'pending' ORDER BY c.id FOR UPDATE OF c)
+        "WITH locked AS (SELECT id FROM paycron.charges
+                          WHERE id = ANY($2) AND lease_owner = $1 AND status = 'pending'
+                          ORDER BY id FOR UPDATE)
          UPDATE paycron.charges c
             SET status = r.status, provider_payment_id = r.payment_id, decline_code = r.code,
                 decline_category = r.category, resolved_at = $7, locked_until = NULL
-           FROM r, locked
-          WHERE c.id = r.id AND c.id = locked.id AND c.lease_owner = $1 AND c.status = 'pending'
+           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) AS r(id, status, payment_id, code, category)
+          WHERE c.id = ANY($2) AND c.id = r.id AND c.id IN (SELECT id FROM locked)
+            AND c.lease_owner = $1 AND c.status = 'pending'
           RETURNING {}",
         COLUMNS.split(',').map(|col| format!("c.{}", col.trim())).collect::<Vec<_>>().join(", ")
     ))

@@ -100,11 +100,28 @@ async fn unbalanced_postings_are_refused() {
     drop(tx);
     assert!(err.to_string().contains("do not balance"), "{err}");
     assert_eq!(count(&db, "ledger_entries").await, 0);
-    // Nor can a lone posting be added to a balanced entry later.
-    let err = sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) SELECT id, 'x', 5, 'USD' FROM paycron.ledger_entries")
-        .execute(&db.pool)
-        .await;
-    assert!(err.is_ok(), "no entries, nothing inserted");
+    // Nor can balanced postings be added to an entry that already has its own.
+    let mut tx = db.pool.begin().await.unwrap();
+    let entry: i64 = sqlx::query_scalar(
+        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
+             amount_minor, currency, provider_payment_id) VALUES ($1, $2, 'CUST1', now(), 1, 'succeeded', 1500, 'USD', 'PAY1') RETURNING id",
+    )
+    .bind(charge)
+    .bind(sub)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES ($1, 'a', 1500, 'USD'), ($1, 'b', -1500, 'USD')")
+        .bind(entry)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES ($1, 'c', 10, 'USD'), ($1, 'd', -10, 'USD')")
+        .bind(entry)
+        .execute(&mut *tx)
+        .await
+        .expect_err("postings added later");
+    assert!(err.to_string().contains("already has postings"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,6 +142,9 @@ pub struct Config {
     pub ops_addr: SocketAddr,
     /// `PAYCRON_SCHEDULES`: schedule file or directory. Default `schedules/`.
     pub schedules: PathBuf,
+    /// `PAYCRON_DRAIN_TIMEOUT_SECONDS`: how long shutdown waits for in-flight charges; keep it
+    /// below the pod's termination grace period. Default 20.
+    pub drain_timeout: Duration,
     /// Square.
     pub square: SquareConfig,
     /// Billing.
@@ -349,6 +352,11 @@ impl Config {
                 src.get("PAYCRON_SCHEDULES")
                     .unwrap_or_else(|| "schedules".into()),
             ),
+            drain_timeout: Duration::from_secs(src.positive(
+                "PAYCRON_DRAIN_TIMEOUT_SECONDS",
+                20,
+                3_600,
+            )?),
             square: SquareConfig {
                 access_token: src.secret("SQUARE_ACCESS_TOKEN", "SQUARE_ACCESS_TOKEN_FILE")?,
                 location_id: src.get("SQUARE_LOCATION_ID"),

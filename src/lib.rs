@@ -8,7 +8,8 @@
 //! - [`gateway`]: the `PaymentGateway` seam, the Square client and the Square simulator.
 //! - [`billing`]: the engine: claim, charge, record, recover, dunning; and sync-cards.
 //! - [`ledger`]: ledger export.
-//! - [`ops`]: logging set-up.
+//! - [`ops`]: logging, metrics and the ops HTTP server.
+//! - [`scheduler`]: the daemon: schedule files, cron ticks, singletons, graceful shutdown.
 //! - [`app`]: `App::build`, the one way every entry point (CLI, demo, tests) boots.
 //! - [`commands`]: what each CLI command does and prints.
 //! - [`demo`]: the self-contained demonstration.
@@ -27,4 +28,5 @@ pub mod domain;
 pub mod gateway;
 pub mod ledger;
 pub mod ops;
+pub mod scheduler;
 pub mod store;

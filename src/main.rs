@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: SubscriptionCmd,
     },
+    /// The daemon: ticks schedules/*.toml, serves /healthz /readyz /metrics, drains on SIGTERM.
+    Run,
     /// Do all due work as of now (or --now), then exit.
     RunOnce {
         /// Which task.
@@ -224,6 +226,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
         Command::Migrate => db::migrate(config).await,
         Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,
         Command::Bench(args) => paycron::bench::run(config, args).await,
+        Command::Run => run::daemon(config).await,
         Command::Simulator {
             port,
             customers,
@@ -315,6 +318,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                 | Command::Migrate
                 | Command::Demo { .. }
                 | Command::Bench(_)
+                | Command::Run
                 | Command::Simulator { .. } => Ok(()),
             }
         }

@@ -5,11 +5,22 @@ use chrono_tz::Tz;
 use paycron::domain::schedule::{Calendar, Interval, IntervalUnit};
 use proptest::prelude::*;
 
-const ZONES: [&str; 6] = ["UTC", "America/New_York", "Europe/London", "Australia/Sydney", "America/Santiago", "Asia/Kolkata"];
+const ZONES: [&str; 6] = [
+    "UTC",
+    "America/New_York",
+    "Europe/London",
+    "Australia/Sydney",
+    "America/Santiago",
+    "Asia/Kolkata",
+];
 
 fn days_in_month(y: i32, m: u32) -> u32 {
     let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    NaiveDate::from_ymd_opt(ny, nm, 1).unwrap().pred_opt().unwrap().day()
+    NaiveDate::from_ymd_opt(ny, nm, 1)
+        .unwrap()
+        .pred_opt()
+        .unwrap()
+        .day()
 }
 
 proptest! {
@@ -96,15 +107,31 @@ fn leap_years_for_every_anchor_day() {
     for day in 28..=31 {
         for year in [2023, 2024] {
             let anchor = Utc.with_ymd_and_hms(year, 1, day, 12, 0, 0).unwrap();
-            let cal = Calendar { anchor, interval: "1month".parse().unwrap(), zone: Tz::UTC };
+            let cal = Calendar {
+                anchor,
+                interval: "1month".parse().unwrap(),
+                zone: Tz::UTC,
+            };
             let feb = cal.period_start(1).unwrap();
             let expect = if year == 2024 { 29 } else { 28 };
-            assert_eq!((feb.month(), feb.day()), (2, expect.min(day)), "{year}-01-{day}");
-            assert_eq!(cal.period_start(2).unwrap().day(), day.min(31), "March keeps the anchor day");
+            assert_eq!(
+                (feb.month(), feb.day()),
+                (2, expect.min(day)),
+                "{year}-01-{day}"
+            );
+            assert_eq!(
+                cal.period_start(2).unwrap().day(),
+                day.min(31),
+                "March keeps the anchor day"
+            );
         }
     }
     // Feb 29 yearly: Feb 28 in common years, Feb 29 again in leap years.
-    let cal = Calendar { anchor: Utc.with_ymd_and_hms(2024, 2, 29, 0, 0, 0).unwrap(), interval: "1year".parse().unwrap(), zone: Tz::UTC };
+    let cal = Calendar {
+        anchor: Utc.with_ymd_and_hms(2024, 2, 29, 0, 0, 0).unwrap(),
+        interval: "1year".parse().unwrap(),
+        zone: Tz::UTC,
+    };
     assert_eq!(cal.period_start(1).unwrap().day(), 28);
     assert_eq!(cal.period_start(4).unwrap().day(), 29);
 }

@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::BillingConfig;
@@ -84,6 +85,8 @@ pub struct Summary {
     pub unresolved: u64,
     /// Recorded by another worker after our lease was taken over (we recorded nothing).
     pub fenced: u64,
+    /// Intents withdrawn unsent at shutdown (the subscription stays due).
+    pub withdrawn: u64,
     /// Subscriptions canceled at period end, completed or moved past skipped periods.
     pub advanced_without_charge: u64,
     /// Minor units taken, by currency.
@@ -99,6 +102,7 @@ impl Summary {
         self.failed += o.failed;
         self.unresolved += o.unresolved;
         self.fenced += o.fenced;
+        self.withdrawn += o.withdrawn;
         self.advanced_without_charge += o.advanced_without_charge;
         for (k, v) in &o.revenue {
             *self.revenue.entry(k.clone()).or_default() += v;
@@ -135,6 +139,8 @@ pub struct Engine {
     // Holds the session-level advisory lock proving this worker is alive; when the process
     // dies the connection drops and its charges are known orphaned at once.
     _liveness: Mutex<PgConnection>,
+    // Cancelled at shutdown: no new claims, no new sends; what is in flight finishes.
+    cancel: CancellationToken,
 }
 
 /// What to do with one claimed subscription.
@@ -164,7 +170,16 @@ impl Engine {
             config,
             location_id,
             _liveness: Mutex::new(conn),
+            cancel: CancellationToken::new(),
         })
+    }
+
+    /// Makes the engine stop claiming and sending when `token` is cancelled (graceful
+    /// shutdown); charges already sent finish and are recorded, intents never sent are
+    /// withdrawn.
+    pub fn with_cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
     }
 
     /// This worker's owner id (the `lease_owner` of its charges).
@@ -257,6 +272,9 @@ impl Engine {
     /// [`BillingError`] on database failure or a rejected access token.
     #[tracing::instrument(skip_all, fields(owner = %self.owner))]
     pub async fn bill_next_batch(&self, now: DateTime<Utc>) -> Result<Outcome> {
+        if self.cancel.is_cancelled() {
+            return Ok(Outcome::NothingDue);
+        }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let due = subscriptions::claim_due(&mut tx, now, i64::from(self.config.batch_size)).await?;
         if due.is_empty() {
@@ -320,8 +338,17 @@ impl Engine {
         let mut summary = Summary::default();
         let mut outcomes = futures::stream::iter(charges.into_iter().map(|charge| {
             let gateway = self.gateway.clone();
+            let cancel = self.cancel.clone();
             async move {
+                if cancel.is_cancelled() {
+                    return Attempted {
+                        charge,
+                        outcome: None,
+                        duration_ms: 0,
+                    };
+                }
                 let started = Instant::now();
+                metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
                 let outcome = match IdempotencyKey::from_string(charge.idempotency_key.clone()) {
                     Ok(key) => {
                         let prepared = PreparedPayment {
@@ -339,9 +366,10 @@ impl Engine {
                         reason: format!("stored idempotency key is invalid: {e}"),
                     },
                 };
+                metrics::gauge!(crate::ops::metrics::IN_FLIGHT).decrement(1.0);
                 Attempted {
                     charge,
-                    outcome,
+                    outcome: Some(outcome),
                     duration_ms: started.elapsed().as_millis() as u64,
                 }
             }
@@ -466,10 +494,10 @@ impl Engine {
             }) {
                 let found = Attempted {
                     charge: c.clone(),
-                    outcome: PaymentOutcome::Succeeded {
+                    outcome: Some(PaymentOutcome::Succeeded {
                         payment_id: p.id.clone(),
                         status: p.status.clone(),
-                    },
+                    }),
                     duration_ms: 0,
                 };
                 tracing::info!(charge_id = %c.id, provider_payment_id = %p.id, "stale intent found at Square");

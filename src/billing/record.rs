@@ -21,10 +21,10 @@ use crate::store::events::{NewEvent, emit_many};
 use crate::store::subscriptions::{self, PositionUpdate, SubscriptionRow};
 use crate::store::{StoreError, cards, ledger};
 
-/// One sent attempt and what Square said.
+/// One attempt and what Square said; `None` when it was never sent (shutdown came first).
 pub(crate) struct Attempted {
     pub charge: ChargeRow,
-    pub outcome: PaymentOutcome,
+    pub outcome: Option<PaymentOutcome>,
     pub duration_ms: u64,
 }
 
@@ -48,12 +48,17 @@ impl Engine {
         let mut summary = Summary::default();
         let mut unauthorized: Option<String> = None;
         let mut decided: Vec<(ChargeRow, Decided)> = Vec::with_capacity(items.len());
+        let mut unsent = Vec::new();
         for Attempted {
             charge,
             outcome,
             duration_ms,
         } in items
         {
+            let Some(outcome) = outcome else {
+                unsent.push(charge.id);
+                continue;
+            };
             summary.attempted += 1;
             let (status, payment_id, code, category, attempt_outcome) = match outcome {
                 PaymentOutcome::Succeeded { payment_id, .. } => (
@@ -107,6 +112,7 @@ impl Engine {
                         duration_ms, %reason, "charge left pending for recovery"
                     );
                     summary.unresolved += 1;
+                    metrics::counter!(crate::ops::metrics::CHARGES, "outcome" => "pending", "code" => "").increment(1);
                     continue;
                 }
             };
@@ -124,6 +130,15 @@ impl Engine {
                     duration_ms,
                 },
             ));
+        }
+        if !unsent.is_empty() {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            summary.withdrawn =
+                crate::store::charges::withdraw_unsent(&mut conn, self.owner, &unsent).await?;
+            tracing::info!(
+                withdrawn = summary.withdrawn,
+                "shutting down: intents never sent were withdrawn"
+            );
         }
         if !decided.is_empty() {
             let mut tries = 0;
@@ -157,6 +172,10 @@ impl Engine {
                     provider_payment_id = r.payment_id.as_deref().unwrap_or(""),
                     "charge"
                 );
+                metrics::counter!(crate::ops::metrics::CHARGES, "outcome" => r.status.clone(), "code" => r.code.clone().unwrap_or_default())
+                    .increment(1);
+                metrics::histogram!(crate::ops::metrics::CHARGE_SECONDS)
+                    .record(d.duration_ms as f64 / 1000.0);
                 match r.status.as_str() {
                     "succeeded" => {
                         summary.succeeded += 1;

@@ -29,6 +29,9 @@ pub enum CommandError {
     /// Billing (exit 2 for a rejected token, else 1).
     #[error(transparent)]
     Billing(#[from] BillingError),
+    /// The daemon (exit 2 when its address cannot be bound, else 1).
+    #[error(transparent)]
+    Daemon(#[from] crate::scheduler::daemon::DaemonError),
     /// Work that ran but did not all succeed (exit 1).
     #[error("{0}")]
     Failed(String),
@@ -46,6 +49,7 @@ impl CommandError {
             CommandError::Gateway(GatewayError::Unauthorized { .. } | GatewayError::Config(_)) => 2,
             CommandError::Billing(BillingError::Unauthorized { .. }) => 2,
             CommandError::Billing(BillingError::Gateway(GatewayError::Unauthorized { .. })) => 2,
+            CommandError::Daemon(crate::scheduler::daemon::DaemonError::Bind { .. }) => 2,
             _ => 1,
         }
     }

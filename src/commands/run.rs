@@ -90,7 +90,24 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
         );
         return Ok(());
     }
-    let engine = app.engine(gateway).await?;
+    // SIGTERM (a CronJob pod evicted): stop claiming and sending, finish what is in flight.
+    // A second signal exits at once; leases make that safe.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let watcher = cancel.clone();
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        term.recv().await;
+        tracing::info!("SIGTERM: no new claims, finishing in-flight charges");
+        watcher.cancel();
+        term.recv().await;
+        tracing::warn!("second SIGTERM: exiting at once");
+        std::process::exit(1);
+    });
+    let engine = app.engine(gateway).await?.with_cancel(cancel);
     let mut total = Summary::default();
     if matches!(task, Task::Recover | Task::All) {
         let started = Instant::now();
@@ -229,4 +246,18 @@ pub fn faults(
         lose_response_rate,
         ..Faults::default()
     })
+}
+
+/// `run`: the daemon, with the schedules of `PAYCRON_SCHEDULES`.
+///
+/// # Errors
+/// [`CommandError`]: a bad schedule file exits 2 naming file and line.
+pub async fn daemon(config: crate::config::Config) -> Result<()> {
+    let jobs = crate::scheduler::load(&config.schedules)
+        .map_err(|e| CommandError::BadInput(format!("PAYCRON_SCHEDULES: {e}")))?;
+    let drain = config.drain_timeout;
+    let app = App::build(config).await?;
+    let gateway = app.square()?;
+    crate::scheduler::daemon::run(app, gateway, jobs, drain).await?;
+    Ok(())
 }

@@ -354,6 +354,7 @@ impl SquareClient {
                 );
             }
             tracing::debug!(what, %cause, delay_ms = delay.as_millis() as u64, "retrying Square read");
+            metrics::counter!(crate::ops::metrics::RETRIES, "call" => what).increment(1);
             tokio::time::sleep(delay).await;
         }
     }
@@ -412,6 +413,8 @@ impl PaymentGateway for SquareClient {
                         };
                     }
                     tracing::debug!(key = %payment.key, %reason, delay_ms = delay.as_millis() as u64, "retrying CreatePayment with the same key");
+                    metrics::counter!(crate::ops::metrics::RETRIES, "call" => "CreatePayment")
+                        .increment(1);
                     tokio::time::sleep(delay).await;
                 }
             }

@@ -1,3 +1,6 @@
-//! Operations: logging set-up (text for people, JSON lines for collectors).
+//! Operations: logging set-up, Prometheus metrics, and the ops HTTP server (`/healthz`,
+//! `/readyz`, `/metrics`).
 
 pub mod logging;
+pub mod metrics;
+pub mod server;

@@ -351,3 +351,20 @@ pub async fn resolve_many(
     .fetch_all(conn)
     .await?)
 }
+
+/// Withdraws intents this worker wrote but never sent (a drain at shutdown): deleting an
+/// intent no request was ever made for is the same as never having claimed it, and leaves the
+/// subscription due for the next worker. Intents sent before (`sends > 0`) are kept.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn withdraw_unsent(conn: &mut PgConnection, owner: Uuid, ids: &[Uuid]) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM paycron.charges WHERE id = ANY($2) AND lease_owner = $1 AND status = 'pending' AND sends = 0",
+    )
+    .bind(owner)
+    .bind(ids)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

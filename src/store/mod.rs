@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod events;
 pub mod ledger;
 pub mod subscriptions;
+pub mod tasks;
 
 use std::str::FromStr;
 use std::time::Duration;

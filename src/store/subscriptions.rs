@@ -393,3 +393,17 @@ pub async fn set_positions(
     .await?;
     Ok(())
 }
+
+/// Subscriptions due at `now` and the oldest due time among them (metrics).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn due_stats(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, Option<DateTime<Utc>>)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), min(next_due_at) FROM paycron.subscriptions
+          WHERE status IN ('trialing', 'active', 'past_due') AND next_due_at <= $1",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await?)
+}

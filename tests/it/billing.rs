@@ -372,7 +372,12 @@ async fn a_stale_intent_is_looked_up_at_square_before_any_resend() {
     let id = create(&db, "OLD", None, &due, "").await;
 
     // Worker A: Square takes the money, every answer is lost; A gives up and dies.
-    s.with(|st| st.faults = paycron::gateway::simulator::Faults { lose_response_rate: 1.0, ..Default::default() });
+    s.with(|st| {
+        st.faults = paycron::gateway::simulator::Faults {
+            lose_response_rate: 1.0,
+            ..Default::default()
+        }
+    });
     let mut a = app(&db, &s.base_url());
     a.config.square.retry_deadline = std::time::Duration::from_millis(500);
     let worker_a = a.engine(client(&a.config)).await.unwrap();
@@ -390,13 +395,19 @@ async fn a_stale_intent_is_looked_up_at_square_before_any_resend() {
     let sent_before = s.with(|st| st.requests().len());
     let recovered = worker_b.recover(Utc::now()).await.unwrap();
     assert_eq!(recovered.succeeded, 1);
-    assert_eq!(s.with(|st| st.requests().len()), sent_before, "nothing re-sent: found by reference_id");
+    assert_eq!(
+        s.with(|st| st.requests().len()),
+        sent_before,
+        "nothing re-sent: found by reference_id"
+    );
     let taken = s.with(|st| st.completed())[0].id.clone();
-    let recorded: Option<String> = sqlx::query_scalar("SELECT provider_payment_id FROM paycron.ledger_entries WHERE subscription_id = $1")
-        .bind(id)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let recorded: Option<String> = sqlx::query_scalar(
+        "SELECT provider_payment_id FROM paycron.ledger_entries WHERE subscription_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(recorded.as_deref(), Some(taken.as_str()));
     assert_eq!(status(&db, id).await.1, 1, "the period is settled");
     s.shutdown().await;

@@ -305,7 +305,9 @@ async fn a_future_test_clock_is_refused_against_production() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--now") && err.contains("production"), "{err}");
     assert!(!err.contains("never-used"));
-    let (code, _, err) = run(paycron(Some(&db.url), None).env("SQUARE_ACCESS_TOKEN", "x").args(["run-once", "--now", "tomorrow"]));
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("SQUARE_ACCESS_TOKEN", "x")
+        .args(["run-once", "--now", "tomorrow"]));
     assert_eq!(code, 2);
     assert!(err.contains("--now"), "{err}");
 }

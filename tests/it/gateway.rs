@@ -510,7 +510,11 @@ async fn slow_answers_time_out_and_the_same_key_gets_the_original_payment() {
     let s = sim(SimConfig::default()).await;
     s.with(|st| {
         st.add_card("C1", "ccof:sim-ok-1", "VISA", true);
-        st.faults = Faults { slow_rate: 0.5, slow_ms: 1500, ..Faults::default() };
+        st.faults = Faults {
+            slow_rate: 0.5,
+            slow_ms: 1500,
+            ..Faults::default()
+        };
     });
     let mut cfg = config(&s.base_url());
     cfg.square.request_timeout = Duration::from_millis(500);
@@ -530,7 +534,11 @@ async fn slow_answers_time_out_and_the_same_key_gets_the_original_payment() {
 fn the_token_never_shows_in_debug_output() {
     let cfg = config("http://127.0.0.1:1");
     let client = paycron::gateway::square::SquareClient::new(&cfg.square).unwrap();
-    for text in [format!("{cfg:?}"), format!("{client:?}"), format!("{:?}", cfg.square)] {
+    for text in [
+        format!("{cfg:?}"),
+        format!("{client:?}"),
+        format!("{:?}", cfg.square),
+    ] {
         assert!(!text.contains("test-token-not-secret"), "{text}");
     }
 }

@@ -177,14 +177,19 @@ async fn unreachable_and_rejected_square() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_against_an_independent_square_stand_in() {
     use std::io::BufRead;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/square_standin.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/square_standin.py"
+    );
     let mut child = std::process::Command::new("python3")
         .arg(script)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 runs the stand-in");
     let mut port = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
     let url = format!("http://127.0.0.1:{}", port.trim());
     let db = fresh_db().await;
     let (code, _, err) = run(paycron(Some(&db.url), Some(&url)).arg("sync-cards"));
@@ -199,6 +204,9 @@ async fn sync_against_an_independent_square_stand_in() {
         .await
         .unwrap();
     assert_eq!(disabled, 3);
-    let brand: String = sqlx::query_scalar("SELECT card_brand FROM paycron.cards LIMIT 1").fetch_one(&db.pool).await.unwrap();
+    let brand: String = sqlx::query_scalar("SELECT card_brand FROM paycron.cards LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(brand, "VISA");
 }

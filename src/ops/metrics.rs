@@ -1,0 +1,87 @@
+//! Prometheus metrics: the names every part of paycron records under, and the recorder the
+//! daemon installs. Without an installed recorder (CLI commands) recording is a no-op.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Counter: charge outcomes, labels `outcome` (succeeded|declined|failed|pending) and `code`.
+pub const CHARGES: &str = "paycron_charges_total";
+/// Histogram: seconds from send to answer, per charge.
+pub const CHARGE_SECONDS: &str = "paycron_charge_duration_seconds";
+/// Gauge: CreatePayment calls in flight.
+pub const IN_FLIGHT: &str = "paycron_charges_in_flight";
+/// Counter: retries of Square calls, label `call`.
+pub const RETRIES: &str = "paycron_square_retries_total";
+/// Gauge: subscriptions due now (after each bill-due run).
+pub const DUE: &str = "paycron_due_subscriptions";
+/// Gauge: age in seconds of the oldest due subscription.
+pub const OLDEST_DUE: &str = "paycron_oldest_due_age_seconds";
+/// Counter: task runs, labels `task` and `result` (ok|error|skipped).
+pub const TASK_RUNS: &str = "paycron_task_runs_total";
+/// Histogram: task run duration in seconds, label `task`.
+pub const TASK_SECONDS: &str = "paycron_task_duration_seconds";
+/// Gauge: Unix time of the last successful run, label `task`.
+pub const TASK_LAST_SUCCESS: &str = "paycron_task_last_success_timestamp_seconds";
+
+/// Every metric name paycron exposes (the dashboard test checks against this list).
+pub const ALL: &[&str] = &[
+    CHARGES,
+    CHARGE_SECONDS,
+    IN_FLIGHT,
+    RETRIES,
+    DUE,
+    OLDEST_DUE,
+    TASK_RUNS,
+    TASK_SECONDS,
+    TASK_LAST_SUCCESS,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once and returns the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        300.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            // Describe every metric so /metrics lists them from the start.
+            metrics::describe_counter!(CHARGES, "Charge outcomes by outcome and decline code");
+            metrics::describe_histogram!(
+                CHARGE_SECONDS,
+                metrics::Unit::Seconds,
+                "CreatePayment time per charge"
+            );
+            metrics::describe_gauge!(IN_FLIGHT, "CreatePayment calls in flight");
+            metrics::describe_counter!(RETRIES, "Retries of Square calls");
+            metrics::describe_gauge!(DUE, "Subscriptions due now");
+            metrics::describe_gauge!(
+                OLDEST_DUE,
+                metrics::Unit::Seconds,
+                "Age of the oldest due subscription"
+            );
+            metrics::describe_counter!(TASK_RUNS, "Task runs by task and result");
+            metrics::describe_histogram!(TASK_SECONDS, metrics::Unit::Seconds, "Task run duration");
+            metrics::describe_gauge!(
+                TASK_LAST_SUCCESS,
+                "Unix time of the last successful run per task"
+            );
+            for m in [IN_FLIGHT, DUE, OLDEST_DUE] {
+                metrics::gauge!(m).set(0.0);
+            }
+            metrics::counter!(CHARGES, "outcome" => "succeeded", "code" => "").absolute(0);
+            metrics::counter!(RETRIES, "call" => "CreatePayment").absolute(0);
+            handle
+        })
+        .clone()
+}

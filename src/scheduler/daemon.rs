@@ -1,0 +1,285 @@
+//! `paycron run`: the long-lived worker.
+//!
+//! tokio-cron-scheduler ticks the jobs of the schedule files on UTC cron expressions. A tick
+//! never overlaps its job's previous run (it is skipped and counted); singleton tasks take a
+//! Postgres advisory lock and claim the tick in `paycron.task_runs`, so across any number of
+//! replicas each runs once per tick; bill-due and recover run on every replica, safely, because
+//! claims use `SKIP LOCKED` and leases.
+//!
+//! Shutdown: the first SIGTERM or SIGINT turns readiness false, stops the ticks and cancels the
+//! engines — no new claims, no new sends, intents never sent are withdrawn — then waits for
+//! in-flight charges to be recorded, up to the drain timeout. A second signal exits at once;
+//! leases and the liveness lock make that safe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DurationRound, Utc};
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::{JobSpec, TaskKind};
+use crate::app::App;
+use crate::billing::{Engine, sync};
+use crate::gateway::PaymentGateway;
+use crate::ops::metrics as m;
+use crate::ops::server::{self, OpsState};
+use crate::store::{subscriptions, tasks};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The ops server's address is taken or invalid.
+    #[error("PAYCRON_OPS_ADDR {addr}: cannot listen: {reason}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The scheduler failed.
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+    /// The engine could not start.
+    #[error(transparent)]
+    Billing(#[from] crate::billing::BillingError),
+    /// The drain timeout passed with work still in flight.
+    #[error(
+        "drain timeout of {0:?} passed with work in flight; leases let another worker finish it"
+    )]
+    DrainTimeout(Duration),
+}
+
+struct Ctx {
+    app: App,
+    engine: Engine,
+    gateway: Arc<dyn PaymentGateway>,
+    owner: Uuid,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    running: HashMap<String, AtomicBool>,
+}
+
+impl Ctx {
+    fn tick(self: &Arc<Self>, job: &JobSpec) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let Some(flag) = self.running.get(&job.name) else {
+            return;
+        };
+        if flag.swap(true, Ordering::SeqCst) {
+            tracing::info!(job = %job.name, task = %job.task, "previous run still going; tick skipped");
+            metrics::counter!(m::TASK_RUNS, "task" => job.task.as_str(), "result" => "skipped")
+                .increment(1);
+            return;
+        }
+        let ctx = self.clone();
+        let job = job.clone();
+        let tick = Utc::now()
+            .duration_trunc(chrono::Duration::seconds(1))
+            .unwrap_or_else(|_| Utc::now());
+        self.tracker.spawn(async move {
+            ctx.run_task(&job, tick).await;
+            if let Some(flag) = ctx.running.get(&job.name) {
+                flag.store(false, Ordering::SeqCst);
+            }
+        });
+    }
+
+    async fn run_task(&self, job: &JobSpec, tick: chrono::DateTime<Utc>) {
+        let started = Instant::now();
+        let task = job.task.as_str();
+        let guard = if job.task.singleton() {
+            match tasks::claim_singleton(&self.app.pool, task, tick, self.owner).await {
+                Ok(Some(g)) => Some(g),
+                Ok(None) => {
+                    tracing::info!(job = %job.name, task, "another replica runs this tick; skipped");
+                    metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "skipped")
+                        .increment(1);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.name, task, error = %e, "cannot claim singleton task");
+                    metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "error")
+                        .increment(1);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let now = Utc::now();
+        let result: Result<String, String> = match job.task {
+            TaskKind::BillDue => self.engine.bill_due(now).await.map(|s| {
+                format!(
+                    "attempted={} succeeded={} declined={} failed={} unresolved={} withdrawn={}",
+                    s.attempted, s.succeeded, s.declined, s.failed, s.unresolved, s.withdrawn
+                )
+            }),
+            TaskKind::Recover => self.engine.recover(now).await.map(|s| {
+                format!(
+                    "attempted={} succeeded={} declined={} unresolved={}",
+                    s.attempted, s.succeeded, s.declined, s.unresolved
+                )
+            }),
+            TaskKind::SyncCards => sync::sync_cards(&self.app.pool, self.gateway.as_ref())
+                .await
+                .map(|t| {
+                    format!(
+                        "customers={} cards={} cards_changed={}",
+                        t.customers, t.cards, t.cards_changed
+                    )
+                }),
+        }
+        .map_err(|e| e.to_string());
+        if let Some(g) = guard
+            && let Err(e) = g.release().await
+        {
+            tracing::warn!(task, error = %e, "cannot release singleton lock; it ends with the connection");
+        }
+        if job.task == TaskKind::BillDue
+            && let Ok((due, oldest)) = subscriptions::due_stats(&self.app.pool, Utc::now()).await
+        {
+            metrics::gauge!(m::DUE).set(due as f64);
+            let age = oldest
+                .map(|t| (Utc::now() - t).num_seconds().max(0) as f64)
+                .unwrap_or(0.0);
+            metrics::gauge!(m::OLDEST_DUE).set(age);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::histogram!(m::TASK_SECONDS, "task" => task).record(seconds);
+        match result {
+            Ok(summary) => {
+                metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "ok").increment(1);
+                metrics::gauge!(m::TASK_LAST_SUCCESS, "task" => task)
+                    .set(Utc::now().timestamp() as f64);
+                tracing::info!(job = %job.name, task, %summary, duration_ms = (seconds * 1000.0) as u64, "task run");
+            }
+            Err(error) => {
+                metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "error").increment(1);
+                tracing::error!(job = %job.name, task, %error, duration_ms = (seconds * 1000.0) as u64, "task run failed");
+            }
+        }
+    }
+}
+
+async fn next_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+/// Runs the daemon until a signal, then drains.
+///
+/// # Errors
+/// [`DaemonError`].
+pub async fn run(
+    app: App,
+    gateway: Arc<dyn PaymentGateway>,
+    jobs: Vec<JobSpec>,
+    drain: Duration,
+) -> Result<(), DaemonError> {
+    let handle = m::install();
+    let draining = Arc::new(AtomicBool::new(false));
+    let stop_server = CancellationToken::new();
+    let addr = app.config.ops_addr;
+    let server = server::serve(
+        addr,
+        OpsState {
+            pool: app.pool.clone(),
+            metrics: handle,
+            draining: draining.clone(),
+        },
+        stop_server.clone(),
+    )
+    .await
+    .map_err(|e| DaemonError::Bind {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+
+    let cancel = CancellationToken::new();
+    let engine = app
+        .engine(gateway.clone())
+        .await?
+        .with_cancel(cancel.clone());
+    let owner = engine.owner();
+    let ctx = Arc::new(Ctx {
+        running: jobs
+            .iter()
+            .map(|j| (j.name.clone(), AtomicBool::new(false)))
+            .collect(),
+        app,
+        engine,
+        gateway,
+        owner,
+        cancel: cancel.clone(),
+        tracker: TaskTracker::new(),
+    });
+    let mut sched = JobScheduler::new()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    for job in jobs.iter().filter(|j| j.enabled) {
+        let ctx2 = ctx.clone();
+        let spec = job.clone();
+        let cron_job = Job::new_async(job.cron.as_str(), move |_id, _lock| {
+            ctx2.tick(&spec);
+            Box::pin(async {})
+        })
+        .map_err(|e| DaemonError::Scheduler(format!("{}: {e}", job.origin)))?;
+        sched
+            .add(cron_job)
+            .await
+            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    }
+    sched
+        .start()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    tracing::info!(
+        ops_addr = %addr,
+        owner = %owner,
+        jobs = %jobs.iter().filter(|j| j.enabled).map(|j| format!("{}({})", j.name, j.cron)).collect::<Vec<_>>().join(", "),
+        "paycron daemon started"
+    );
+
+    let signal = next_signal().await;
+    tracing::info!(
+        signal,
+        drain_timeout_s = drain.as_secs(),
+        "shutting down: readiness off, no new claims, draining in-flight charges"
+    );
+    draining.store(true, Ordering::SeqCst);
+    cancel.cancel();
+    let _ = sched.shutdown().await;
+    ctx.tracker.close();
+    let drained = tokio::select! {
+        _ = ctx.tracker.wait() => true,
+        _ = tokio::time::sleep(drain) => false,
+        s = next_signal() => {
+            tracing::warn!(signal = s, "second signal: exiting at once; leases let another worker finish");
+            std::process::exit(1);
+        }
+    };
+    stop_server.cancel();
+    let _ = server.await;
+    if drained {
+        tracing::info!("drained; bye");
+        Ok(())
+    } else {
+        Err(DaemonError::DrainTimeout(drain))
+    }
+}

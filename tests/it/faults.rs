@@ -194,11 +194,14 @@ async fn four_replicas_billing_the_same_due_set() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let log = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("\"charge\""))
+            .rev()
+            .take(8)
+            .collect();
+        assert!(out.status.success(), "replica failed: {tail:#?}");
     }
     let n = audit(&db, &s).await;
     assert!(n >= 60 * 3);

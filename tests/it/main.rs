@@ -4,6 +4,7 @@
 
 mod billing;
 mod cli;
+mod daemon;
 mod faults;
 mod gateway;
 mod helpers;

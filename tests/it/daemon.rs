@@ -1,0 +1,499 @@
+//! `paycron run`: ticks, graceful drain on SIGTERM, singletons across replicas, readiness
+//! through a database restart, metrics the dashboard relies on, no secret in any log line.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use paycron::gateway::simulator::{Faults, SimConfig, Simulator};
+
+use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, sim};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn schedule(jobs: &[(&str, &str, &str)]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    for (name, task, cron) in jobs {
+        writeln!(
+            f,
+            "[[job]]\nname = \"{name}\"\ntask = \"{task}\"\ncron = \"{cron}\"\n"
+        )
+        .unwrap();
+    }
+    f
+}
+
+fn daemon(db_url: Option<&str>, sim_url: &str, sched: &std::path::Path, port: u16) -> Child {
+    paycron(db_url, Some(sim_url))
+        .env("PAYCRON_SCHEDULES", sched)
+        .env("PAYCRON_OPS_ADDR", format!("127.0.0.1:{port}"))
+        .env("PAYCRON_DRAIN_TIMEOUT_SECONDS", "15")
+        .env("PAYCRON_CONCURRENCY", "8")
+        .env("PAYCRON_BATCH_SIZE", "20")
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+async fn wait_for(port: u16, path: &str, status: u16) {
+    for _ in 0..200 {
+        if get(port, path).await.is_some_and(|(s, _)| s == status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never answered {status}");
+}
+
+async fn seed_due(db: &TestDb, s: &Simulator, n: usize) {
+    for i in 0..n {
+        let customer = format!("DC{i:04}");
+        let card = format!("ccof:sim-ok-d{i:04}");
+        s.with(|st| st.add_card(&customer, &card, "VISA", true));
+        seed_card(db, &customer, &card).await;
+        sqlx::query("SELECT paycron.create_subscription($1, 500, 'USD', 'day', 1, NULL, now() - interval '1 hour')")
+            .bind(&customer)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+}
+
+fn sigterm(child: &Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+async fn count_where(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_billing_drains_and_exits_0() {
+    let s = sim(SimConfig {
+        faults: Faults {
+            latency_ms: 150,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 120).await;
+    let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
+    let port = free_port();
+    let child = daemon(Some(&db.url), &s.base_url(), sched.path(), port);
+    wait_for(port, "/readyz", 200).await;
+    // Wait until billing is under way, then ask the daemon to stop.
+    for _ in 0..200 {
+        if count_where(
+            &db,
+            "SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'",
+        )
+        .await
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&status.stderr).into_owned();
+    assert_eq!(status.status.code(), Some(0), "{log}");
+    assert!(log.contains("drained"), "{log}");
+    assert_eq!(
+        count_where(
+            &db,
+            "SELECT count(*) FROM paycron.charges WHERE status = 'pending'"
+        )
+        .await,
+        0,
+        "no charge left pending"
+    );
+    let done = count_where(
+        &db,
+        "SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'",
+    )
+    .await;
+    assert!(done > 0 && done < 120, "stopped mid-billing: {done}");
+    // Nothing charged twice; a later run bills the rest exactly once.
+    let (code, _, err) =
+        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--task", "bill-due"]));
+    assert_eq!(code, 0, "{err}");
+    let taken = s.with(|st| st.completed());
+    let mut refs: Vec<_> = taken.iter().map(|p| p.reference_id.clone()).collect();
+    refs.sort();
+    refs.dedup();
+    assert_eq!(refs.len(), 120);
+    assert_eq!(taken.len(), 120);
+    let ledger = count_where(
+        &db,
+        "SELECT count(*) FROM paycron.ledger_entries WHERE status = 'succeeded'",
+    )
+    .await;
+    assert_eq!(ledger, 120);
+
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_run_each_singleton_once_per_tick() {
+    let s = sim(SimConfig {
+        customers: 30,
+        faults: Faults {
+            latency_ms: 20,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 40).await;
+    let sched = schedule(&[
+        ("sync", "sync-cards", "* * * * * *"),
+        ("bill", "bill-due", "*/2 * * * * *"),
+    ]);
+    let (p1, p2) = (free_port(), free_port());
+    let a = daemon(Some(&db.url), &s.base_url(), sched.path(), p1);
+    let b = daemon(Some(&db.url), &s.base_url(), sched.path(), p2);
+    wait_for(p1, "/readyz", 200).await;
+    wait_for(p2, "/readyz", 200).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = get(p1, "/metrics").await.unwrap().1;
+    // Every metric the dashboard queries is one /metrics exposes.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/paycron.json"
+    ))
+    .unwrap();
+    let mut names: Vec<String> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("paycron_"))
+        .map(|w| {
+            w.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        assert!(
+            metrics.contains(&format!("\n{name}")) || metrics.contains(&format!("{name}_bucket")),
+            "{name} not in /metrics:\n{metrics}"
+        );
+    }
+    sigterm(&a);
+    sigterm(&b);
+    let mut ran = 0;
+    for child in [a, b] {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{log}");
+        ran += log
+            .lines()
+            .filter(|l| l.contains("\"task run\"") && l.contains("sync-cards"))
+            .count();
+    }
+    let ticks = count_where(
+        &db,
+        "SELECT count(*) FROM paycron.task_runs WHERE task = 'sync-cards'",
+    )
+    .await;
+    assert!(ticks >= 3, "{ticks}");
+    assert_eq!(
+        ran as i64, ticks,
+        "each tick's sync ran on exactly one daemon"
+    );
+    let owners = count_where(&db, "SELECT count(DISTINCT owner) FROM paycron.task_runs").await;
+    assert!(owners >= 1);
+    // Both daemons billed; no period twice.
+    let taken = s.with(|st| st.completed());
+    let mut refs: Vec<_> = taken.iter().map(|p| p.reference_id.clone()).collect();
+    refs.sort();
+    refs.dedup();
+    assert_eq!(refs.len(), taken.len());
+    let periods = count_where(&db, "SELECT count(*) FROM (SELECT subscription_id, period FROM paycron.charges WHERE status = 'succeeded' GROUP BY 1, 2) x").await;
+    assert_eq!(periods as usize, taken.len());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_through_a_restart() {
+    let home = tempfile::Builder::new()
+        .prefix("paycron-ready")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let s = sim(SimConfig::default()).await;
+    let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
+    let port = free_port();
+    let mut child = paycron(None, Some(&s.base_url()))
+        .env("PAYCRON_HOME", home.path())
+        .env("PAYCRON_SCHEDULES", sched.path())
+        .env("PAYCRON_OPS_ADDR", format!("127.0.0.1:{port}"))
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(port, "/readyz", 200).await;
+    let (code, out, _) = run(paycron(None, None)
+        .env("PAYCRON_HOME", home.path())
+        .args(["db", "stop"]));
+    assert_eq!((code, out.trim()), (0, "stopped"));
+    wait_for(port, "/readyz", 503).await;
+    assert_eq!(
+        get(port, "/healthz").await.unwrap().0,
+        200,
+        "alive while the database is down"
+    );
+    let (code, _, err) = run(paycron(None, None)
+        .env("PAYCRON_HOME", home.path())
+        .args(["db", "url"]));
+    assert_eq!(code, 0, "{err}");
+    wait_for(port, "/readyz", 200).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon kept running"
+    );
+    // And it still bills: a subscription created after the restart is charged on a tick.
+    s.with(|st| st.add_card("R1", "ccof:sim-ok-r1", "VISA", true));
+    let mut csv = tempfile::Builder::new().suffix(".csv").tempfile().unwrap();
+    writeln!(csv, "customer_id,card_id,card_brand,last_4,exp_month,exp_year\nR1,ccof:sim-ok-r1,VISA,1111,12,2031").unwrap();
+    let home_env = |c: &mut std::process::Command| {
+        c.env("PAYCRON_HOME", home.path());
+    };
+    let mut import = paycron(None, None);
+    home_env(&mut import);
+    assert_eq!(run(import.args(["cards", "import"]).arg(csv.path())).0, 0);
+    let mut create = paycron(None, None);
+    home_env(&mut create);
+    assert_eq!(
+        run(create.args([
+            "subscription",
+            "create",
+            "--customer",
+            "R1",
+            "--amount",
+            "700",
+            "--currency",
+            "USD",
+            "--every",
+            "1month"
+        ]))
+        .0,
+        0
+    );
+    let mut billed = false;
+    for _ in 0..100 {
+        let mut export = paycron(None, None);
+        home_env(&mut export);
+        let (_, out, _) = run(export.args(["ledger", "export", "--format", "jsonl"]));
+        if out.contains("\"succeeded\"") {
+            billed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(billed, "billed after the database came back");
+    sigterm(&child);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = run(paycron(None, None)
+        .env("PAYCRON_HOME", home.path())
+        .args(["db", "stop"]));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_schedule_files_are_refused_with_file_and_line() {
+    let db = fresh_db().await;
+    for (text, expect) in [
+        (
+            "[[job]]\nname = \"a\"\ntask = \"dance\"\ncron = \"* * * * * *\"\n",
+            ":3: unknown task \"dance\"",
+        ),
+        (
+            "[[job]]\nname = \"a\"\ntask = \"recover\"\ncron = \"every minute\"\n",
+            ":4: cron \"every minute\"",
+        ),
+        (
+            "[[job]]\nname = \"a\"\ntask = \"recover\"\ncron = \"* * * * * *\"\n[[job]]\nname = \"a\"\ntask = \"bill-due\"\ncron = \"* * * * * *\"\n",
+            ":6: duplicate job name \"a\"",
+        ),
+        (
+            "[[job]]\nname = \"a\"\ntask = \"recover\"\ncron = \"* * * * * *\"\nsingleton = true\n",
+            ":5: unknown field `singleton`",
+        ),
+    ] {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let (code, _, err) = run(paycron(Some(&db.url), Some("http://127.0.0.1:9"))
+            .env("PAYCRON_SCHEDULES", f.path())
+            .arg("run"));
+        assert_eq!(code, 2, "{text}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.contains(&f.path().display().to_string()) && last.contains(expect),
+            "{text}: {last}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_square_token_never_reaches_a_log_line() {
+    const TOKEN: &str = "EAAAl-secret-token-9f8e7d6c5b4a";
+    let s = sim(SimConfig {
+        token: Some("a-different-token".into()),
+        customers: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let db = fresh_db().await;
+    seed_card(&db, "T1", "ccof:sim-ok-t1").await;
+    sqlx::query("SELECT paycron.create_subscription('T1', 500, 'USD', 'day', 1, NULL, now() - interval '1 hour')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut outputs = String::new();
+    for args in [
+        vec!["sync-cards"],
+        vec!["run-once"],
+        vec!["subscription", "list"],
+    ] {
+        let (code, out, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
+            .env("SQUARE_ACCESS_TOKEN", TOKEN)
+            .env("RUST_LOG", "trace")
+            .args(&args));
+        assert_ne!(code, -1);
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+    }
+    assert!(
+        outputs.contains("rejected"),
+        "the rejection was logged: {outputs}"
+    );
+    assert!(!outputs.contains(TOKEN), "the token leaked");
+    assert!(
+        !outputs.contains("secret-token"),
+        "part of the token leaked"
+    );
+    s.shutdown().await;
+}
+
+#[test]
+fn the_kubernetes_schedules_match_the_default_ones() {
+    let a = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schedules/default.toml"
+    ))
+    .unwrap();
+    let b = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/k8s/schedules/default.toml"
+    ))
+    .unwrap();
+    assert_eq!(
+        a, b,
+        "deploy/k8s/schedules/default.toml is a copy of schedules/default.toml"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_drains_on_sigterm_too() {
+    let s = sim(SimConfig {
+        faults: Faults {
+            latency_ms: 150,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 100).await;
+    let child = paycron(Some(&db.url), Some(&s.base_url()))
+        .env("PAYCRON_CONCURRENCY", "8")
+        .env("PAYCRON_BATCH_SIZE", "100")
+        .args(["run-once", "--task", "bill-due"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if count_where(
+            &db,
+            "SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'",
+        )
+        .await
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&child);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert_eq!(
+        count_where(
+            &db,
+            "SELECT count(*) FROM paycron.charges WHERE status = 'pending'"
+        )
+        .await,
+        0
+    );
+    let done = count_where(
+        &db,
+        "SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'",
+    )
+    .await;
+    assert!(done > 0 && done < 100, "{done}");
+    assert_eq!(
+        s.with(|st| st.completed().len()) as i64,
+        done,
+        "every payment taken is recorded"
+    );
+    s.shutdown().await;
+}

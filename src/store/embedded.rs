@@ -334,7 +334,7 @@ impl LocalCluster {
             return Ok(());
         }
         let mut opts = format!(
-            "-c listen_addresses='' -c port={PORT} -c unix_socket_directories='{}' -c max_connections=400 -c shared_buffers=128MB",
+            "-c listen_addresses='' -c port={PORT} -c unix_socket_directories='{}' -c max_connections=400 -c shared_buffers=256MB -c max_wal_size=4GB -c checkpoint_timeout=15min",
             self.socket_dir.display()
         );
         if self.options.ephemeral {

@@ -50,6 +50,21 @@ enum Command {
         #[arg(long)]
         now: Option<String>,
     },
+    /// Square's payments vs the ledger; non-zero exit on any difference.
+    Reconcile {
+        /// Window start, RFC 3339 (default: 30 days before --until).
+        #[arg(long)]
+        since: Option<String>,
+        /// Window end, RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Record payments Square took for charges still pending here.
+        #[arg(long)]
+        repair: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// The append-only ledger.
     Ledger {
         #[command(subcommand)]
@@ -303,6 +318,12 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     }
                 },
                 Command::RunOnce { task, now } => run::run_once(&app, task, now.as_deref()).await,
+                Command::Reconcile {
+                    since,
+                    until,
+                    repair,
+                    format,
+                } => run::reconcile(&app, since.as_deref(), until.as_deref(), repair, format).await,
                 Command::Ledger {
                     command: LedgerCmd::Export { format },
                 } => run::ledger_export(&app, format).await,

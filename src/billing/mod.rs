@@ -472,6 +472,35 @@ impl Engine {
         Ok(total)
     }
 
+    /// Records a payment Square took for a still-pending charge (reconcile's repair), through
+    /// the normal record path: the charge's lease is taken, then the outcome is recorded, fenced
+    /// and idempotent. False when the charge was no longer pending.
+    ///
+    /// # Errors
+    /// [`BillingError`].
+    pub async fn repair(
+        &self,
+        charge: &ChargeRow,
+        payment: &crate::gateway::wire::Payment,
+    ) -> Result<bool> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        if !charges::take_lease(&mut conn, charge.id, self.owner, self.lease_until()).await? {
+            return Ok(false);
+        }
+        drop(conn);
+        let found = Attempted {
+            charge: charge.clone(),
+            outcome: Some(PaymentOutcome::Succeeded {
+                payment_id: payment.id.clone(),
+                status: payment.status.clone(),
+            }),
+            duration_ms: 0,
+        };
+        tracing::info!(charge_id = %charge.id, provider_payment_id = %payment.id, "reconcile: recording a payment Square took");
+        let s = self.record_batch(vec![found], Utc::now()).await?;
+        Ok(s.succeeded == 1)
+    }
+
     /// Looks a stale intent up at Square (ListPayments over its time window, matched on
     /// `reference_id`). Records it when Square took the money; `None` means "not found, re-send".
     async fn settle_from_lookup(

@@ -20,6 +20,8 @@ pub enum Task {
     Recover,
     /// Pull customers and cards from Square.
     SyncCards,
+    /// Square's payments of the last 30 days against the ledger.
+    Reconcile,
     /// recover, then bill-due.
     All,
 }
@@ -78,6 +80,9 @@ pub async fn sync_cards(app: &App) -> Result<()> {
 pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
     let now = parse_now(app, now)?;
     let gateway = app.square()?;
+    if task == Task::Reconcile {
+        return reconcile(app, None, None, false, Format::Text).await;
+    }
     if task == Task::SyncCards {
         let started = Instant::now();
         let t = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
@@ -260,4 +265,107 @@ pub async fn daemon(config: crate::config::Config) -> Result<()> {
     let gateway = app.square()?;
     crate::scheduler::daemon::run(app, gateway, jobs, drain).await?;
     Ok(())
+}
+
+/// `reconcile [--since] [--until] [--repair]`: Square's payments vs the ledger. Exit 0 when
+/// everything matches, 1 on any difference (after repairs, what is left).
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn reconcile(
+    app: &App,
+    since: Option<&str>,
+    until: Option<&str>,
+    repair: bool,
+    format: Format,
+) -> Result<()> {
+    let parse = |flag: &str, v: Option<&str>, default: DateTime<Utc>| -> Result<DateTime<Utc>> {
+        match v {
+            None => Ok(default),
+            Some(v) => DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    CommandError::BadInput(format!("{flag}: {v:?} is not an RFC 3339 time: {e}"))
+                }),
+        }
+    };
+    let until = parse("--until", until, Utc::now())?;
+    let since = parse("--since", since, until - chrono::Duration::days(30))?;
+    if since >= until {
+        return Err(CommandError::BadInput(
+            "--since must be before --until".into(),
+        ));
+    }
+    let gateway = app.square()?;
+    let engine = if repair {
+        Some(app.engine(gateway.clone()).await?)
+    } else {
+        None
+    };
+    let mut report = crate::ledger::reconcile::reconcile(
+        &app.pool,
+        gateway.as_ref(),
+        engine.as_ref(),
+        since,
+        until,
+    )
+    .await?;
+    if report.repaired > 0 {
+        let repaired = report.repaired;
+        report =
+            crate::ledger::reconcile::reconcile(&app.pool, gateway.as_ref(), None, since, until)
+                .await?;
+        report.repaired = repaired;
+    }
+    super::print_rows(&report.findings, format, |rows| {
+        super::table(
+            &[
+                "KIND",
+                "CHARGE",
+                "SQUARE PAYMENT",
+                "SQUARE",
+                "LEDGER",
+                "DETAIL",
+            ],
+            rows.iter()
+                .map(|f| {
+                    vec![
+                        f.kind.to_owned(),
+                        f.charge_id.map(|c| c.to_string()).unwrap_or_default(),
+                        f.provider_payment_id.clone().unwrap_or_default(),
+                        f.square_amount_minor
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                        f.ledger_amount_minor
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                        f.detail.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    })?;
+    tracing::info!(
+        since = %since.to_rfc3339(),
+        until = %until.to_rfc3339(),
+        square_payments = report.square_payments,
+        charges = report.charges,
+        findings = report.findings.len(),
+        repaired = report.repaired,
+        "reconcile summary"
+    );
+    if report.findings.is_empty() {
+        if format == Format::Text {
+            println!(
+                "reconciled: {} Square payments, {} charges, no differences",
+                report.square_payments, report.charges
+            );
+        }
+        Ok(())
+    } else {
+        Err(CommandError::Failed(format!(
+            "{} difference(s) between Square and the ledger",
+            report.findings.len()
+        )))
+    }
 }

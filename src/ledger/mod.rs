@@ -1,6 +1,10 @@
 //! The ledger's outward face: `paycron ledger export --format jsonl`, one JSON object per
 //! charge attempt with exactly the contract's keys, and the monthly figures the demo prints.
 //! Writing happens in `store::ledger`, inside the billing engine's record transaction.
+//! [`reconcile`] proves the ledger equals Square's payments over a window, or names every
+//! difference.
+
+pub mod reconcile;
 
 use std::io::Write;
 

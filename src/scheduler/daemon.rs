@@ -120,12 +120,27 @@ impl Ctx {
                     "attempted={} succeeded={} declined={} failed={} unresolved={} withdrawn={}",
                     s.attempted, s.succeeded, s.declined, s.failed, s.unresolved, s.withdrawn
                 )
-            }),
+            })
+            .map_err(|e| e.to_string()),
             TaskKind::Recover => self.engine.recover(now).await.map(|s| {
                 format!(
                     "attempted={} succeeded={} declined={} unresolved={}",
                     s.attempted, s.succeeded, s.declined, s.unresolved
                 )
+            })
+            .map_err(|e| e.to_string()),
+            TaskKind::Reconcile => crate::ledger::reconcile::reconcile(
+                &self.app.pool,
+                self.gateway.as_ref(),
+                None,
+                now - chrono::Duration::days(3),
+                now,
+            )
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                let summary = format!("square_payments={} charges={} findings={}", r.square_payments, r.charges, r.findings.len());
+                if r.findings.is_empty() { Ok(summary) } else { Err(format!("differences found: {summary}")) }
             }),
             TaskKind::SyncCards => sync::sync_cards(&self.app.pool, self.gateway.as_ref())
                 .await
@@ -134,9 +149,9 @@ impl Ctx {
                         "customers={} cards={} cards_changed={}",
                         t.customers, t.cards, t.cards_changed
                     )
-                }),
-        }
-        .map_err(|e| e.to_string());
+                })
+                .map_err(|e| e.to_string()),
+        };
         if let Some(g) = guard
             && let Err(e) = g.release().await
         {

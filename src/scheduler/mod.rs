@@ -1,6 +1,6 @@
 //! The daemon's own schedule: `schedules/*.toml` → validated job specs.
 //!
-//! Each `[[job]]` has a unique `name`, a `task` (bill-due | recover | sync-cards), a UTC
+//! Each `[[job]]` has a unique `name`, a `task` (bill-due | recover | sync-cards | reconcile), a UTC
 //! `cron` expression with a seconds field, and `enabled` (default true). Anything wrong —
 //! unknown task or key, bad cron, duplicate name, bad TOML — is refused at start-up with one
 //! line naming the file, the line and the reason.
@@ -26,6 +26,8 @@ pub enum TaskKind {
     Recover,
     /// Pull customers and cards from Square (singleton).
     SyncCards,
+    /// Square's payments against the ledger (singleton).
+    Reconcile,
 }
 
 impl TaskKind {
@@ -35,12 +37,13 @@ impl TaskKind {
             TaskKind::BillDue => "bill-due",
             TaskKind::Recover => "recover",
             TaskKind::SyncCards => "sync-cards",
+            TaskKind::Reconcile => "reconcile",
         }
     }
 
     /// Whether only one replica may run it per tick.
     pub fn singleton(&self) -> bool {
-        matches!(self, TaskKind::SyncCards)
+        matches!(self, TaskKind::SyncCards | TaskKind::Reconcile)
     }
 }
 
@@ -239,7 +242,7 @@ mod tests {
     fn the_default_schedule_loads() {
         let jobs = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schedules"))).unwrap();
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        assert_eq!(names, ["bill-due", "recover", "sync-cards"]);
+        assert_eq!(names, ["bill-due", "recover", "sync-cards", "reconcile"]);
         assert_eq!(jobs[0].cron, "*/15 * * * * *");
     }
 

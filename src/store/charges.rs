@@ -368,3 +368,55 @@ pub async fn withdraw_unsent(conn: &mut PgConnection, owner: Uuid, ids: &[Uuid])
     .await?
     .rows_affected())
 }
+
+/// Takes the lease of one pending charge for `owner` (reconcile's repair path). False when
+/// the charge is not pending.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn take_lease(
+    conn: &mut PgConnection,
+    id: Uuid,
+    owner: Uuid,
+    locked_until: DateTime<Utc>,
+) -> Result<bool> {
+    Ok(sqlx::query("UPDATE paycron.charges SET lease_owner = $2, locked_until = $3 WHERE id = $1 AND status = 'pending'")
+        .bind(id)
+        .bind(owner)
+        .bind(locked_until)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Charges created in `[since, until)` with their recorded outcome, for reconciliation.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn in_window(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<ChargeRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.charges WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at, id"
+    ))
+    .bind(since)
+    .bind(until)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Charges by id (those a payment's `reference_id` names), whatever their age.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ChargeRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.charges WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
+}

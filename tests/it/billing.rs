@@ -412,3 +412,79 @@ async fn a_stale_intent_is_looked_up_at_square_before_any_resend() {
     assert_eq!(status(&db, id).await.1, 1, "the period is settled");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| {
+        st.add_card("R1", "ccof:sim-ok-r1", "VISA", true);
+        st.add_card("R2", "ccof:sim-ok-r2", "VISA", true);
+    });
+    let db = fresh_db().await;
+    seed_card(&db, "R1", "ccof:sim-ok-r1").await;
+    seed_card(&db, "R2", "ccof:sim-ok-r2").await;
+    let due = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    create(&db, "R1", None, &due, "").await;
+    // R1 bills normally.
+    let e = engine(&db, &s.base_url()).await;
+    e.bill_due(Utc::now()).await.unwrap();
+    let recon = |extra: &[&str]| {
+        let mut args = vec!["reconcile", "--format", "jsonl"];
+        args.extend_from_slice(extra);
+        run(paycron(Some(&db.url), Some(&s.base_url())).args(&args))
+    };
+    let (code, out, err) = recon(&[]);
+    assert_eq!((code, out.as_str()), (0, ""), "a clean run: {err}");
+
+    // R2: Square takes the money, every answer is lost, the worker dies before recording.
+    let lost = create(&db, "R2", Some("ccof:sim-ok-r2"), &due, "").await;
+    s.with(|st| {
+        st.faults = paycron::gateway::simulator::Faults {
+            lose_response_rate: 1.0,
+            ..Default::default()
+        }
+    });
+    let mut a = app(&db, &s.base_url());
+    a.config.square.retry_deadline = std::time::Duration::from_millis(300);
+    let dying = a.engine(client(&a.config)).await.unwrap();
+    assert_eq!(dying.bill_due(Utc::now()).await.unwrap().unresolved, 1);
+    drop(dying);
+    s.with(|st| st.faults = Default::default());
+
+    let (code, out, _) = recon(&[]);
+    assert_eq!(code, 1);
+    let findings: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(findings.len(), 1, "{out}");
+    assert_eq!(findings[0]["kind"], "missing_in_ledger");
+    let (code, _, err) = recon(&["--repair"]);
+    assert_eq!(code, 0, "repaired: {err}");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.ledger_entries WHERE subscription_id = $1 AND status = 'succeeded'")
+        .bind(lost)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+    let (code, out, _) = recon(&["--repair"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, ""),
+        "a second repair changes nothing"
+    );
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.ledger_entries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(entries, 2);
+    assert_eq!(s.with(|st| st.completed().len()), 2);
+    let (code, _, err) = recon(&[
+        "--since",
+        "2030-01-01T00:00:00Z",
+        "--until",
+        "2029-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    s.shutdown().await;
+}

@@ -145,6 +145,9 @@ pub struct Config {
     /// `PAYCRON_DRAIN_TIMEOUT_SECONDS`: how long shutdown waits for in-flight charges; keep it
     /// below the pod's termination grace period. Default 20.
     pub drain_timeout: Duration,
+    /// `PAYCRON_WEBHOOK_PATH`: where the ops server receives Square's webhooks. Default
+    /// `/webhooks/square`.
+    pub webhook_path: String,
     /// Square.
     pub square: SquareConfig,
     /// Billing.
@@ -357,6 +360,17 @@ impl Config {
                 20,
                 3_600,
             )?),
+            webhook_path: match src.get("PAYCRON_WEBHOOK_PATH") {
+                None => "/webhooks/square".into(),
+                Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p,
+                Some(p) => {
+                    return Err(ConfigError::Invalid {
+                        key: "PAYCRON_WEBHOOK_PATH",
+                        value: p,
+                        reason: "expected an absolute path such as /webhooks/square".into(),
+                    });
+                }
+            },
             square: SquareConfig {
                 access_token: src.secret("SQUARE_ACCESS_TOKEN", "SQUARE_ACCESS_TOKEN_FILE")?,
                 location_id: src.get("SQUARE_LOCATION_ID"),

@@ -124,6 +124,28 @@ pub enum Outcome {
     NothingDue,
 }
 
+/// The decline category of attempts paycron refused itself before calling Square.
+pub const CARD_CHECK_CATEGORY: &str = "PAYCRON_CARD_CHECK";
+
+/// Why a card cannot be charged at `now` (in the subscription's zone), if it cannot: disabled
+/// or forgotten at Square, or past the end of its expiry month.
+pub fn card_problem(
+    health: Option<(bool, Option<i32>, Option<i32>)>,
+    now: DateTime<Utc>,
+    zone: chrono_tz::Tz,
+) -> Option<&'static str> {
+    use chrono::Datelike;
+    let (enabled, month, year) = health?;
+    if !enabled {
+        return Some("CARD_DISABLED");
+    }
+    let local = now.with_timezone(&zone);
+    match (month, year) {
+        (Some(m), Some(y)) if (local.year(), local.month() as i32) > (y, m) => Some("CARD_EXPIRED"),
+        _ => None,
+    }
+}
+
 /// Outcomes recorded per transaction.
 const RECORD_BATCH: usize = 64;
 /// Batches recorded at once.
@@ -303,6 +325,20 @@ impl Engine {
                 }
             }
         }
+        let card_ids: Vec<String> = intents.iter().map(|c| c.card_id.clone()).collect();
+        let health = crate::store::cards::health(&mut tx, &card_ids).await?;
+        let zones: std::collections::HashMap<Uuid, String> =
+            due.iter().map(|s| (s.id, s.time_zone.clone())).collect();
+        let unusable: std::collections::HashMap<Uuid, &'static str> = intents
+            .iter()
+            .filter_map(|c| {
+                let zone = zones
+                    .get(&c.subscription_id)
+                    .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+                    .unwrap_or(chrono_tz::Tz::UTC);
+                card_problem(health.get(&c.card_id).copied(), now, zone).map(|p| (c.id, p))
+            })
+            .collect();
         let inserted =
             charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -328,18 +364,43 @@ impl Engine {
                 created_at: Utc::now(),
             })
             .collect();
-        summary.merge(&self.drive_all(mine, now).await?);
+        summary.merge(&self.drive_all_checked(mine, &unusable, now).await?);
         Ok(Outcome::Billed(summary))
     }
 
     /// Sends charges (each its stored body under its key), at most `concurrency` in flight,
     /// and records the outcomes in batches as they arrive.
     async fn drive_all(&self, charges: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
+        self.drive_all_checked(charges, &Default::default(), now)
+            .await
+    }
+
+    /// As [`Engine::drive_all`], but charges whose card failed the pre-check (disabled,
+    /// forgotten or expired) are not sent: their attempt is recorded as declined with the
+    /// card's own reason, and dunning treats it as a hard decline (fallback card or final state).
+    async fn drive_all_checked(
+        &self,
+        charges: Vec<ChargeRow>,
+        unusable: &std::collections::HashMap<Uuid, &'static str>,
+        now: DateTime<Utc>,
+    ) -> Result<Summary> {
         let mut summary = Summary::default();
         let mut outcomes = futures::stream::iter(charges.into_iter().map(|charge| {
             let gateway = self.gateway.clone();
             let cancel = self.cancel.clone();
+            let problem = unusable.get(&charge.id).copied();
             async move {
+                if let Some(code) = problem {
+                    return Attempted {
+                        charge,
+                        outcome: Some(PaymentOutcome::Declined {
+                            code: code.to_owned(),
+                            category: CARD_CHECK_CATEGORY.to_owned(),
+                            hard: true,
+                        }),
+                        duration_ms: 0,
+                    };
+                }
                 if cancel.is_cancelled() {
                     return Attempted {
                         charge,

@@ -4,3 +4,4 @@
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod square_webhooks;

@@ -24,6 +24,10 @@ pub struct OpsState {
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins: readiness turns false.
     pub draining: Arc<AtomicBool>,
+    /// The Square webhook receiver's settings.
+    pub webhooks: crate::ops::square_webhooks::WebhookState,
+    /// Where it listens (`PAYCRON_WEBHOOK_PATH`, default `/webhooks/square`).
+    pub webhook_path: String,
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -71,11 +75,22 @@ async fn metrics(State(s): State<OpsState>) -> impl IntoResponse {
 
 /// The ops router (also used by tests).
 pub fn router(state: OpsState) -> Router {
+    use crate::ops::square_webhooks;
+    let hooks = Router::new()
+        .route(
+            &state.webhook_path,
+            axum::routing::post(square_webhooks::receive),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            square_webhooks::MAX_BODY,
+        ))
+        .with_state(state.webhooks.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(hooks)
 }
 
 /// Binds `addr` and serves until `stop` is cancelled.

@@ -217,6 +217,12 @@ pub async fn run(
             pool: app.pool.clone(),
             metrics: handle,
             draining: draining.clone(),
+            webhooks: crate::ops::square_webhooks::WebhookState {
+                pool: app.pool.clone(),
+                key: app.config.square.webhook_signature_key.clone(),
+                url: app.config.square.webhook_notification_url.clone(),
+            },
+            webhook_path: app.config.webhook_path.clone(),
         },
         stop_server.clone(),
     )

@@ -203,3 +203,22 @@ pub async fn other_enabled_cards(
     .await?;
     Ok(rows.into_iter().map(|(c, e, k)| ((c, e), k)).collect())
 }
+
+/// Chargeability of cards: (enabled, exp_month, exp_year) by id.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn health(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, (bool, Option<i32>, Option<i32>)>> {
+    let rows: Vec<(String, bool, Option<i32>, Option<i32>)> =
+        sqlx::query_as("SELECT id, enabled AND NOT forgotten, exp_month, exp_year FROM paycron.cards WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, e, m, y)| (id, (e, m, y)))
+        .collect())
+}

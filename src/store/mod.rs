@@ -19,6 +19,7 @@ pub mod events;
 pub mod ledger;
 pub mod subscriptions;
 pub mod tasks;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -488,3 +488,58 @@ async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
     assert_eq!(code, 2, "{err}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_and_expired_cards_are_not_sent_to_square() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| {
+        st.add_card("X1", "ccof:sim-ok-x1", "VISA", true);
+        st.add_card("X2", "ccof:sim-ok-x2", "VISA", true);
+        st.add_card("X2", "ccof:sim-ok-x2-spare", "VISA", true);
+    });
+    let db = fresh_db().await;
+    seed_card(&db, "X1", "ccof:sim-ok-x1").await;
+    seed_card(&db, "X2", "ccof:sim-ok-x2").await;
+    let due = "2027-05-01T12:00:00Z";
+    let disabled = create(&db, "X1", None, due, "").await;
+    let expired = create(&db, "X2", Some("ccof:sim-ok-x2"), due, "").await;
+    sqlx::query("UPDATE paycron.cards SET enabled = false WHERE id = 'ccof:sim-ok-x1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE paycron.cards SET exp_month = 4, exp_year = 2027 WHERE id = 'ccof:sim-ok-x2'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT paycron.upsert_customer_card('X2', 'ccof:sim-ok-x2-spare', 'VISA', '2222', 1, 2032)").execute(&db.pool).await.unwrap();
+    let e = engine(&db, &s.base_url()).await;
+    e.bill_due(t("2027-05-01T13:00:00Z")).await.unwrap();
+    assert_eq!(
+        ledger(&db, disabled).await,
+        vec![(
+            "2027-05-01".into(),
+            1,
+            "declined".into(),
+            Some("CARD_DISABLED".into())
+        )]
+    );
+    assert_eq!(
+        status(&db, disabled).await.0,
+        "unpaid",
+        "no other card: dunning ends"
+    );
+    let l = ledger(&db, expired).await;
+    assert_eq!(l[0].3.as_deref(), Some("CARD_EXPIRED"));
+    assert_eq!(
+        l[1].2, "succeeded",
+        "fell back to the customer's other card"
+    );
+    assert_eq!(status(&db, expired).await.3, "ccof:sim-ok-x2-spare");
+    // Square saw only the spare card's charge.
+    let sent: Vec<String> = s.with(|st| st.requests().iter().map(|r| r.body.clone()).collect());
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].contains("ccof:sim-ok-x2-spare"));
+    s.shutdown().await;
+}

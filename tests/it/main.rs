@@ -10,3 +10,4 @@ mod gateway;
 mod helpers;
 mod schema;
 mod sync;
+mod webhooks;

@@ -1,0 +1,218 @@
+//! The Square webhook receiver over real HTTP: signatures, size limit, de-duplication, and the
+//! card changes Square announces.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use paycron::ops::server::{OpsState, serve};
+use paycron::ops::square_webhooks::WebhookState;
+use secrecy::SecretString;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{fresh_db, seed_card};
+
+const KEY: &str = "test-signature-key";
+const URL: &str = "https://billing.example.com/webhooks/square";
+
+fn sign(url: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
+    mac.update(url.as_bytes());
+    mac.update(body.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn card_event(event_id: &str, kind: &str, card: serde_json::Value) -> String {
+    serde_json::json!({
+        "merchant_id": "M1", "type": kind, "event_id": event_id, "created_at": "2026-11-26T00:00:00Z",
+        "data": {"type": "card", "id": card["id"], "object": {"card": card}}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_verified_deduplicated_and_applied() {
+    let db = fresh_db().await;
+    seed_card(&db, "W1", "ccof:w1").await;
+    seed_card(&db, "W1", "ccof:w2").await;
+    let sub: uuid::Uuid = sqlx::query_scalar(
+        "SELECT paycron.create_subscription('W1', 900, 'USD', 'month', 1, 'ccof:w1')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE paycron.subscriptions SET status = 'unpaid', next_due_at = NULL WHERE id = $1",
+    )
+    .bind(sub)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    drop(listener);
+    let stop = CancellationToken::new();
+    let state = OpsState {
+        pool: db.pool.clone(),
+        metrics: paycron::ops::metrics::install(),
+        draining: Arc::new(AtomicBool::new(false)),
+        webhooks: WebhookState {
+            pool: db.pool.clone(),
+            key: Some(SecretString::from(KEY.to_owned())),
+            url: Some(URL.to_owned()),
+        },
+        webhook_path: "/webhooks/square".into(),
+    };
+    let server = serve(addr, state, stop.clone()).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |body: String, signature: Option<String>| {
+        let mut req = http
+            .post(format!("http://{addr}/webhooks/square"))
+            .body(body);
+        if let Some(s) = signature {
+            req = req.header("x-square-hmacsha256-signature", s);
+        }
+        req.send()
+    };
+
+    let updated = card_event(
+        "evt-1",
+        "card.automatically_updated",
+        serde_json::json!({"id": "ccof:w1", "customer_id": "W1", "card_brand": "VISA", "last_4": "1111", "exp_month": 3, "exp_year": 2033, "enabled": true}),
+    );
+    // Forged: no signature, one flipped byte, signed for another URL.
+    assert_eq!(post(updated.clone(), None).await.unwrap().status(), 401);
+    let flipped = updated.replacen("2033", "2034", 1);
+    assert_eq!(
+        post(flipped, Some(sign(URL, &updated)))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(
+            updated.clone(),
+            Some(sign("https://evil.example/x", &updated))
+        )
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+    let year: Option<i32> =
+        sqlx::query_scalar("SELECT exp_year FROM paycron.cards WHERE id = 'ccof:w1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(year, Some(2031), "a forged webhook changed nothing");
+    // Too big.
+    let big = "x".repeat(paycron::ops::square_webhooks::MAX_BODY + 1);
+    assert_eq!(
+        post(big.clone(), Some(sign(URL, &big)))
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+
+    // Genuine: the card is updated within the request, and the unpaid subscription is retried now.
+    let r = post(updated.clone(), Some(sign(URL, &updated)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (year, month): (Option<i32>, Option<i32>) =
+        sqlx::query_as("SELECT exp_year, exp_month FROM paycron.cards WHERE id = 'ccof:w1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((year, month), (Some(2033), Some(3)));
+    let (status, due): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT status, next_due_at FROM paycron.subscriptions WHERE id = $1")
+            .bind(sub)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "past_due");
+    assert!(
+        due.is_some(),
+        "the next dunning attempt is brought forward to now"
+    );
+
+    // A replay of the same event_id changes nothing.
+    sqlx::query("UPDATE paycron.cards SET exp_year = 2031 WHERE id = 'ccof:w1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let r = post(updated.clone(), Some(sign(URL, &updated)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "duplicate");
+    let year: Option<i32> =
+        sqlx::query_scalar("SELECT exp_year FROM paycron.cards WHERE id = 'ccof:w1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(year, Some(2031));
+
+    // Disabled and forgotten cards.
+    for (id, kind, card) in [
+        ("evt-2", "card.disabled", "ccof:w1"),
+        ("evt-3", "card.forgotten", "ccof:w2"),
+    ] {
+        let body = card_event(
+            id,
+            kind,
+            serde_json::json!({"id": card, "customer_id": "W1", "enabled": false}),
+        );
+        assert_eq!(
+            post(body.clone(), Some(sign(URL, &body)))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let rows: Vec<(String, bool, bool)> =
+        sqlx::query_as("SELECT id, enabled, forgotten FROM paycron.cards ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("ccof:w1".into(), false, false),
+            ("ccof:w2".into(), false, true)
+        ]
+    );
+    let disabled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.events WHERE type = 'card_disabled'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(disabled, 2);
+
+    // Unknown types are recorded and acknowledged.
+    let body =
+        serde_json::json!({"type": "loyalty.account.created", "event_id": "evt-4", "data": {}})
+            .to_string();
+    assert_eq!(
+        post(body.clone(), Some(sign(URL, &body)))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.square_webhook_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 4);
+    stop.cancel();
+    let _ = server.await;
+}

@@ -54,8 +54,9 @@ impl FromStr for TaskKind {
             "bill-due" => Ok(TaskKind::BillDue),
             "recover" => Ok(TaskKind::Recover),
             "sync-cards" => Ok(TaskKind::SyncCards),
+            "reconcile" => Ok(TaskKind::Reconcile),
             other => Err(format!(
-                "unknown task {other:?} (expected bill-due, recover or sync-cards)"
+                "unknown task {other:?} (expected bill-due, recover, sync-cards or reconcile)"
             )),
         }
     }

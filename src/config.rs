@@ -124,6 +124,9 @@ pub struct BillingConfig {
     /// ListPayments before anything is re-sent (Square keeps keys for an unpublished time).
     /// Default 24.
     pub stale_lookup_after: Duration,
+    /// `PAYCRON_CARD_EXPIRY_LEAD_DAYS`: a `card_expiring` event goes out this many days before
+    /// a subscribed card expires, so the business can ask for a new one. Default 14.
+    pub card_expiry_lead_days: i32,
     /// `PAYCRON_DUNNING_RETRY_DAYS`, `PAYCRON_DUNNING_FINAL_STATE`, `PAYCRON_DUNNING_FALLBACK_CARD`:
     /// default `1,3,5,7`, `unpaid`, `true`.
     pub dunning: DunningPolicy,
@@ -397,6 +400,8 @@ impl Config {
                 stale_lookup_after: Duration::from_secs(
                     3_600 * src.positive("PAYCRON_STALE_LOOKUP_HOURS", 24, 24 * 365)?,
                 ),
+                card_expiry_lead_days: src.positive("PAYCRON_CARD_EXPIRY_LEAD_DAYS", 14, 365)?
+                    as i32,
                 dunning: DunningPolicy {
                     retry_days,
                     final_state,

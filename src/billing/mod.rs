@@ -454,6 +454,18 @@ impl Engine {
     /// [`BillingError`].
     pub async fn bill_due(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
+        {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            let warned = crate::store::cards::emit_expiring(
+                &mut conn,
+                now,
+                self.config.card_expiry_lead_days,
+            )
+            .await?;
+            if warned > 0 {
+                tracing::info!(cards = warned, "card_expiring events emitted");
+            }
+        }
         while let Outcome::Billed(s) = self.bill_next_batch(now).await? {
             total.merge(&s);
         }

@@ -93,6 +93,10 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                     .map_err(StoreError::from)?;
                 match cards::upsert_customer_card(&mut sp, &record).await {
                     Ok(changed) => {
+                        if changed && record.enabled {
+                            // A card updated at Square: past-due subscriptions on it try again now.
+                            crate::store::webhooks::retry_now_for_card(&mut sp, &id).await?;
+                        }
                         sp.commit().await.map_err(StoreError::from)?;
                         totals.cards += 1;
                         totals.cards_changed += u64::from(changed);

@@ -222,3 +222,38 @@ pub async fn health(
         .map(|(id, e, m, y)| (id, (e, m, y)))
         .collect())
 }
+
+/// Emits `card_expiring` once per card and expiry for cards of live subscriptions that expire
+/// (end of their expiry month, UTC) before `now + lead`. Returns how many were emitted.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn emit_expiring(
+    conn: &mut PgConnection,
+    now: chrono::DateTime<chrono::Utc>,
+    lead_days: i32,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "WITH expiring AS (
+           SELECT DISTINCT k.id, k.customer_id, k.exp_month, k.exp_year,
+                  (make_date(k.exp_year, k.exp_month, 1) + interval '1 month')::timestamp AT TIME ZONE 'UTC' AS expires_at
+             FROM paycron.cards k
+             JOIN paycron.subscriptions s ON s.card_id = k.id
+                  AND s.status IN ('trialing', 'active', 'past_due')
+            WHERE k.enabled AND k.exp_month IS NOT NULL AND k.exp_year IS NOT NULL
+              AND (make_date(k.exp_year, k.exp_month, 1) + interval '1 month')::timestamp AT TIME ZONE 'UTC'
+                  <= $1 + make_interval(days => $2))
+         INSERT INTO paycron.events (type, customer_id, payload)
+         SELECT 'card_expiring', e.customer_id,
+                jsonb_build_object('card_id', e.id, 'exp_month', e.exp_month, 'exp_year', e.exp_year, 'expires_at', e.expires_at)
+           FROM expiring e
+          WHERE NOT EXISTS (SELECT 1 FROM paycron.events v
+                             WHERE v.type = 'card_expiring' AND v.payload->>'card_id' = e.id
+                               AND (v.payload->>'exp_year')::int = e.exp_year AND (v.payload->>'exp_month')::int = e.exp_month)",
+    )
+    .bind(now)
+    .bind(lead_days)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

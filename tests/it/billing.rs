@@ -543,3 +543,45 @@ async fn disabled_and_expired_cards_are_not_sent_to_square() {
     assert!(sent[0].contains("ccof:sim-ok-x2-spare"));
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_about_to_expire_is_announced_once() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    seed_card(&db, "E1", "ccof:sim-ok-e1").await;
+    seed_card(&db, "E2", "ccof:sim-ok-e2").await;
+    sqlx::query(
+        "UPDATE paycron.cards SET exp_month = 5, exp_year = 2027 WHERE id = 'ccof:sim-ok-e1'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    create(&db, "E1", None, "2027-06-10T00:00:00Z", "").await;
+    create(&db, "E2", None, "2027-06-10T00:00:00Z", "").await;
+    let e = engine(&db, &s.base_url()).await;
+    e.bill_due(t("2027-05-01T00:00:00Z")).await.unwrap();
+    let n = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM paycron.events WHERE type = 'card_expiring'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(n(&db).await, 0, "more than 14 days ahead");
+    e.bill_due(t("2027-05-20T00:00:00Z")).await.unwrap();
+    assert_eq!(n(&db).await, 1);
+    e.bill_due(t("2027-05-21T00:00:00Z")).await.unwrap();
+    assert_eq!(n(&db).await, 1, "announced once per card and expiry");
+    let card: String = sqlx::query_scalar(
+        "SELECT payload->>'card_id' FROM paycron.events WHERE type = 'card_expiring'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(card, "ccof:sim-ok-e1");
+    s.shutdown().await;
+}

@@ -148,6 +148,9 @@ pub struct Config {
     /// `PAYCRON_DRAIN_TIMEOUT_SECONDS`: how long shutdown waits for in-flight charges; keep it
     /// below the pod's termination grace period. Default 20.
     pub drain_timeout: Duration,
+    /// Outbound webhooks: `PAYCRON_WEBHOOK_BACKOFF_SECONDS` (first retry delay, doubling;
+    /// default 30) and `PAYCRON_WEBHOOK_MAX_AGE_HOURS` (give up after; default 72).
+    pub webhook_delivery: crate::webhooks::DeliveryConfig,
     /// `PAYCRON_WEBHOOK_PATH`: where the ops server receives Square's webhooks. Default
     /// `/webhooks/square`.
     pub webhook_path: String,
@@ -363,6 +366,17 @@ impl Config {
                 20,
                 3_600,
             )?),
+            webhook_delivery: crate::webhooks::DeliveryConfig {
+                backoff: Duration::from_secs(src.positive(
+                    "PAYCRON_WEBHOOK_BACKOFF_SECONDS",
+                    30,
+                    86_400,
+                )?),
+                max_age: Duration::from_secs(
+                    3_600 * src.positive("PAYCRON_WEBHOOK_MAX_AGE_HOURS", 72, 24 * 30)?,
+                ),
+                timeout: Duration::from_secs(10),
+            },
             webhook_path: match src.get("PAYCRON_WEBHOOK_PATH") {
                 None => "/webhooks/square".into(),
                 Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p,

@@ -14,6 +14,7 @@
 //! - [`commands`]: what each CLI command does and prints.
 //! - [`demo`]: the self-contained demonstration.
 //! - [`bench`]: the throughput benchmark.
+//! - [`webhooks`]: outbound, signed, retried webhooks for the business's endpoints.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -30,3 +31,4 @@ pub mod ledger;
 pub mod ops;
 pub mod scheduler;
 pub mod store;
+pub mod webhooks;

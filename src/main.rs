@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Outbound webhooks: endpoints and their deliveries.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCmd,
+    },
     /// The append-only ledger.
     Ledger {
         #[command(subcommand)]
@@ -196,6 +201,43 @@ enum SubscriptionCmd {
 }
 
 #[derive(Subcommand)]
+enum WebhooksCmd {
+    /// Add an endpoint; prints its id and signing secret.
+    Add {
+        /// Where events are POSTed.
+        #[arg(long)]
+        url: String,
+        /// Signing secret (default: generated).
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// List endpoints.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Recent deliveries and their attempts.
+    Deliveries {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Check a Paycron-Signature header against a body (what receivers do).
+    Verify {
+        /// The endpoint's secret.
+        #[arg(long)]
+        secret: String,
+        /// The Paycron-Signature header value.
+        #[arg(long)]
+        signature: String,
+        /// File holding the raw request body.
+        #[arg(long)]
+        body_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum LedgerCmd {
     /// Export every charge attempt and its outcome.
     Export {
@@ -242,6 +284,14 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
         Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,
         Command::Bench(args) => paycron::bench::run(config, args).await,
         Command::Run => run::daemon(config).await,
+        Command::Webhooks {
+            command:
+                WebhooksCmd::Verify {
+                    secret,
+                    signature,
+                    body_file,
+                },
+        } => run::webhooks_verify(&secret, &signature, &body_file),
         Command::Simulator {
             port,
             customers,
@@ -318,6 +368,16 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     }
                 },
                 Command::RunOnce { task, now } => run::run_once(&app, task, now.as_deref()).await,
+                Command::Webhooks { command } => match command {
+                    WebhooksCmd::Add { url, secret } => {
+                        run::webhooks_add(&app, &url, secret.as_deref()).await
+                    }
+                    WebhooksCmd::List { format } => run::webhooks_list(&app, format).await,
+                    WebhooksCmd::Deliveries { format } => {
+                        run::webhooks_deliveries(&app, format).await
+                    }
+                    WebhooksCmd::Verify { .. } => Ok(()),
+                },
                 Command::Reconcile {
                     since,
                     until,

@@ -22,7 +22,9 @@ pub enum Task {
     SyncCards,
     /// Square's payments of the last 30 days against the ledger.
     Reconcile,
-    /// recover, then bill-due.
+    /// Send due outbound webhook deliveries.
+    DeliverWebhooks,
+    /// recover, bill-due, then deliver-webhooks.
     All,
 }
 
@@ -80,6 +82,9 @@ pub async fn sync_cards(app: &App) -> Result<()> {
 pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
     let now = parse_now(app, now)?;
     let gateway = app.square()?;
+    if task == Task::DeliverWebhooks {
+        return deliver_webhooks(app).await;
+    }
     if task == Task::Reconcile {
         return reconcile(app, None, None, false, Format::Text).await;
     }
@@ -126,6 +131,12 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
         log_summary("bill-due", &s, started);
         total.failed += s.failed;
         total.unresolved += s.unresolved;
+    }
+    if task == Task::All {
+        // Webhook delivery has its own failures (recorded per delivery); it never fails billing.
+        if let Err(e) = deliver_webhooks(app).await {
+            tracing::warn!(error = %e, "webhook delivery did not run");
+        }
     }
     if total.has_errors() {
         return Err(CommandError::Failed(format!(
@@ -368,4 +379,125 @@ pub async fn reconcile(
             report.findings.len()
         )))
     }
+}
+
+async fn deliver_webhooks(app: &App) -> Result<()> {
+    let started = Instant::now();
+    let s = crate::webhooks::deliver_due(
+        &app.pool,
+        &reqwest::Client::new(),
+        &app.config.webhook_delivery,
+        Utc::now(),
+    )
+    .await?;
+    tracing::info!(
+        task = "deliver-webhooks",
+        fanned_out = s.fanned_out,
+        delivered = s.delivered,
+        retrying = s.retrying,
+        failed = s.failed,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "run summary"
+    );
+    Ok(())
+}
+
+/// `webhooks add --url URL [--secret S]`: prints the endpoint id and its signing secret.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn webhooks_add(app: &App, url: &str, secret: Option<&str>) -> Result<()> {
+    let secret = match secret {
+        Some(s) if s.len() >= 16 => s.to_owned(),
+        Some(_) => {
+            return Err(CommandError::BadInput(
+                "--secret: at least 16 characters".into(),
+            ));
+        }
+        None => format!("whsec_{}", uuid::Uuid::new_v4().simple()),
+    };
+    if reqwest::Url::parse(url)
+        .map(|u| !matches!(u.scheme(), "http" | "https"))
+        .unwrap_or(true)
+    {
+        return Err(CommandError::BadInput(format!(
+            "--url: {url:?} is not an http(s) URL"
+        )));
+    }
+    let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret).await?;
+    println!("{id} {secret}");
+    Ok(())
+}
+
+/// `webhooks list`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn webhooks_list(app: &App, format: Format) -> Result<()> {
+    let rows = crate::store::outbound::endpoints(&app.pool).await?;
+    super::print_rows(&rows, format, |rows| {
+        super::table(
+            &["ENDPOINT", "URL", "ENABLED", "AFTER EVENT"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.url.clone(),
+                        r.enabled.to_string(),
+                        r.last_event_id.to_string(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// `webhooks deliveries`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn webhooks_deliveries(app: &App, format: Format) -> Result<()> {
+    let rows = crate::store::outbound::deliveries(&app.pool, 500).await?;
+    super::print_rows(&rows, format, |rows| {
+        super::table(
+            &[
+                "DELIVERY", "EVENT", "TYPE", "STATUS", "ATTEMPTS", "LAST", "NEXT",
+            ],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.event_id.to_string(),
+                        r.event_type.clone(),
+                        r.status.clone(),
+                        r.attempts.to_string(),
+                        r.last_status
+                            .map(|s| s.to_string())
+                            .or_else(|| r.last_error.clone())
+                            .unwrap_or_default(),
+                        r.next_attempt_at.to_rfc3339(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// `webhooks verify --secret S --signature HEADER --body-file F`: what a receiver checks.
+///
+/// # Errors
+/// [`CommandError::Failed`] (exit 1) when the signature does not verify.
+pub fn webhooks_verify(secret: &str, header: &str, body_file: &std::path::Path) -> Result<()> {
+    let body = std::fs::read(body_file)
+        .map_err(|e| CommandError::BadInput(format!("{}: {e}", body_file.display())))?;
+    crate::webhooks::verify(
+        secret,
+        header,
+        &body,
+        crate::webhooks::DEFAULT_TOLERANCE,
+        Utc::now(),
+    )
+    .map_err(|e| CommandError::Failed(e.to_string()))?;
+    println!("valid");
+    Ok(())
 }

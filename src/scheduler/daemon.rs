@@ -62,6 +62,7 @@ struct Ctx {
     cancel: CancellationToken,
     tracker: TaskTracker,
     running: HashMap<String, AtomicBool>,
+    http: reqwest::Client,
 }
 
 impl Ctx {
@@ -128,6 +129,15 @@ impl Ctx {
                     s.attempted, s.succeeded, s.declined, s.unresolved
                 )
             })
+            .map_err(|e| e.to_string()),
+            TaskKind::DeliverWebhooks => crate::webhooks::deliver_due(
+                &self.app.pool,
+                &self.http,
+                &self.app.config.webhook_delivery,
+                now,
+            )
+            .await
+            .map(|s| format!("fanned_out={} delivered={} retrying={} failed={}", s.fanned_out, s.delivered, s.retrying, s.failed))
             .map_err(|e| e.to_string()),
             TaskKind::Reconcile => crate::ledger::reconcile::reconcile(
                 &self.app.pool,
@@ -249,6 +259,7 @@ pub async fn run(
         owner,
         cancel: cancel.clone(),
         tracker: TaskTracker::new(),
+        http: reqwest::Client::new(),
     });
     let mut sched = JobScheduler::new()
         .await

@@ -28,6 +28,8 @@ pub enum TaskKind {
     SyncCards,
     /// Square's payments against the ledger (singleton).
     Reconcile,
+    /// Send due outbound webhook deliveries.
+    DeliverWebhooks,
 }
 
 impl TaskKind {
@@ -38,6 +40,7 @@ impl TaskKind {
             TaskKind::Recover => "recover",
             TaskKind::SyncCards => "sync-cards",
             TaskKind::Reconcile => "reconcile",
+            TaskKind::DeliverWebhooks => "deliver-webhooks",
         }
     }
 
@@ -55,8 +58,9 @@ impl FromStr for TaskKind {
             "recover" => Ok(TaskKind::Recover),
             "sync-cards" => Ok(TaskKind::SyncCards),
             "reconcile" => Ok(TaskKind::Reconcile),
+            "deliver-webhooks" => Ok(TaskKind::DeliverWebhooks),
             other => Err(format!(
-                "unknown task {other:?} (expected bill-due, recover, sync-cards or reconcile)"
+                "unknown task {other:?} (expected bill-due, recover, sync-cards, reconcile or deliver-webhooks)"
             )),
         }
     }
@@ -243,7 +247,16 @@ mod tests {
     fn the_default_schedule_loads() {
         let jobs = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schedules"))).unwrap();
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        assert_eq!(names, ["bill-due", "recover", "sync-cards", "reconcile"]);
+        assert_eq!(
+            names,
+            [
+                "bill-due",
+                "recover",
+                "sync-cards",
+                "reconcile",
+                "deliver-webhooks"
+            ]
+        );
         assert_eq!(jobs[0].cron, "*/15 * * * * *");
     }
 

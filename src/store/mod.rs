@@ -17,6 +17,7 @@ pub mod charges;
 pub mod embedded;
 pub mod events;
 pub mod ledger;
+pub mod outbound;
 pub mod subscriptions;
 pub mod tasks;
 pub mod webhooks;

@@ -1,0 +1,232 @@
+//! Outbound webhooks: endpoints, the fan-out of events into deliveries, the claim of due
+//! deliveries (`SKIP LOCKED`, so any number of workers may deliver), and attempt records.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Result;
+use super::events::EventRow;
+
+/// A configured endpoint (the secret is never serialised).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct EndpointRow {
+    /// Id.
+    pub id: Uuid,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Whether deliveries are made.
+    pub enabled: bool,
+    /// Fan-out position.
+    pub last_event_id: i64,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Adds an endpoint; it receives events written from now on.
+///
+/// # Errors
+/// [`super::StoreError::Rejected`] for a bad URL or a short secret.
+pub async fn add_endpoint(pool: &PgPool, url: &str, secret: &str) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO paycron.webhook_endpoints (id, url, secret, last_event_id)
+         VALUES ($1, $2, $3, (SELECT coalesce(max(id), 0) FROM paycron.events))",
+    )
+    .bind(id)
+    .bind(url)
+    .bind(secret)
+    .execute(pool)
+    .await?;
+    Ok(id)
+}
+
+/// Every endpoint.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn endpoints(pool: &PgPool) -> Result<Vec<EndpointRow>> {
+    Ok(sqlx::query_as("SELECT id, url, enabled, last_event_id, created_at FROM paycron.webhook_endpoints ORDER BY created_at")
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Creates deliveries for events newer than each enabled endpoint's position. Returns how many.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn fan_out(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<u64> {
+    let n = sqlx::query(
+        "WITH ep AS (SELECT id, last_event_id FROM paycron.webhook_endpoints WHERE enabled FOR UPDATE SKIP LOCKED),
+              ins AS (
+                INSERT INTO paycron.webhook_deliveries (id, endpoint_id, event_id, status, next_attempt_at)
+                SELECT gen_random_uuid(), ep.id, e.id, 'pending', $1
+                  FROM ep JOIN paycron.events e ON e.id > ep.last_event_id
+                ON CONFLICT (endpoint_id, event_id) DO NOTHING
+                RETURNING endpoint_id, event_id),
+              upd AS (
+                UPDATE paycron.webhook_endpoints w
+                   SET last_event_id = greatest(w.last_event_id, (SELECT coalesce(max(e.id), 0) FROM paycron.events e))
+                  FROM ep WHERE w.id = ep.id
+                RETURNING 1)
+         SELECT count(*) FROM ins",
+    )
+    .bind(now)
+    .fetch_one(conn)
+    .await;
+    let n: i64 = sqlx::Row::get(&n?, 0);
+    Ok(n as u64)
+}
+
+/// A delivery ready to send.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DueDelivery {
+    /// Delivery id (sent as a header).
+    pub id: Uuid,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// First created.
+    pub created_at: DateTime<Utc>,
+    /// Endpoint URL.
+    pub url: String,
+    /// Signing secret.
+    pub secret: String,
+    /// The event id.
+    pub event_id: i64,
+}
+
+/// Claims up to `limit` due deliveries, pushing their next attempt to `lease_until` so no other
+/// worker takes them while this one sends.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<DueDelivery>> {
+    Ok(sqlx::query_as(
+        "WITH due AS (
+           SELECT d.id FROM paycron.webhook_deliveries d
+            WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+            ORDER BY d.next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         UPDATE paycron.webhook_deliveries d SET next_attempt_at = $2
+           FROM due, paycron.webhook_endpoints w
+          WHERE d.id = due.id AND w.id = d.endpoint_id
+          RETURNING d.id, d.attempts, d.created_at, w.url, w.secret, d.event_id",
+    )
+    .bind(now)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The events of the given ids.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn events_by_id(pool: &PgPool, ids: &[i64]) -> Result<Vec<EventRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, type AS kind, subscription_id, customer_id, charge_id, payload, created_at FROM paycron.events WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records one attempt and the delivery's new state.
+///
+/// # Errors
+/// [`super::StoreError`].
+#[allow(clippy::too_many_arguments)]
+pub async fn record_attempt(
+    pool: &PgPool,
+    delivery: Uuid,
+    attempted_at: DateTime<Utc>,
+    http_status: Option<i32>,
+    error: Option<&str>,
+    duration_ms: i32,
+    status: &str,
+    next_attempt_at: DateTime<Utc>,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO paycron.webhook_attempts (delivery_id, attempted_at, http_status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)")
+        .bind(delivery)
+        .bind(attempted_at)
+        .bind(http_status)
+        .bind(error)
+        .bind(duration_ms)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE paycron.webhook_deliveries
+            SET attempts = attempts + 1, status = $2, next_attempt_at = $3, last_status = $4, last_error = $5,
+                delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END
+          WHERE id = $1",
+    )
+    .bind(delivery)
+    .bind(status)
+    .bind(next_attempt_at)
+    .bind(http_status)
+    .bind(error)
+    .bind(attempted_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A delivery as listed by `paycron webhooks deliveries`.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct DeliveryRow {
+    /// Delivery id.
+    pub id: Uuid,
+    /// Endpoint.
+    pub endpoint_id: Uuid,
+    /// Event.
+    pub event_id: i64,
+    /// Event type.
+    pub event_type: String,
+    /// pending | delivered | failed.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Last HTTP status.
+    pub last_status: Option<i32>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Next try.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Recent deliveries, newest first.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn deliveries(pool: &PgPool, limit: i64) -> Result<Vec<DeliveryRow>> {
+    Ok(sqlx::query_as(
+        "SELECT d.id, d.endpoint_id, d.event_id, e.type AS event_type, d.status, d.attempts, d.last_status, d.last_error,
+                d.next_attempt_at, d.delivered_at
+           FROM paycron.webhook_deliveries d JOIN paycron.events e ON e.id = d.event_id
+          ORDER BY d.created_at DESC, d.event_id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Attempt times of one delivery, oldest first.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn attempts(pool: &PgPool, delivery: Uuid) -> Result<Vec<(DateTime<Utc>, Option<i32>)>> {
+    Ok(sqlx::query_as("SELECT attempted_at, http_status FROM paycron.webhook_attempts WHERE delivery_id = $1 ORDER BY id")
+        .bind(delivery)
+        .fetch_all(pool)
+        .await?)
+}

@@ -1,0 +1,283 @@
+//! Outbound webhooks: every event, POSTed as JSON to each configured endpoint, signed, retried
+//! with exponential backoff until a 2xx or until the delivery is older than the maximum age
+//! (3 days by default). At least once: a receiver de-duplicates by the event id.
+//!
+//! Signature (as Stripe's scheme): header `Paycron-Signature: t=<unix seconds>,v1=<hex>`, where
+//! `v1` = HMAC-SHA256(endpoint secret, "<t>.<raw body>"). Each attempt of a delivery carries the
+//! same `Paycron-Delivery-Id` and `Paycron-Event-Id`. Ordering per endpoint is not guaranteed:
+//! order by the event id. Delivery runs as its own task, so a dead endpoint never blocks billing.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use sqlx::PgPool;
+
+use crate::store::{StoreError, outbound};
+
+/// Tolerance for the signature's timestamp in [`verify`].
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// The signature header for `body` at `timestamp`.
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Why a signature was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Not `t=...,v1=...`.
+    #[error("the Paycron-Signature header is malformed")]
+    Malformed,
+    /// Timestamp too far from now (a replay).
+    #[error("the signature's timestamp is outside the tolerance")]
+    Stale,
+    /// No `v1` matched.
+    #[error("the signature does not match")]
+    Mismatch,
+}
+
+/// Checks a `Paycron-Signature` header (constant-time comparison); what receivers do.
+///
+/// # Errors
+/// [`VerifyError`].
+pub fn verify(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    tolerance: Duration,
+    now: DateTime<Utc>,
+) -> Result<(), VerifyError> {
+    let mut t: Option<i64> = None;
+    let mut sigs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse().ok(),
+            Some(("v1", v)) => sigs.push(hex::decode(v).map_err(|_| VerifyError::Malformed)?),
+            _ => {}
+        }
+    }
+    let t = t.ok_or(VerifyError::Malformed)?;
+    if sigs.is_empty() {
+        return Err(VerifyError::Malformed);
+    }
+    if (now.timestamp() - t).unsigned_abs() > tolerance.as_secs() {
+        return Err(VerifyError::Stale);
+    }
+    for sig in sigs {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .map_err(|_| VerifyError::Malformed)?;
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        if mac.verify_slice(&sig).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(VerifyError::Mismatch)
+}
+
+/// Delivery settings.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// First retry delay; doubles each attempt, capped at six hours
+    /// (`PAYCRON_WEBHOOK_BACKOFF_SECONDS`, default 30).
+    pub backoff: Duration,
+    /// Give up on a delivery older than this (`PAYCRON_WEBHOOK_MAX_AGE_HOURS`, default 72).
+    pub max_age: Duration,
+    /// Per-request timeout (10 s).
+    pub timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            backoff: Duration::from_secs(30),
+            max_age: Duration::from_secs(72 * 3600),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one delivery run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliverySummary {
+    /// Deliveries created from new events.
+    pub fanned_out: u64,
+    /// Delivered (2xx).
+    pub delivered: u64,
+    /// Failed this time, to be retried.
+    pub retrying: u64,
+    /// Given up (older than the maximum age).
+    pub failed: u64,
+}
+
+/// The delay before attempt `attempts + 1` (doubling from `base`, at most six hours).
+pub fn backoff(base: Duration, attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+    base.saturating_mul(factor)
+        .min(Duration::from_secs(6 * 3600))
+}
+
+/// Fans new events out to endpoints and sends every due delivery once.
+///
+/// # Errors
+/// [`StoreError`] when the database fails; endpoint failures are recorded, not returned.
+pub async fn deliver_due(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    cfg: &DeliveryConfig,
+    now: DateTime<Utc>,
+) -> Result<DeliverySummary, StoreError> {
+    let mut summary = DeliverySummary::default();
+    {
+        let mut conn = pool.acquire().await?;
+        summary.fanned_out = outbound::fan_out(&mut conn, now).await?;
+    }
+    loop {
+        let mut conn = pool.acquire().await?;
+        let lease = now
+            + chrono::Duration::from_std(cfg.timeout * 3).unwrap_or(chrono::Duration::seconds(30));
+        let due = outbound::claim_due(&mut conn, now, lease, 100).await?;
+        drop(conn);
+        if due.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = due.iter().map(|d| d.event_id).collect();
+        let events: std::collections::HashMap<i64, crate::store::events::EventRow> =
+            outbound::events_by_id(pool, &ids)
+                .await?
+                .into_iter()
+                .map(|e| (e.id, e))
+                .collect();
+        let results: Vec<Result<&'static str, StoreError>> = futures::stream::iter(due.into_iter().map(|d| {
+            let event = events.get(&d.event_id).cloned();
+            async move {
+                let body = serde_json::json!({
+                    "id": d.event_id,
+                    "type": event.as_ref().map(|e| e.kind.clone()),
+                    "created_at": event.as_ref().map(|e| e.created_at),
+                    "subscription_id": event.as_ref().and_then(|e| e.subscription_id),
+                    "customer_id": event.as_ref().and_then(|e| e.customer_id.clone()),
+                    "charge_id": event.as_ref().and_then(|e| e.charge_id),
+                    "data": event.as_ref().map(|e| e.payload.clone()),
+                })
+                .to_string();
+                let attempted_at = Utc::now();
+                let started = Instant::now();
+                let sent = http
+                    .post(&d.url)
+                    .timeout(cfg.timeout)
+                    .header("Content-Type", "application/json")
+                    .header("Paycron-Signature", sign(&d.secret, attempted_at.timestamp(), body.as_bytes()))
+                    .header("Paycron-Delivery-Id", d.id.to_string())
+                    .header("Paycron-Event-Id", d.event_id.to_string())
+                    .body(body)
+                    .send()
+                    .await;
+                let ms = started.elapsed().as_millis() as i32;
+                let (code, error) = match &sent {
+                    Ok(r) => (Some(i32::from(r.status().as_u16())), (!r.status().is_success()).then(|| format!("HTTP {}", r.status()))),
+                    Err(e) => (None, Some(if e.is_timeout() { "timeout".to_owned() } else { "connection failed".to_owned() })),
+                };
+                let attempts = d.attempts as u32 + 1;
+                let (status, next) = if error.is_none() {
+                    ("delivered", attempted_at)
+                } else {
+                    let next = attempted_at + chrono::Duration::from_std(backoff(cfg.backoff, attempts)).unwrap_or(chrono::Duration::hours(6));
+                    let too_old = next - d.created_at > chrono::Duration::from_std(cfg.max_age).unwrap_or(chrono::Duration::days(3));
+                    (if too_old { "failed" } else { "pending" }, next)
+                };
+                outbound::record_attempt(pool, d.id, attempted_at, code, error.as_deref(), ms, status, next).await?;
+                tracing::info!(delivery_id = %d.id, event_id = d.event_id, attempt = attempts, status, http_status = code.unwrap_or(0), "webhook delivery");
+                Ok(status)
+            }
+        }))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+        for r in results {
+            match r? {
+                "delivered" => summary.delivered += 1,
+                "failed" => summary.failed += 1,
+                _ => summary.retrying += 1,
+            }
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_round_trip_and_refuse_tampering() {
+        let now = Utc::now();
+        let header = sign("whsec_0123456789abcdef", now.timestamp(), b"{\"id\":1}");
+        assert_eq!(
+            verify(
+                "whsec_0123456789abcdef",
+                &header,
+                b"{\"id\":1}",
+                DEFAULT_TOLERANCE,
+                now
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                "whsec_0123456789abcdef",
+                &header,
+                b"{\"id\":2}",
+                DEFAULT_TOLERANCE,
+                now
+            ),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            verify(
+                "another-secret-0000",
+                &header,
+                b"{\"id\":1}",
+                DEFAULT_TOLERANCE,
+                now
+            ),
+            Err(VerifyError::Mismatch)
+        );
+        let later = now + chrono::Duration::minutes(10);
+        assert_eq!(
+            verify(
+                "whsec_0123456789abcdef",
+                &header,
+                b"{\"id\":1}",
+                DEFAULT_TOLERANCE,
+                later
+            ),
+            Err(VerifyError::Stale)
+        );
+        assert_eq!(
+            verify("s", "garbage", b"", DEFAULT_TOLERANCE, now),
+            Err(VerifyError::Malformed)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_secs(30);
+        assert_eq!(backoff(b, 1), Duration::from_secs(30));
+        assert_eq!(backoff(b, 2), Duration::from_secs(60));
+        assert_eq!(backoff(b, 4), Duration::from_secs(240));
+        assert_eq!(backoff(b, 30), Duration::from_secs(6 * 3600));
+    }
+}

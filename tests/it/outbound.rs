@@ -1,0 +1,223 @@
+//! Outbound webhooks against a local receiver: signed, retried as configured, delivered at
+//! least once; a dead endpoint never blocks billing.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use chrono::Utc;
+use paycron::gateway::simulator::SimConfig;
+use paycron::webhooks::{DeliveryConfig, deliver_due, verify};
+
+use crate::helpers::{app, client, fresh_db, paycron, run, seed_card, sim};
+
+#[derive(Default)]
+struct Receiver {
+    fail_first: usize,
+    calls: AtomicUsize,
+    got: Mutex<Vec<(HeaderMap, String)>>,
+}
+
+async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
+    let r = Arc::new(Receiver {
+        fail_first,
+        ..Receiver::default()
+    });
+    let state = r.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let state = state.clone();
+            async move {
+                let n = state.calls.fetch_add(1, Ordering::SeqCst);
+                state
+                    .got
+                    .lock()
+                    .unwrap()
+                    .push((headers, String::from_utf8_lossy(&body).into_owned()));
+                if n < state.fail_first {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    (url, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_signed_retried_and_delivered() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| st.add_card("H1", "ccof:sim-ok-h1", "VISA", true));
+    let db = fresh_db().await;
+    seed_card(&db, "H1", "ccof:sim-ok-h1").await;
+    let (url, rx) = receiver(2).await;
+    let (code, out, err) =
+        run(paycron(Some(&db.url), None).args(["webhooks", "add", "--url", &url]));
+    assert_eq!(code, 0, "{err}");
+    let secret = out.split_whitespace().nth(1).unwrap().to_owned();
+    sqlx::query("SELECT paycron.create_subscription('H1', 800, 'USD', 'month', 1, NULL, now() - interval '1 minute')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let a = app(&db, &s.base_url());
+    a.engine(client(&a.config))
+        .await
+        .unwrap()
+        .bill_due(Utc::now())
+        .await
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let cfg = DeliveryConfig {
+        backoff: Duration::from_secs(1),
+        ..DeliveryConfig::default()
+    };
+    // subscription_created and payment_succeeded: two events, the first two deliveries fail.
+    let mut rounds = 0;
+    loop {
+        let summary = deliver_due(&db.pool, &http, &cfg, Utc::now())
+            .await
+            .unwrap();
+        let delivered: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM paycron.webhook_deliveries WHERE status = 'delivered'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if delivered == 2 {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 40, "not delivered: {summary:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let got = rx.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 4, "two failures, then two deliveries");
+    for (headers, body) in &got {
+        let sig = headers.get("paycron-signature").unwrap().to_str().unwrap();
+        verify(
+            &secret,
+            sig,
+            body.as_bytes(),
+            Duration::from_secs(300),
+            Utc::now(),
+        )
+        .expect("signature verifies");
+        assert!(headers.get("paycron-delivery-id").is_some());
+    }
+    let types: Vec<String> = got[2..]
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_str::<serde_json::Value>(b).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(types.contains(&"payment_succeeded".to_owned()), "{types:?}");
+    // Retries were spaced as configured: each retry no earlier than the backoff after the last.
+    let deliveries: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM paycron.webhook_deliveries WHERE attempts > 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(!deliveries.is_empty());
+    for d in deliveries {
+        let attempts = paycron::store::outbound::attempts(&db.pool, d)
+            .await
+            .unwrap();
+        for (i, w) in attempts.windows(2).enumerate() {
+            let gap = (w[1].0 - w[0].0).to_std().unwrap();
+            assert!(
+                gap >= paycron::webhooks::backoff(cfg.backoff, i as u32 + 1),
+                "retry {i} came after {gap:?}"
+            );
+        }
+    }
+    // The same delivery id on every attempt of one delivery; the event id identifies the event.
+    let (code, out, _) =
+        run(paycron(Some(&db.url), None).args(["webhooks", "deliveries", "--format", "json"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("\"delivered\""));
+    // The verify helper agrees with the receiver.
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), &got[3].1).unwrap();
+    let sig = got[3]
+        .0
+        .get("paycron-signature")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (code, _, _) = run(paycron(None, None)
+        .args([
+            "webhooks",
+            "verify",
+            "--secret",
+            &secret,
+            "--signature",
+            &sig,
+            "--body-file",
+        ])
+        .arg(body.path()));
+    assert_eq!(code, 0);
+    let (code, _, _) = run(paycron(None, None)
+        .args([
+            "webhooks",
+            "verify",
+            "--secret",
+            "wrong-secret-123456",
+            "--signature",
+            &sig,
+            "--body-file",
+        ])
+        .arg(body.path()));
+    assert_eq!(code, 1);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_never_blocks_billing() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| st.add_card("H2", "ccof:sim-ok-h2", "VISA", true));
+    let db = fresh_db().await;
+    seed_card(&db, "H2", "ccof:sim-ok-h2").await;
+    let (code, _, err) = run(paycron(Some(&db.url), None).args([
+        "webhooks",
+        "add",
+        "--url",
+        "http://127.0.0.1:9/dead",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    sqlx::query("SELECT paycron.create_subscription('H2', 800, 'USD', 'day', 1, NULL, now() - interval '3 days')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, _, err) =
+        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--task", "all"]));
+    assert_eq!(code, 0, "billing succeeded with the endpoint down: {err}");
+    let charged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.ledger_entries WHERE status = 'succeeded'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(charged, 4, "every missed day billed");
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.webhook_deliveries WHERE status = 'pending' AND attempts = 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(pending >= 5, "deliveries wait for their retry: {pending}");
+    s.shutdown().await;
+}

@@ -180,6 +180,14 @@ enum SubscriptionCmd {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Move a subscription to another of the customer's cards (an unpaid one is billed again).
+    ChangeCard {
+        /// Subscription id.
+        id: String,
+        /// The new card id.
+        #[arg(long)]
+        card: String,
+    },
     /// Pause billing (periods during the pause are skipped).
     Pause {
         /// Subscription id.
@@ -355,6 +363,9 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     }
                     SubscriptionCmd::Show { id, format } => {
                         manage::show_subscription(&app, &id, format).await
+                    }
+                    SubscriptionCmd::ChangeCard { id, card } => {
+                        manage::change_card(&app, &id, &card).await
                     }
                     SubscriptionCmd::Pause { id } => manage::act(&app, &id, Action::Pause).await,
                     SubscriptionCmd::Resume { id } => manage::act(&app, &id, Action::Resume).await,

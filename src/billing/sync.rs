@@ -64,6 +64,7 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                 }
             }
             let mut tx = pool.begin().await.map_err(StoreError::from)?;
+            let before = cards::enabled_states(&mut tx, &customer.id).await?;
             if cards::upsert_customer(
                 &mut tx,
                 &customer.id,
@@ -111,6 +112,21 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                 }
             }
             totals.cards_changed += cards::disable_missing(&mut tx, &customer.id, &seen).await?;
+            // Announce cards that stopped being chargeable in this sync, in the same transaction.
+            let after = cards::enabled_states(&mut tx, &customer.id).await?;
+            for (card_id, was) in &before {
+                if *was && after.get(card_id) == Some(&false) {
+                    crate::store::events::emit(
+                        &mut tx,
+                        "card_disabled",
+                        None,
+                        Some(&customer.id),
+                        None,
+                        serde_json::json!({"card_id": card_id, "source": "sync-cards"}),
+                    )
+                    .await?;
+                }
+            }
             tx.commit().await.map_err(StoreError::from)?;
             totals.customers += 1;
         }

@@ -406,6 +406,19 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
     }
 }
 
+/// `subscription change-card ID --card CARD`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn change_card(app: &App, id: &str, card: &str) -> Result<()> {
+    let id = parse_id(id)?;
+    let card: CardId = card.parse().map_err(|e| bad("--card", e))?;
+    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
+    let result = subscriptions::change_card(&mut conn, id, card.as_str()).await?;
+    println!("{id} {result}");
+    Ok(())
+}
+
 /// `subscription pause|resume|cancel ID`.
 ///
 /// # Errors

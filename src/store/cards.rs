@@ -257,3 +257,19 @@ pub async fn emit_expiring(
     .await?
     .rows_affected())
 }
+
+/// Whether each of a customer's cards is enabled, by id.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn enabled_states(
+    conn: &mut PgConnection,
+    customer_id: &str,
+) -> Result<std::collections::HashMap<String, bool>> {
+    let rows: Vec<(String, bool)> =
+        sqlx::query_as("SELECT id, enabled FROM paycron.cards WHERE customer_id = $1")
+            .bind(customer_id)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -196,6 +196,18 @@ pub async fn act(conn: &mut PgConnection, id: Uuid, action: Action) -> Result<St
     Ok(q.fetch_one(conn).await?)
 }
 
+/// Moves a subscription to another card through `paycron.change_card`.
+///
+/// # Errors
+/// [`StoreError::Rejected`] / [`StoreError::NotFound`].
+pub async fn change_card(conn: &mut PgConnection, id: Uuid, card_id: &str) -> Result<String> {
+    Ok(sqlx::query_scalar("SELECT paycron.change_card($1, $2)")
+        .bind(id)
+        .bind(card_id)
+        .fetch_one(conn)
+        .await?)
+}
+
 /// Locks up to `limit` subscriptions due at `now` that have no open charge, oldest due first,
 /// skipping rows another worker holds.
 ///

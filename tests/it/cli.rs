@@ -68,6 +68,32 @@ async fn import_create_list_show_manage() {
         run(paycron(Some(&db.url), None).args(["subscription", "show", &id, "--format", "json"]));
     assert_eq!(code, 0);
     assert!(out.contains("\"status\": \"active\""), "{out}");
+    let extra = csv(&[HEADER, "CUST1,ccof:three,VISA,3333,5,2032"]);
+    assert_eq!(
+        run(paycron(Some(&db.url), None)
+            .args(["cards", "import"])
+            .arg(extra.path()))
+        .0,
+        0
+    );
+    let (code, out, err) = run(paycron(Some(&db.url), None).args([
+        "subscription",
+        "change-card",
+        &id,
+        "--card",
+        "ccof:three",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("changed"));
+    let (code, _, err) = run(paycron(Some(&db.url), None).args([
+        "subscription",
+        "change-card",
+        &id,
+        "--card",
+        "ccof:two",
+    ]));
+    assert_eq!(code, 2, "another customer's card: {err}");
+    assert!(err.contains("belongs to customer CUST2"), "{err}");
     for (verb, expect) in [
         ("pause", "paused"),
         ("resume", "resumed"),

@@ -93,6 +93,17 @@ async fn audit(db: &TestDb, s: &Simulator) -> usize {
         ledger_set, sim_set,
         "ledger equals the simulator's payments"
     );
+    // Every recorded outcome has exactly one event, in the same transaction.
+    let dup_or_missing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.ledger_entries e
+          WHERE (SELECT count(*) FROM paycron.events v
+                  WHERE v.charge_id = e.charge_id
+                    AND v.type = CASE e.status WHEN 'succeeded' THEN 'payment_succeeded' ELSE 'payment_declined' END) <> 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dup_or_missing, 0, "one event per recorded outcome");
     taken.len()
 }
 

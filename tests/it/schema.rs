@@ -271,6 +271,17 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_ref_makes_create_idempotent() {
+    let db = fresh_db().await;
+    seed_card(&db, "CUST1", "ccof:card1").await;
+    let sql = "SELECT paycron.create_subscription('CUST1', 700, 'USD', 'month', 1, p_external_ref => 'order-42')";
+    let a: Uuid = sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap();
+    let b: Uuid = sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(count(&db, "subscriptions").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolled_back_application_transaction_leaves_nothing() {
     let db = fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();

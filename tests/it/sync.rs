@@ -113,6 +113,19 @@ async fn thousand_customers_twice_and_after_an_interruption() {
             .await
             .unwrap();
     assert!(!enabled);
+    let announced: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.events WHERE type = 'card_disabled'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(announced, 1, "card_disabled announced once");
+    assert_eq!(
+        sync_cards(&db.pool, gw.as_ref())
+            .await
+            .unwrap()
+            .cards_changed,
+        0
+    );
     s.shutdown().await;
 }
 

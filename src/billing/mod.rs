@@ -561,14 +561,7 @@ impl Engine {
             return Ok(false);
         }
         drop(conn);
-        let found = Attempted {
-            charge: charge.clone(),
-            outcome: Some(PaymentOutcome::Succeeded {
-                payment_id: payment.id.clone(),
-                status: payment.status.clone(),
-            }),
-            duration_ms: 0,
-        };
+        let found = Attempted::found_at_square(charge, payment);
         tracing::info!(charge_id = %charge.id, provider_payment_id = %payment.id, "reconcile: recording a payment Square took");
         let s = self.record_batch(vec![found], Utc::now()).await?;
         Ok(s.succeeded == 1)
@@ -594,14 +587,7 @@ impl Engine {
                 p.reference_id.as_deref() == Some(reference.as_str())
                     && (p.status == "COMPLETED" || p.status == "APPROVED")
             }) {
-                let found = Attempted {
-                    charge: c.clone(),
-                    outcome: Some(PaymentOutcome::Succeeded {
-                        payment_id: p.id.clone(),
-                        status: p.status.clone(),
-                    }),
-                    duration_ms: 0,
-                };
+                let found = Attempted::found_at_square(c, p);
                 tracing::info!(charge_id = %c.id, provider_payment_id = %p.id, "stale intent found at Square");
                 return Ok(Some(self.record_batch(vec![found], now).await?));
             }

@@ -28,6 +28,20 @@ pub(crate) struct Attempted {
     pub duration_ms: u64,
 }
 
+impl Attempted {
+    /// A payment Square is known to have taken for `charge` (found by lookup or reconcile).
+    pub fn found_at_square(charge: &ChargeRow, payment: &crate::gateway::wire::Payment) -> Self {
+        Attempted {
+            charge: charge.clone(),
+            outcome: Some(PaymentOutcome::Succeeded {
+                payment_id: payment.id.clone(),
+                status: payment.status.clone(),
+            }),
+            duration_ms: 0,
+        }
+    }
+}
+
 struct Decided {
     resolution: OwnedResolution,
     outcome: AttemptOutcome,

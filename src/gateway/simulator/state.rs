@@ -192,6 +192,23 @@ fn error(status: u16, category: &str, code: &str, detail: &str, field: Option<&s
     }
 }
 
+/// A page cursor (the offset of the page's first item), or Square's INVALID_CURSOR reply.
+fn parse_cursor(cursor: Option<&str>) -> Result<usize, Reply> {
+    cursor
+        .map(str::parse)
+        .transpose()
+        .map(|v| v.unwrap_or(0))
+        .map_err(|_| {
+            error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "INVALID_CURSOR",
+                "Invalid cursor.",
+                Some("cursor"),
+            )
+        })
+}
+
 impl SimState {
     /// A new account, seeded per `config`.
     pub fn new(config: SimConfig) -> Self {
@@ -328,17 +345,9 @@ impl SimState {
 
     /// `GET /v2/customers`.
     pub fn list_customers(&self, cursor: Option<&str>) -> Reply {
-        let start: usize = match cursor.map(str::parse).transpose() {
-            Ok(v) => v.unwrap_or(0),
-            Err(_) => {
-                return error(
-                    400,
-                    "INVALID_REQUEST_ERROR",
-                    "INVALID_CURSOR",
-                    "Invalid cursor.",
-                    Some("cursor"),
-                );
-            }
+        let start = match parse_cursor(cursor) {
+            Ok(s) => s,
+            Err(reply) => return reply,
         };
         let page = self.config.customers_page.max(1);
         let items: Vec<&Customer> = self.customers.iter().skip(start).take(page).collect();
@@ -359,17 +368,9 @@ impl SimState {
         cursor: Option<&str>,
         include_disabled: bool,
     ) -> Reply {
-        let start: usize = match cursor.map(str::parse).transpose() {
-            Ok(v) => v.unwrap_or(0),
-            Err(_) => {
-                return error(
-                    400,
-                    "INVALID_REQUEST_ERROR",
-                    "INVALID_CURSOR",
-                    "Invalid cursor.",
-                    Some("cursor"),
-                );
-            }
+        let start = match parse_cursor(cursor) {
+            Ok(s) => s,
+            Err(reply) => return reply,
         };
         let candidates: Box<dyn Iterator<Item = &Card>> = match customer_id {
             Some(id) => Box::new(

@@ -129,6 +129,12 @@ enum Command {
         /// Share of CreatePayment answers lost after the payment was taken.
         #[arg(long, default_value_t = 0.0)]
         lose_response_rate: f64,
+        /// Share of CreatePayment answers sent only after --slow-ms (payment taken first).
+        #[arg(long, default_value_t = 0.0)]
+        slow_rate: f64,
+        /// Delay of slow answers, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        slow_ms: u64,
     },
     /// The embedded local cluster.
     Db {
@@ -313,19 +319,28 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
             rate_429_rate,
             retry_after_secs,
             lose_response_rate,
+            slow_rate,
+            slow_ms,
         } => {
             if mix != "realistic" && mix != "all-ok" {
                 return Err(CommandError::BadInput(format!(
                     "--mix: {mix:?} is not realistic or all-ok"
                 )));
             }
-            let faults = run::faults(
+            if !(0.0..=1.0).contains(&slow_rate) {
+                return Err(CommandError::BadInput(format!(
+                    "--slow-rate: {slow_rate} is not between 0 and 1"
+                )));
+            }
+            let mut faults = run::faults(
                 latency_ms,
                 error_5xx_rate,
                 rate_429_rate,
                 retry_after_secs,
                 lose_response_rate,
             )?;
+            faults.slow_rate = slow_rate;
+            faults.slow_ms = slow_ms;
             run::simulator(
                 port,
                 SimConfig {

@@ -585,3 +585,48 @@ async fn a_card_about_to_expire_is_announced_once() {
     assert_eq!(card, "ccof:sim-ok-e1");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_transaction_is_billed_only_once_committed() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| st.add_card("APP9", "ccof:sim-ok-app9", "VISA", true));
+    let db = fresh_db().await;
+    let write = |commit: bool| {
+        let pool = db.pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SET LOCAL ROLE paycron_app")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query("SELECT paycron.upsert_customer_card('APP9', 'ccof:sim-ok-app9', 'VISA', '4242', 1, 2032)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let _: Uuid = sqlx::query_scalar("SELECT paycron.create_subscription('APP9', 1200, 'USD', 'month', 1, p_external_ref => 'app-9')")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            if commit {
+                tx.commit().await.unwrap()
+            } else {
+                tx.rollback().await.unwrap()
+            }
+        }
+    };
+    let e = engine(&db, &s.base_url()).await;
+    write(false).await;
+    e.bill_due(Utc::now()).await.unwrap();
+    assert!(
+        s.with(|st| st.completed().is_empty()),
+        "a rolled-back subscription is never billed"
+    );
+    write(true).await;
+    let billed = e
+        .bill_due(Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(billed.succeeded, 1);
+    assert_eq!(s.with(|st| st.completed().len()), 1);
+    s.shutdown().await;
+}

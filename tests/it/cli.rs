@@ -337,3 +337,39 @@ async fn a_future_test_clock_is_refused_against_production() {
     assert_eq!(code, 2);
     assert!(err.contains("--now"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_follows_new_events() {
+    use std::io::BufRead;
+    let db = fresh_db().await;
+    crate::helpers::seed_card(&db, "EV1", "ccof:ev1").await;
+    let mut child = paycron(Some(&db.url), None)
+        .args(["events", "tail", "--follow", "--format", "jsonl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("SELECT paycron.create_subscription('EV1', 300, 'USD', 'week', 1)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the new event arrives");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["type"], "subscription_created");
+    assert_eq!(v["customer_id"], "EV1");
+}

@@ -341,6 +341,12 @@ impl Engine {
             .collect();
         let inserted =
             charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
+        let opened: Vec<(Uuid, Uuid)> = intents
+            .iter()
+            .filter(|c| inserted.contains(&c.id))
+            .map(|c| (c.subscription_id, c.id))
+            .collect();
+        subscriptions::open_charges(&mut tx, &opened).await?;
         tx.commit().await.map_err(StoreError::from)?;
         let mine: Vec<ChargeRow> = intents
             .into_iter()

@@ -146,9 +146,12 @@ impl Engine {
             ));
         }
         if !unsent.is_empty() {
-            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-            summary.withdrawn =
-                crate::store::charges::withdraw_unsent(&mut conn, self.owner, &unsent).await?;
+            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+            let withdrawn =
+                crate::store::charges::withdraw_unsent(&mut tx, self.owner, &unsent).await?;
+            subscriptions::close_charges(&mut tx, &withdrawn).await?;
+            summary.withdrawn = withdrawn.len() as u64;
+            tx.commit().await.map_err(StoreError::from)?;
             tracing::info!(
                 withdrawn = summary.withdrawn,
                 "shutting down: intents never sent were withdrawn"
@@ -233,6 +236,7 @@ impl Engine {
             .into_iter()
             .map(|s| (s.id, s))
             .collect();
+
         let hard_pairs: Vec<(String, String)> = resolved
             .iter()
             .filter(|c| {
@@ -260,6 +264,15 @@ impl Engine {
                 updates.push((sub.id, u));
             }
         }
+        // The resolved intents are no longer open: the position update clears the marker; the
+        // subscriptions whose position did not move are cleared on their own.
+        let moved: std::collections::HashSet<Uuid> = updates.iter().map(|(id, _)| *id).collect();
+        let closed: Vec<(Uuid, Uuid)> = resolved
+            .iter()
+            .filter(|c| !moved.contains(&c.subscription_id))
+            .map(|c| (c.subscription_id, c.id))
+            .collect();
+        subscriptions::close_charges(&mut tx, &closed).await?;
         subscriptions::set_positions(&mut tx, &updates).await?;
         emit_many(&mut tx, &events).await?;
         tx.commit().await.map_err(StoreError::from)?;

@@ -352,21 +352,26 @@ pub async fn resolve_many(
     .await?)
 }
 
-/// Withdraws intents this worker wrote but never sent (a drain at shutdown): deleting an
+/// Withdraws intents this worker wrote but never sent (a drain at shutdown), returning
+/// (subscription, charge) pairs: deleting an
 /// intent no request was ever made for is the same as never having claimed it, and leaves the
 /// subscription due for the next worker. Intents sent before (`sends > 0`) are kept.
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn withdraw_unsent(conn: &mut PgConnection, owner: Uuid, ids: &[Uuid]) -> Result<u64> {
-    Ok(sqlx::query(
-        "DELETE FROM paycron.charges WHERE id = ANY($2) AND lease_owner = $1 AND status = 'pending' AND sends = 0",
+pub async fn withdraw_unsent(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Uuid)>> {
+    Ok(sqlx::query_as(
+        "DELETE FROM paycron.charges WHERE id = ANY($2) AND lease_owner = $1 AND status = 'pending' AND sends = 0
+         RETURNING subscription_id, id",
     )
     .bind(owner)
     .bind(ids)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    .fetch_all(conn)
+    .await?)
 }
 
 /// Takes the lease of one pending charge for `owner` (reconcile's repair path). False when

@@ -221,7 +221,7 @@ pub async fn claim_due(
     Ok(sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions s
           WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
-            AND NOT EXISTS (SELECT 1 FROM paycron.charges c WHERE c.subscription_id = s.id AND c.status = 'pending')
+            AND s.open_charge_id IS NULL
           ORDER BY s.next_due_at, s.id
           LIMIT $2
           FOR UPDATE OF s SKIP LOCKED"
@@ -388,6 +388,7 @@ pub async fn set_positions(
                 next_due_at = u.next_due_at, dunning_started_at = u.dunning_started_at,
                 skip_before = CASE WHEN u.clear_skip THEN NULL ELSE s.skip_before END,
                 canceled_at = CASE WHEN u.status = 'canceled' THEN coalesce(s.canceled_at, now()) ELSE s.canceled_at END,
+                open_charge_id = NULL,
                 updated_at = now()
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bool[])
                 AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, clear_skip)
@@ -418,4 +419,44 @@ pub async fn due_stats(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, Option
     .bind(now)
     .fetch_one(pool)
     .await?)
+}
+
+/// Marks each subscription's open intent (in the claim transaction).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn open_charges(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE paycron.subscriptions s SET open_charge_id = t.charge
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge) WHERE s.id = t.sub",
+    )
+    .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
+    .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Clears the open intent of subscriptions whose intent was resolved or withdrawn, given as
+/// (subscription, charge) pairs (found by primary key).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn close_charges(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE paycron.subscriptions s SET open_charge_id = NULL
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge)
+          WHERE s.id = t.sub AND s.open_charge_id = t.charge AND s.id = ANY($1)",
+    )
+    .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
+    .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

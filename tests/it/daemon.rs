@@ -380,7 +380,7 @@ async fn bad_schedule_files_are_refused_with_file_and_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_square_token_never_reaches_a_log_line() {
-    const TOKEN: &str = "EAAAl-secret-token-9f8e7d6c5b4a";
+    const TOKEN: &str = "test-only-secret-token-9f8e7d6c5b4a";
     let s = sim(SimConfig {
         token: Some("a-different-token".into()),
         customers: 2,

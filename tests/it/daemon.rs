@@ -76,6 +76,22 @@ async fn seed_due(db: &TestDb, s: &Simulator, n: usize) {
     }
 }
 
+/// Waits until at least one charge succeeded: billing is under way.
+async fn wait_until_billing(db: &TestDb) {
+    for _ in 0..200 {
+        if count_where(
+            db,
+            "SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'",
+        )
+        .await
+            > 0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn sigterm(child: &Child) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -106,18 +122,7 @@ async fn sigterm_mid_billing_drains_and_exits_0() {
     let child = daemon(Some(&db.url), &s.base_url(), sched.path(), port);
     wait_for(port, "/readyz", 200).await;
     // Wait until billing is under way, then ask the daemon to stop.
-    for _ in 0..200 {
-        if count_where(
-            &db,
-            "SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'",
-        )
-        .await
-            > 0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_billing(&db).await;
     sigterm(&child);
     let status = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
@@ -457,18 +462,7 @@ async fn run_once_drains_on_sigterm_too() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if count_where(
-            &db,
-            "SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'",
-        )
-        .await
-            > 0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_billing(&db).await;
     sigterm(&child);
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await

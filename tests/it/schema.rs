@@ -36,6 +36,19 @@ async fn insert_charge(
     .map(|_| id)
 }
 
+/// A succeeded ledger entry for `charge` (postings are the caller's).
+async fn insert_entry(tx: &mut sqlx::PgConnection, charge: Uuid, sub: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
+             amount_minor, currency, provider_payment_id) VALUES ($1, $2, 'CUST1', now(), 1, 'succeeded', 1500, 'USD', 'PAY1') RETURNING id",
+    )
+    .bind(charge)
+    .bind(sub)
+    .fetch_one(tx)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_refuses_update_delete_truncate() {
     let db = fresh_db().await;
@@ -44,15 +57,7 @@ async fn ledger_refuses_update_delete_truncate() {
         .await
         .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    let entry: i64 = sqlx::query_scalar(
-        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
-             amount_minor, currency, provider_payment_id) VALUES ($1, $2, 'CUST1', now(), 1, 'succeeded', 1500, 'USD', 'PAY1') RETURNING id",
-    )
-    .bind(charge)
-    .bind(sub)
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    let entry = insert_entry(&mut tx, charge, sub).await;
     sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES ($1, 'a', 1500, 'USD'), ($1, 'b', -1500, 'USD')")
         .bind(entry)
         .execute(&mut *tx)
@@ -83,15 +88,7 @@ async fn unbalanced_postings_are_refused() {
         .await
         .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    let entry: i64 = sqlx::query_scalar(
-        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
-             amount_minor, currency, provider_payment_id) VALUES ($1, $2, 'CUST1', now(), 1, 'succeeded', 1500, 'USD', 'PAY1') RETURNING id",
-    )
-    .bind(charge)
-    .bind(sub)
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    let entry = insert_entry(&mut tx, charge, sub).await;
     let err = sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES ($1, 'a', 1500, 'USD'), ($1, 'b', -1400, 'USD')")
         .bind(entry)
         .execute(&mut *tx)
@@ -102,15 +99,7 @@ async fn unbalanced_postings_are_refused() {
     assert_eq!(count(&db, "ledger_entries").await, 0);
     // Nor can balanced postings be added to an entry that already has its own.
     let mut tx = db.pool.begin().await.unwrap();
-    let entry: i64 = sqlx::query_scalar(
-        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
-             amount_minor, currency, provider_payment_id) VALUES ($1, $2, 'CUST1', now(), 1, 'succeeded', 1500, 'USD', 'PAY1') RETURNING id",
-    )
-    .bind(charge)
-    .bind(sub)
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    let entry = insert_entry(&mut tx, charge, sub).await;
     sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES ($1, 'a', 1500, 'USD'), ($1, 'b', -1500, 'USD')")
         .bind(entry)
         .execute(&mut *tx)

@@ -1,10 +1,11 @@
 //! The billing engine: DESIGN.md's charge protocol.
 //!
-//! 1. **Claim** ([`Engine::bill_next_batch`]): in one transaction, lock due subscriptions
+//! 1. **Claim** (`Engine::claim_batch`): in one transaction, lock due subscriptions
 //!    (`FOR UPDATE SKIP LOCKED`), write a `pending` charge per subscription period with a
 //!    lease and a deterministic idempotency key, commit. The intent is durable before any
 //!    money moves; unique constraints make a second intent for the same attempt impossible
-//!    (a conflicting insert is skipped, not retried).
+//!    (a conflicting insert is skipped, not retried). The next batch is claimed while the
+//!    current one is in flight.
 //! 2. **Charge**: CreatePayment with that key and `reference_id` = charge id, at most
 //!    `concurrency` in flight, under the provider rate limit.
 //! 3. **Record** ([`Engine::record`]): in one transaction, fenced on the lease owner: the
@@ -24,7 +25,7 @@ mod record;
 use record::Attempted;
 pub mod sync;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -115,13 +116,13 @@ impl Summary {
     }
 }
 
-/// The result of one unit of work.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Some work was done.
-    Billed(Summary),
-    /// Nothing was due.
-    NothingDue,
+/// Why a claimed charge must not be sent (its card failed the pre-check), if it must not.
+type CardProblem = Option<String>;
+
+/// One claimed batch: its intents, and the subscriptions moved without a charge.
+struct Claimed {
+    charges: Vec<(ChargeRow, CardProblem)>,
+    summary: Summary,
 }
 
 /// The decline category of attempts paycron refused itself before calling Square.
@@ -288,20 +289,19 @@ impl Engine {
         }))
     }
 
-    /// Claims and charges one batch of due subscriptions as of `now`.
-    ///
-    /// # Errors
-    /// [`BillingError`] on database failure or a rejected access token.
+    /// Step 1 for one batch: locks up to `batch_size` due subscriptions as of `now` and, in
+    /// the same transaction, writes their intents (or moves those with nothing to charge).
+    /// `None` when nothing was due (or shutdown began).
     #[tracing::instrument(skip_all, fields(owner = %self.owner))]
-    pub async fn bill_next_batch(&self, now: DateTime<Utc>) -> Result<Outcome> {
+    async fn claim_batch(&self, now: DateTime<Utc>) -> Result<Option<Claimed>> {
         if self.cancel.is_cancelled() {
-            return Ok(Outcome::NothingDue);
+            return Ok(None);
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let due = subscriptions::claim_due(&mut tx, now, i64::from(self.config.batch_size)).await?;
         if due.is_empty() {
             tx.rollback().await.map_err(StoreError::from)?;
-            return Ok(Outcome::NothingDue);
+            return Ok(None);
         }
         let mut summary = Summary::default();
         let mut intents = Vec::with_capacity(due.len());
@@ -327,18 +327,8 @@ impl Engine {
         }
         let card_ids: Vec<String> = intents.iter().map(|c| c.card_id.clone()).collect();
         let health = crate::store::cards::health(&mut tx, &card_ids).await?;
-        let zones: std::collections::HashMap<Uuid, String> =
+        let zones: HashMap<Uuid, String> =
             due.iter().map(|s| (s.id, s.time_zone.clone())).collect();
-        let unusable: std::collections::HashMap<Uuid, &'static str> = intents
-            .iter()
-            .filter_map(|c| {
-                let zone = zones
-                    .get(&c.subscription_id)
-                    .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
-                    .unwrap_or(chrono_tz::Tz::UTC);
-                card_problem(health.get(&c.card_id).copied(), now, zone).map(|p| (c.id, p))
-            })
-            .collect();
         let inserted =
             charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
         let opened: Vec<(Uuid, Uuid)> = intents
@@ -348,105 +338,155 @@ impl Engine {
             .collect();
         subscriptions::open_charges(&mut tx, &opened).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        let mine: Vec<ChargeRow> = intents
+        let created_at = Utc::now();
+        let charges = intents
             .into_iter()
             .filter(|c| inserted.contains(&c.id))
-            .map(|c| ChargeRow {
-                id: c.id,
-                subscription_id: c.subscription_id,
-                period: c.period,
-                period_start: c.period_start,
-                attempt: c.attempt,
-                idempotency_key: c.idempotency_key,
-                customer_id: c.customer_id,
-                card_id: c.card_id,
-                amount_minor: c.amount_minor,
-                currency: c.currency,
-                status: "pending".into(),
-                request_body: c.request_body,
-                request_fingerprint: c.request_fingerprint,
-                provider_payment_id: None,
-                decline_code: None,
-                created_at: Utc::now(),
+            .map(|c| {
+                let zone = zones
+                    .get(&c.subscription_id)
+                    .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+                    .unwrap_or(chrono_tz::Tz::UTC);
+                let problem =
+                    card_problem(health.get(&c.card_id).copied(), now, zone).map(str::to_owned);
+                let row = ChargeRow {
+                    id: c.id,
+                    subscription_id: c.subscription_id,
+                    period: c.period,
+                    period_start: c.period_start,
+                    attempt: c.attempt,
+                    idempotency_key: c.idempotency_key,
+                    customer_id: c.customer_id,
+                    card_id: c.card_id,
+                    amount_minor: c.amount_minor,
+                    currency: c.currency,
+                    status: "pending".into(),
+                    request_body: c.request_body,
+                    request_fingerprint: c.request_fingerprint,
+                    provider_payment_id: None,
+                    decline_code: None,
+                    created_at,
+                };
+                (row, problem)
             })
             .collect();
-        summary.merge(&self.drive_all_checked(mine, &unusable, now).await?);
-        Ok(Outcome::Billed(summary))
+        Ok(Some(Claimed { charges, summary }))
+    }
+
+    /// One pass of billing: claims batch after batch until a claim finds nothing, while the
+    /// charges of earlier batches are sent and recorded. The next claim runs while a batch is
+    /// in flight, so Square is never left idle waiting for the database; at most one claimed
+    /// batch waits in the queue (its leases run meanwhile, so it is kept short). Returns the
+    /// summary and whether anything was claimed.
+    async fn bill_pass(&self, now: DateTime<Utc>) -> Result<(Summary, bool)> {
+        let (queue, queued) = tokio::sync::mpsc::channel::<Vec<(ChargeRow, CardProblem)>>(1);
+        let produce = async move {
+            let mut summary = Summary::default();
+            let mut claimed = false;
+            while let Some(batch) = self.claim_batch(now).await? {
+                claimed = true;
+                summary.merge(&batch.summary);
+                if let Err(refused) = queue.send(batch.charges).await {
+                    // Recording stopped on an error: this batch was never sent.
+                    let ids = refused.0.iter().map(|(c, _)| c.id).collect::<Vec<_>>();
+                    summary.withdrawn += self.withdraw_unsent(&ids).await?;
+                    break;
+                }
+            }
+            Ok::<_, BillingError>((summary, claimed))
+        };
+        let charges = futures::stream::unfold(queued, |mut queued| async move {
+            queued
+                .recv()
+                .await
+                .map(|batch| (futures::stream::iter(batch), queued))
+        })
+        .flatten();
+        let (produced, driven) = futures::join!(produce, self.drive(charges, now));
+        let driven = driven?;
+        let (mut summary, claimed) = produced?;
+        summary.merge(&driven);
+        Ok((summary, claimed))
     }
 
     /// Sends charges (each its stored body under its key), at most `concurrency` in flight,
     /// and records the outcomes in batches as they arrive.
     async fn drive_all(&self, charges: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
-        self.drive_all_checked(charges, &Default::default(), now)
-            .await
+        self.drive(
+            futures::stream::iter(charges.into_iter().map(|c| (c, None))),
+            now,
+        )
+        .await
     }
 
-    /// As [`Engine::drive_all`], but charges whose card failed the pre-check (disabled,
-    /// forgotten or expired) are not sent: their attempt is recorded as declined with the
-    /// card's own reason, and dunning treats it as a hard decline (fallback card or final state).
-    async fn drive_all_checked(
+    /// As [`Engine::drive_all`], over a stream of charges. A charge whose card failed the
+    /// pre-check (disabled, forgotten or expired) is not sent: its attempt is recorded as
+    /// declined with the card's own reason, and dunning treats it as a hard decline (fallback
+    /// card or final state).
+    async fn drive(
         &self,
-        charges: Vec<ChargeRow>,
-        unusable: &std::collections::HashMap<Uuid, &'static str>,
+        charges: impl futures::Stream<Item = (ChargeRow, CardProblem)> + Send,
         now: DateTime<Utc>,
     ) -> Result<Summary> {
         let mut summary = Summary::default();
-        let mut outcomes = futures::stream::iter(charges.into_iter().map(|charge| {
-            let gateway = self.gateway.clone();
-            let cancel = self.cancel.clone();
-            let problem = unusable.get(&charge.id).copied();
-            async move {
-                if let Some(code) = problem {
-                    return Attempted {
-                        charge,
-                        outcome: Some(PaymentOutcome::Declined {
-                            code: code.to_owned(),
-                            category: CARD_CHECK_CATEGORY.to_owned(),
-                            hard: true,
-                        }),
-                        duration_ms: 0,
-                    };
-                }
-                if cancel.is_cancelled() {
-                    return Attempted {
-                        charge,
-                        outcome: None,
-                        duration_ms: 0,
-                    };
-                }
-                let started = Instant::now();
-                metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
-                let outcome = match IdempotencyKey::from_string(charge.idempotency_key.clone()) {
-                    Ok(key) => {
-                        let prepared = PreparedPayment {
-                            key,
-                            body: charge.request_body.clone(),
+        let outcomes = charges
+            .map(|(charge, problem)| {
+                let gateway = self.gateway.clone();
+                let cancel = self.cancel.clone();
+                async move {
+                    if let Some(code) = problem {
+                        return Attempted {
+                            charge,
+                            outcome: Some(PaymentOutcome::Declined {
+                                code,
+                                category: CARD_CHECK_CATEGORY.to_owned(),
+                                hard: true,
+                            }),
+                            duration_ms: 0,
                         };
-                        // A task of its own: the call progresses while earlier outcomes are recorded.
-                        tokio::spawn(async move { gateway.create_payment(&prepared).await })
-                            .await
-                            .unwrap_or_else(|e| PaymentOutcome::Unknown {
-                                reason: format!("payment task failed: {e}"),
-                            })
                     }
-                    Err(e) => PaymentOutcome::Unknown {
-                        reason: format!("stored idempotency key is invalid: {e}"),
-                    },
-                };
-                metrics::gauge!(crate::ops::metrics::IN_FLIGHT).decrement(1.0);
-                Attempted {
-                    charge,
-                    outcome: Some(outcome),
-                    duration_ms: started.elapsed().as_millis() as u64,
+                    if cancel.is_cancelled() {
+                        return Attempted {
+                            charge,
+                            outcome: None,
+                            duration_ms: 0,
+                        };
+                    }
+                    let started = Instant::now();
+                    metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
+                    let outcome = match IdempotencyKey::from_string(charge.idempotency_key.clone())
+                    {
+                        Ok(key) => {
+                            let prepared = PreparedPayment {
+                                key,
+                                body: charge.request_body.clone(),
+                            };
+                            // A task of its own: the call progresses while earlier outcomes are recorded.
+                            tokio::spawn(async move { gateway.create_payment(&prepared).await })
+                                .await
+                                .unwrap_or_else(|e| PaymentOutcome::Unknown {
+                                    reason: format!("payment task failed: {e}"),
+                                })
+                        }
+                        Err(e) => PaymentOutcome::Unknown {
+                            reason: format!("stored idempotency key is invalid: {e}"),
+                        },
+                    };
+                    metrics::gauge!(crate::ops::metrics::IN_FLIGHT).decrement(1.0);
+                    Attempted {
+                        charge,
+                        outcome: Some(outcome),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    }
                 }
-            }
-        }))
-        .buffer_unordered(self.config.concurrency)
-        .ready_chunks(RECORD_BATCH)
-        .map(|chunk| self.record_batch(chunk, now))
-        // Batches touch disjoint charges and subscriptions (one open intent per subscription),
-        // so recording a few at once cannot deadlock.
-        .buffer_unordered(RECORD_PARALLEL);
+            })
+            .buffer_unordered(self.config.concurrency)
+            .ready_chunks(RECORD_BATCH)
+            .map(|chunk| self.record_batch(chunk, now))
+            // Batches touch disjoint charges and subscriptions (one open intent per subscription),
+            // so recording a few at once cannot deadlock.
+            .buffer_unordered(RECORD_PARALLEL);
+        let mut outcomes = std::pin::pin!(outcomes);
         while let Some(recorded) = outcomes.next().await {
             summary.merge(&recorded?);
         }
@@ -472,8 +512,15 @@ impl Engine {
                 tracing::info!(cards = warned, "card_expiring events emitted");
             }
         }
-        while let Outcome::Billed(s) = self.bill_next_batch(now).await? {
-            total.merge(&s);
+        // A pass ends when a claim finds nothing, which may be because the due subscriptions
+        // left had an intent of this pass still open (a catch-up's next period): passes repeat
+        // until one claims nothing, starting each with nothing of ours in flight.
+        loop {
+            let (pass, claimed) = self.bill_pass(now).await?;
+            total.merge(&pass);
+            if !claimed {
+                break;
+            }
         }
         if total.unresolved > 0 {
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;

@@ -146,16 +146,7 @@ impl Engine {
             ));
         }
         if !unsent.is_empty() {
-            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-            let withdrawn =
-                crate::store::charges::withdraw_unsent(&mut tx, self.owner, &unsent).await?;
-            subscriptions::close_charges(&mut tx, &withdrawn).await?;
-            summary.withdrawn = withdrawn.len() as u64;
-            tx.commit().await.map_err(StoreError::from)?;
-            tracing::info!(
-                withdrawn = summary.withdrawn,
-                "shutting down: intents never sent were withdrawn"
-            );
+            summary.withdrawn = self.withdraw_unsent(&unsent).await?;
         }
         if !decided.is_empty() {
             let mut tries = 0;
@@ -208,6 +199,20 @@ impl Engine {
             return Err(BillingError::Unauthorized { code });
         }
         Ok(summary)
+    }
+
+    /// Withdraws intents of ours that were never sent, closing their subscriptions' open
+    /// intent: the subscriptions stay due for the next claim. Returns how many.
+    pub(crate) async fn withdraw_unsent(&self, ids: &[Uuid]) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let withdrawn = crate::store::charges::withdraw_unsent(&mut tx, self.owner, ids).await?;
+        subscriptions::close_charges(&mut tx, &withdrawn).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(
+            withdrawn = withdrawn.len(),
+            "intents never sent were withdrawn"
+        );
+        Ok(withdrawn.len() as u64)
     }
 
     /// The transaction: returns the ids this call resolved (the rest were fenced).

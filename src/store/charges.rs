@@ -329,9 +329,10 @@ pub async fn resolve_many(
     let codes: Vec<Option<String>> = items.iter().map(|r| r.code.clone()).collect();
     let categories: Vec<Option<String>> = items.iter().map(|r| r.category.clone()).collect();
     Ok(sqlx::query_as(sqlf!(
-        "WITH locked AS (SELECT id FROM paycron.charges
-                          WHERE id = ANY($2) AND lease_owner = $1 AND status = 'pending'
-                          ORDER BY id FOR UPDATE)
+        // The lock pass names rows by primary key only: a predicate on status would invite
+        // the planner onto the pending-charges index, whose dead entries grow with every
+        // charge resolved since the last vacuum. Ownership is checked once the rows are locked.
+        "WITH locked AS (SELECT id FROM paycron.charges WHERE id = ANY($2) ORDER BY id FOR UPDATE)
          UPDATE paycron.charges c
             SET status = r.status, provider_payment_id = r.payment_id, decline_code = r.code,
                 decline_category = r.category, resolved_at = $7, locked_until = NULL

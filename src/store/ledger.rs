@@ -19,7 +19,7 @@ pub const ACCOUNT_CLEARING: &str = "assets:square_clearing";
 pub const ACCOUNT_REVENUE: &str = "revenue:subscriptions";
 
 /// Records resolved charges' outcomes (entries, and balanced postings for money taken) in
-/// three statements; an outcome already recorded is skipped. Returns how many were new.
+/// one statement; an outcome already recorded is skipped. Returns how many were new.
 ///
 /// # Errors
 /// [`super::StoreError`].
@@ -36,15 +36,24 @@ pub async fn record_many(
             charges.iter().map(|c| c.$f.clone()).collect::<Vec<_>>()
         };
     }
-    let entries: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
-                decline_code, amount_minor, currency, provider_payment_id, recorded_at)
-         SELECT t.*, $11 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[], $6::text[],
-                $7::text[], $8::bigint[], $9::text[], $10::text[])
-                AS t(charge_id, subscription_id, customer_id, period_start, attempt, status, decline_code,
-                     amount_minor, currency, provider_payment_id)
-         ON CONFLICT (charge_id) DO NOTHING
-         RETURNING id",
+    // One statement: the entries, and the postings for money taken (debit clearing, credit
+    // revenue) built from the rows just inserted, never from a scan of the ledger.
+    let (entries,): (i64,) = sqlx::query_as(
+        "WITH e AS (
+           INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
+                  decline_code, amount_minor, currency, provider_payment_id, recorded_at)
+           SELECT t.*, $11 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[], $6::text[],
+                  $7::text[], $8::bigint[], $9::text[], $10::text[])
+                  AS t(charge_id, subscription_id, customer_id, period_start, attempt, status, decline_code,
+                       amount_minor, currency, provider_payment_id)
+           ON CONFLICT (charge_id) DO NOTHING
+           RETURNING id, status, amount_minor, currency),
+         p AS (
+           INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency)
+           SELECT e.id, a.account, a.sign * e.amount_minor, e.currency
+             FROM e CROSS JOIN (VALUES ($12, 1), ($13, -1)) AS a(account, sign)
+            WHERE e.status = 'succeeded')
+         SELECT count(*) FROM e",
     )
     .bind(col!(id))
     .bind(col!(subscription_id))
@@ -57,22 +66,11 @@ pub async fn record_many(
     .bind(col!(currency))
     .bind(col!(provider_payment_id))
     .bind(recorded_at)
-    .fetch_all(&mut *conn)
-    .await?;
-    // Postings only for money taken: debit clearing, credit revenue.
-    sqlx::query(
-        "INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency)
-         SELECT e.id, a.account, a.sign * e.amount_minor, e.currency
-           FROM paycron.ledger_entries e
-           CROSS JOIN (VALUES ($2, 1), ($3, -1)) AS a(account, sign)
-          WHERE e.id = ANY($1) AND e.status = 'succeeded'",
-    )
-    .bind(&entries)
     .bind(ACCOUNT_CLEARING)
     .bind(ACCOUNT_REVENUE)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(entries.len())
+    Ok(usize::try_from(entries).unwrap_or(0))
 }
 
 /// One line of `paycron ledger export`: exactly the contract's keys.

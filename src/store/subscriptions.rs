@@ -346,6 +346,11 @@ pub async fn bulk_seed(pool: &PgPool, n: i64, due: DateTime<Utc>) -> Result<()> 
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    // Statistics as autovacuum keeps them for a table that grew gradually; without them the
+    // planner sees the fresh tables as empty.
+    sqlx::query("ANALYZE paycron.customers, paycron.cards, paycron.subscriptions")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -392,7 +397,7 @@ pub async fn set_positions(
                 updated_at = now()
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bool[])
                 AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, clear_skip)
-          WHERE s.id = u.id",
+          WHERE s.id = u.id AND s.id = ANY($1)",
     )
     .bind(updates.iter().map(|(id, _)| *id).collect::<Vec<_>>())
     .bind(col!(status))
@@ -431,7 +436,7 @@ pub async fn open_charges(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Re
     }
     sqlx::query(
         "UPDATE paycron.subscriptions s SET open_charge_id = t.charge
-           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge) WHERE s.id = t.sub",
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge) WHERE s.id = t.sub AND s.id = ANY($1)",
     )
     .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
     .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())

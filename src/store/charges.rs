@@ -308,9 +308,14 @@ pub struct OwnedResolution {
     pub category: Option<String>,
 }
 
-/// Resolves many pending charges held by `owner` in one statement, locking them in id order.
-/// Returns the rows this call resolved; the others were fenced (no longer ours or no longer
-/// pending) and must not be recorded.
+/// Resolves many pending charges held by `owner` in one statement. Returns the rows this call
+/// resolved; the others were fenced (no longer ours or no longer pending) and must not be
+/// recorded.
+///
+/// The rows are visited in id order (the array is sorted, and the plan is a nested loop over
+/// it), so two recorders whose sets overlap (a worker and the one that took some of its
+/// charges over) normally lock in the same order; a deadlock, should a plan differ, is
+/// retried by the caller. Locking is never what makes this safe: the fence is.
 ///
 /// # Errors
 /// [`super::StoreError`].
@@ -323,22 +328,19 @@ pub async fn resolve_many(
     if items.is_empty() {
         return Ok(vec![]);
     }
+    let mut items: Vec<&OwnedResolution> = items.iter().collect();
+    items.sort_by_key(|r| r.id);
     let ids: Vec<Uuid> = items.iter().map(|r| r.id).collect();
     let statuses: Vec<String> = items.iter().map(|r| r.status.clone()).collect();
     let payments: Vec<Option<String>> = items.iter().map(|r| r.payment_id.clone()).collect();
     let codes: Vec<Option<String>> = items.iter().map(|r| r.code.clone()).collect();
     let categories: Vec<Option<String>> = items.iter().map(|r| r.category.clone()).collect();
     Ok(sqlx::query_as(sqlf!(
-        // The lock pass names rows by primary key only: a predicate on status would invite
-        // the planner onto the pending-charges index, whose dead entries grow with every
-        // charge resolved since the last vacuum. Ownership is checked once the rows are locked.
-        "WITH locked AS (SELECT id FROM paycron.charges WHERE id = ANY($2) ORDER BY id FOR UPDATE)
-         UPDATE paycron.charges c
+        "UPDATE paycron.charges c
             SET status = r.status, provider_payment_id = r.payment_id, decline_code = r.code,
                 decline_category = r.category, resolved_at = $7, locked_until = NULL
            FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) AS r(id, status, payment_id, code, category)
-          WHERE c.id = ANY($2) AND c.id = r.id AND c.id IN (SELECT id FROM locked)
-            AND c.lease_owner = $1 AND c.status = 'pending'
+          WHERE c.id = ANY($2) AND c.id = r.id AND c.lease_owner = $1 AND c.status = 'pending'
           RETURNING {}",
         COLUMNS.split(',').map(|col| format!("c.{}", col.trim())).collect::<Vec<_>>().join(", ")
     ))

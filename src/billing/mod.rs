@@ -148,7 +148,7 @@ pub fn card_problem(
 }
 
 /// Outcomes recorded per transaction.
-const RECORD_BATCH: usize = 64;
+const RECORD_BATCH: usize = 128;
 /// Batches recorded at once.
 const RECORD_PARALLEL: usize = 4;
 

@@ -116,12 +116,16 @@ impl Summary {
     }
 }
 
-/// Why a claimed charge must not be sent (its card failed the pre-check), if it must not.
-type CardProblem = Option<String>;
+/// A charge on its way to Square.
+struct Queued {
+    charge: ChargeRow,
+    /// Why its card must not be charged (the pre-check failed), if it must not.
+    problem: Option<String>,
+}
 
 /// One claimed batch: its intents, and the subscriptions moved without a charge.
 struct Claimed {
-    charges: Vec<(ChargeRow, CardProblem)>,
+    charges: Vec<Queued>,
     summary: Summary,
 }
 
@@ -164,6 +168,8 @@ pub struct Engine {
     _liveness: Mutex<PgConnection>,
     // Cancelled at shutdown: no new claims, no new sends; what is in flight finishes.
     cancel: CancellationToken,
+    // The charges this worker is working on, whose leases the heartbeat extends.
+    leased: std::sync::Mutex<std::collections::HashSet<Uuid>>,
 }
 
 /// What to do with one claimed subscription.
@@ -194,6 +200,7 @@ impl Engine {
             location_id,
             _liveness: Mutex::new(conn),
             cancel: CancellationToken::new(),
+            leased: Default::default(),
         })
     }
 
@@ -339,7 +346,7 @@ impl Engine {
         subscriptions::open_charges(&mut tx, &opened).await?;
         tx.commit().await.map_err(StoreError::from)?;
         let created_at = Utc::now();
-        let charges = intents
+        let charges: Vec<Queued> = intents
             .into_iter()
             .filter(|c| inserted.contains(&c.id))
             .map(|c| {
@@ -367,9 +374,13 @@ impl Engine {
                     decline_code: None,
                     created_at,
                 };
-                (row, problem)
+                Queued {
+                    charge: row,
+                    problem,
+                }
             })
             .collect();
+        self.leased().extend(charges.iter().map(|q| q.charge.id));
         Ok(Some(Claimed { charges, summary }))
     }
 
@@ -379,7 +390,7 @@ impl Engine {
     /// batch waits in the queue (its leases run meanwhile, so it is kept short). Returns the
     /// summary and whether anything was claimed.
     async fn bill_pass(&self, now: DateTime<Utc>) -> Result<(Summary, bool)> {
-        let (queue, queued) = tokio::sync::mpsc::channel::<Vec<(ChargeRow, CardProblem)>>(1);
+        let (queue, queued) = tokio::sync::mpsc::channel::<Vec<Queued>>(1);
         let produce = async move {
             let mut summary = Summary::default();
             let mut claimed = false;
@@ -388,7 +399,7 @@ impl Engine {
                 summary.merge(&batch.summary);
                 if let Err(refused) = queue.send(batch.charges).await {
                     // Recording stopped on an error: this batch was never sent.
-                    let ids = refused.0.iter().map(|(c, _)| c.id).collect::<Vec<_>>();
+                    let ids = refused.0.iter().map(|q| q.charge.id).collect::<Vec<_>>();
                     summary.withdrawn += self.withdraw_unsent(&ids).await?;
                     break;
                 }
@@ -403,6 +414,8 @@ impl Engine {
         })
         .flatten();
         let (produced, driven) = futures::join!(produce, self.drive(charges, now));
+        // Whatever is still pending now is left to recovery.
+        self.leased().clear();
         let driven = driven?;
         let (mut summary, claimed) = produced?;
         summary.merge(&driven);
@@ -412,11 +425,12 @@ impl Engine {
     /// Sends charges (each its stored body under its key), at most `concurrency` in flight,
     /// and records the outcomes in batches as they arrive.
     async fn drive_all(&self, charges: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
-        self.drive(
-            futures::stream::iter(charges.into_iter().map(|c| (c, None))),
-            now,
-        )
-        .await
+        self.leased().extend(charges.iter().map(|c| c.id));
+        let queued = charges.into_iter().map(|charge| Queued {
+            charge,
+            problem: None,
+        });
+        self.drive(futures::stream::iter(queued), now).await
     }
 
     /// As [`Engine::drive_all`], over a stream of charges. A charge whose card failed the
@@ -425,15 +439,16 @@ impl Engine {
     /// card or final state).
     async fn drive(
         &self,
-        charges: impl futures::Stream<Item = (ChargeRow, CardProblem)> + Send,
+        charges: impl futures::Stream<Item = Queued> + Send,
         now: DateTime<Utc>,
     ) -> Result<Summary> {
         let mut summary = Summary::default();
         let outcomes = charges
-            .map(|(charge, problem)| {
+            .map(|queued| {
                 let gateway = self.gateway.clone();
                 let cancel = self.cancel.clone();
                 async move {
+                    let Queued { charge, problem } = queued;
                     if let Some(code) = problem {
                         return Attempted {
                             charge,
@@ -482,15 +497,61 @@ impl Engine {
             })
             .buffer_unordered(self.config.concurrency)
             .ready_chunks(RECORD_BATCH)
-            .map(|chunk| self.record_batch(chunk, now))
+            .map(|chunk| async move {
+                let ids: Vec<Uuid> = chunk.iter().map(|a| a.charge.id).collect();
+                let recorded = self.record_batch(chunk, now).await;
+                // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
+                let mut leased = self.leased();
+                for id in &ids {
+                    leased.remove(id);
+                }
+                recorded
+            })
             // Batches touch disjoint charges and subscriptions (one open intent per subscription),
             // so recording a few at once cannot deadlock.
             .buffer_unordered(RECORD_PARALLEL);
         let mut outcomes = std::pin::pin!(outcomes);
-        while let Some(recorded) = outcomes.next().await {
-            summary.merge(&recorded?);
+        let work = async {
+            while let Some(recorded) = outcomes.next().await {
+                summary.merge(&recorded?);
+            }
+            Ok::<_, BillingError>(())
+        };
+        tokio::select! {
+            done = work => done?,
+            () = self.heartbeat() => {}
         }
         Ok(summary)
+    }
+
+    /// Keeps this worker's leases on the charges it is working on (queued, in flight or being
+    /// recorded) from running out while it works: every third of the lease, one statement
+    /// extends them all. A charge left open by an unknown outcome leaves the set, so its lease
+    /// runs out and recovery (ours or a peer's) can finish it. Never returns.
+    async fn heartbeat(&self) {
+        let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let ids: Vec<Uuid> = self.leased().iter().copied().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let renewed = match self.pool.acquire().await {
+                Ok(mut conn) => {
+                    charges::extend_leases(&mut conn, self.owner, &ids, self.lease_until()).await
+                }
+                Err(e) => Err(StoreError::from(e)),
+            };
+            match renewed {
+                Ok(n) => tracing::debug!(charges = n, "leases extended"),
+                Err(e) => tracing::warn!(error = %e, "cannot extend leases"),
+            }
+        }
+    }
+
+    fn leased(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
+        // A panic elsewhere cannot leave a set of ids inconsistent in a way that matters.
+        self.leased.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bills everything due as of `now`: batches until nothing is due, then re-drives this

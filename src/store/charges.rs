@@ -225,6 +225,29 @@ pub async fn renew_lease(
         == 1)
 }
 
+/// Extends `owner`'s leases on the given pending charges (the heartbeat of a worker at work);
+/// returns how many it still held.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn extend_leases(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    ids: &[Uuid],
+    locked_until: DateTime<Utc>,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE paycron.charges SET locked_until = $3
+          WHERE id = ANY($2) AND lease_owner = $1 AND status = 'pending'",
+    )
+    .bind(owner)
+    .bind(ids)
+    .bind(locked_until)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// The final outcome of one charge.
 #[derive(Clone, Debug)]
 pub struct Resolution<'a> {

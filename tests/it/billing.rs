@@ -630,3 +630,60 @@ async fn an_application_transaction_is_billed_only_once_committed() {
     assert_eq!(s.with(|st| st.completed().len()), 1);
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_the_leases_of_the_charges_it_is_working_on() {
+    // Slow answers and two in flight: 60 charges take about 6 s, twice the 3 s lease. The
+    // claimed batches wait their turn meanwhile; a peer recovering all along must find nothing
+    // to take over, and Square must see each key once.
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| {
+        st.faults = paycron::gateway::simulator::Faults {
+            latency_ms: 200,
+            ..Default::default()
+        }
+    });
+    let db = fresh_db().await;
+    let due = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let (customer, card) = (format!("L{i}"), format!("ccof:sim-ok-l{i}"));
+        s.with(|st| st.add_card(&customer, &card, "VISA", true));
+        seed_card(&db, &customer, &card).await;
+        ids.push(create(&db, &customer, None, &due, "").await);
+    }
+    let mut a = app(&db, &s.base_url());
+    a.config.billing.lease = std::time::Duration::from_secs(3);
+    a.config.billing.concurrency = 2;
+    a.config.billing.batch_size = 20;
+    let worker = a.engine(client(&a.config)).await.unwrap();
+    let mut b = app(&db, &s.base_url());
+    b.config.billing.lease = std::time::Duration::from_secs(3);
+    let peer = b.engine(client(&b.config)).await.unwrap();
+
+    let billing = tokio::spawn(async move { worker.bill_due(Utc::now()).await.unwrap() });
+    let mut taken_over = 0;
+    while !billing.is_finished() {
+        taken_over += peer.recover(Utc::now()).await.unwrap().attempted;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let summary = billing.await.unwrap();
+    assert_eq!(
+        taken_over, 0,
+        "the peer took over charges still being worked on"
+    );
+    assert_eq!((summary.succeeded, summary.fenced), (60, 0));
+    let keys: std::collections::HashSet<String> = s.with(|st| {
+        st.requests()
+            .iter()
+            .map(|r| r.idempotency_key.clone())
+            .collect()
+    });
+    assert_eq!(s.with(|st| st.requests().len()), 60, "each key sent once");
+    assert_eq!(keys.len(), 60);
+    assert_eq!(s.with(|st| st.completed().len()), 60);
+    for id in ids {
+        assert_eq!(status(&db, id).await.1, 1);
+    }
+    s.shutdown().await;
+}

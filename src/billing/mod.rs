@@ -15,6 +15,11 @@
 //!    expired are re-driven with the same key and the byte-identical body; past a configured
 //!    age they are first looked up with ListPayments by `reference_id`.
 //!
+//! Leases stay short (a minute by default) because a worker extends them while it works: a
+//! heartbeat renews, every third of the lease, the leases of the charges it has claimed and not
+//! yet recorded, so a queued batch behind slow answers is never taken over by a peer, while a
+//! charge left open by an unknown outcome (or a hung worker's) runs out and is recovered.
+//!
 //! A dunning retry is a new attempt with a new key; a declined key is never replayed as a
 //! retry. Outcomes that leave the payment's fate open (`Transient`, `Unknown`, `KeyReused`,
 //! an authentication failure) leave the charge `pending` for recovery: never recorded as a

@@ -173,8 +173,9 @@ pub struct Engine {
     _liveness: Mutex<PgConnection>,
     // Cancelled at shutdown: no new claims, no new sends; what is in flight finishes.
     cancel: CancellationToken,
-    // The charges this worker is working on, whose leases the heartbeat extends.
-    leased: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    // The charges this worker is working on, whose leases the heartbeat extends, each with
+    // whether it was handed to Square yet (an intent never handed over may be withdrawn).
+    leased: std::sync::Mutex<HashMap<Uuid, bool>>,
 }
 
 /// What to do with one claimed subscription.
@@ -385,7 +386,8 @@ impl Engine {
                 }
             })
             .collect();
-        self.leased().extend(charges.iter().map(|q| q.charge.id));
+        self.leased()
+            .extend(charges.iter().map(|q| (q.charge.id, false)));
         Ok(Some(Claimed { charges, summary }))
     }
 
@@ -395,47 +397,77 @@ impl Engine {
     /// batch waits in the queue (its leases run meanwhile, so it is kept short). Returns the
     /// summary and whether anything was claimed.
     async fn bill_pass(&self, now: DateTime<Utc>) -> Result<(Summary, bool)> {
-        let (queue, queued) = tokio::sync::mpsc::channel::<Vec<Queued>>(1);
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<Vec<Queued>>(1);
         let produce = async move {
             let mut summary = Summary::default();
             let mut claimed = false;
             while let Some(batch) = self.claim_batch(now).await? {
                 claimed = true;
                 summary.merge(&batch.summary);
-                if let Err(refused) = queue.send(batch.charges).await {
-                    // Recording stopped on an error: this batch was never sent.
-                    let ids = refused.0.iter().map(|q| q.charge.id).collect::<Vec<_>>();
-                    summary.withdrawn += self.withdraw_unsent(&ids).await?;
+                if queue.send(batch.charges).await.is_err() {
+                    // Sending stopped on an error; this batch is withdrawn below.
                     break;
                 }
             }
             Ok::<_, BillingError>((summary, claimed))
         };
-        let charges = futures::stream::unfold(queued, |mut queued| async move {
-            queued
-                .recv()
-                .await
-                .map(|batch| (futures::stream::iter(batch), queued))
-        })
-        .flatten();
-        let (produced, driven) = futures::join!(produce, self.drive(charges, now));
-        // Whatever is still pending now is left to recovery.
-        self.leased().clear();
+        let consume = async {
+            let charges = futures::stream::unfold(&mut queued, |queued| async move {
+                queued
+                    .recv()
+                    .await
+                    .map(|batch| (futures::stream::iter(batch), queued))
+            })
+            .flatten()
+            // Boxed: the compiler cannot otherwise see the borrowing stream is `Send` for the
+            // daemon's spawned task.
+            .boxed();
+            let driven = self.drive(charges, now).await;
+            // Stopped early on an error: refuse what the claimer has yet to hand over.
+            queued.close();
+            driven
+        };
+        let (produced, driven) = futures::join!(produce, consume);
+        // After an error, intents claimed but never handed to Square (queued, or behind the
+        // failure) are withdrawn: their subscriptions stay due. Whatever else is still pending
+        // is left to recovery.
+        let unsent: Vec<Uuid> = {
+            let mut leased = self.leased();
+            let unsent = leased
+                .iter()
+                .filter(|(_, sent)| !**sent)
+                .map(|(id, _)| *id)
+                .collect();
+            leased.clear();
+            unsent
+        };
+        let withdrawn = if unsent.is_empty() {
+            Ok(0)
+        } else {
+            self.withdraw_unsent(&unsent).await
+        };
         let driven = driven?;
         let (mut summary, claimed) = produced?;
         summary.merge(&driven);
+        summary.withdrawn += withdrawn?;
         Ok((summary, claimed))
     }
 
     /// Sends charges (each its stored body under its key), at most `concurrency` in flight,
     /// and records the outcomes in batches as they arrive.
     async fn drive_all(&self, charges: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
-        self.leased().extend(charges.iter().map(|c| c.id));
+        let ids: Vec<Uuid> = charges.iter().map(|c| c.id).collect();
+        self.leased().extend(ids.iter().map(|id| (*id, false)));
         let queued = charges.into_iter().map(|charge| Queued {
             charge,
             problem: None,
         });
-        self.drive(futures::stream::iter(queued), now).await
+        let driven = self.drive(futures::stream::iter(queued), now).await;
+        let mut leased = self.leased();
+        for id in &ids {
+            leased.remove(id);
+        }
+        driven
     }
 
     /// As [`Engine::drive_all`], over a stream of charges. A charge whose card failed the
@@ -472,6 +504,8 @@ impl Engine {
                             duration_ms: 0,
                         };
                     }
+                    // From here on the charge may reach Square: it is never withdrawn.
+                    self.leased().insert(charge.id, true);
                     let started = Instant::now();
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
                     let outcome = match IdempotencyKey::from_string(charge.idempotency_key.clone())
@@ -537,7 +571,7 @@ impl Engine {
         let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
         loop {
             tokio::time::sleep(every).await;
-            let ids: Vec<Uuid> = self.leased().iter().copied().collect();
+            let ids: Vec<Uuid> = self.leased().keys().copied().collect();
             if ids.is_empty() {
                 continue;
             }
@@ -554,7 +588,7 @@ impl Engine {
         }
     }
 
-    fn leased(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, bool>> {
         // A panic elsewhere cannot leave a set of ids inconsistent in a way that matters.
         self.leased.lock().unwrap_or_else(|e| e.into_inner())
     }

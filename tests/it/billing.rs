@@ -687,3 +687,51 @@ async fn a_worker_keeps_the_leases_of_the_charges_it_is_working_on() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_stops_billing_and_withdraws_what_was_never_sent() {
+    // Square refuses the token: billing stops with the error. Every intent still pending was
+    // sent (its fate is Square's to tell, so it waits for recovery); every intent claimed but
+    // never handed over — queued, or behind the failure — is withdrawn, its subscription due.
+    let s = sim(SimConfig {
+        token: Some("the-right-token".into()),
+        ..SimConfig::default()
+    })
+    .await;
+    let db = fresh_db().await;
+    let due = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    for i in 0..30 {
+        let (customer, card) = (format!("U{i}"), format!("ccof:sim-ok-u{i}"));
+        s.with(|st| st.add_card(&customer, &card, "VISA", true));
+        seed_card(&db, &customer, &card).await;
+        create(&db, &customer, None, &due, "").await;
+    }
+    let mut a = app(&db, &s.base_url());
+    a.config.billing.concurrency = 2;
+    a.config.billing.batch_size = 5;
+    let worker = a.engine(client(&a.config)).await.unwrap();
+    let err = worker.bill_due(Utc::now()).await.unwrap_err();
+    assert!(
+        matches!(err, paycron::billing::BillingError::Unauthorized { .. }),
+        "{err}"
+    );
+    let sent = s.with(|st| st.hits) as i64;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.charges WHERE status = 'pending'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(sent > 0 && sent < 30, "sent {sent}");
+    assert_eq!(pending, sent, "an intent never sent was left pending");
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.subscriptions WHERE open_charge_id IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        open, pending,
+        "a withdrawn intent's subscription stayed marked"
+    );
+    s.shutdown().await;
+}

@@ -394,16 +394,20 @@ impl Engine {
     /// One pass of billing: claims batch after batch until a claim finds nothing, while the
     /// charges of earlier batches are sent and recorded. The next claim runs while a batch is
     /// in flight, so Square is never left idle waiting for the database; at most one claimed
-    /// batch waits in the queue (its leases run meanwhile, so it is kept short). Returns the
-    /// summary and whether anything was claimed.
+    /// batch waits in the queue (the heartbeat keeps its leases). Returns the summary and
+    /// whether anything was claimed.
     async fn bill_pass(&self, now: DateTime<Utc>) -> Result<(Summary, bool)> {
         let (queue, mut queued) = tokio::sync::mpsc::channel::<Vec<Queued>>(1);
+        // This pass's intents: after an error, the ones never handed to Square are withdrawn.
+        let mut intents: Vec<Uuid> = Vec::new();
+        let mine = &mut intents;
         let produce = async move {
             let mut summary = Summary::default();
             let mut claimed = false;
             while let Some(batch) = self.claim_batch(now).await? {
                 claimed = true;
                 summary.merge(&batch.summary);
+                mine.extend(batch.charges.iter().map(|q| q.charge.id));
                 if queue.send(batch.charges).await.is_err() {
                     // Sending stopped on an error; this batch is withdrawn below.
                     break;
@@ -433,13 +437,10 @@ impl Engine {
         // is left to recovery.
         let unsent: Vec<Uuid> = {
             let mut leased = self.leased();
-            let unsent = leased
-                .iter()
-                .filter(|(_, sent)| !**sent)
-                .map(|(id, _)| *id)
-                .collect();
-            leased.clear();
-            unsent
+            intents
+                .into_iter()
+                .filter(|id| leased.remove(id) == Some(false))
+                .collect()
         };
         let withdrawn = if unsent.is_empty() {
             Ok(0)

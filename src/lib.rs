@@ -13,7 +13,7 @@
 //! - [`app`]: `App::build`, the one way every entry point (CLI, demo, tests) boots.
 //! - [`commands`]: what each CLI command does and prints.
 //! - [`demo`]: the self-contained demonstration.
-//! - [`bench`]: the throughput benchmark.
+//! - [`bench`](mod@bench): the throughput benchmark.
 //! - [`webhooks`]: outbound, signed, retried webhooks for the business's endpoints.
 
 #![forbid(unsafe_code)]

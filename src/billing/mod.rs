@@ -8,7 +8,7 @@
 //!    current one is in flight.
 //! 2. **Charge**: CreatePayment with that key and `reference_id` = charge id, at most
 //!    `concurrency` in flight, under the provider rate limit.
-//! 3. **Record** ([`Engine::record`]): in one transaction, fenced on the lease owner: the
+//! 3. **Record** (`Engine::record_batch`): in one transaction, fenced on the lease owner: the
 //!    charge's final status, the ledger entry and postings, the subscription's next position
 //!    (next period, dunning retry or final state) and the events.
 //! 4. **Recover** ([`Engine::recover`]): pending charges whose owner died or whose lease

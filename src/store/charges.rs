@@ -248,49 +248,6 @@ pub async fn extend_leases(
     .rows_affected())
 }
 
-/// The final outcome of one charge.
-#[derive(Clone, Debug)]
-pub struct Resolution<'a> {
-    /// succeeded | declined | failed.
-    pub status: &'a str,
-    /// Square payment id (succeeded only).
-    pub payment_id: Option<&'a str>,
-    /// Decline or error code.
-    pub code: Option<&'a str>,
-    /// Square error category.
-    pub category: Option<&'a str>,
-}
-
-/// Resolves a pending charge held by `owner`. Returns the row when this call resolved it, or
-/// `None` when the charge is no longer ours or no longer pending (fenced: record nothing).
-///
-/// # Errors
-/// [`super::StoreError`].
-pub async fn resolve(
-    conn: &mut PgConnection,
-    id: Uuid,
-    owner: Uuid,
-    r: &Resolution<'_>,
-    wall_now: DateTime<Utc>,
-) -> Result<Option<ChargeRow>> {
-    Ok(sqlx::query_as(sqlf!(
-        "UPDATE paycron.charges
-            SET status = $3, provider_payment_id = $4, decline_code = $5, decline_category = $6,
-                resolved_at = $7, locked_until = NULL
-          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'
-          RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(owner)
-    .bind(r.status)
-    .bind(r.payment_id)
-    .bind(r.code)
-    .bind(r.category)
-    .bind(wall_now)
-    .fetch_optional(conn)
-    .await?)
-}
-
 /// Counts of charges by status.
 ///
 /// # Errors

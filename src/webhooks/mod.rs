@@ -3,7 +3,7 @@
 //! (3 days by default). At least once: a receiver de-duplicates by the event id.
 //!
 //! Signature (as Stripe's scheme): header `Paycron-Signature: t=<unix seconds>,v1=<hex>`, where
-//! `v1` = HMAC-SHA256(endpoint secret, "<t>.<raw body>"). Each attempt of a delivery carries the
+//! `v1` = `HMAC-SHA256(endpoint secret, "<t>.<raw body>")`. Each attempt of a delivery carries the
 //! same `Paycron-Delivery-Id` and `Paycron-Event-Id`. Ordering per endpoint is not guaranteed:
 //! order by the event id. Delivery runs as its own task, so a dead endpoint never blocks billing.
 

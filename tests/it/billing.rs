@@ -6,7 +6,7 @@ use paycron::billing::Engine;
 use paycron::gateway::simulator::SimConfig;
 use uuid::Uuid;
 
-use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, sim};
+use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim};
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -644,14 +644,7 @@ async fn a_worker_keeps_the_leases_of_the_charges_it_is_working_on() {
         }
     });
     let db = fresh_db().await;
-    let due = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        let (customer, card) = (format!("L{i}"), format!("ccof:sim-ok-l{i}"));
-        s.with(|st| st.add_card(&customer, &card, "VISA", true));
-        seed_card(&db, &customer, &card).await;
-        ids.push(create(&db, &customer, None, &due, "").await);
-    }
+    let ids = seed_due(&db, &s, 60).await;
     let mut a = app(&db, &s.base_url());
     a.config.billing.lease = std::time::Duration::from_secs(3);
     a.config.billing.concurrency = 2;
@@ -699,13 +692,7 @@ async fn a_rejected_token_stops_billing_and_withdraws_what_was_never_sent() {
     })
     .await;
     let db = fresh_db().await;
-    let due = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    for i in 0..30 {
-        let (customer, card) = (format!("U{i}"), format!("ccof:sim-ok-u{i}"));
-        s.with(|st| st.add_card(&customer, &card, "VISA", true));
-        seed_card(&db, &customer, &card).await;
-        create(&db, &customer, None, &due, "").await;
-    }
+    seed_due(&db, &s, 30).await;
     let mut a = app(&db, &s.base_url());
     a.config.billing.concurrency = 2;
     a.config.billing.batch_size = 5;

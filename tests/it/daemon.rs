@@ -6,9 +6,9 @@ use std::net::TcpListener;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use paycron::gateway::simulator::{Faults, SimConfig, Simulator};
+use paycron::gateway::simulator::{Faults, SimConfig};
 
-use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, sim};
+use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, seed_due, sim};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -60,20 +60,6 @@ async fn wait_for(port: u16, path: &str, status: u16) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{path} never answered {status}");
-}
-
-async fn seed_due(db: &TestDb, s: &Simulator, n: usize) {
-    for i in 0..n {
-        let customer = format!("DC{i:04}");
-        let card = format!("ccof:sim-ok-d{i:04}");
-        s.with(|st| st.add_card(&customer, &card, "VISA", true));
-        seed_card(db, &customer, &card).await;
-        sqlx::query("SELECT paycron.create_subscription($1, 500, 'USD', 'day', 1, NULL, now() - interval '1 hour')")
-            .bind(&customer)
-            .execute(&db.pool)
-            .await
-            .unwrap();
-    }
 }
 
 /// Waits until at least one charge succeeded: billing is under way.

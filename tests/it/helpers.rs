@@ -134,6 +134,26 @@ pub async fn seed_card(db: &TestDb, customer: &str, card: &str) {
         .expect("seed card");
 }
 
+/// `n` customers, each with a card Square approves and a daily subscription due an hour ago;
+/// returns the subscriptions' ids.
+pub async fn seed_due(db: &TestDb, s: &Simulator, n: usize) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let customer = format!("DC{i:04}");
+        let card = format!("ccof:sim-ok-d{i:04}");
+        s.with(|st| st.add_card(&customer, &card, "VISA", true));
+        seed_card(db, &customer, &card).await;
+        ids.push(
+            sqlx::query_scalar("SELECT paycron.create_subscription($1, 500, 'USD', 'day', 1, NULL, now() - interval '1 hour')")
+                .bind(&customer)
+                .fetch_one(&db.pool)
+                .await
+                .expect("create subscription"),
+        );
+    }
+    ids
+}
+
 /// Counts rows of a paycron table.
 pub async fn count(db: &TestDb, table: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

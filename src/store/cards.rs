@@ -213,7 +213,13 @@ pub async fn health(
     ids: &[String],
 ) -> Result<std::collections::HashMap<String, (bool, Option<i32>, Option<i32>)>> {
     let rows: Vec<(String, bool, Option<i32>, Option<i32>)> =
-        sqlx::query_as("SELECT id, enabled AND NOT forgotten, exp_month, exp_year FROM paycron.cards WHERE id = ANY($1)")
+        // A join on the ids (one primary-key probe each) rather than `id = ANY($1)`, which the
+        // planner answers with a scan of the whole table once the array is long.
+        sqlx::query_as(
+            "SELECT c.id, c.enabled AND NOT c.forgotten, c.exp_month, c.exp_year
+               FROM (SELECT DISTINCT id FROM UNNEST($1::text[]) AS k(id)) k
+               JOIN paycron.cards c ON c.id = k.id",
+        )
             .bind(ids)
             .fetch_all(conn)
             .await?;

@@ -311,18 +311,28 @@ pub async fn resolve_many(
     let mut items: Vec<&OwnedResolution> = items.iter().collect();
     items.sort_by_key(|r| r.id);
     let ids: Vec<Uuid> = items.iter().map(|r| r.id).collect();
+    let ids_len = ids.len();
     let statuses: Vec<String> = items.iter().map(|r| r.status.clone()).collect();
     let payments: Vec<Option<String>> = items.iter().map(|r| r.payment_id.clone()).collect();
     let codes: Vec<Option<String>> = items.iter().map(|r| r.code.clone()).collect();
     let categories: Vec<Option<String>> = items.iter().map(|r| r.category.clone()).collect();
     Ok(sqlx::query_as(sqlf!(
+        // The fence compares the status with the state each outcome expects to find
+        // (`pending`, from the array) rather than with a constant: a constant would let the
+        // planner read the pending-charges index, whose dead entries (every charge resolved
+        // since the last vacuum) it cannot see in its statistics, instead of the primary key.
         "UPDATE paycron.charges c
             SET status = r.status, provider_payment_id = r.payment_id, decline_code = r.code,
                 decline_category = r.category, resolved_at = $7, locked_until = NULL
-           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) AS r(id, status, payment_id, code, category)
-          WHERE c.id = ANY($2) AND c.id = r.id AND c.lease_owner = $1 AND c.status = 'pending'
+           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])
+                AS r(id, status, payment_id, code, category, expected)
+          WHERE c.id = ANY($2) AND c.id = r.id AND c.lease_owner = $1 AND c.status = r.expected
           RETURNING {}",
-        COLUMNS.split(',').map(|col| format!("c.{}", col.trim())).collect::<Vec<_>>().join(", ")
+        COLUMNS
+            .split(',')
+            .map(|col| format!("c.{}", col.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
     .bind(owner)
     .bind(ids)
@@ -331,6 +341,7 @@ pub async fn resolve_many(
     .bind(codes)
     .bind(categories)
     .bind(wall_now)
+    .bind(vec!["pending"; ids_len])
     .fetch_all(conn)
     .await?)
 }

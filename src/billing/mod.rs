@@ -128,6 +128,15 @@ struct Queued {
     problem: Option<String>,
 }
 
+/// A charge this worker is working on.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    /// The billing pass that claimed it (0: re-driven).
+    pass: u64,
+    /// Handed to Square (or about to be): from then on it is never withdrawn.
+    sent: bool,
+}
+
 /// One claimed batch: its intents, and the subscriptions moved without a charge.
 struct Claimed {
     charges: Vec<Queued>,
@@ -173,9 +182,10 @@ pub struct Engine {
     _liveness: Mutex<PgConnection>,
     // Cancelled at shutdown: no new claims, no new sends; what is in flight finishes.
     cancel: CancellationToken,
-    // The charges this worker is working on, whose leases the heartbeat extends, each with
-    // whether it was handed to Square yet (an intent never handed over may be withdrawn).
-    leased: std::sync::Mutex<HashMap<Uuid, bool>>,
+    // The charges this worker is working on, whose leases the heartbeat extends.
+    leased: std::sync::Mutex<HashMap<Uuid, Lease>>,
+    // Numbers billing passes (0 is re-driving), so a pass withdraws only its own intents.
+    passes: std::sync::atomic::AtomicU64,
 }
 
 /// What to do with one claimed subscription.
@@ -207,6 +217,7 @@ impl Engine {
             _liveness: Mutex::new(conn),
             cancel: CancellationToken::new(),
             leased: Default::default(),
+            passes: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -386,8 +397,6 @@ impl Engine {
                 }
             })
             .collect();
-        self.leased()
-            .extend(charges.iter().map(|q| (q.charge.id, false)));
         Ok(Some(Claimed { charges, summary }))
     }
 
@@ -398,16 +407,18 @@ impl Engine {
     /// whether anything was claimed.
     async fn bill_pass(&self, now: DateTime<Utc>) -> Result<(Summary, bool)> {
         let (queue, mut queued) = tokio::sync::mpsc::channel::<Vec<Queued>>(1);
-        // This pass's intents: after an error, the ones never handed to Square are withdrawn.
-        let mut intents: Vec<Uuid> = Vec::new();
-        let mine = &mut intents;
+        let pass = self
+            .passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let produce = async move {
             let mut summary = Summary::default();
             let mut claimed = false;
             while let Some(batch) = self.claim_batch(now).await? {
                 claimed = true;
                 summary.merge(&batch.summary);
-                mine.extend(batch.charges.iter().map(|q| q.charge.id));
+                let lease = Lease { pass, sent: false };
+                self.leased()
+                    .extend(batch.charges.iter().map(|q| (q.charge.id, lease)));
                 if queue.send(batch.charges).await.is_err() {
                     // Sending stopped on an error; this batch is withdrawn below.
                     break;
@@ -435,13 +446,13 @@ impl Engine {
         // After an error, intents claimed but never handed to Square (queued, or behind the
         // failure) are withdrawn: their subscriptions stay due. Whatever else is still pending
         // is left to recovery.
-        let unsent: Vec<Uuid> = {
-            let mut leased = self.leased();
-            intents
-                .into_iter()
-                .filter(|id| leased.remove(id) == Some(false))
-                .collect()
-        };
+        let mut unsent: Vec<Uuid> = Vec::new();
+        self.leased().retain(|id, lease| {
+            if lease.pass == pass && !lease.sent {
+                unsent.push(*id);
+            }
+            lease.pass != pass
+        });
         let withdrawn = if unsent.is_empty() {
             Ok(0)
         } else {
@@ -458,7 +469,11 @@ impl Engine {
     /// and records the outcomes in batches as they arrive.
     async fn drive_all(&self, charges: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
         let ids: Vec<Uuid> = charges.iter().map(|c| c.id).collect();
-        self.leased().extend(ids.iter().map(|id| (*id, false)));
+        let lease = Lease {
+            pass: 0,
+            sent: false,
+        };
+        self.leased().extend(ids.iter().map(|id| (*id, lease)));
         let queued = charges.into_iter().map(|charge| Queued {
             charge,
             problem: None,
@@ -506,7 +521,13 @@ impl Engine {
                         };
                     }
                     // From here on the charge may reach Square: it is never withdrawn.
-                    self.leased().insert(charge.id, true);
+                    self.leased()
+                        .entry(charge.id)
+                        .or_insert(Lease {
+                            pass: 0,
+                            sent: true,
+                        })
+                        .sent = true;
                     let started = Instant::now();
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
                     let outcome = match IdempotencyKey::from_string(charge.idempotency_key.clone())
@@ -589,7 +610,7 @@ impl Engine {
         }
     }
 
-    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, bool>> {
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Lease>> {
         // A panic elsewhere cannot leave a set of ids inconsistent in a way that matters.
         self.leased.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -6,7 +6,9 @@ use paycron::billing::Engine;
 use paycron::gateway::simulator::SimConfig;
 use uuid::Uuid;
 
-use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim};
+use crate::helpers::{
+    TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim,
+};
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -636,13 +638,7 @@ async fn a_worker_keeps_the_leases_of_the_charges_it_is_working_on() {
     // Slow answers and two in flight: 60 charges take about 6 s, twice the 3 s lease. The
     // claimed batches wait their turn meanwhile; a peer recovering all along must find nothing
     // to take over, and Square must see each key once.
-    let s = sim(SimConfig::default()).await;
-    s.with(|st| {
-        st.faults = paycron::gateway::simulator::Faults {
-            latency_ms: 200,
-            ..Default::default()
-        }
-    });
+    let s = slow_sim(200).await;
     let db = fresh_db().await;
     let ids = seed_due(&db, &s, 60).await;
     let mut a = app(&db, &s.base_url());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use paycron::gateway::simulator::{Faults, SimConfig};
 
-use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, seed_due, sim};
+use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -93,14 +93,7 @@ async fn count_where(db: &TestDb, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_billing_drains_and_exits_0() {
-    let s = sim(SimConfig {
-        faults: Faults {
-            latency_ms: 150,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let s = slow_sim(150).await;
     let db = fresh_db().await;
     seed_due(&db, &s, 120).await;
     let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
@@ -432,14 +425,7 @@ fn the_kubernetes_schedules_match_the_default_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_once_drains_on_sigterm_too() {
-    let s = sim(SimConfig {
-        faults: Faults {
-            latency_ms: 150,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let s = slow_sim(150).await;
     let db = fresh_db().await;
     seed_due(&db, &s, 100).await;
     let child = paycron(Some(&db.url), Some(&s.base_url()))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use paycron::gateway::simulator::{Faults, SimConfig, Simulator};
 use uuid::Uuid;
 
-use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, sim};
+use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, sim, slow_sim};
 
 const NOW: &str = "2027-04-15T00:00:00Z";
 
@@ -182,14 +182,7 @@ async fn sigkill_at_random_instants_second_half() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_replicas_billing_the_same_due_set() {
-    let s = sim(SimConfig {
-        faults: Faults {
-            latency_ms: 2,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let s = slow_sim(2).await;
     let db = fresh_db().await;
     setup(&db, &s, 60).await;
     let children: Vec<_> = (0..4)

@@ -72,6 +72,18 @@ pub async fn sim(config: SimConfig) -> Simulator {
         .expect("simulator starts")
 }
 
+/// An in-process simulator answering every request after `latency_ms`.
+pub async fn slow_sim(latency_ms: u64) -> Simulator {
+    sim(SimConfig {
+        faults: paycron::gateway::simulator::Faults {
+            latency_ms,
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+}
+
 /// A configuration pointed at `sim_url`, with short deadlines suited to tests.
 pub fn config(sim_url: &str) -> Config {
     let mut c = Config::defaults();

@@ -130,6 +130,10 @@ pub struct BillingConfig {
     /// `PAYCRON_DUNNING_RETRY_DAYS`, `PAYCRON_DUNNING_FINAL_STATE`, `PAYCRON_DUNNING_FALLBACK_CARD`:
     /// default `1,3,5,7`, `unpaid`, `true`.
     pub dunning: DunningPolicy,
+    /// `PAYCRON_MAX_CATCH_UP_PERIODS`: when more periods than this are due at once for one
+    /// subscription (downtime, a revived unpaid subscription), only the most recent this many
+    /// are billed; the older ones are skipped for good. Default 3, at least 1.
+    pub max_catch_up_periods: u32,
 }
 
 /// All of paycron's configuration.
@@ -421,6 +425,8 @@ impl Config {
                     final_state,
                     fallback_card,
                 },
+                max_catch_up_periods: src.positive("PAYCRON_MAX_CATCH_UP_PERIODS", 3, 10_000)?
+                    as u32,
             },
         })
     }

@@ -121,7 +121,7 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
             card_id: card,
             ..new
         };
-        ids.push(subscriptions::create(&mut conn, &new).await?);
+        ids.push(subscriptions::create(&mut conn, &new, Some(start)).await?);
     }
     drop(conn);
     println!(
@@ -145,7 +145,8 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
             // A few customers cancel at the end of the period they paid for.
             let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
             for id in ids.iter().step_by(40) {
-                let _ = subscriptions::act(&mut conn, *id, Action::CancelAtPeriodEnd).await;
+                let _ =
+                    subscriptions::act(&mut conn, *id, Action::CancelAtPeriodEnd, Some(now)).await;
             }
             canceled = true;
         }

@@ -193,16 +193,25 @@ enum SubscriptionCmd {
         /// The new card id.
         #[arg(long)]
         card: String,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
     },
-    /// Pause billing (periods during the pause are skipped).
+    /// Pause billing (periods that begin while paused are skipped).
     Pause {
         /// Subscription id.
         id: String,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
     },
-    /// Resume billing.
+    /// Resume billing from the first period that begins at or after now.
     Resume {
         /// Subscription id.
         id: String,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
     },
     /// Cancel now, or at the end of the paid period.
     Cancel {
@@ -211,6 +220,9 @@ enum SubscriptionCmd {
         /// Let the current paid period run out.
         #[arg(long)]
         at_period_end: bool,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
     },
 }
 
@@ -379,18 +391,26 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     SubscriptionCmd::Show { id, format } => {
                         manage::show_subscription(&app, &id, format).await
                     }
-                    SubscriptionCmd::ChangeCard { id, card } => {
-                        manage::change_card(&app, &id, &card).await
+                    SubscriptionCmd::ChangeCard { id, card, now } => {
+                        manage::change_card(&app, &id, &card, now.as_deref()).await
                     }
-                    SubscriptionCmd::Pause { id } => manage::act(&app, &id, Action::Pause).await,
-                    SubscriptionCmd::Resume { id } => manage::act(&app, &id, Action::Resume).await,
-                    SubscriptionCmd::Cancel { id, at_period_end } => {
+                    SubscriptionCmd::Pause { id, now } => {
+                        manage::act(&app, &id, Action::Pause, now.as_deref()).await
+                    }
+                    SubscriptionCmd::Resume { id, now } => {
+                        manage::act(&app, &id, Action::Resume, now.as_deref()).await
+                    }
+                    SubscriptionCmd::Cancel {
+                        id,
+                        at_period_end,
+                        now,
+                    } => {
                         let action = if at_period_end {
                             Action::CancelAtPeriodEnd
                         } else {
                             Action::CancelNow
                         };
-                        manage::act(&app, &id, action).await
+                        manage::act(&app, &id, action, now.as_deref()).await
                     }
                 },
                 Command::RunOnce { task, now } => run::run_once(&app, task, now.as_deref()).await,

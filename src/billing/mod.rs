@@ -26,6 +26,8 @@
 //! failure, because money may have moved.
 
 mod record;
+mod settle;
+pub use settle::settle_subscription;
 
 use record::Attempted;
 pub mod sync;
@@ -42,9 +44,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::BillingConfig;
-use crate::domain::{IdempotencyKey, SubscriptionId};
+use crate::domain::lifecycle::{self, Notice};
+use crate::domain::{ChargeStatus, IdempotencyKey, SubscriptionId};
 use crate::gateway::{PaymentGateway, PaymentOutcome, PreparedPayment};
 use crate::store::charges::{self, ChargeRow, NewCharge};
+use crate::store::events::NewEvent;
 use crate::store::subscriptions::{self, PositionUpdate, SubscriptionRow};
 use crate::store::{StoreError, events};
 
@@ -188,10 +192,66 @@ pub struct Engine {
     passes: std::sync::atomic::AtomicU64,
 }
 
-/// What to do with one claimed subscription.
-enum Plan {
-    Charge(NewCharge),
-    Advance(PositionUpdate, Option<&'static str>),
+/// What the lifecycle decided for one claimed subscription.
+struct Planned {
+    /// The new position, when it moved (skipped periods, completion, cancel at period end).
+    moved: Option<PositionUpdate>,
+    /// The events the move causes.
+    notices: Vec<Notice>,
+    /// The intent to write, when an attempt is due.
+    charge: Option<NewCharge>,
+}
+
+/// Keeps a billing run finite whatever rows look like: a subscription that is claimed without
+/// progress (nothing inserted, nothing moved), or claimed more often than any real schedule
+/// allows in one run, is set aside until the next run and reported.
+struct Progress {
+    claims: HashMap<Uuid, u32>,
+    excluded: Vec<Uuid>,
+    limit: u32,
+}
+
+impl Progress {
+    fn new(config: &BillingConfig) -> Self {
+        // Catch-up periods, each with its dunning retries and a fallback card, plus slack.
+        let per_period = u32::try_from(config.dunning.retry_days.len()).unwrap_or(u32::MAX) + 2;
+        Progress {
+            claims: HashMap::new(),
+            excluded: Vec::new(),
+            limit: config
+                .max_catch_up_periods
+                .saturating_add(1)
+                .saturating_mul(per_period),
+        }
+    }
+
+    fn set_aside(&mut self, sub: Uuid, why: &'static str) {
+        tracing::warn!(subscription_id = %sub, reason = why, "subscription set aside for the rest of this billing run; it is billed again at the next run");
+        metrics::counter!(crate::ops::metrics::BILLING_STALLED, "reason" => why).increment(1);
+        self.excluded.push(sub);
+    }
+}
+
+/// The payload of a lifecycle event.
+pub(crate) fn notice_payload(n: &Notice) -> serde_json::Value {
+    match n {
+        Notice::PeriodsSkipped {
+            first,
+            last,
+            first_start,
+            last_start,
+            reason,
+        } => serde_json::json!({
+            "first_period": first,
+            "last_period": last,
+            "periods": last - first + 1,
+            "first_period_start": first_start,
+            "last_period_start": last_start,
+            "reason": reason.as_str(),
+        }),
+        Notice::Canceled { reason } => serde_json::json!({ "reason": reason }),
+        _ => serde_json::json!({ "reason": "schedule" }),
+    }
 }
 
 impl Engine {
@@ -239,116 +299,116 @@ impl Engine {
             + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(60))
     }
 
-    fn plan(&self, sub: &SubscriptionRow, now: DateTime<Utc>) -> Result<Plan> {
+    fn plan(&self, sub: &SubscriptionRow, now: DateTime<Utc>) -> Result<Planned> {
         let build = |reason: String| BillingError::Build {
             subscription: sub.id,
             reason,
         };
-        let cal = sub.calendar()?;
-        let mut period = u32::try_from(sub.next_period).map_err(|e| build(e.to_string()))?;
-        let mut attempt = sub.next_attempt;
-        let keep = |status: &str, period: u32, due: Option<DateTime<Utc>>| PositionUpdate {
-            status: status.to_owned(),
-            card_id: sub.card_id.clone(),
-            next_period: period as i32,
-            next_attempt: 1,
-            next_due_at: due,
-            dunning_started_at: None,
-            clear_skip: true,
-        };
-        if sub.cancel_at_period_end && sub.dunning_started_at.is_none() {
-            return Ok(Plan::Advance(
-                keep("canceled", period, None),
-                Some("subscription_canceled"),
-            ));
-        }
-        if let Some(skip) = sub.skip_before {
-            let first = cal
-                .first_period_at_or_after(skip)
-                .map_err(|e| build(e.to_string()))?;
-            if first > period {
-                period = first;
-                attempt = 1;
-                let due = cal.period_start(period).map_err(|e| build(e.to_string()))?;
-                if due > now {
-                    return Ok(Plan::Advance(keep(&sub.status, period, Some(due)), None));
-                }
-            }
-        }
-        let period_start = cal.period_start(period).map_err(|e| build(e.to_string()))?;
-        let done = sub.max_cycles.is_some_and(|c| period >= c as u32)
-            || sub.ends_at.is_some_and(|end| period_start >= end);
-        if done {
-            return Ok(Plan::Advance(
-                keep("completed", period, None),
-                Some("subscription_completed"),
-            ));
-        }
-        let key = IdempotencyKey::derive(SubscriptionId(sub.id), period, attempt as u32)
+        let terms = sub.terms()?;
+        let before = sub.state()?;
+        let settled = lifecycle::settle(&terms, &before, now, self.config.max_catch_up_periods)
             .map_err(|e| build(e.to_string()))?;
-        let id = Uuid::now_v7();
-        let prepared = PreparedPayment::card_on_file(
-            key,
-            &sub.card_id,
-            &sub.customer_id,
-            sub.amount_minor,
-            &sub.currency,
-            &id.to_string(),
-            self.location_id.as_deref(),
-        )
-        .map_err(|e| build(e.to_string()))?;
-        Ok(Plan::Charge(NewCharge {
-            id,
-            subscription_id: sub.id,
-            period: period as i32,
-            period_start,
-            attempt,
-            idempotency_key: prepared.key.as_str().to_owned(),
-            customer_id: sub.customer_id.clone(),
+        let moved = settled.moved(&before).then(|| PositionUpdate {
+            state: settled.state.clone(),
             card_id: sub.card_id.clone(),
-            amount_minor: sub.amount_minor,
-            currency: sub.currency.clone(),
-            request_fingerprint: prepared.fingerprint(),
-            request_body: prepared.body,
-        }))
+        });
+        let charge = match settled.bill {
+            None => None,
+            Some(bill) => {
+                let key = IdempotencyKey::derive(SubscriptionId(sub.id), bill.period, bill.attempt)
+                    .map_err(|e| build(e.to_string()))?;
+                let id = Uuid::now_v7();
+                let prepared = PreparedPayment::card_on_file(
+                    key,
+                    &sub.card_id,
+                    &sub.customer_id,
+                    sub.amount_minor,
+                    &sub.currency,
+                    &id.to_string(),
+                    self.location_id.as_deref(),
+                )
+                .map_err(|e| build(e.to_string()))?;
+                let int = |v: u32| i32::try_from(v).map_err(|e| build(e.to_string()));
+                Some(NewCharge {
+                    id,
+                    subscription_id: sub.id,
+                    period: int(bill.period)?,
+                    period_start: bill.period_start,
+                    attempt: int(bill.attempt)?,
+                    idempotency_key: prepared.key.as_str().to_owned(),
+                    customer_id: sub.customer_id.clone(),
+                    card_id: sub.card_id.clone(),
+                    amount_minor: sub.amount_minor,
+                    currency: sub.currency.clone(),
+                    request_fingerprint: prepared.fingerprint(),
+                    request_body: prepared.body,
+                })
+            }
+        };
+        Ok(Planned {
+            moved,
+            notices: settled.notices,
+            charge,
+        })
     }
 
     /// Step 1 for one batch: locks up to `batch_size` due subscriptions as of `now` and, in
     /// the same transaction, writes their intents (or moves those with nothing to charge).
     /// `None` when nothing was due (or shutdown began).
     #[tracing::instrument(skip_all, fields(owner = %self.owner))]
-    async fn claim_batch(&self, now: DateTime<Utc>) -> Result<Option<Claimed>> {
+    async fn claim_batch(
+        &self,
+        now: DateTime<Utc>,
+        progress: &mut Progress,
+    ) -> Result<Option<Claimed>> {
         if self.cancel.is_cancelled() {
             return Ok(None);
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let due = subscriptions::claim_due(&mut tx, now, i64::from(self.config.batch_size)).await?;
+        let due = subscriptions::claim_due(
+            &mut tx,
+            now,
+            i64::from(self.config.batch_size),
+            &progress.excluded,
+        )
+        .await?;
         if due.is_empty() {
             tx.rollback().await.map_err(StoreError::from)?;
             return Ok(None);
         }
         let mut summary = Summary::default();
         let mut intents = Vec::with_capacity(due.len());
+        let mut moved = std::collections::HashSet::new();
+        let mut notices = Vec::new();
         for sub in &due {
-            match self.plan(sub, now)? {
-                Plan::Charge(c) => intents.push(c),
-                Plan::Advance(update, event) => {
-                    subscriptions::set_position(&mut tx, sub.id, &update).await?;
-                    if let Some(kind) = event {
-                        events::emit(
-                            &mut tx,
-                            kind,
-                            Some(sub.id),
-                            Some(&sub.customer_id),
-                            None,
-                            serde_json::json!({"reason": "schedule"}),
-                        )
-                        .await?;
-                    }
+            let claims = progress.claims.entry(sub.id).or_default();
+            *claims += 1;
+            if *claims > progress.limit {
+                progress.set_aside(sub.id, "claimed_too_often");
+                continue;
+            }
+            let planned = self.plan(sub, now)?;
+            if let Some(update) = &planned.moved {
+                subscriptions::set_position(&mut tx, sub.id, update).await?;
+                moved.insert(sub.id);
+                if planned.charge.is_none() {
                     summary.advanced_without_charge += 1;
                 }
             }
+            for n in &planned.notices {
+                notices.push(NewEvent {
+                    kind: n.kind(),
+                    subscription_id: Some(sub.id),
+                    customer_id: Some(sub.customer_id.clone()),
+                    charge_id: None,
+                    payload: notice_payload(n),
+                });
+            }
+            if let Some(c) = planned.charge {
+                intents.push(c);
+            }
         }
+        events::emit_many(&mut tx, &notices).await?;
         let card_ids: Vec<String> = intents.iter().map(|c| c.card_id.clone()).collect();
         let health = crate::store::cards::health(&mut tx, &card_ids).await?;
         let zones: HashMap<Uuid, String> =
@@ -362,6 +422,13 @@ impl Engine {
             .collect();
         subscriptions::open_charges(&mut tx, &opened).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        // A subscription that was due, had an attempt to make and neither got its intent nor
+        // moved would be claimed again at once: set it aside so the run always ends.
+        for c in &intents {
+            if !inserted.contains(&c.id) && !moved.contains(&c.subscription_id) {
+                progress.set_aside(c.subscription_id, "no_progress");
+            }
+        }
         let created_at = Utc::now();
         let charges: Vec<Queued> = intents
             .into_iter()
@@ -384,7 +451,7 @@ impl Engine {
                     card_id: c.card_id,
                     amount_minor: c.amount_minor,
                     currency: c.currency,
-                    status: "pending".into(),
+                    status: ChargeStatus::Pending,
                     request_body: c.request_body,
                     request_fingerprint: c.request_fingerprint,
                     provider_payment_id: None,
@@ -405,7 +472,11 @@ impl Engine {
     /// in flight, so Square is never left idle waiting for the database; at most one claimed
     /// batch waits in the queue (the heartbeat keeps its leases). Returns the summary and
     /// whether anything was claimed.
-    async fn bill_pass(&self, now: DateTime<Utc>) -> Result<(Summary, bool)> {
+    async fn bill_pass(
+        &self,
+        now: DateTime<Utc>,
+        progress: &mut Progress,
+    ) -> Result<(Summary, bool)> {
         let (queue, mut queued) = tokio::sync::mpsc::channel::<Vec<Queued>>(1);
         let pass = self
             .passes
@@ -413,7 +484,7 @@ impl Engine {
         let produce = async move {
             let mut summary = Summary::default();
             let mut claimed = false;
-            while let Some(batch) = self.claim_batch(now).await? {
+            while let Some(batch) = self.claim_batch(now, progress).await? {
                 claimed = true;
                 summary.merge(&batch.summary);
                 let lease = Lease { pass, sent: false };
@@ -637,8 +708,9 @@ impl Engine {
         // A pass ends when a claim finds nothing, which may be because the due subscriptions
         // left had an intent of this pass still open (a catch-up's next period): passes repeat
         // until one claims nothing, starting each with nothing of ours in flight.
+        let mut progress = Progress::new(&self.config);
         loop {
-            let (pass, claimed) = self.bill_pass(now).await?;
+            let (pass, claimed) = self.bill_pass(now, &mut progress).await?;
             total.merge(&pass);
             if !claimed {
                 break;

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{BillingError, Engine, Result, Summary};
-use crate::domain::subscription::{AttemptOutcome, Position, Transition, after_outcome};
+use crate::domain::ChargeStatus;
+use crate::domain::lifecycle::{self, Notice};
+use crate::domain::subscription::AttemptOutcome;
 use crate::gateway::PaymentOutcome;
 use crate::store::charges::{ChargeRow, OwnedResolution, resolve_many};
 use crate::store::events::{NewEvent, emit_many};
@@ -76,7 +78,7 @@ impl Engine {
             summary.attempted += 1;
             let (status, payment_id, code, category, attempt_outcome) = match outcome {
                 PaymentOutcome::Succeeded { payment_id, .. } => (
-                    "succeeded",
+                    ChargeStatus::Succeeded,
                     Some(payment_id),
                     None,
                     None,
@@ -87,7 +89,7 @@ impl Engine {
                     category,
                     hard,
                 } => (
-                    "declined",
+                    ChargeStatus::Declined,
                     None,
                     Some(code),
                     Some(category),
@@ -110,7 +112,7 @@ impl Engine {
                     tracing::warn!(subscription_id = %charge.subscription_id, charge_id = %charge.id, %code, %detail, "Square refused the request");
                     // A request Square can never accept for this card: the card is unusable.
                     (
-                        "failed",
+                        ChargeStatus::Failed,
                         None,
                         Some(code),
                         Some(category),
@@ -135,7 +137,7 @@ impl Engine {
                 Decided {
                     resolution: OwnedResolution {
                         id: charge.id,
-                        status: status.to_owned(),
+                        status,
                         payment_id,
                         code,
                         category,
@@ -180,17 +182,17 @@ impl Engine {
                     provider_payment_id = r.payment_id.as_deref().unwrap_or(""),
                     "charge"
                 );
-                metrics::counter!(crate::ops::metrics::CHARGES, "outcome" => r.status.clone(), "code" => r.code.clone().unwrap_or_default())
+                metrics::counter!(crate::ops::metrics::CHARGES, "outcome" => r.status.as_str(), "code" => r.code.clone().unwrap_or_default())
                     .increment(1);
                 metrics::histogram!(crate::ops::metrics::CHARGE_SECONDS)
                     .record(d.duration_ms as f64 / 1000.0);
-                match r.status.as_str() {
-                    "succeeded" => {
+                match r.status {
+                    ChargeStatus::Succeeded => {
                         summary.succeeded += 1;
                         *summary.revenue.entry(charge.currency.clone()).or_default() +=
                             charge.amount_minor;
                     }
-                    "declined" => summary.declined += 1,
+                    ChargeStatus::Declined => summary.declined += 1,
                     _ => summary.failed += 1,
                 }
             }
@@ -284,7 +286,8 @@ impl Engine {
         Ok(resolved.iter().map(|c| c.id).collect())
     }
 
-    /// The subscription's next position after one recorded outcome, and the events it causes.
+    /// The subscription's next position after one recorded outcome (decided by the lifecycle),
+    /// and the events it causes.
     fn transition(
         &self,
         sub: &SubscriptionRow,
@@ -295,6 +298,10 @@ impl Engine {
         events: &mut Vec<NewEvent>,
     ) -> Result<Option<PositionUpdate>> {
         let r = &d.resolution;
+        let build = |reason: String| BillingError::Build {
+            subscription: sub.id,
+            reason,
+        };
         let payload = serde_json::json!({
             "charge_id": charge.id,
             "period_start": charge.period_start,
@@ -314,107 +321,37 @@ impl Engine {
             })
         };
         match d.outcome {
-            AttemptOutcome::Succeeded => {
-                emit("payment_succeeded", payload.clone());
-                if sub.status == "past_due" || charge.attempt > 1 {
-                    emit("payment_recovered", payload.clone());
-                }
-            }
+            AttemptOutcome::Succeeded => emit("payment_succeeded", payload.clone()),
             AttemptOutcome::Declined { .. } => emit("payment_declined", payload.clone()),
         }
-        // Only the attempt the subscription is waiting for moves it.
-        if sub.next_period != charge.period || sub.next_attempt != charge.attempt {
-            return Ok(None);
+        let period = u32::try_from(charge.period).map_err(|e| build(e.to_string()))?;
+        let attempt = u32::try_from(charge.attempt).map_err(|e| build(e.to_string()))?;
+        let decided = lifecycle::on_outcome(
+            &sub.terms()?,
+            &sub.state()?,
+            period,
+            attempt,
+            d.outcome,
+            &self.config.dunning,
+            spare.is_some(),
+            now,
+        )
+        .map_err(|e| build(e.to_string()))?;
+        for n in &decided.notices {
+            let body = match n {
+                Notice::Unpaid | Notice::Canceled { .. } => serde_json::json!({
+                    "reason": "dunning_exhausted", "decline_code": r.code
+                }),
+                _ => payload.clone(),
+            };
+            emit(n.kind(), body);
         }
-        let billable = matches!(sub.status.as_str(), "active" | "trialing" | "past_due");
-        let pos = Position {
-            calendar: sub.calendar()?,
-            period: charge.period as u32,
-            attempt: charge.attempt as u32,
-            dunning_started_at: sub.dunning_started_at,
-            max_cycles: sub.max_cycles.map(|c| c as u32),
-            ends_at: sub.ends_at,
-        };
-        let transition = after_outcome(&pos, d.outcome, &self.config.dunning, spare.is_some(), now)
-            .map_err(|e| BillingError::Build {
-                subscription: sub.id,
-                reason: e.to_string(),
-            })?;
-        let keep = PositionUpdate {
-            status: sub.status.clone(),
-            card_id: sub.card_id.clone(),
-            next_period: sub.next_period,
-            next_attempt: charge.attempt + 1,
-            next_due_at: sub.next_due_at,
-            dunning_started_at: sub.dunning_started_at,
-            clear_skip: false,
-        };
-        Ok(Some(match transition {
-            Transition::NextPeriod {
-                period,
-                due,
-                status,
-            } => PositionUpdate {
-                // Paid: the period is settled whatever the business did meanwhile; a paused or
-                // canceled subscription keeps its status.
-                status: if billable {
-                    status.as_str().to_owned()
-                } else {
-                    sub.status.clone()
-                },
-                card_id: sub.card_id.clone(),
-                next_period: period as i32,
-                next_attempt: 1,
-                next_due_at: if billable || sub.status == "paused" {
-                    due
-                } else {
-                    None
-                },
-                dunning_started_at: None,
-                clear_skip: false,
+        Ok(decided.state.map(|state| PositionUpdate {
+            state,
+            card_id: match (decided.switch_card, spare) {
+                (true, Some(card)) => card,
+                _ => sub.card_id.clone(),
             },
-            // Declined while paused, canceled or unpaid: no dunning; the next try gets a new key.
-            Transition::Retry { .. } | Transition::Exhausted { .. } if !billable => keep,
-            Transition::Retry {
-                attempt,
-                due,
-                switch_card,
-                dunning_started_at,
-            } => {
-                if sub.status != "past_due" {
-                    emit("subscription_past_due", payload);
-                }
-                PositionUpdate {
-                    status: "past_due".into(),
-                    card_id: if switch_card {
-                        spare.unwrap_or_else(|| sub.card_id.clone())
-                    } else {
-                        sub.card_id.clone()
-                    },
-                    next_period: sub.next_period,
-                    next_attempt: attempt as i32,
-                    next_due_at: Some(due),
-                    dunning_started_at: Some(dunning_started_at),
-                    clear_skip: false,
-                }
-            }
-            Transition::Exhausted { status } => {
-                let kind = if status.as_str() == "canceled" {
-                    "subscription_canceled"
-                } else {
-                    "subscription_unpaid"
-                };
-                emit(
-                    kind,
-                    serde_json::json!({"reason": "dunning_exhausted", "decline_code": r.code}),
-                );
-                PositionUpdate {
-                    status: status.as_str().to_owned(),
-                    next_due_at: None,
-                    dunning_started_at: sub.dunning_started_at.or(Some(now)),
-                    ..keep
-                }
-            }
         }))
     }
 }

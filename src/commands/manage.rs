@@ -234,6 +234,9 @@ pub struct CreateArgs {
     /// Bill no period starting at or after this instant (RFC 3339).
     #[arg(long)]
     pub ends_at: Option<String>,
+    /// Test clock, RFC 3339 (refused against Square production).
+    #[arg(long)]
+    pub now: Option<String>,
 }
 
 fn bad(flag: &str, e: impl std::fmt::Display) -> CommandError {
@@ -322,10 +325,46 @@ pub fn parse_create(a: &CreateArgs) -> Result<NewSubscription> {
 /// [`CommandError`].
 pub async fn create_subscription(app: &App, args: &CreateArgs) -> Result<Uuid> {
     let new = parse_create(args)?;
-    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
-    let id = subscriptions::create(&mut conn, &new).await?;
+    let now = test_clock(app, args.now.as_deref())?;
+    let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
+    let id = subscriptions::create(&mut tx, &new, now).await?;
+    settle(app, &mut tx, id, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
     println!("{id}");
     Ok(id)
+}
+
+/// `--now` of a management command: a test clock, refused against Square production (a
+/// back- or forward-dated pause or resume would skip or bill real periods). `None`: the
+/// database's clock.
+///
+/// # Errors
+/// [`CommandError::BadInput`].
+pub fn test_clock(app: &App, now: Option<&str>) -> Result<Option<DateTime<Utc>>> {
+    let Some(v) = now else { return Ok(None) };
+    if app.config.square.is_production() {
+        return Err(CommandError::BadInput(format!(
+            "--now: {v}: a test clock is refused against Square production (SQUARE_ENVIRONMENT=production)"
+        )));
+    }
+    parse_time("--now", v).map(Some)
+}
+
+/// Brings a changed subscription's position up to the clock in the caller's transaction.
+async fn settle(
+    app: &App,
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    now: Option<DateTime<Utc>>,
+) -> Result<()> {
+    let now = match now {
+        Some(t) => t,
+        None => subscriptions::db_now(conn).await?,
+    };
+    crate::billing::settle_subscription(conn, id, now, app.config.billing.max_catch_up_periods)
+        .await
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    Ok(())
 }
 
 fn subscription_table(rows: &[SubscriptionRow]) -> String {
@@ -348,7 +387,7 @@ fn subscription_table(rows: &[SubscriptionRow]) -> String {
                         .map(|c| format_minor(r.amount_minor, c))
                         .unwrap_or_else(|_| format!("{} {}", r.amount_minor, r.currency)),
                     format!("{}{}", r.interval_count, r.interval_unit),
-                    r.status.clone(),
+                    r.status.to_string(),
                     r.next_due_at
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_else(|| "-".into()),
@@ -410,11 +449,14 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn change_card(app: &App, id: &str, card: &str) -> Result<()> {
+pub async fn change_card(app: &App, id: &str, card: &str, now: Option<&str>) -> Result<()> {
     let id = parse_id(id)?;
     let card: CardId = card.parse().map_err(|e| bad("--card", e))?;
-    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
-    let result = subscriptions::change_card(&mut conn, id, card.as_str()).await?;
+    let now = test_clock(app, now)?;
+    let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
+    let result = subscriptions::change_card(&mut tx, id, card.as_str(), now).await?;
+    settle(app, &mut tx, id, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
     println!("{id} {result}");
     Ok(())
 }
@@ -423,10 +465,15 @@ pub async fn change_card(app: &App, id: &str, card: &str) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn act(app: &App, id: &str, action: Action) -> Result<()> {
+pub async fn act(app: &App, id: &str, action: Action, now: Option<&str>) -> Result<()> {
     let id = parse_id(id)?;
-    let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
-    let result = subscriptions::act(&mut conn, id, action).await?;
+    let now = test_clock(app, now)?;
+    let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
+    let result = subscriptions::act(&mut tx, id, action, now).await?;
+    if matches!(action, Action::Resume) {
+        settle(app, &mut tx, id, now).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
     println!("{id} {result}");
     Ok(())
 }

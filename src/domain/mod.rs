@@ -5,6 +5,7 @@
 
 pub mod decline;
 pub mod ids;
+pub mod lifecycle;
 pub mod money;
 pub mod schedule;
 pub mod subscription;
@@ -12,4 +13,4 @@ pub mod subscription;
 pub use ids::{CardId, ChargeId, CustomerId, IdempotencyKey, SubscriptionId};
 pub use money::{Currency, Money};
 pub use schedule::{Calendar, Interval, IntervalUnit};
-pub use subscription::{DunningPolicy, SubscriptionStatus};
+pub use subscription::{ChargeStatus, DunningPolicy, SubscriptionStatus};

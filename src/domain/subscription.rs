@@ -33,6 +33,25 @@ pub enum SubscriptionStatus {
 }
 
 impl SubscriptionStatus {
+    /// Every status, for exhaustive checks.
+    pub const ALL: [SubscriptionStatus; 7] = [
+        SubscriptionStatus::Trialing,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Paused,
+        SubscriptionStatus::Unpaid,
+        SubscriptionStatus::Canceled,
+        SubscriptionStatus::Completed,
+    ];
+
+    /// Whether periods fall due and are billed in this status.
+    pub fn is_billable(&self) -> bool {
+        matches!(
+            self,
+            SubscriptionStatus::Trialing | SubscriptionStatus::Active | SubscriptionStatus::PastDue
+        )
+    }
+
     /// The status as stored.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -64,6 +83,51 @@ impl FromStr for SubscriptionStatus {
 }
 
 impl fmt::Display for SubscriptionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one charge attempt stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeStatus {
+    /// The durable intent: written before any call, resolved exactly once.
+    Pending,
+    /// Square took the money.
+    Succeeded,
+    /// The card was declined (or refused by paycron's own card check).
+    Declined,
+    /// Square refused the request itself.
+    Failed,
+}
+
+impl ChargeStatus {
+    /// The status as stored.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChargeStatus::Pending => "pending",
+            ChargeStatus::Succeeded => "succeeded",
+            ChargeStatus::Declined => "declined",
+            ChargeStatus::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for ChargeStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => ChargeStatus::Pending,
+            "succeeded" => ChargeStatus::Succeeded,
+            "declined" => ChargeStatus::Declined,
+            "failed" => ChargeStatus::Failed,
+            other => return Err(format!("unknown charge status {other:?}")),
+        })
+    }
+}
+
+impl fmt::Display for ChargeStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

@@ -7,6 +7,7 @@
 //! payment Square took for a still-pending charge through the engine's normal record path
 //! (fenced, idempotent), so it can never double-record.
 
+use crate::domain::ChargeStatus;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -155,8 +156,8 @@ pub async fn reconcile(
             });
         }
         if c.provider_payment_id.as_deref() != Some(p.id.as_str()) {
-            let detail = match c.status.as_str() {
-                "pending" => {
+            let detail = match c.status {
+                ChargeStatus::Pending => {
                     "taken at Square, charge still pending: `reconcile --repair` records it"
                         .to_owned()
                 }
@@ -164,7 +165,7 @@ pub async fn reconcile(
                     "taken at Square but the charge is recorded as {other}; refund or investigate"
                 ),
             };
-            if c.status == "pending" {
+            if c.status == ChargeStatus::Pending {
                 repairs.push((c.clone(), p.clone()));
             }
             report.findings.push(Finding {
@@ -178,8 +179,8 @@ pub async fn reconcile(
         }
     }
     for c in &window_charges {
-        match c.status.as_str() {
-            "succeeded" => {
+        match c.status {
+            ChargeStatus::Succeeded => {
                 let pid = c.provider_payment_id.as_deref().unwrap_or("");
                 if !square_ids.contains(pid) {
                     report.findings.push(Finding {
@@ -194,7 +195,7 @@ pub async fn reconcile(
                     });
                 }
             }
-            "pending" if !repairs.iter().any(|(r, _)| r.id == c.id) => {
+            ChargeStatus::Pending if !repairs.iter().any(|(r, _)| r.id == c.id) => {
                 report.findings.push(Finding {
                     kind: "pending",
                     charge_id: Some(c.id),

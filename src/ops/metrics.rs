@@ -17,12 +17,16 @@ pub const RETRIES: &str = "paycron_square_retries_total";
 pub const DUE: &str = "paycron_due_subscriptions";
 /// Gauge: age in seconds of the oldest due subscription.
 pub const OLDEST_DUE: &str = "paycron_oldest_due_age_seconds";
-/// Counter: task runs, labels `task` and `result` (ok|error|skipped).
+/// Counter: task runs, labels `task` and `result` (ok|error|skipped|panic).
 pub const TASK_RUNS: &str = "paycron_task_runs_total";
 /// Histogram: task run duration in seconds, label `task`.
 pub const TASK_SECONDS: &str = "paycron_task_duration_seconds";
 /// Gauge: Unix time of the last successful run, label `task`.
 pub const TASK_LAST_SUCCESS: &str = "paycron_task_last_success_timestamp_seconds";
+
+/// Counter: subscriptions set aside for the rest of a billing run, label `reason`
+/// (no_progress|claimed_too_often): a row the engine could not move forward.
+pub const BILLING_STALLED: &str = "paycron_billing_stalled_total";
 
 /// Every metric name paycron exposes (the dashboard test checks against this list).
 pub const ALL: &[&str] = &[
@@ -35,6 +39,7 @@ pub const ALL: &[&str] = &[
     TASK_RUNS,
     TASK_SECONDS,
     TASK_LAST_SUCCESS,
+    BILLING_STALLED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -76,11 +81,16 @@ pub fn install() -> PrometheusHandle {
                 TASK_LAST_SUCCESS,
                 "Unix time of the last successful run per task"
             );
+            metrics::describe_counter!(
+                BILLING_STALLED,
+                "Subscriptions set aside for the rest of a billing run (no progress)"
+            );
             for m in [IN_FLIGHT, DUE, OLDEST_DUE] {
                 metrics::gauge!(m).set(0.0);
             }
             metrics::counter!(CHARGES, "outcome" => "succeeded", "code" => "").absolute(0);
             metrics::counter!(RETRIES, "call" => "CreatePayment").absolute(0);
+            metrics::counter!(BILLING_STALLED, "reason" => "no_progress").absolute(0);
             handle
         })
         .clone()

@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::FutureExt;
 use std::time::{Duration, Instant};
 
 use chrono::{DurationRound, Utc};
@@ -85,7 +87,21 @@ impl Ctx {
             .duration_trunc(chrono::Duration::seconds(1))
             .unwrap_or_else(|_| Utc::now());
         self.tracker.spawn(async move {
-            ctx.run_task(&job, tick).await;
+            // A panic inside a task is caught here: logged with the task's name, counted, and
+            // the task runs again at its next tick (the flag is cleared whatever happened).
+            let ran = std::panic::AssertUnwindSafe(ctx.run_task(&job, tick))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = ran {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                tracing::error!(job = %job.name, task = %job.task, panic = %what, "task panicked; it runs again at its next tick");
+                metrics::counter!(m::TASK_RUNS, "task" => job.task.as_str(), "result" => "panic")
+                    .increment(1);
+            }
             if let Some(flag) = ctx.running.get(&job.name) {
                 flag.store(false, Ordering::SeqCst);
             }

@@ -67,7 +67,7 @@ pub struct ChargeRow {
     /// Currency.
     pub currency: String,
     /// Status.
-    pub status: String,
+    pub status: crate::domain::ChargeStatus,
     /// Exact body.
     pub request_body: String,
     /// Body hash.
@@ -278,8 +278,8 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<ChargeRow>>
 pub struct OwnedResolution {
     /// The charge.
     pub id: Uuid,
-    /// succeeded | declined | failed.
-    pub status: String,
+    /// The final status (never `Pending`).
+    pub status: crate::domain::ChargeStatus,
     /// Square payment id (succeeded only).
     pub payment_id: Option<String>,
     /// Decline or error code.
@@ -312,7 +312,7 @@ pub async fn resolve_many(
     items.sort_by_key(|r| r.id);
     let ids: Vec<Uuid> = items.iter().map(|r| r.id).collect();
     let ids_len = ids.len();
-    let statuses: Vec<String> = items.iter().map(|r| r.status.clone()).collect();
+    let statuses: Vec<crate::domain::ChargeStatus> = items.iter().map(|r| r.status).collect();
     let payments: Vec<Option<String>> = items.iter().map(|r| r.payment_id.clone()).collect();
     let codes: Vec<Option<String>> = items.iter().map(|r| r.code.clone()).collect();
     let categories: Vec<Option<String>> = items.iter().map(|r| r.category.clone()).collect();
@@ -341,7 +341,7 @@ pub async fn resolve_many(
     .bind(codes)
     .bind(categories)
     .bind(wall_now)
-    .bind(vec!["pending"; ids_len])
+    .bind(vec![crate::domain::ChargeStatus::Pending; ids_len])
     .fetch_all(conn)
     .await?)
 }

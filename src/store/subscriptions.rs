@@ -8,6 +8,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{Result, StoreError};
+use crate::domain::SubscriptionStatus;
+use crate::domain::lifecycle::{State, Terms};
 use crate::domain::schedule::{Calendar, Interval, IntervalUnit, parse_zone};
 
 /// A new subscription as the CLI or an application asks for it.
@@ -59,7 +61,7 @@ pub struct SubscriptionRow {
     /// IANA zone of the calendar.
     pub time_zone: String,
     /// Status.
-    pub status: String,
+    pub status: SubscriptionStatus,
     /// When the trial ends.
     pub trial_ends_at: Option<DateTime<Utc>>,
     /// Periods to bill in all.
@@ -109,6 +111,45 @@ impl SubscriptionRow {
             zone: parse_zone(&self.time_zone).map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
         })
     }
+
+    /// What the subscription agreed to, for the lifecycle.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if a stored value is out of the domain's range.
+    pub fn terms(&self) -> Result<Terms> {
+        Ok(Terms {
+            calendar: self.calendar()?,
+            max_cycles: self
+                .max_cycles
+                .map(|c| u32::try_from(c).map_err(|e| self.corrupt(e)))
+                .transpose()?,
+            ends_at: self.ends_at,
+            trial_ends_at: self.trial_ends_at,
+        })
+    }
+
+    /// Where the subscription stands, for the lifecycle.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if a stored value is out of the domain's range.
+    pub fn state(&self) -> Result<State> {
+        Ok(State {
+            status: self.status,
+            period: u32::try_from(self.next_period).map_err(|e| self.corrupt(e))?,
+            attempt: u32::try_from(self.next_attempt).map_err(|e| self.corrupt(e))?,
+            due: self.next_due_at,
+            dunning_started_at: self.dunning_started_at,
+            cancel_at_period_end: self.cancel_at_period_end,
+            skip_before: self.skip_before,
+        })
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            table: "subscriptions",
+            reason: format!("{}: {e}", self.id),
+        }
+    }
 }
 
 const COLUMNS: &str = "id, customer_id, card_id, amount_minor, currency, interval_unit, interval_count, anchor, time_zone,
@@ -119,9 +160,13 @@ const COLUMNS: &str = "id, customer_id, card_id, amount_minor, currency, interva
 ///
 /// # Errors
 /// [`StoreError::Rejected`] / [`StoreError::NotFound`] with the SQL function's message.
-pub async fn create(conn: &mut PgConnection, new: &NewSubscription) -> Result<Uuid> {
+pub async fn create(
+    conn: &mut PgConnection,
+    new: &NewSubscription,
+    now: Option<DateTime<Utc>>,
+) -> Result<Uuid> {
     Ok(sqlx::query_scalar(
-        "SELECT paycron.create_subscription($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "SELECT paycron.create_subscription($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&new.customer_id)
     .bind(new.amount_minor)
@@ -135,6 +180,7 @@ pub async fn create(conn: &mut PgConnection, new: &NewSubscription) -> Result<Uu
     .bind(new.trial_days)
     .bind(&new.external_ref)
     .bind(new.ends_at)
+    .bind(now)
     .fetch_one(conn)
     .await?)
 }
@@ -165,6 +211,15 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> {
     .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
 }
 
+/// The database's clock (the transaction's start), which the SQL API uses when no test clock
+/// is given.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(conn).await?)
+}
+
 /// The management actions of the SQL API.
 #[derive(Clone, Copy, Debug)]
 pub enum Action {
@@ -182,34 +237,45 @@ pub enum Action {
 ///
 /// # Errors
 /// [`StoreError::Rejected`] / [`StoreError::NotFound`].
-pub async fn act(conn: &mut PgConnection, id: Uuid, action: Action) -> Result<String> {
+pub async fn act(
+    conn: &mut PgConnection,
+    id: Uuid,
+    action: Action,
+    now: Option<DateTime<Utc>>,
+) -> Result<String> {
     let q = match action {
-        Action::Pause => sqlx::query_scalar("SELECT paycron.pause_subscription($1)").bind(id),
-        Action::Resume => sqlx::query_scalar("SELECT paycron.resume_subscription($1)").bind(id),
+        Action::Pause => sqlx::query_scalar("SELECT paycron.pause_subscription($1, $2)"),
+        Action::Resume => sqlx::query_scalar("SELECT paycron.resume_subscription($1, $2)"),
         Action::CancelNow => {
-            sqlx::query_scalar("SELECT paycron.cancel_subscription($1, false)").bind(id)
+            sqlx::query_scalar("SELECT paycron.cancel_subscription($1, false, $2)")
         }
         Action::CancelAtPeriodEnd => {
-            sqlx::query_scalar("SELECT paycron.cancel_subscription($1, true)").bind(id)
+            sqlx::query_scalar("SELECT paycron.cancel_subscription($1, true, $2)")
         }
     };
-    Ok(q.fetch_one(conn).await?)
+    Ok(q.bind(id).bind(now).fetch_one(conn).await?)
 }
 
 /// Moves a subscription to another card through `paycron.change_card`.
 ///
 /// # Errors
 /// [`StoreError::Rejected`] / [`StoreError::NotFound`].
-pub async fn change_card(conn: &mut PgConnection, id: Uuid, card_id: &str) -> Result<String> {
-    Ok(sqlx::query_scalar("SELECT paycron.change_card($1, $2)")
+pub async fn change_card(
+    conn: &mut PgConnection,
+    id: Uuid,
+    card_id: &str,
+    now: Option<DateTime<Utc>>,
+) -> Result<String> {
+    Ok(sqlx::query_scalar("SELECT paycron.change_card($1, $2, $3)")
         .bind(id)
         .bind(card_id)
+        .bind(now)
         .fetch_one(conn)
         .await?)
 }
 
 /// Locks up to `limit` subscriptions due at `now` that have no open charge, oldest due first,
-/// skipping rows another worker holds.
+/// skipping rows another worker holds and the `excluded` ones (set aside by this pass).
 ///
 /// # Errors
 /// [`StoreError`].
@@ -217,17 +283,19 @@ pub async fn claim_due(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     limit: i64,
+    excluded: &[Uuid],
 ) -> Result<Vec<SubscriptionRow>> {
     Ok(sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions s
           WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
-            AND s.open_charge_id IS NULL
+            AND s.open_charge_id IS NULL AND s.id <> ALL($3)
           ORDER BY s.next_due_at, s.id
           LIMIT $2
           FOR UPDATE OF s SKIP LOCKED"
     ))
     .bind(now)
     .bind(limit)
+    .bind(excluded)
     .fetch_all(conn)
     .await?)
 }
@@ -246,46 +314,46 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> 
     .ok_or_else(|| StoreError::NotFound(format!("subscription {id} is unknown")))
 }
 
-/// The engine's view of a subscription's billing position.
+/// A subscription's new lifecycle state and the card it is charged on.
 #[derive(Clone, Debug)]
 pub struct PositionUpdate {
-    /// Status.
-    pub status: String,
+    /// The lifecycle state to store.
+    pub state: State,
     /// Card to charge.
     pub card_id: String,
-    /// Next period.
-    pub next_period: i32,
-    /// Next attempt.
-    pub next_attempt: i32,
-    /// When due (None: nothing more to bill).
-    pub next_due_at: Option<DateTime<Utc>>,
-    /// Dunning start of the current period.
-    pub dunning_started_at: Option<DateTime<Utc>>,
-    /// Clear the pause skip marker.
-    pub clear_skip: bool,
 }
 
-/// Writes a new billing position.
+fn position_params(p: &PositionUpdate) -> Result<(i32, i32)> {
+    let int = |v: u32| {
+        i32::try_from(v)
+            .map_err(|e| StoreError::Rejected(format!("position {v} out of range: {e}")))
+    };
+    Ok((int(p.state.period)?, int(p.state.attempt)?))
+}
+
+/// Writes a new billing position (the open intent marker is left alone).
 ///
 /// # Errors
 /// [`StoreError`].
 pub async fn set_position(conn: &mut PgConnection, id: Uuid, p: &PositionUpdate) -> Result<()> {
+    let (period, attempt) = position_params(p)?;
     sqlx::query(
         "UPDATE paycron.subscriptions
             SET status = $2, card_id = $3, next_period = $4, next_attempt = $5, next_due_at = $6,
-                dunning_started_at = $7, skip_before = CASE WHEN $8 THEN NULL ELSE skip_before END,
+                dunning_started_at = $7, skip_before = $8, cancel_at_period_end = $9,
                 canceled_at = CASE WHEN $2 = 'canceled' THEN coalesce(canceled_at, now()) ELSE canceled_at END,
                 updated_at = now()
           WHERE id = $1",
     )
     .bind(id)
-    .bind(&p.status)
+    .bind(p.state.status)
     .bind(&p.card_id)
-    .bind(p.next_period)
-    .bind(p.next_attempt)
-    .bind(p.next_due_at)
-    .bind(p.dunning_started_at)
-    .bind(p.clear_skip)
+    .bind(period)
+    .bind(attempt)
+    .bind(p.state.due)
+    .bind(p.state.dunning_started_at)
+    .bind(p.state.skip_before)
+    .bind(p.state.cancel_at_period_end)
     .execute(conn)
     .await?;
     Ok(())
@@ -368,7 +436,7 @@ pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Subs
     .await?)
 }
 
-/// Writes many billing positions in one statement.
+/// Writes many billing positions in one statement and clears their open intent.
 ///
 /// # Errors
 /// [`StoreError`].
@@ -379,11 +447,18 @@ pub async fn set_positions(
     if updates.is_empty() {
         return Ok(());
     }
+    let mut periods = Vec::with_capacity(updates.len());
+    let mut attempts = Vec::with_capacity(updates.len());
+    for (_, u) in updates {
+        let (p, a) = position_params(u)?;
+        periods.push(p);
+        attempts.push(a);
+    }
     macro_rules! col {
-        ($f:ident) => {
+        ($($f:tt)+) => {
             updates
                 .iter()
-                .map(|(_, u)| u.$f.clone())
+                .map(|(_, u)| u.$($f)+.clone())
                 .collect::<Vec<_>>()
         };
     }
@@ -391,22 +466,22 @@ pub async fn set_positions(
         "UPDATE paycron.subscriptions s
             SET status = u.status, card_id = u.card_id, next_period = u.next_period, next_attempt = u.next_attempt,
                 next_due_at = u.next_due_at, dunning_started_at = u.dunning_started_at,
-                skip_before = CASE WHEN u.clear_skip THEN NULL ELSE s.skip_before END,
+                skip_before = u.skip_before,
                 canceled_at = CASE WHEN u.status = 'canceled' THEN coalesce(s.canceled_at, now()) ELSE s.canceled_at END,
                 open_charge_id = NULL,
                 updated_at = now()
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bool[])
-                AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, clear_skip)
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+                AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, skip_before)
           WHERE s.id = u.id AND s.id = ANY($1)",
     )
     .bind(updates.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(col!(status))
+    .bind(col!(state.status))
     .bind(col!(card_id))
-    .bind(col!(next_period))
-    .bind(col!(next_attempt))
-    .bind(col!(next_due_at))
-    .bind(col!(dunning_started_at))
-    .bind(col!(clear_skip))
+    .bind(periods)
+    .bind(attempts)
+    .bind(col!(state.due))
+    .bind(col!(state.dunning_started_at))
+    .bind(col!(state.skip_before))
     .execute(conn)
     .await?;
     Ok(())

@@ -41,19 +41,16 @@ pub async fn disable_card(conn: &mut PgConnection, card_id: &str, forgotten: boo
         == 1)
 }
 
-/// After a card was updated (new expiry or number), brings the next dunning attempt of the
-/// past-due or unpaid subscriptions that use it forward to now. Returns how many.
+/// After Square updated a card (new expiry or number): the subscriptions charged on it are
+/// revived by the lifecycle's card-update rule (`paycron.card_updated`): an unpaid one becomes
+/// past due with a fresh dunning, due now; a past-due one is retried now. Returns how many.
 ///
 /// # Errors
 /// [`super::StoreError`].
 pub async fn retry_now_for_card(conn: &mut PgConnection, card_id: &str) -> Result<u64> {
-    Ok(sqlx::query(
-        "UPDATE paycron.subscriptions
-            SET status = 'past_due', next_due_at = now(), updated_at = now()
-          WHERE card_id = $1 AND status IN ('past_due', 'unpaid')",
-    )
-    .bind(card_id)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    let n: i32 = sqlx::query_scalar("SELECT paycron.card_updated($1)")
+        .bind(card_id)
+        .fetch_one(conn)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

@@ -22,7 +22,7 @@ async fn create(
     extra: &str,
 ) -> Uuid {
     let sql = format!(
-        "SELECT paycron.create_subscription('{customer}', 1000, 'USD', 'month', 1, {}, '{anchor}'::timestamptz, 'UTC'{extra})",
+        "SELECT paycron.create_subscription('{customer}', 1000, 'USD', 'month', 1, {}, '{anchor}'::timestamptz, 'UTC'{extra}, p_now => '{anchor}'::timestamptz)",
         card.map(|c| format!("'{c}'"))
             .unwrap_or_else(|| "NULL".into())
     );
@@ -85,12 +85,11 @@ async fn month_ends_in_new_york_through_the_ledger() {
         assert_eq!(code, 0, "{err}");
         ids.push(out.trim().to_owned());
     }
-    // Thirteen months later, one catch-up run bills every missed period once, oldest first.
-    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args([
-        "run-once",
-        "--now",
-        "2028-01-15T00:00:00Z",
-    ]));
+    // Thirteen months later, one catch-up run (allowed 13 periods) bills every missed period
+    // once, oldest first.
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
+        .env("PAYCRON_MAX_CATCH_UP_PERIODS", "13")
+        .args(["run-once", "--now", "2028-01-15T00:00:00Z"]));
     assert_eq!(code, 0, "{err}");
     let (code, out, _) =
         run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
@@ -324,6 +323,7 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
         .await
         .unwrap();
 
+    e.bill_due(t("2027-02-01T00:00:00Z")).await.unwrap();
     e.bill_due(t("2027-05-01T00:00:00Z")).await.unwrap();
     let trial_ledger = ledger(&db, trial).await;
     assert_eq!(

@@ -375,7 +375,7 @@ async fn the_square_token_never_reaches_a_log_line() {
     .await;
     let db = fresh_db().await;
     seed_card(&db, "T1", "ccof:sim-ok-t1").await;
-    sqlx::query("SELECT paycron.create_subscription('T1', 500, 'USD', 'day', 1, NULL, now() - interval '1 hour')")
+    sqlx::query("SELECT paycron.create_subscription('T1', 500, 'USD', 'day', 1, NULL, now() - interval '1 hour', p_now => now() - interval '1 hour')")
         .execute(&db.pool)
         .await
         .unwrap();

@@ -156,7 +156,7 @@ pub async fn seed_due(db: &TestDb, s: &Simulator, n: usize) -> Vec<uuid::Uuid> {
         s.with(|st| st.add_card(&customer, &card, "VISA", true));
         seed_card(db, &customer, &card).await;
         ids.push(
-            sqlx::query_scalar("SELECT paycron.create_subscription($1, 500, 'USD', 'day', 1, NULL, now() - interval '1 hour')")
+            sqlx::query_scalar("SELECT paycron.create_subscription($1, 500, 'USD', 'day', 1, NULL, now() - interval '1 hour', p_now => now() - interval '1 hour')")
                 .bind(&customer)
                 .fetch_one(&db.pool)
                 .await

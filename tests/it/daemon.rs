@@ -465,3 +465,54 @@ async fn run_once_drains_on_sigterm_too() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_is_logged_and_runs_again_at_its_next_tick() {
+    use std::io::BufRead;
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 1).await;
+    // A row sqlx cannot decode (an infinite end date written by hand) makes the claim panic.
+    sqlx::query("ALTER TABLE paycron.subscriptions DISABLE TRIGGER USER")
+        .execute(&db.pool)
+        .await
+        .ok();
+    sqlx::query("UPDATE paycron.subscriptions SET ends_at = 'infinity'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
+    let port = free_port();
+    let mut child = daemon(Some(&db.url), &s.base_url(), sched.path(), port);
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut panics = 0;
+        let mut skipped = 0;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("task panicked") && line.contains("bill-due") {
+                panics += 1;
+            }
+            if line.contains("previous run still going") {
+                skipped += 1;
+            }
+            if panics >= 3 {
+                break;
+            }
+        }
+        (panics, skipped)
+    });
+    let mut waited = 0;
+    while !reader.is_finished() && waited < 300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (panics, skipped) = reader.join().unwrap();
+    assert!(
+        panics >= 3,
+        "the task ran again after each panic: {panics} panics logged, {skipped} ticks skipped"
+    );
+    s.shutdown().await;
+}

@@ -8,6 +8,7 @@ mod daemon;
 mod faults;
 mod gateway;
 mod helpers;
+mod lifecycle;
 mod outbound;
 mod schema;
 mod sync;

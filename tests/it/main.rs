@@ -9,6 +9,7 @@ mod faults;
 mod gateway;
 mod helpers;
 mod lifecycle;
+mod model;
 mod outbound;
 mod schema;
 mod sync;

@@ -3,7 +3,7 @@
 //! commands checked against the Rust lifecycle for every (status, command) pair, and a
 //! model-based test of random lifecycles against an independent reference model.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use paycron::billing::Engine;
 use paycron::domain::SubscriptionStatus;
 use paycron::domain::lifecycle::{self, Command, Decision};

@@ -227,8 +227,11 @@ pub fn settle(
             notices,
         });
     }
+    // The common case answers with one calendar step: fewer than `max_catch_up` periods
+    // behind means nothing to skip.
     if s.dunning_started_at.is_none()
         && is_due
+        && cal.period_start(s.period.saturating_add(max_catch_up.max(1)))? <= now
         && let Some(last) = last_started(cal, now)?
         && last >= s.period
         && last - s.period >= max_catch_up.max(1)

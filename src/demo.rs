@@ -19,7 +19,7 @@ use crate::billing::{Summary, sync};
 use crate::commands::{CommandError, Result, table};
 use crate::config::Config;
 use crate::domain::money::format_minor;
-use crate::domain::{Currency, Interval};
+use crate::domain::{CardId, Currency, CustomerId, Interval, Money};
 use crate::gateway::simulator::{SimConfig, Simulator};
 use crate::store::embedded::{self, ClusterOptions, LocalCluster};
 use crate::store::subscriptions::{self, Action, NewSubscription};
@@ -90,6 +90,9 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     let start: DateTime<Utc> = "2027-01-01T00:00:00Z"
         .parse()
         .map_err(|e| CommandError::Failed(format!("{e}")))?;
+    let usd: Currency = "USD"
+        .parse()
+        .map_err(|e| CommandError::Failed(format!("{e}")))?;
     let interval: Interval = "1month"
         .parse()
         .map_err(|e| CommandError::Failed(format!("{e}")))?;
@@ -101,10 +104,10 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     for (i, c) in list.iter().enumerate() {
         let anchor = start + Duration::days((i % 28) as i64) + Duration::hours(9 + (i % 5) as i64);
         let new = NewSubscription {
-            customer_id: c.id.clone(),
+            customer_id: CustomerId::from_stored(c.id.clone()),
             card_id: None,
-            amount_minor: PRICES[i % PRICES.len()],
-            currency: "USD".into(),
+            money: Money::new(PRICES[i % PRICES.len()], usd)
+                .map_err(|e| CommandError::Failed(format!("{e}")))?,
             interval,
             anchor: Some(anchor),
             time_zone: ZONES[i % ZONES.len()].into(),
@@ -116,7 +119,7 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
         let card = all_cards
             .iter()
             .find(|k| k.customer_id == c.id && !k.id.ends_with("-b"))
-            .map(|k| k.id.clone());
+            .map(|k| CardId::from_stored(k.id.clone()));
         let new = NewSubscription {
             card_id: card,
             ..new
@@ -154,9 +157,6 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     }
 
     let rows = ledger::monthly(&app.pool).await?;
-    let usd: Currency = "USD"
-        .parse()
-        .map_err(|e| CommandError::Failed(format!("{e}")))?;
     println!();
     print!(
         "{}",

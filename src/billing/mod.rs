@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use crate::config::BillingConfig;
 use crate::domain::lifecycle::{self, Notice};
-use crate::domain::{ChargeStatus, IdempotencyKey, SubscriptionId};
+use crate::domain::{CardId, ChargeId, ChargeStatus, IdempotencyKey, SubscriptionId};
 use crate::gateway::{PaymentGateway, PaymentOutcome, PreparedPayment};
 use crate::store::charges::{self, ChargeRow, NewCharge};
 use crate::store::events::NewEvent;
@@ -68,7 +68,7 @@ pub enum BillingError {
     #[error("cannot build the payment for subscription {subscription}: {reason}")]
     Build {
         /// The subscription.
-        subscription: Uuid,
+        subscription: SubscriptionId,
         /// Why.
         reason: String,
     },
@@ -187,7 +187,7 @@ pub struct Engine {
     // Cancelled at shutdown: no new claims, no new sends; what is in flight finishes.
     cancel: CancellationToken,
     // The charges this worker is working on, whose leases the heartbeat extends.
-    leased: std::sync::Mutex<HashMap<Uuid, Lease>>,
+    leased: std::sync::Mutex<HashMap<ChargeId, Lease>>,
     // Numbers billing passes (0 is re-driving), so a pass withdraws only its own intents.
     passes: std::sync::atomic::AtomicU64,
 }
@@ -206,8 +206,8 @@ struct Planned {
 /// progress (nothing inserted, nothing moved), or claimed more often than any real schedule
 /// allows in one run, is set aside until the next run and reported.
 struct Progress {
-    claims: HashMap<Uuid, u32>,
-    excluded: Vec<Uuid>,
+    claims: HashMap<SubscriptionId, u32>,
+    excluded: Vec<SubscriptionId>,
     limit: u32,
 }
 
@@ -225,7 +225,7 @@ impl Progress {
         }
     }
 
-    fn set_aside(&mut self, sub: Uuid, why: &'static str) {
+    fn set_aside(&mut self, sub: SubscriptionId, why: &'static str) {
         tracing::warn!(subscription_id = %sub, reason = why, "subscription set aside for the rest of this billing run; it is billed again at the next run");
         metrics::counter!(crate::ops::metrics::BILLING_STALLED, "reason" => why).increment(1);
         self.excluded.push(sub);
@@ -315,16 +315,15 @@ impl Engine {
         let charge = match settled.bill {
             None => None,
             Some(bill) => {
-                let key = IdempotencyKey::derive(SubscriptionId(sub.id), bill.period, bill.attempt)
+                let key = IdempotencyKey::derive(sub.id, bill.period, bill.attempt)
                     .map_err(|e| build(e.to_string()))?;
-                let id = Uuid::now_v7();
+                let id = ChargeId::new();
                 let prepared = PreparedPayment::card_on_file(
                     key,
                     &sub.card_id,
                     &sub.customer_id,
-                    sub.amount_minor,
-                    &sub.currency,
-                    &id.to_string(),
+                    sub.money,
+                    id,
                     self.location_id.as_deref(),
                 )
                 .map_err(|e| build(e.to_string()))?;
@@ -335,12 +334,11 @@ impl Engine {
                     period: int(bill.period)?,
                     period_start: bill.period_start,
                     attempt: int(bill.attempt)?,
-                    idempotency_key: prepared.key.as_str().to_owned(),
                     customer_id: sub.customer_id.clone(),
                     card_id: sub.card_id.clone(),
-                    amount_minor: sub.amount_minor,
-                    currency: sub.currency.clone(),
+                    money: sub.money,
                     request_fingerprint: prepared.fingerprint(),
+                    idempotency_key: prepared.key,
                     request_body: prepared.body,
                 })
             }
@@ -409,13 +407,13 @@ impl Engine {
             }
         }
         events::emit_many(&mut tx, &notices).await?;
-        let card_ids: Vec<String> = intents.iter().map(|c| c.card_id.clone()).collect();
+        let card_ids: Vec<CardId> = intents.iter().map(|c| c.card_id.clone()).collect();
         let health = crate::store::cards::health(&mut tx, &card_ids).await?;
-        let zones: HashMap<Uuid, String> =
+        let zones: HashMap<SubscriptionId, String> =
             due.iter().map(|s| (s.id, s.time_zone.clone())).collect();
         let inserted =
             charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
-        let opened: Vec<(Uuid, Uuid)> = intents
+        let opened: Vec<(SubscriptionId, ChargeId)> = intents
             .iter()
             .filter(|c| inserted.contains(&c.id))
             .map(|c| (c.subscription_id, c.id))
@@ -449,8 +447,7 @@ impl Engine {
                     idempotency_key: c.idempotency_key,
                     customer_id: c.customer_id,
                     card_id: c.card_id,
-                    amount_minor: c.amount_minor,
-                    currency: c.currency,
+                    money: c.money,
                     status: ChargeStatus::Pending,
                     request_body: c.request_body,
                     request_fingerprint: c.request_fingerprint,
@@ -517,7 +514,7 @@ impl Engine {
         // After an error, intents claimed but never handed to Square (queued, or behind the
         // failure) are withdrawn: their subscriptions stay due. Whatever else is still pending
         // is left to recovery.
-        let mut unsent: Vec<Uuid> = Vec::new();
+        let mut unsent: Vec<ChargeId> = Vec::new();
         self.leased().retain(|id, lease| {
             if lease.pass == pass && !lease.sent {
                 unsent.push(*id);
@@ -539,7 +536,7 @@ impl Engine {
     /// Sends charges (each its stored body under its key), at most `concurrency` in flight,
     /// and records the outcomes in batches as they arrive.
     async fn drive_all(&self, charges: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
-        let ids: Vec<Uuid> = charges.iter().map(|c| c.id).collect();
+        let ids: Vec<ChargeId> = charges.iter().map(|c| c.id).collect();
         let lease = Lease {
             pass: 0,
             sent: false,
@@ -601,24 +598,17 @@ impl Engine {
                         .sent = true;
                     let started = Instant::now();
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
-                    let outcome = match IdempotencyKey::from_string(charge.idempotency_key.clone())
-                    {
-                        Ok(key) => {
-                            let prepared = PreparedPayment {
-                                key,
-                                body: charge.request_body.clone(),
-                            };
-                            // A task of its own: the call progresses while earlier outcomes are recorded.
-                            tokio::spawn(async move { gateway.create_payment(&prepared).await })
-                                .await
-                                .unwrap_or_else(|e| PaymentOutcome::Unknown {
-                                    reason: format!("payment task failed: {e}"),
-                                })
-                        }
-                        Err(e) => PaymentOutcome::Unknown {
-                            reason: format!("stored idempotency key is invalid: {e}"),
-                        },
+                    let prepared = PreparedPayment {
+                        key: charge.idempotency_key.clone(),
+                        body: charge.request_body.clone(),
                     };
+                    // A task of its own: the call progresses while earlier outcomes are recorded.
+                    let outcome =
+                        tokio::spawn(async move { gateway.create_payment(&prepared).await })
+                            .await
+                            .unwrap_or_else(|e| PaymentOutcome::Unknown {
+                                reason: format!("payment task failed: {e}"),
+                            });
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).decrement(1.0);
                     Attempted {
                         charge,
@@ -630,7 +620,7 @@ impl Engine {
             .buffer_unordered(self.config.concurrency)
             .ready_chunks(RECORD_BATCH)
             .map(|chunk| async move {
-                let ids: Vec<Uuid> = chunk.iter().map(|a| a.charge.id).collect();
+                let ids: Vec<ChargeId> = chunk.iter().map(|a| a.charge.id).collect();
                 let recorded = self.record_batch(chunk, now).await;
                 // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
                 let mut leased = self.leased();
@@ -664,7 +654,7 @@ impl Engine {
         let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
         loop {
             tokio::time::sleep(every).await;
-            let ids: Vec<Uuid> = self.leased().keys().copied().collect();
+            let ids: Vec<ChargeId> = self.leased().keys().copied().collect();
             if ids.is_empty() {
                 continue;
             }
@@ -681,7 +671,7 @@ impl Engine {
         }
     }
 
-    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Lease>> {
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<ChargeId, Lease>> {
         // A panic elsewhere cannot leave a set of ids inconsistent in a way that matters.
         self.leased.lock().unwrap_or_else(|e| e.into_inner())
     }

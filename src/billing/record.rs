@@ -11,12 +11,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::{BillingError, Engine, Result, Summary};
-use crate::domain::ChargeStatus;
 use crate::domain::lifecycle::{self, Notice};
 use crate::domain::subscription::AttemptOutcome;
+use crate::domain::{CardId, ChargeId, ChargeStatus, CustomerId, SubscriptionId};
 use crate::gateway::PaymentOutcome;
 use crate::store::charges::{ChargeRow, OwnedResolution, resolve_many};
 use crate::store::events::{NewEvent, emit_many};
@@ -124,7 +123,7 @@ impl Engine {
                 | PaymentOutcome::KeyReused { detail: reason } => {
                     tracing::warn!(
                         subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
-                        outcome = "pending", code = "", amount_minor = charge.amount_minor, currency = %charge.currency,
+                        outcome = "pending", code = "", amount_minor = charge.money.minor(), currency = %charge.money.currency(),
                         duration_ms, %reason, "charge left pending for recovery"
                     );
                     summary.unresolved += 1;
@@ -176,8 +175,8 @@ impl Engine {
                     attempt = charge.attempt,
                     outcome = %r.status,
                     code = r.code.as_deref().unwrap_or(""),
-                    amount_minor = charge.amount_minor,
-                    currency = %charge.currency,
+                    amount_minor = charge.money.minor(),
+                    currency = %charge.money.currency(),
                     duration_ms = d.duration_ms,
                     provider_payment_id = r.payment_id.as_deref().unwrap_or(""),
                     "charge"
@@ -189,8 +188,10 @@ impl Engine {
                 match r.status {
                     ChargeStatus::Succeeded => {
                         summary.succeeded += 1;
-                        *summary.revenue.entry(charge.currency.clone()).or_default() +=
-                            charge.amount_minor;
+                        *summary
+                            .revenue
+                            .entry(charge.money.currency().as_str().to_owned())
+                            .or_default() += charge.money.minor();
                     }
                     ChargeStatus::Declined => summary.declined += 1,
                     _ => summary.failed += 1,
@@ -205,7 +206,7 @@ impl Engine {
 
     /// Withdraws intents of ours that were never sent, closing their subscriptions' open
     /// intent: the subscriptions stay due for the next claim. Returns how many.
-    pub(crate) async fn withdraw_unsent(&self, ids: &[Uuid]) -> Result<u64> {
+    pub(crate) async fn withdraw_unsent(&self, ids: &[ChargeId]) -> Result<u64> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let withdrawn = crate::store::charges::withdraw_unsent(&mut tx, self.owner, ids).await?;
         subscriptions::close_charges(&mut tx, &withdrawn).await?;
@@ -222,7 +223,7 @@ impl Engine {
         &self,
         decided: &[(ChargeRow, Decided)],
         now: DateTime<Utc>,
-    ) -> Result<Vec<Uuid>> {
+    ) -> Result<Vec<ChargeId>> {
         let wall = Utc::now();
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let resolutions: Vec<OwnedResolution> =
@@ -233,18 +234,19 @@ impl Engine {
             return Ok(vec![]);
         }
         ledger::record_many(&mut tx, &resolved, wall).await?;
-        let by_id: HashMap<Uuid, &(ChargeRow, Decided)> =
+        let by_id: HashMap<ChargeId, &(ChargeRow, Decided)> =
             decided.iter().map(|x| (x.0.id, x)).collect();
-        let mut sub_ids: Vec<Uuid> = resolved.iter().map(|c| c.subscription_id).collect();
+        let mut sub_ids: Vec<SubscriptionId> = resolved.iter().map(|c| c.subscription_id).collect();
         sub_ids.sort();
         sub_ids.dedup();
-        let subs: HashMap<Uuid, SubscriptionRow> = subscriptions::lock_many(&mut tx, &sub_ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.id, s))
-            .collect();
+        let subs: HashMap<SubscriptionId, SubscriptionRow> =
+            subscriptions::lock_many(&mut tx, &sub_ids)
+                .await?
+                .into_iter()
+                .map(|s| (s.id, s))
+                .collect();
 
-        let hard_pairs: Vec<(String, String)> = resolved
+        let hard_pairs: Vec<(CustomerId, CardId)> = resolved
             .iter()
             .filter(|c| {
                 matches!(
@@ -273,8 +275,9 @@ impl Engine {
         }
         // The resolved intents are no longer open: the position update clears the marker; the
         // subscriptions whose position did not move are cleared on their own.
-        let moved: std::collections::HashSet<Uuid> = updates.iter().map(|(id, _)| *id).collect();
-        let closed: Vec<(Uuid, Uuid)> = resolved
+        let moved: std::collections::HashSet<SubscriptionId> =
+            updates.iter().map(|(id, _)| *id).collect();
+        let closed: Vec<(SubscriptionId, ChargeId)> = resolved
             .iter()
             .filter(|c| !moved.contains(&c.subscription_id))
             .map(|c| (c.subscription_id, c.id))
@@ -293,7 +296,7 @@ impl Engine {
         sub: &SubscriptionRow,
         charge: &ChargeRow,
         d: &Decided,
-        spare: Option<String>,
+        spare: Option<CardId>,
         now: DateTime<Utc>,
         events: &mut Vec<NewEvent>,
     ) -> Result<Option<PositionUpdate>> {
@@ -306,8 +309,8 @@ impl Engine {
             "charge_id": charge.id,
             "period_start": charge.period_start,
             "attempt": charge.attempt,
-            "amount_minor": charge.amount_minor,
-            "currency": charge.currency,
+            "amount_minor": charge.money.minor(),
+            "currency": charge.money.currency(),
             "provider_payment_id": r.payment_id,
             "decline_code": r.code,
         });

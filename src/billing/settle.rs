@@ -5,10 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::{BillingError, Result, notice_payload};
-use crate::domain::lifecycle;
+use crate::domain::{SubscriptionId, lifecycle};
 use crate::store::events::{NewEvent, emit_many};
 use crate::store::subscriptions::{self, PositionUpdate};
 
@@ -19,7 +18,7 @@ use crate::store::subscriptions::{self, PositionUpdate};
 /// [`BillingError`].
 pub async fn settle_subscription(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: SubscriptionId,
     now: DateTime<Utc>,
     max_catch_up: u32,
 ) -> Result<bool> {

@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::{CommandError, Format, Result, print_rows, table};
 use crate::app::App;
@@ -305,10 +304,9 @@ pub fn parse_create(a: &CreateArgs) -> Result<NewSubscription> {
         .map(|v| parse_time("--ends-at", v))
         .transpose()?;
     Ok(NewSubscription {
-        customer_id: customer.to_string(),
-        card_id: card.map(|c| c.to_string()),
-        amount_minor: money.minor(),
-        currency: currency.to_string(),
+        customer_id: customer,
+        card_id: card,
+        money,
         interval,
         anchor,
         time_zone: tz.trim().to_owned(),
@@ -323,7 +321,7 @@ pub fn parse_create(a: &CreateArgs) -> Result<NewSubscription> {
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn create_subscription(app: &App, args: &CreateArgs) -> Result<Uuid> {
+pub async fn create_subscription(app: &App, args: &CreateArgs) -> Result<SubscriptionId> {
     let new = parse_create(args)?;
     let now = test_clock(app, args.now.as_deref())?;
     let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
@@ -354,7 +352,7 @@ pub fn test_clock(app: &App, now: Option<&str>) -> Result<Option<DateTime<Utc>>>
 async fn settle(
     app: &App,
     conn: &mut sqlx::PgConnection,
-    id: Uuid,
+    id: SubscriptionId,
     now: Option<DateTime<Utc>>,
 ) -> Result<()> {
     let now = match now {
@@ -381,11 +379,8 @@ fn subscription_table(rows: &[SubscriptionRow]) -> String {
             .map(|r| {
                 vec![
                     r.id.to_string(),
-                    r.customer_id.clone(),
-                    r.currency
-                        .parse::<Currency>()
-                        .map(|c| format_minor(r.amount_minor, c))
-                        .unwrap_or_else(|_| format!("{} {}", r.amount_minor, r.currency)),
+                    r.customer_id.to_string(),
+                    format_minor(r.money.minor(), r.money.currency()),
                     format!("{}{}", r.interval_count, r.interval_unit),
                     r.status.to_string(),
                     r.next_due_at
@@ -406,9 +401,8 @@ pub async fn list_subscriptions(app: &App, format: Format) -> Result<()> {
     print_rows(&rows, format, subscription_table)
 }
 
-fn parse_id(id: &str) -> Result<Uuid> {
+fn parse_id(id: &str) -> Result<SubscriptionId> {
     id.parse::<SubscriptionId>()
-        .map(|s| s.0)
         .map_err(|e| CommandError::BadInput(e.to_string()))
 }
 
@@ -454,7 +448,7 @@ pub async fn change_card(app: &App, id: &str, card: &str, now: Option<&str>) -> 
     let card: CardId = card.parse().map_err(|e| bad("--card", e))?;
     let now = test_clock(app, now)?;
     let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
-    let result = subscriptions::change_card(&mut tx, id, card.as_str(), now).await?;
+    let result = subscriptions::change_card(&mut tx, id, &card, now).await?;
     settle(app, &mut tx, id, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     println!("{id} {result}");

@@ -129,6 +129,11 @@ macro_rules! square_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Wraps an id read back from storage, whose schema already checked it.
+            pub fn from_stored(stored: String) -> Self {
+                $name(stored)
+            }
         }
 
         impl FromStr for $name {
@@ -278,6 +283,11 @@ impl IdempotencyKey {
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Wraps a key read back from storage, whose schema already checked its length.
+    pub fn from_stored(stored: String) -> Self {
+        IdempotencyKey(stored)
     }
 }
 

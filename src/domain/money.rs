@@ -111,6 +111,8 @@ impl fmt::Debug for Currency {
 /// A chargeable amount: positive minor units, capped, in one currency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Money {
+    // The names rows and JSON output have always used.
+    #[serde(rename = "amount_minor")]
     minor: i64,
     currency: Currency,
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::domain::IdempotencyKey;
+use crate::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money};
 
 /// A CreatePayment request ready to send: its key and its exact body bytes.
 ///
@@ -37,23 +37,22 @@ impl PreparedPayment {
     /// Never in practice (serialising plain strings and integers).
     pub fn card_on_file(
         key: IdempotencyKey,
-        card_id: &str,
-        customer_id: &str,
-        amount_minor: i64,
-        currency: &str,
-        reference_id: &str,
+        card_id: &CardId,
+        customer_id: &CustomerId,
+        money: Money,
+        reference_id: ChargeId,
         location_id: Option<&str>,
     ) -> std::result::Result<Self, serde_json::Error> {
         let req = wire::CreatePaymentRequest {
-            source_id: card_id.to_owned(),
+            source_id: card_id.as_str().to_owned(),
             idempotency_key: key.as_str().to_owned(),
             amount_money: wire::Money {
-                amount: amount_minor,
-                currency: currency.to_owned(),
+                amount: money.minor(),
+                currency: money.currency().as_str().to_owned(),
             },
-            customer_id: Some(customer_id.to_owned()),
+            customer_id: Some(customer_id.as_str().to_owned()),
             location_id: location_id.map(str::to_owned),
-            reference_id: Some(reference_id.to_owned()),
+            reference_id: Some(reference_id.to_string()),
             autocomplete: Some(true),
             note: None,
         };

@@ -7,13 +7,12 @@
 //! payment Square took for a still-pending charge through the engine's normal record path
 //! (fenced, idempotent), so it can never double-record.
 
-use crate::domain::ChargeStatus;
+use crate::domain::{ChargeId, ChargeStatus};
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::billing::{BillingError, Engine};
 use crate::gateway::{PaymentGateway, wire};
@@ -26,7 +25,7 @@ pub struct Finding {
     /// unknown_charge | pending.
     pub kind: &'static str,
     /// The paycron charge, when known.
-    pub charge_id: Option<Uuid>,
+    pub charge_id: Option<ChargeId>,
     /// Square's payment id, when known.
     pub provider_payment_id: Option<String>,
     /// Amount at Square (minor units).
@@ -86,15 +85,11 @@ pub async fn reconcile(
 ) -> Result<Report, BillingError> {
     let payments = list_window(gateway, since, until).await?;
     let window_charges = charges::in_window(pool, since, until).await?;
-    let referenced: Vec<Uuid> = payments
+    let referenced: Vec<ChargeId> = payments
         .iter()
-        .filter_map(|p| {
-            p.reference_id
-                .as_deref()
-                .and_then(|r| Uuid::parse_str(r).ok())
-        })
+        .filter_map(|p| p.reference_id.as_deref().and_then(|r| r.parse().ok()))
         .collect();
-    let mut by_id: HashMap<Uuid, ChargeRow> = charges::by_ids(pool, &referenced)
+    let mut by_id: HashMap<ChargeId, ChargeRow> = charges::by_ids(pool, &referenced)
         .await?
         .into_iter()
         .map(|c| (c.id, c))
@@ -117,7 +112,7 @@ pub async fn reconcile(
         let Some(id) = p
             .reference_id
             .as_deref()
-            .and_then(|r| Uuid::parse_str(r).ok())
+            .and_then(|r| r.parse::<ChargeId>().ok())
         else {
             continue; // not a paycron payment (e.g. a counter sale at the same location)
         };
@@ -132,26 +127,27 @@ pub async fn reconcile(
             });
             continue;
         };
-        if c.amount_minor != p.amount_money.amount {
+        if c.money.minor() != p.amount_money.amount {
             report.findings.push(Finding {
                 kind: "amount_mismatch",
                 charge_id: Some(c.id),
                 provider_payment_id: Some(p.id.clone()),
                 square_amount_minor: Some(p.amount_money.amount),
-                ledger_amount_minor: Some(c.amount_minor),
+                ledger_amount_minor: Some(c.money.minor()),
                 detail: "amounts differ".into(),
             });
         }
-        if c.currency != p.amount_money.currency {
+        if c.money.currency().as_str() != p.amount_money.currency {
             report.findings.push(Finding {
                 kind: "currency_mismatch",
                 charge_id: Some(c.id),
                 provider_payment_id: Some(p.id.clone()),
                 square_amount_minor: Some(p.amount_money.amount),
-                ledger_amount_minor: Some(c.amount_minor),
+                ledger_amount_minor: Some(c.money.minor()),
                 detail: format!(
                     "Square {} vs ledger {}",
-                    p.amount_money.currency, c.currency
+                    p.amount_money.currency,
+                    c.money.currency()
                 ),
             });
         }
@@ -188,7 +184,7 @@ pub async fn reconcile(
                         charge_id: Some(c.id),
                         provider_payment_id: c.provider_payment_id.clone(),
                         square_amount_minor: None,
-                        ledger_amount_minor: Some(c.amount_minor),
+                        ledger_amount_minor: Some(c.money.minor()),
                         detail:
                             "recorded as succeeded but not among Square's payments in the window"
                                 .into(),
@@ -201,7 +197,7 @@ pub async fn reconcile(
                     charge_id: Some(c.id),
                     provider_payment_id: None,
                     square_amount_minor: None,
-                    ledger_amount_minor: Some(c.amount_minor),
+                    ledger_amount_minor: Some(c.money.minor()),
                     detail: "still pending: `run-once --task recover` finishes it".into(),
                 })
             }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
 use super::Result;
+use crate::domain::{CardId, CustomerId};
 
 /// A card as a business or Square gives it to us.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,12 +187,12 @@ pub async fn disable_missing(
 /// [`super::StoreError`].
 pub async fn other_enabled_cards(
     conn: &mut PgConnection,
-    pairs: &[(String, String)],
-) -> Result<std::collections::HashMap<(String, String), String>> {
+    pairs: &[(CustomerId, CardId)],
+) -> Result<std::collections::HashMap<(CustomerId, CardId), CardId>> {
     if pairs.is_empty() {
         return Ok(Default::default());
     }
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
+    let rows: Vec<(CustomerId, CardId, CardId)> = sqlx::query_as(
         "SELECT DISTINCT ON (p.customer_id, p.except_id) p.customer_id, p.except_id, k.id
            FROM UNNEST($1::text[], $2::text[]) AS p(customer_id, except_id)
            JOIN paycron.cards k ON k.customer_id = p.customer_id AND k.id <> p.except_id AND k.enabled
@@ -210,9 +211,9 @@ pub async fn other_enabled_cards(
 /// [`super::StoreError`].
 pub async fn health(
     conn: &mut PgConnection,
-    ids: &[String],
-) -> Result<std::collections::HashMap<String, (bool, Option<i32>, Option<i32>)>> {
-    let rows: Vec<(String, bool, Option<i32>, Option<i32>)> =
+    ids: &[CardId],
+) -> Result<std::collections::HashMap<CardId, (bool, Option<i32>, Option<i32>)>> {
+    let rows: Vec<(CardId, bool, Option<i32>, Option<i32>)> =
         // A join on the ids (one primary-key probe each) rather than `id = ANY($1)`, which the
         // planner answers with a scan of the whole table once the array is long.
         sqlx::query_as(

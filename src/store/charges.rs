@@ -13,14 +13,15 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::Result;
+use crate::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money, SubscriptionId};
 
 /// A new intent.
 #[derive(Clone, Debug)]
 pub struct NewCharge {
     /// Charge id (sent as `reference_id`).
-    pub id: Uuid,
+    pub id: ChargeId,
     /// Subscription.
-    pub subscription_id: Uuid,
+    pub subscription_id: SubscriptionId,
     /// Period index.
     pub period: i32,
     /// Period start.
@@ -28,15 +29,13 @@ pub struct NewCharge {
     /// Attempt number.
     pub attempt: i32,
     /// Idempotency key.
-    pub idempotency_key: String,
+    pub idempotency_key: IdempotencyKey,
     /// Customer.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// Card.
-    pub card_id: String,
+    pub card_id: CardId,
     /// Amount.
-    pub amount_minor: i64,
-    /// Currency.
-    pub currency: String,
+    pub money: Money,
     /// The exact CreatePayment body.
     pub request_body: String,
     /// SHA-256 of the body, hex.
@@ -47,9 +46,9 @@ pub struct NewCharge {
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct ChargeRow {
     /// Id.
-    pub id: Uuid,
+    pub id: ChargeId,
     /// Subscription.
-    pub subscription_id: Uuid,
+    pub subscription_id: SubscriptionId,
     /// Period index.
     pub period: i32,
     /// Period start.
@@ -57,15 +56,15 @@ pub struct ChargeRow {
     /// Attempt.
     pub attempt: i32,
     /// Key.
-    pub idempotency_key: String,
+    pub idempotency_key: IdempotencyKey,
     /// Customer.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// Card.
-    pub card_id: String,
-    /// Amount.
-    pub amount_minor: i64,
-    /// Currency.
-    pub currency: String,
+    pub card_id: CardId,
+    /// Amount (`amount_minor`, `currency`).
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub money: Money,
     /// Status.
     pub status: crate::domain::ChargeStatus,
     /// Exact body.
@@ -113,7 +112,7 @@ pub async fn insert_intents(
     charges: &[NewCharge],
     owner: Uuid,
     locked_until: DateTime<Utc>,
-) -> Result<std::collections::HashSet<Uuid>> {
+) -> Result<std::collections::HashSet<ChargeId>> {
     if charges.is_empty() {
         return Ok(Default::default());
     }
@@ -122,7 +121,7 @@ pub async fn insert_intents(
             charges.iter().map(|c| c.$f.clone()).collect::<Vec<_>>()
         };
     }
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+    let ids: Vec<ChargeId> = sqlx::query_scalar(
         "INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key, customer_id,
                 card_id, amount_minor, currency, status, request_body, request_fingerprint, lease_owner, locked_until)
          SELECT t.id, t.sub, t.period, t.ps, t.attempt, t.key, t.cust, t.card, t.amount, t.cur, 'pending', t.body, t.fp, $13, $14
@@ -140,8 +139,8 @@ pub async fn insert_intents(
     .bind(col!(idempotency_key))
     .bind(col!(customer_id))
     .bind(col!(card_id))
-    .bind(col!(amount_minor))
-    .bind(col!(currency))
+    .bind(charges.iter().map(|c| c.money.minor()).collect::<Vec<_>>())
+    .bind(charges.iter().map(|c| c.money.currency()).collect::<Vec<_>>())
     .bind(col!(request_body))
     .bind(col!(request_fingerprint))
     .bind(owner)
@@ -208,7 +207,7 @@ pub async fn owned_pending(conn: &mut PgConnection, owner: Uuid) -> Result<Vec<C
 /// [`super::StoreError`].
 pub async fn renew_lease(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: ChargeId,
     owner: Uuid,
     locked_until: DateTime<Utc>,
 ) -> Result<bool> {
@@ -233,7 +232,7 @@ pub async fn renew_lease(
 pub async fn extend_leases(
     conn: &mut PgConnection,
     owner: Uuid,
-    ids: &[Uuid],
+    ids: &[ChargeId],
     locked_until: DateTime<Utc>,
 ) -> Result<u64> {
     Ok(sqlx::query(
@@ -264,7 +263,7 @@ pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>> {
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<ChargeRow>> {
+pub async fn get(conn: &mut PgConnection, id: ChargeId) -> Result<Option<ChargeRow>> {
     Ok(
         sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM paycron.charges WHERE id = $1"))
             .bind(id)
@@ -277,7 +276,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<ChargeRow>>
 #[derive(Clone, Debug)]
 pub struct OwnedResolution {
     /// The charge.
-    pub id: Uuid,
+    pub id: ChargeId,
     /// The final status (never `Pending`).
     pub status: crate::domain::ChargeStatus,
     /// Square payment id (succeeded only).
@@ -310,7 +309,7 @@ pub async fn resolve_many(
     }
     let mut items: Vec<&OwnedResolution> = items.iter().collect();
     items.sort_by_key(|r| r.id);
-    let ids: Vec<Uuid> = items.iter().map(|r| r.id).collect();
+    let ids: Vec<ChargeId> = items.iter().map(|r| r.id).collect();
     let ids_len = ids.len();
     let statuses: Vec<crate::domain::ChargeStatus> = items.iter().map(|r| r.status).collect();
     let payments: Vec<Option<String>> = items.iter().map(|r| r.payment_id.clone()).collect();
@@ -356,8 +355,8 @@ pub async fn resolve_many(
 pub async fn withdraw_unsent(
     conn: &mut PgConnection,
     owner: Uuid,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, Uuid)>> {
+    ids: &[ChargeId],
+) -> Result<Vec<(SubscriptionId, ChargeId)>> {
     Ok(sqlx::query_as(
         "DELETE FROM paycron.charges WHERE id = ANY($2) AND lease_owner = $1 AND status = 'pending' AND sends = 0
          RETURNING subscription_id, id",
@@ -375,7 +374,7 @@ pub async fn withdraw_unsent(
 /// [`super::StoreError`].
 pub async fn take_lease(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: ChargeId,
     owner: Uuid,
     locked_until: DateTime<Utc>,
 ) -> Result<bool> {
@@ -411,7 +410,7 @@ pub async fn in_window(
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ChargeRow>> {
+pub async fn by_ids(pool: &PgPool, ids: &[ChargeId]) -> Result<Vec<ChargeRow>> {
     Ok(sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.charges WHERE id = ANY($1)"
     ))

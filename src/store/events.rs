@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::Result;
+use crate::domain::{ChargeId, CustomerId, SubscriptionId};
 
 /// Writes one event; returns its id.
 ///
@@ -73,11 +74,11 @@ pub struct NewEvent {
     /// Type.
     pub kind: &'static str,
     /// Subscription.
-    pub subscription_id: Option<Uuid>,
+    pub subscription_id: Option<SubscriptionId>,
     /// Customer.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<CustomerId>,
     /// Charge.
-    pub charge_id: Option<Uuid>,
+    pub charge_id: Option<ChargeId>,
     /// Details.
     pub payload: serde_json::Value,
 }

@@ -5,24 +5,21 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use super::{Result, StoreError};
-use crate::domain::SubscriptionStatus;
 use crate::domain::lifecycle::{State, Terms};
 use crate::domain::schedule::{Calendar, Interval, IntervalUnit, parse_zone};
+use crate::domain::{CardId, ChargeId, CustomerId, Money, SubscriptionId, SubscriptionStatus};
 
 /// A new subscription as the CLI or an application asks for it.
 #[derive(Clone, Debug)]
 pub struct NewSubscription {
     /// Square customer id.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// Card id; default the customer's most recently updated enabled card.
-    pub card_id: Option<String>,
-    /// Amount per period, minor units.
-    pub amount_minor: i64,
-    /// ISO 4217 code.
-    pub currency: String,
+    pub card_id: Option<CardId>,
+    /// Amount per period.
+    pub money: Money,
     /// Billing interval.
     pub interval: Interval,
     /// Period 0's instant; default now.
@@ -43,15 +40,15 @@ pub struct NewSubscription {
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct SubscriptionRow {
     /// Id.
-    pub id: Uuid,
+    pub id: SubscriptionId,
     /// Square customer id.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// Square card id charged.
-    pub card_id: String,
-    /// Amount per period in minor units.
-    pub amount_minor: i64,
-    /// Currency.
-    pub currency: String,
+    pub card_id: CardId,
+    /// Amount per period (`amount_minor`, `currency`).
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub money: Money,
     /// day | week | month | year.
     pub interval_unit: String,
     /// Units per period.
@@ -164,13 +161,13 @@ pub async fn create(
     conn: &mut PgConnection,
     new: &NewSubscription,
     now: Option<DateTime<Utc>>,
-) -> Result<Uuid> {
+) -> Result<SubscriptionId> {
     Ok(sqlx::query_scalar(
         "SELECT paycron.create_subscription($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&new.customer_id)
-    .bind(new.amount_minor)
-    .bind(&new.currency)
+    .bind(new.money.minor())
+    .bind(new.money.currency())
     .bind(new.interval.unit.as_str())
     .bind(new.interval.count as i32)
     .bind(&new.card_id)
@@ -201,7 +198,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<SubscriptionRow>> {
 ///
 /// # Errors
 /// [`StoreError::NotFound`].
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> {
+pub async fn get(conn: &mut PgConnection, id: SubscriptionId) -> Result<SubscriptionRow> {
     sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1"
     ))
@@ -239,7 +236,7 @@ pub enum Action {
 /// [`StoreError::Rejected`] / [`StoreError::NotFound`].
 pub async fn act(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: SubscriptionId,
     action: Action,
     now: Option<DateTime<Utc>>,
 ) -> Result<String> {
@@ -262,8 +259,8 @@ pub async fn act(
 /// [`StoreError::Rejected`] / [`StoreError::NotFound`].
 pub async fn change_card(
     conn: &mut PgConnection,
-    id: Uuid,
-    card_id: &str,
+    id: SubscriptionId,
+    card_id: &CardId,
     now: Option<DateTime<Utc>>,
 ) -> Result<String> {
     Ok(sqlx::query_scalar("SELECT paycron.change_card($1, $2, $3)")
@@ -283,7 +280,7 @@ pub async fn claim_due(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     limit: i64,
-    excluded: &[Uuid],
+    excluded: &[SubscriptionId],
 ) -> Result<Vec<SubscriptionRow>> {
     Ok(sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions s
@@ -304,7 +301,7 @@ pub async fn claim_due(
 ///
 /// # Errors
 /// [`StoreError::NotFound`].
-pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<SubscriptionRow> {
+pub async fn lock(conn: &mut PgConnection, id: SubscriptionId) -> Result<SubscriptionRow> {
     sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = $1 FOR UPDATE"
     ))
@@ -320,7 +317,7 @@ pub struct PositionUpdate {
     /// The lifecycle state to store.
     pub state: State,
     /// Card to charge.
-    pub card_id: String,
+    pub card_id: CardId,
 }
 
 fn position_params(p: &PositionUpdate) -> Result<(i32, i32)> {
@@ -335,7 +332,11 @@ fn position_params(p: &PositionUpdate) -> Result<(i32, i32)> {
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn set_position(conn: &mut PgConnection, id: Uuid, p: &PositionUpdate) -> Result<()> {
+pub async fn set_position(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    p: &PositionUpdate,
+) -> Result<()> {
     let (period, attempt) = position_params(p)?;
     sqlx::query(
         "UPDATE paycron.subscriptions
@@ -427,7 +428,10 @@ pub async fn bulk_seed(pool: &PgPool, n: i64, due: DateTime<Utc>) -> Result<()> 
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<SubscriptionRow>> {
+pub async fn lock_many(
+    conn: &mut PgConnection,
+    ids: &[SubscriptionId],
+) -> Result<Vec<SubscriptionRow>> {
     Ok(sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     ))
@@ -442,7 +446,7 @@ pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Subs
 /// [`StoreError`].
 pub async fn set_positions(
     conn: &mut PgConnection,
-    updates: &[(Uuid, PositionUpdate)],
+    updates: &[(SubscriptionId, PositionUpdate)],
 ) -> Result<()> {
     if updates.is_empty() {
         return Ok(());
@@ -505,7 +509,10 @@ pub async fn due_stats(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, Option
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn open_charges(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+pub async fn open_charges(
+    conn: &mut PgConnection,
+    pairs: &[(SubscriptionId, ChargeId)],
+) -> Result<()> {
     if pairs.is_empty() {
         return Ok(());
     }
@@ -525,7 +532,10 @@ pub async fn open_charges(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Re
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn close_charges(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+pub async fn close_charges(
+    conn: &mut PgConnection,
+    pairs: &[(SubscriptionId, ChargeId)],
+) -> Result<()> {
     if pairs.is_empty() {
         return Ok(());
     }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use paycron::domain::decline::{ErrorClass, classify};
-use paycron::domain::{IdempotencyKey, SubscriptionId};
+use paycron::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money, SubscriptionId};
 use paycron::gateway::simulator::{Faults, SimConfig};
 use paycron::gateway::wire;
 use paycron::gateway::{GatewayError, PaymentOutcome, PreparedPayment};
@@ -17,29 +17,38 @@ fn spec() -> Value {
 
 fn payment(card: &str, customer: &str, amount: i64, currency: &str) -> PreparedPayment {
     let key = IdempotencyKey::derive(SubscriptionId::new(), 0, 1).unwrap();
-    PreparedPayment::card_on_file(
-        key,
-        card,
-        customer,
-        amount,
-        currency,
-        &uuid::Uuid::new_v4().to_string(),
-        None,
-    )
-    .unwrap()
+    // Built by hand rather than through `card_on_file`, which refuses the zero amounts and
+    // unknown currencies these tests send to see the simulator refuse them as Square does.
+    let body = serde_json::to_string(&wire::CreatePaymentRequest {
+        source_id: card.to_owned(),
+        idempotency_key: key.as_str().to_owned(),
+        amount_money: wire::Money {
+            amount,
+            currency: currency.to_owned(),
+        },
+        customer_id: Some(customer.to_owned()),
+        location_id: None,
+        reference_id: Some(ChargeId::new().to_string()),
+        autocomplete: Some(true),
+        note: None,
+    })
+    .unwrap();
+    PreparedPayment { key, body }
 }
 
 #[test]
 fn create_payment_body_follows_the_spec() {
     let spec = spec();
     let schema = &spec["schemas"]["CreatePaymentRequest"];
+    let card: CardId = "ccof:GaJGNaZa8x4OgDJn4GB".parse().unwrap();
+    let customer: CustomerId = "W92WH6P11H4Z77CTET0RNTGFW8".parse().unwrap();
+    let money = Money::new(1000, "USD".parse().unwrap()).unwrap();
     let p = PreparedPayment::card_on_file(
         IdempotencyKey::derive(SubscriptionId::new(), 99_999, 999).unwrap(),
-        "ccof:GaJGNaZa8x4OgDJn4GB",
-        "W92WH6P11H4Z77CTET0RNTGFW8",
-        1000,
-        "USD",
-        &uuid::Uuid::new_v4().to_string(),
+        &card,
+        &customer,
+        money,
+        ChargeId::new(),
         Some("L88917AVBK2S5"),
     )
     .unwrap();
@@ -74,11 +83,10 @@ fn create_payment_body_follows_the_spec() {
         p.body,
         PreparedPayment::card_on_file(
             p.key.clone(),
-            "ccof:GaJGNaZa8x4OgDJn4GB",
-            "W92WH6P11H4Z77CTET0RNTGFW8",
-            1000,
-            "USD",
-            body["reference_id"].as_str().unwrap(),
+            &card,
+            &customer,
+            money,
+            body["reference_id"].as_str().unwrap().parse().unwrap(),
             Some("L88917AVBK2S5")
         )
         .unwrap()

@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use paycron::billing::Engine;
-use paycron::domain::SubscriptionStatus;
 use paycron::domain::lifecycle::{self, Command, Decision};
+use paycron::domain::{SubscriptionId, SubscriptionStatus};
 use paycron::gateway::simulator::SimConfig;
 use paycron::store::subscriptions;
 use uuid::Uuid;
@@ -127,7 +127,7 @@ async fn pause_then_resume_then_billing_after_the_next_boundary_moves_on() {
         ]
     );
     assert_eq!(skipped(&db, daily).await, [(4, 7)]);
-    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), daily)
+    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), SubscriptionId(daily))
         .await
         .unwrap();
     assert_eq!((row.next_period, row.skip_before), (11, None));
@@ -189,7 +189,7 @@ async fn a_past_anchor_only_sets_the_cycle() {
     ]));
     assert_eq!(code, 0, "{err}");
     let id: Uuid = out.trim().parse().unwrap();
-    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), id)
+    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), SubscriptionId(id))
         .await
         .unwrap();
     assert_eq!(
@@ -229,7 +229,7 @@ async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three(
     let e = engine(&db, &s.base_url()).await;
     bill(&e, t("2027-01-01T01:00:00Z")).await;
     bill(&e, t("2027-01-09T00:00:00Z")).await;
-    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), id)
+    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), SubscriptionId(id))
         .await
         .unwrap();
     assert_eq!(row.status, SubscriptionStatus::Unpaid);
@@ -255,7 +255,7 @@ async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three(
         ["2027-07-01", "2027-08-01", "2027-09-01"]
     );
     assert_eq!(skipped(&db, id).await, [(0, 5)]);
-    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), id)
+    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), SubscriptionId(id))
         .await
         .unwrap();
     assert_eq!(
@@ -298,7 +298,9 @@ async fn the_sql_api_follows_the_rust_lifecycle_for_every_status_and_command() {
                 .await
                 .unwrap();
                 let mut conn = db.pool.acquire().await.unwrap();
-                let before = subscriptions::get(&mut conn, id).await.unwrap();
+                let before = subscriptions::get(&mut conn, SubscriptionId(id))
+                    .await
+                    .unwrap();
                 let events_before: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM paycron.events WHERE subscription_id = $1",
                 )
@@ -331,7 +333,9 @@ async fn the_sql_api_follows_the_rust_lifecycle_for_every_status_and_command() {
                     .bind(now)
                     .execute(&mut *conn)
                     .await;
-                let after = subscriptions::get(&mut conn, id).await.unwrap();
+                let after = subscriptions::get(&mut conn, SubscriptionId(id))
+                    .await
+                    .unwrap();
                 let kinds: Vec<String> = sqlx::query_scalar(
                     "SELECT type FROM paycron.events WHERE subscription_id = $1 ORDER BY id OFFSET $2",
                 )

@@ -414,9 +414,10 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
     let id = parse_id(id)?;
     let mut conn = app.pool.acquire().await.map_err(StoreError::from)?;
     let row = subscriptions::get(&mut conn, id).await?;
+    let history = crate::store::events::for_subscription(&mut conn, id, SHOW_EVENTS).await?;
+    let mut v = serde_json::to_value(&row).map_err(|e| CommandError::Io(e.to_string()))?;
     match format {
         Format::Text => {
-            let v = serde_json::to_value(&row).map_err(|e| CommandError::Io(e.to_string()))?;
             if let Some(obj) = v.as_object() {
                 for (k, val) in obj {
                     let shown = match val {
@@ -427,14 +428,73 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
                     println!("{k:<22} {shown}");
                 }
             }
+            println!();
+            println!("history (latest {SHOW_EVENTS} events, oldest first):");
+            for e in &history {
+                println!(
+                    "  {} #{:<8} {:<26} {}",
+                    e.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    e.id,
+                    e.kind,
+                    event_summary(&e.kind, &e.payload)
+                );
+            }
             Ok(())
         }
         Format::Json | Format::Jsonl => {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "events".into(),
+                    serde_json::to_value(&history).map_err(|e| CommandError::Io(e.to_string()))?,
+                );
+            }
             println!(
                 "{}",
-                serde_json::to_string_pretty(&row).map_err(|e| CommandError::Io(e.to_string()))?
+                serde_json::to_string_pretty(&v).map_err(|e| CommandError::Io(e.to_string()))?
             );
             Ok(())
+        }
+    }
+}
+
+/// How many of a subscription's events `subscription show` prints.
+const SHOW_EVENTS: i64 = 50;
+
+/// One event in words, for `subscription show`.
+fn event_summary(kind: &str, p: &serde_json::Value) -> String {
+    let s = |k: &str| match &p[k] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(v) => v.clone(),
+        other => other.to_string(),
+    };
+    match kind {
+        "period_skipped" => format!(
+            "{} period(s) {}..{} ({} .. {}) never billed: {}",
+            s("periods"),
+            s("first_period"),
+            s("last_period"),
+            s("first_period_start"),
+            s("last_period_start"),
+            s("reason")
+        ),
+        "payment_succeeded" | "payment_declined" => {
+            let code = s("decline_code");
+            format!(
+                "attempt {} for the period of {}: {} {}{}",
+                s("attempt"),
+                s("period_start"),
+                s("amount_minor"),
+                s("currency"),
+                if code.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({code})")
+                }
+            )
+        }
+        _ => {
+            let reason = s("reason");
+            if reason.is_empty() { String::new() } else { reason }
         }
     }
 }

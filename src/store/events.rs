@@ -68,6 +68,27 @@ pub async fn after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<EventRow
     .await?)
 }
 
+/// A subscription's latest `limit` events, oldest first (what `subscription show` prints).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn for_subscription(
+    conn: &mut PgConnection,
+    subscription: SubscriptionId,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM (
+           SELECT id, type AS kind, subscription_id, customer_id, charge_id, payload, created_at
+             FROM paycron.events WHERE subscription_id = $1 ORDER BY id DESC LIMIT $2) e
+          ORDER BY id",
+    )
+    .bind(subscription)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// An event to write.
 #[derive(Clone, Debug)]
 pub struct NewEvent {

@@ -262,6 +262,38 @@ async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three(
         (row.status, row.next_period),
         (SubscriptionStatus::Active, 9)
     );
+    // `subscription show` names the skipped periods, in words and as data.
+    let (code, out, err) = run(paycron(Some(&db.url), None).args([
+        "subscription",
+        "show",
+        &id.to_string(),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("period_skipped"))
+        .unwrap_or_else(|| panic!("no period_skipped line in:\n{out}"));
+    assert!(
+        line.contains("6 period(s) 0..5") && line.contains("2027-01-01T00:00:00Z"),
+        "{line}"
+    );
+    let (code, out, err) = run(paycron(Some(&db.url), None).args([
+        "subscription",
+        "show",
+        &id.to_string(),
+        "--format",
+        "json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"period_skipped"), "{kinds:?}");
+    assert_eq!(v["amount_minor"], 1000, "the row's keys keep their names");
     s.shutdown().await;
 }
 

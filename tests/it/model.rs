@@ -10,7 +10,10 @@
 //!   nothing from `cycles` on or at or after `ends_at`;
 //! - more than `max` periods due at once bills only the most recent `max`;
 //! - a soft decline retries 1, 3, 5 and 7 days after the period's first decline, then unpaid;
-//!   a card change revives an unpaid subscription.
+//!   a card change revives an unpaid subscription;
+//! - a hard decline (a card Square refuses for good, or one disabled at Square, which paycron
+//!   refuses itself) retries at once on the customer's most recently updated other enabled card,
+//!   and with none left the subscription is unpaid.
 //!
 //! After every step the periods charged at Square and in the database are exactly the model's,
 //! so no period is charged twice, none that must not be, and every one that is due is. Every
@@ -53,11 +56,25 @@ enum Op {
     Resume,
     CancelNow,
     CancelAtPeriodEnd,
-    /// The business changes the card: to one Square approves, or one it declines softly.
-    UseCard(bool),
+    /// The business changes the card: to one Square approves, declines softly or declines
+    /// for good.
+    UseCard(Card),
+    /// Square disabled the card the subscription is charged on (`card.disabled`).
+    CardDisabled,
     /// Square updated the card (`card.automatically_updated`).
     CardUpdated,
 }
+
+/// The customer's three cards, in the order paycron falls back to them (most recently
+/// updated first: the test dates them so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Card {
+    Soft = 0,
+    Ok = 1,
+    Hard = 2,
+}
+
+const CARDS: [Card; 3] = [Card::Soft, Card::Ok, Card::Hard];
 
 fn plan() -> impl Strategy<Value = Plan> {
     (
@@ -101,7 +118,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Resume),
         1 => Just(Op::CancelNow),
         1 => Just(Op::CancelAtPeriodEnd),
-        2 => any::<bool>().prop_map(Op::UseCard),
+        2 => prop::sample::select(CARDS.to_vec()).prop_map(Op::UseCard),
+        1 => Just(Op::CardDisabled),
         1 => Just(Op::CardUpdated),
     ]
 }
@@ -128,7 +146,8 @@ struct Model {
     /// First decline of the current period, and when the next retry is due.
     dunning: Option<(DateTime<Utc>, DateTime<Utc>)>,
     cancel_at_end: bool,
-    card_ok: bool,
+    card: Card,
+    enabled: [bool; 3],
     paid: BTreeSet<u32>,
 }
 
@@ -176,7 +195,8 @@ impl Model {
                     return;
                 }
             }
-            if self.card_ok {
+            let usable = self.enabled[self.card as usize];
+            if usable && self.card == Card::Ok {
                 assert!(
                     self.paid.insert(self.next),
                     "model charged {} twice",
@@ -188,6 +208,20 @@ impl Model {
                 self.dunning = None;
                 if self.over(self.next) {
                     self.st = St::Completed;
+                }
+            } else if !usable || self.card == Card::Hard {
+                let started = self.dunning.map(|d| d.0).unwrap_or(now);
+                let spare = CARDS
+                    .into_iter()
+                    .find(|c| *c != self.card && self.enabled[*c as usize]);
+                self.attempt += 1;
+                self.dunning = Some((started, now));
+                match spare {
+                    Some(c) => {
+                        self.card = c;
+                        self.past_due = true;
+                    }
+                    None => self.st = St::Unpaid,
                 }
             } else {
                 let started = self.dunning.map(|d| d.0).unwrap_or(now);
@@ -241,14 +275,16 @@ impl Model {
                 St::Live if !self.past_due => self.cancel_at_end = true,
                 _ => self.st = St::Canceled,
             },
-            Op::UseCard(ok) => {
-                if matches!(self.st, St::Canceled | St::Completed) {
+            Op::UseCard(card) => {
+                if matches!(self.st, St::Canceled | St::Completed) || !self.enabled[card as usize]
+                {
                     return false;
                 }
-                self.card_ok = ok;
+                self.card = card;
                 self.revive(now);
             }
             Op::CardUpdated => self.revive(now),
+            Op::CardDisabled => self.enabled[self.card as usize] = false,
             Op::Step(_) | Op::Downtime(_) => unreachable!(),
         }
         true
@@ -302,13 +338,24 @@ async fn run_case(
     ops: &[Op],
 ) -> Result<(), TestCaseError> {
     let customer = format!("MODEL{n:05}");
-    let ok = format!("ccof:sim-ok-m{n:05}");
-    let bad = format!("ccof:sim-insufficient-funds-m{n:05}");
-    for card in [&ok, &bad] {
+    let card_ids = [
+        format!("ccof:sim-insufficient-funds-m{n:05}"),
+        format!("ccof:sim-ok-m{n:05}"),
+        format!("ccof:sim-card-expired-m{n:05}"),
+    ];
+    let ok = &card_ids[Card::Ok as usize];
+    for (i, card) in card_ids.iter().enumerate() {
         w.sim.with(|st| st.add_card(&customer, card, "VISA", true));
         sqlx::query("SELECT paycron.upsert_customer_card($1, $2, 'VISA', '1111', 12, 2099)")
             .bind(&customer)
             .bind(card)
+            .execute(&w.db.pool)
+            .await
+            .unwrap();
+        // The fallback order is the cards' update order, newest first: fixed here.
+        sqlx::query("UPDATE paycron.cards SET updated_at = '2020-01-01T00:00:00Z'::timestamptz - $2 * interval '1 hour' WHERE id = $1")
+            .bind(card)
+            .bind(i as i32)
             .execute(&w.db.pool)
             .await
             .unwrap();
@@ -325,7 +372,7 @@ async fn run_case(
     .bind(&customer)
     .bind(plan.unit)
     .bind(plan.count as i32)
-    .bind(&ok)
+    .bind(ok)
     .bind(anchor)
     .bind(plan.zone)
     .bind(plan.cycles.map(|c| c as i32))
@@ -354,7 +401,8 @@ async fn run_case(
         past_due: false,
         dunning: None,
         cancel_at_end: false,
-        card_ok: true,
+        card: Card::Ok,
+        enabled: [true; 3],
         paid: BTreeSet::new(),
     };
     for (i, op) in ops.iter().enumerate() {
@@ -382,10 +430,12 @@ async fn run_case(
                     Op::Resume => "SELECT paycron.resume_subscription($1, $2)".to_owned(),
                     Op::CancelNow => "SELECT paycron.cancel_subscription($1, false, $2)".to_owned(),
                     Op::CancelAtPeriodEnd => "SELECT paycron.cancel_subscription($1, true, $2)".to_owned(),
-                    Op::UseCard(good) => format!(
+                    Op::UseCard(card) => format!(
                         "SELECT paycron.change_card($1, '{}', $2)",
-                        if good { &ok } else { &bad }
+                        card_ids[card as usize]
                     ),
+                    // As the `card.disabled` webhook does.
+                    Op::CardDisabled => "UPDATE paycron.cards SET enabled = false, updated_at = now() WHERE id = (SELECT card_id FROM paycron.subscriptions WHERE id = $1) AND $2::timestamptz IS NOT NULL".to_owned(),
                     Op::CardUpdated => "SELECT paycron.card_updated(card_id, $2) FROM paycron.subscriptions WHERE id = $1".to_owned(),
                     _ => unreachable!(),
                 };

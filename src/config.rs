@@ -134,6 +134,9 @@ pub struct BillingConfig {
     /// subscription (downtime, a revived unpaid subscription), only the most recent this many
     /// are billed; the older ones are skipped for good. Default 3, at least 1.
     pub max_catch_up_periods: u32,
+    /// `PAYCRON_HALT_PROBE_SECONDS`: after billing halted on configuration errors, the first
+    /// probe waits this long; each failed probe doubles it, up to 30 minutes. Default 30.
+    pub halt_probe_after: Duration,
 }
 
 /// All of paycron's configuration.
@@ -427,6 +430,11 @@ impl Config {
                 },
                 max_catch_up_periods: src.positive("PAYCRON_MAX_CATCH_UP_PERIODS", 3, 10_000)?
                     as u32,
+                halt_probe_after: Duration::from_secs(src.positive(
+                    "PAYCRON_HALT_PROBE_SECONDS",
+                    30,
+                    3_600,
+                )?),
             },
         })
     }

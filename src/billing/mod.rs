@@ -25,6 +25,7 @@
 //! an authentication failure) leave the charge `pending` for recovery: never recorded as a
 //! failure, because money may have moved.
 
+pub mod breaker;
 mod record;
 mod settle;
 pub use settle::settle_subscription;
@@ -75,6 +76,15 @@ pub enum BillingError {
     /// A gateway read call failed.
     #[error(transparent)]
     Gateway(#[from] crate::gateway::GatewayError),
+    /// Square refused the configuration several times in a row: billing halted.
+    #[error(
+        "billing halted: Square refused the charges for a configuration reason ({} {}{}); check {}; billing probes again with backoff and resumes by itself once Square accepts",
+        .0.code,
+        .0.detail,
+        .0.field.as_deref().map(|f| format!(", field {f}")).unwrap_or_default(),
+        .0.setting
+    )]
+    Halted(breaker::Halt),
 }
 
 /// Module result.
@@ -190,6 +200,10 @@ pub struct Engine {
     leased: std::sync::Mutex<HashMap<ChargeId, Lease>>,
     // Numbers billing passes (0 is re-driving), so a pass withdraws only its own intents.
     passes: std::sync::atomic::AtomicU64,
+    // Halts billing on configuration errors (see `breaker`).
+    breaker: std::sync::Mutex<breaker::Breaker>,
+    // While the configuration is unproven, one charge at a time holds this.
+    probe: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the lifecycle decided for one claimed subscription.
@@ -209,10 +223,14 @@ struct Progress {
     claims: HashMap<SubscriptionId, u32>,
     excluded: Vec<SubscriptionId>,
     limit: u32,
+    // Rows last written before the run began (by the database's clock, which writes
+    // `updated_at`) are on their first claim of the run and are not counted, so the map holds
+    // only subscriptions the run has already moved: memory stays flat however many are due.
+    counted_since: DateTime<Utc>,
 }
 
 impl Progress {
-    fn new(config: &BillingConfig) -> Self {
+    fn new(config: &BillingConfig, started: DateTime<Utc>) -> Self {
         // Catch-up periods, each with its dunning retries and a fallback card, plus slack.
         let per_period = u32::try_from(config.dunning.retry_days.len()).unwrap_or(u32::MAX) + 2;
         Progress {
@@ -222,6 +240,7 @@ impl Progress {
                 .max_catch_up_periods
                 .saturating_add(1)
                 .saturating_mul(per_period),
+            counted_since: started,
         }
     }
 
@@ -266,6 +285,7 @@ impl Engine {
         location_id: Option<String>,
     ) -> Result<Self> {
         let owner = Uuid::new_v4();
+        let probe_after = config.halt_probe_after;
         let mut conn = pool.acquire().await.map_err(StoreError::from)?.detach();
         charges::hold_owner_lock(&mut conn, owner).await?;
         Ok(Engine {
@@ -278,6 +298,8 @@ impl Engine {
             cancel: CancellationToken::new(),
             leased: Default::default(),
             passes: std::sync::atomic::AtomicU64::new(1),
+            breaker: std::sync::Mutex::new(breaker::Breaker::new(probe_after)),
+            probe: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -359,7 +381,7 @@ impl Engine {
         now: DateTime<Utc>,
         progress: &mut Progress,
     ) -> Result<Option<Claimed>> {
-        if self.cancel.is_cancelled() {
+        if self.cancel.is_cancelled() || self.breaker().halted().is_some() {
             return Ok(None);
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
@@ -379,11 +401,13 @@ impl Engine {
         let mut moved = std::collections::HashSet::new();
         let mut notices = Vec::new();
         for sub in &due {
-            let claims = progress.claims.entry(sub.id).or_default();
-            *claims += 1;
-            if *claims > progress.limit {
-                progress.set_aside(sub.id, "claimed_too_often");
-                continue;
+            if sub.updated_at >= progress.counted_since {
+                let claims = progress.claims.entry(sub.id).or_default();
+                *claims += 1;
+                if *claims > progress.limit {
+                    progress.set_aside(sub.id, "claimed_too_often");
+                    continue;
+                }
             }
             let planned = self.plan(sub, now)?;
             if let Some(update) = &planned.moved {
@@ -581,7 +605,13 @@ impl Engine {
                             duration_ms: 0,
                         };
                     }
-                    if cancel.is_cancelled() {
+                    // Until Square has proven the configuration, one charge at a time.
+                    let _probe = if self.breaker().proven() {
+                        None
+                    } else {
+                        self.probe.clone().acquire_owned().await.ok()
+                    };
+                    if cancel.is_cancelled() || self.breaker().halted().is_some() {
                         return Attempted {
                             charge,
                             outcome: None,
@@ -610,6 +640,7 @@ impl Engine {
                                 reason: format!("payment task failed: {e}"),
                             });
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).decrement(1.0);
+                    self.heed(&outcome);
                     Attempted {
                         charge,
                         outcome: Some(outcome),
@@ -671,6 +702,50 @@ impl Engine {
         }
     }
 
+    fn breaker(&self) -> std::sync::MutexGuard<'_, breaker::Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds Square's answer to the halt breaker, and says so when billing halts or resumes.
+    fn heed(&self, outcome: &PaymentOutcome) {
+        let change = match outcome {
+            PaymentOutcome::Succeeded { .. } | PaymentOutcome::Declined { .. } => {
+                self.breaker().proved()
+            }
+            PaymentOutcome::Misconfigured {
+                code,
+                field,
+                detail,
+                ..
+            } => self.breaker().refused(
+                breaker::Halt {
+                    code: code.clone(),
+                    field: field.clone(),
+                    detail: detail.clone(),
+                    setting: crate::domain::decline::suspect_setting(code, field.as_deref()),
+                },
+                Instant::now(),
+            ),
+            _ => breaker::Change::None,
+        };
+        match change {
+            breaker::Change::None => {}
+            breaker::Change::Halted(h, backoff) => {
+                metrics::gauge!(crate::ops::metrics::BILLING_HALTED).set(1.0);
+                tracing::error!(
+                    code = %h.code, field = h.field.as_deref().unwrap_or(""), setting = h.setting,
+                    detail = %h.detail, probe_in_s = backoff.as_secs(),
+                    "billing halted: Square refused the charges for a configuration reason; check {}",
+                    h.setting
+                );
+            }
+            breaker::Change::Resumed => {
+                metrics::gauge!(crate::ops::metrics::BILLING_HALTED).set(0.0);
+                tracing::info!("billing resumed: Square accepted the configuration again");
+            }
+        }
+    }
+
     fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<ChargeId, Lease>> {
         // A panic elsewhere cannot leave a set of ids inconsistent in a way that matters.
         self.leased.lock().unwrap_or_else(|e| e.into_inner())
@@ -683,8 +758,13 @@ impl Engine {
     /// [`BillingError`].
     pub async fn bill_due(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
-        {
+        if self.breaker().still_halted(Instant::now()) {
+            tracing::debug!("billing halted; waiting for the next probe");
+            return Ok(total);
+        }
+        let started = {
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            let started = subscriptions::db_now(&mut conn).await?;
             let warned = crate::store::cards::emit_expiring(
                 &mut conn,
                 now,
@@ -694,11 +774,12 @@ impl Engine {
             if warned > 0 {
                 tracing::info!(cards = warned, "card_expiring events emitted");
             }
-        }
+            started
+        };
         // A pass ends when a claim finds nothing, which may be because the due subscriptions
         // left had an intent of this pass still open (a catch-up's next period): passes repeat
         // until one claims nothing, starting each with nothing of ours in flight.
-        let mut progress = Progress::new(&self.config);
+        let mut progress = Progress::new(&self.config, started);
         loop {
             let (pass, claimed) = self.bill_pass(now, &mut progress).await?;
             total.merge(&pass);
@@ -720,6 +801,9 @@ impl Engine {
                 ..again
             });
             total.unresolved = unresolved_before;
+        }
+        if let Some(h) = self.breaker().halted() {
+            return Err(BillingError::Halted(h.clone()));
         }
         Ok(total)
     }

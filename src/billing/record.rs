@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{BillingError, Engine, Result, Summary};
+use crate::domain::decline::suspect_setting;
 use crate::domain::lifecycle::{self, Notice};
 use crate::domain::subscription::AttemptOutcome;
 use crate::domain::{CardId, ChargeId, ChargeStatus, CustomerId, SubscriptionId};
@@ -94,28 +95,31 @@ impl Engine {
                     Some(category),
                     AttemptOutcome::Declined { hard },
                 ),
-                PaymentOutcome::Fatal { code, category, .. }
-                    if category == "AUTHENTICATION_ERROR" =>
-                {
+                PaymentOutcome::Fatal { code, .. } => {
                     tracing::error!(subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
                         outcome = "unauthorized", code = %code, "Square rejected the access token; charge left pending");
                     summary.unresolved += 1;
                     unauthorized = Some(code);
                     continue;
                 }
-                PaymentOutcome::Fatal {
+                PaymentOutcome::Misconfigured {
                     code,
                     category,
+                    field,
                     detail,
                 } => {
-                    tracing::warn!(subscription_id = %charge.subscription_id, charge_id = %charge.id, %code, %detail, "Square refused the request");
-                    // A request Square can never accept for this card: the card is unusable.
+                    tracing::error!(
+                        subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+                        outcome = "misconfigured", code = %code, field = field.as_deref().unwrap_or(""),
+                        setting = suspect_setting(&code, field.as_deref()), %detail,
+                        "Square refused the request for a configuration reason, not the customer's: no dunning step, tried again later"
+                    );
                     (
                         ChargeStatus::Failed,
                         None,
                         Some(code),
                         Some(category),
-                        AttemptOutcome::Declined { hard: true },
+                        AttemptOutcome::Misconfigured,
                     )
                 }
                 PaymentOutcome::Transient { reason, .. }
@@ -326,6 +330,8 @@ impl Engine {
         match d.outcome {
             AttemptOutcome::Succeeded => emit("payment_succeeded", payload.clone()),
             AttemptOutcome::Declined { .. } => emit("payment_declined", payload.clone()),
+            // Nobody's card was at fault: nothing for the business to tell its customer.
+            AttemptOutcome::Misconfigured => {}
         }
         let period = u32::try_from(charge.period).map_err(|e| build(e.to_string()))?;
         let attempt = u32::try_from(charge.attempt).map_err(|e| build(e.to_string()))?;

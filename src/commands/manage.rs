@@ -433,7 +433,8 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
             for e in &history {
                 println!(
                     "  {} #{:<8} {:<26} {}",
-                    e.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    e.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     e.id,
                     e.kind,
                     event_summary(&e.kind, &e.payload)
@@ -494,7 +495,11 @@ fn event_summary(kind: &str, p: &serde_json::Value) -> String {
         }
         _ => {
             let reason = s("reason");
-            if reason.is_empty() { String::new() } else { reason }
+            if reason.is_empty() {
+                String::new()
+            } else {
+                reason
+            }
         }
     }
 }

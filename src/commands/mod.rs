@@ -47,7 +47,7 @@ impl CommandError {
             CommandError::BadInput(_) | CommandError::Config(_) => 2,
             CommandError::Store(e) if e.is_bad_input() => 2,
             CommandError::Gateway(GatewayError::Unauthorized { .. } | GatewayError::Config(_)) => 2,
-            CommandError::Billing(BillingError::Unauthorized { .. }) => 2,
+            CommandError::Billing(BillingError::Unauthorized { .. } | BillingError::Halted(_)) => 2,
             CommandError::Billing(BillingError::Gateway(GatewayError::Unauthorized { .. })) => 2,
             CommandError::Daemon(crate::scheduler::daemon::DaemonError::Bind { .. }) => 2,
             _ => 1,

@@ -55,6 +55,9 @@ pub struct State {
     pub period: u32,
     /// The attempt number (1-based) of that period to make next.
     pub attempt: u32,
+    /// Attempts of that period Square refused for a configuration reason (not dunning
+    /// retries).
+    pub uncounted: u32,
     /// When the next attempt is due (`None`: nothing more to bill).
     pub due: Option<DateTime<Utc>>,
     /// The first decline of the current period (dunning in progress when set).
@@ -202,6 +205,7 @@ pub fn settle(
         if first > s.period {
             s.period = first;
             s.attempt = 1;
+            s.uncounted = 0;
             s.dunning_started_at = None;
             if s.status == SubscriptionStatus::PastDue {
                 s.status = SubscriptionStatus::Active;
@@ -246,6 +250,7 @@ pub fn settle(
         });
         s.period = keep_from;
         s.attempt = 1;
+        s.uncounted = 0;
         s.due = Some(cal.period_start(keep_from)?);
     }
     let start = cal.period_start(s.period)?;
@@ -321,6 +326,7 @@ pub fn on_outcome(
         period,
         attempt,
         dunning_started_at: state.dunning_started_at,
+        uncounted: state.uncounted,
         max_cycles: terms.max_cycles,
         ends_at: terms.ends_at,
     };
@@ -335,6 +341,7 @@ pub fn on_outcome(
         } => {
             s.period = period;
             s.attempt = 1;
+            s.uncounted = 0;
             s.dunning_started_at = None;
             if billable {
                 s.status = status;
@@ -346,6 +353,13 @@ pub fn on_outcome(
                 s.due = due;
             } else {
                 s.due = None;
+            }
+        }
+        Transition::Postponed { attempt, due } => {
+            s.attempt = attempt;
+            s.uncounted += 1;
+            if billable {
+                s.due = Some(due);
             }
         }
         Transition::Retry { .. } | Transition::Exhausted { .. } if !billable => {
@@ -543,6 +557,7 @@ mod tests {
             status: SubscriptionStatus::Active,
             period,
             attempt: 1,
+            uncounted: 0,
             due: Some(t(due)),
             dunning_started_at: None,
             cancel_at_period_end: false,

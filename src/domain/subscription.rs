@@ -187,6 +187,9 @@ pub struct Position {
     pub attempt: u32,
     /// When the period's first decline happened (`None` before any decline).
     pub dunning_started_at: Option<DateTime<Utc>>,
+    /// Attempts of the period Square refused for a configuration reason: they used a key but
+    /// no dunning retry.
+    pub uncounted: u32,
     /// Bill at most this many periods.
     pub max_cycles: Option<u32>,
     /// Bill no period starting at or after this instant.
@@ -203,6 +206,17 @@ pub enum AttemptOutcome {
         /// Whether the same card is pointless to retry.
         hard: bool,
     },
+    /// Square refused the seller's setup or the request: no customer is at fault. The period is
+    /// tried again later under a new key, without a dunning step.
+    Misconfigured,
+}
+
+/// How long a subscription waits before its period is tried again after the `n`th (1-based)
+/// configuration error in a row: a minute, doubling, at most six hours. The engine halts
+/// billing long before that matters; this keeps a single odd subscription (a currency its
+/// location cannot take) from being sent at every run.
+pub fn misconfigured_backoff(n: u32) -> Duration {
+    Duration::minutes(1i64 << n.saturating_sub(1).min(9)).min(Duration::hours(6))
 }
 
 /// What to do with the subscription next.
@@ -227,6 +241,14 @@ pub enum Transition {
         switch_card: bool,
         /// When the period's dunning started.
         dunning_started_at: DateTime<Utc>,
+    },
+    /// Square refused the request for a configuration reason: try the period again as
+    /// attempt `attempt` at `due`, status and dunning untouched.
+    Postponed {
+        /// The next attempt number.
+        attempt: u32,
+        /// When.
+        due: DateTime<Utc>,
     },
     /// Dunning is over without payment.
     Exhausted {
@@ -268,28 +290,38 @@ pub fn after_outcome(
                 }
             })
         }
+        AttemptOutcome::Misconfigured => Ok(Transition::Postponed {
+            attempt: pos.attempt + 1,
+            due: now + misconfigured_backoff(pos.uncounted + 1),
+        }),
         AttemptOutcome::Declined { hard } => {
             let started = pos.dunning_started_at.unwrap_or(now);
-            if hard {
-                if policy.fallback_card && has_other_card {
-                    return Ok(Transition::Retry {
-                        attempt: pos.attempt + 1,
-                        due: now,
-                        switch_card: true,
-                        dunning_started_at: started,
-                    });
-                }
+            let fallback = hard && policy.fallback_card && has_other_card;
+            if hard && !fallback {
                 return Ok(exhausted(policy));
             }
-            // Retries already used in this period: attempts so far minus the first.
-            let used = usize::try_from(pos.attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+            // The other card is tried at once only after the period's first decline: a card
+            // that declines for good right after a fallback waits for the dunning schedule, so
+            // no path retries "now" twice in a row, and two bad cards cannot loop.
+            if fallback && pos.dunning_started_at.is_none() {
+                return Ok(Transition::Retry {
+                    attempt: pos.attempt + 1,
+                    due: now,
+                    switch_card: true,
+                    dunning_started_at: started,
+                });
+            }
+            // Retries already used in this period: attempts so far minus the first and minus
+            // those Square refused for a configuration reason. A fallback counts as a retry.
+            let used = usize::try_from(pos.attempt.saturating_sub(1 + pos.uncounted))
+                .unwrap_or(usize::MAX);
             match policy.retry_days.get(used) {
                 Some(&days) => {
                     let due = (started + Duration::days(i64::from(days))).max(now);
                     Ok(Transition::Retry {
                         attempt: pos.attempt + 1,
                         due,
-                        switch_card: false,
+                        switch_card: fallback,
                         dunning_started_at: started,
                     })
                 }
@@ -323,6 +355,7 @@ mod tests {
             period: 0,
             attempt,
             dunning_started_at: started,
+            uncounted: 0,
             max_cycles: None,
             ends_at: None,
         }
@@ -404,6 +437,82 @@ mod tests {
         }
         let days: Vec<i64> = dues.iter().map(|d| (*d - start).num_days()).collect();
         assert_eq!(days, [1, 3, 5, 7]);
+    }
+
+    #[test]
+    fn two_hard_declining_cards_never_retry_now_twice_and_exhaust() {
+        let policy = DunningPolicy::default();
+        let start: DateTime<Utc> = "2025-01-31T12:00:00Z".parse().unwrap();
+        let (mut attempt, mut started, mut now) = (1, None, start);
+        let mut sends = 0;
+        let mut at_once = 0;
+        loop {
+            sends += 1;
+            assert!(sends < 20, "unbounded");
+            match after_outcome(
+                &pos(attempt, started),
+                AttemptOutcome::Declined { hard: true },
+                &policy,
+                true,
+                now,
+            )
+            .unwrap()
+            {
+                Transition::Retry {
+                    attempt: a,
+                    due,
+                    dunning_started_at,
+                    switch_card,
+                } => {
+                    assert!(switch_card);
+                    if due == now {
+                        at_once += 1;
+                    }
+                    attempt = a;
+                    started = Some(dunning_started_at);
+                    now = due;
+                }
+                Transition::Exhausted { .. } => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(at_once, 1, "only the first fallback is at once");
+        assert_eq!(sends, 5, "the first try and the four scheduled retries");
+    }
+
+    #[test]
+    fn a_configuration_error_postpones_without_using_a_retry() {
+        let policy = DunningPolicy::default();
+        let now: DateTime<Utc> = "2025-02-01T12:00:00Z".parse().unwrap();
+        let t = after_outcome(
+            &pos(1, None),
+            AttemptOutcome::Misconfigured,
+            &policy,
+            true,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            Transition::Postponed {
+                attempt: 2,
+                due: now + Duration::minutes(1)
+            }
+        );
+        // Two uncounted attempts later, the first decline still gets the first retry (1 day).
+        let mut p = pos(3, None);
+        p.uncounted = 2;
+        let t = after_outcome(
+            &p,
+            AttemptOutcome::Declined { hard: false },
+            &policy,
+            false,
+            now,
+        )
+        .unwrap();
+        assert!(matches!(t, Transition::Retry { due, .. } if due == now + Duration::days(1)));
+        assert_eq!(misconfigured_backoff(3), Duration::minutes(4));
+        assert_eq!(misconfigured_backoff(40), Duration::hours(6));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Every outcome of CreatePayment is typed where it happens: `Succeeded`, `Declined` (dunning),
 //! `Transient` (retried with the same key until the deadline ran out), `Unknown` (sent, no
-//! answer: recovered later with the same key), `KeyReused` and `Fatal` (configuration).
+//! answer: recovered later with the same key), `KeyReused`, `Misconfigured` (the seller's
+//! setup or the request) and `Fatal` (the access token).
 //! Nothing is skipped silently.
 
 pub mod simulator;
@@ -107,7 +108,20 @@ pub enum PaymentOutcome {
         /// Square's detail.
         detail: String,
     },
-    /// A request that cannot succeed: bad token, bad ids, configuration.
+    /// Square refused the seller's setup or the request (location, currency, API version,
+    /// request shape, or an error paycron does not know): no payment was made and no customer is
+    /// at fault; every charge would get the same answer until an operator fixes it.
+    Misconfigured {
+        /// Square error code.
+        code: String,
+        /// Square error category.
+        category: String,
+        /// The request field Square named, if any.
+        field: Option<String>,
+        /// Square's detail.
+        detail: String,
+    },
+    /// The access token was refused (`AUTHENTICATION_ERROR`): nothing can be charged.
     Fatal {
         /// Square error code.
         code: String,

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use super::wire::{self, PaymentResponse};
 use super::{GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, Result};
 use crate::config::SquareConfig;
-use crate::domain::decline::{ErrorClass, decisive};
+use crate::domain::decline::{ErrorClass, SquareError, decisive};
 
 /// Square's CreatePayment/List* client.
 pub struct SquareClient {
@@ -178,10 +178,10 @@ impl SquareClient {
             }
         };
         if !parsed.errors.is_empty() {
-            let pairs: Vec<(String, String)> = parsed
+            let pairs: Vec<SquareError> = parsed
                 .errors
                 .iter()
-                .map(|e| (e.category.clone(), e.code.clone()))
+                .map(|e| (e.category.clone(), e.code.clone(), e.field.clone()))
                 .collect();
             let detail_of = |code: &str| {
                 parsed
@@ -191,7 +191,7 @@ impl SquareClient {
                     .and_then(|e| e.detail.clone())
                     .unwrap_or_default()
             };
-            if let Some(((category, code), class)) = decisive(&pairs) {
+            if let Some(((category, code, field), class)) = decisive(&pairs) {
                 return match class {
                     ErrorClass::Declined { hard } => Try::Done(PaymentOutcome::Declined {
                         code: code.clone(),
@@ -206,13 +206,17 @@ impl SquareClient {
                     ErrorClass::KeyReused => Try::Done(PaymentOutcome::KeyReused {
                         detail: detail_of(code),
                     }),
-                    ErrorClass::Authentication | ErrorClass::Invalid => {
-                        Try::Done(PaymentOutcome::Fatal {
-                            code: code.clone(),
-                            category: category.clone(),
-                            detail: detail_of(code),
-                        })
-                    }
+                    ErrorClass::Authentication => Try::Done(PaymentOutcome::Fatal {
+                        code: code.clone(),
+                        category: category.clone(),
+                        detail: detail_of(code),
+                    }),
+                    ErrorClass::Configuration => Try::Done(PaymentOutcome::Misconfigured {
+                        code: code.clone(),
+                        category: category.clone(),
+                        field: field.clone(),
+                        detail: detail_of(code),
+                    }),
                 };
             }
         }

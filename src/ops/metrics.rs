@@ -27,6 +27,9 @@ pub const TASK_LAST_SUCCESS: &str = "paycron_task_last_success_timestamp_seconds
 /// Counter: subscriptions set aside for the rest of a billing run, label `reason`
 /// (no_progress|claimed_too_often): a row the engine could not move forward.
 pub const BILLING_STALLED: &str = "paycron_billing_stalled_total";
+/// Gauge: 1 while billing is halted because Square refused the configuration (location,
+/// currency, API version, request shape), else 0.
+pub const BILLING_HALTED: &str = "paycron_billing_halted";
 
 /// Every metric name paycron exposes (the dashboard test checks against this list).
 pub const ALL: &[&str] = &[
@@ -40,6 +43,7 @@ pub const ALL: &[&str] = &[
     TASK_SECONDS,
     TASK_LAST_SUCCESS,
     BILLING_STALLED,
+    BILLING_HALTED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -85,7 +89,11 @@ pub fn install() -> PrometheusHandle {
                 BILLING_STALLED,
                 "Subscriptions set aside for the rest of a billing run (no progress)"
             );
-            for m in [IN_FLIGHT, DUE, OLDEST_DUE] {
+            metrics::describe_gauge!(
+                BILLING_HALTED,
+                "1 while billing is halted: Square refused the configuration"
+            );
+            for m in [IN_FLIGHT, DUE, OLDEST_DUE, BILLING_HALTED] {
                 metrics::gauge!(m).set(0.0);
             }
             metrics::counter!(CHARGES, "outcome" => "succeeded", "code" => "").absolute(0);

@@ -77,10 +77,14 @@ pub struct SubscriptionRow {
     pub dunning_started_at: Option<DateTime<Utc>>,
     /// Periods starting before this are skipped.
     pub skip_before: Option<DateTime<Utc>>,
+    /// Attempts of the current period Square refused for a configuration reason.
+    pub uncounted_attempts: i32,
     /// The caller's reference.
     pub external_ref: Option<String>,
     /// Created.
     pub created_at: DateTime<Utc>,
+    /// Last written.
+    pub updated_at: DateTime<Utc>,
     /// Canceled.
     pub canceled_at: Option<DateTime<Utc>>,
 }
@@ -134,6 +138,7 @@ impl SubscriptionRow {
             status: self.status,
             period: u32::try_from(self.next_period).map_err(|e| self.corrupt(e))?,
             attempt: u32::try_from(self.next_attempt).map_err(|e| self.corrupt(e))?,
+            uncounted: u32::try_from(self.uncounted_attempts).map_err(|e| self.corrupt(e))?,
             due: self.next_due_at,
             dunning_started_at: self.dunning_started_at,
             cancel_at_period_end: self.cancel_at_period_end,
@@ -151,7 +156,7 @@ impl SubscriptionRow {
 
 const COLUMNS: &str = "id, customer_id, card_id, amount_minor, currency, interval_unit, interval_count, anchor, time_zone,
     status, trial_ends_at, max_cycles, ends_at, cancel_at_period_end, next_period, next_attempt, next_due_at,
-    dunning_started_at, skip_before, external_ref, created_at, canceled_at";
+    dunning_started_at, skip_before, uncounted_attempts, external_ref, created_at, updated_at, canceled_at";
 
 /// Creates a subscription through `paycron.create_subscription`.
 ///
@@ -320,12 +325,16 @@ pub struct PositionUpdate {
     pub card_id: CardId,
 }
 
-fn position_params(p: &PositionUpdate) -> Result<(i32, i32)> {
+fn position_params(p: &PositionUpdate) -> Result<(i32, i32, i32)> {
     let int = |v: u32| {
         i32::try_from(v)
             .map_err(|e| StoreError::Rejected(format!("position {v} out of range: {e}")))
     };
-    Ok((int(p.state.period)?, int(p.state.attempt)?))
+    Ok((
+        int(p.state.period)?,
+        int(p.state.attempt)?,
+        int(p.state.uncounted)?,
+    ))
 }
 
 /// Writes a new billing position (the open intent marker is left alone).
@@ -337,11 +346,12 @@ pub async fn set_position(
     id: SubscriptionId,
     p: &PositionUpdate,
 ) -> Result<()> {
-    let (period, attempt) = position_params(p)?;
+    let (period, attempt, uncounted) = position_params(p)?;
     sqlx::query(
         "UPDATE paycron.subscriptions
             SET status = $2, card_id = $3, next_period = $4, next_attempt = $5, next_due_at = $6,
                 dunning_started_at = $7, skip_before = $8, cancel_at_period_end = $9,
+                uncounted_attempts = $10,
                 canceled_at = CASE WHEN $2 = 'canceled' THEN coalesce(canceled_at, now()) ELSE canceled_at END,
                 updated_at = now()
           WHERE id = $1",
@@ -355,6 +365,7 @@ pub async fn set_position(
     .bind(p.state.dunning_started_at)
     .bind(p.state.skip_before)
     .bind(p.state.cancel_at_period_end)
+    .bind(uncounted)
     .execute(conn)
     .await?;
     Ok(())
@@ -453,10 +464,12 @@ pub async fn set_positions(
     }
     let mut periods = Vec::with_capacity(updates.len());
     let mut attempts = Vec::with_capacity(updates.len());
+    let mut uncounted = Vec::with_capacity(updates.len());
     for (_, u) in updates {
-        let (p, a) = position_params(u)?;
+        let (p, a, n) = position_params(u)?;
         periods.push(p);
         attempts.push(a);
+        uncounted.push(n);
     }
     macro_rules! col {
         ($($f:tt)+) => {
@@ -470,12 +483,12 @@ pub async fn set_positions(
         "UPDATE paycron.subscriptions s
             SET status = u.status, card_id = u.card_id, next_period = u.next_period, next_attempt = u.next_attempt,
                 next_due_at = u.next_due_at, dunning_started_at = u.dunning_started_at,
-                skip_before = u.skip_before,
+                skip_before = u.skip_before, uncounted_attempts = u.uncounted,
                 canceled_at = CASE WHEN u.status = 'canceled' THEN coalesce(s.canceled_at, now()) ELSE s.canceled_at END,
                 open_charge_id = NULL,
                 updated_at = now()
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
-                AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, skip_before)
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::int[])
+                AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, skip_before, uncounted)
           WHERE s.id = u.id AND s.id = ANY($1)",
     )
     .bind(updates.iter().map(|(id, _)| *id).collect::<Vec<_>>())
@@ -486,6 +499,7 @@ pub async fn set_positions(
     .bind(col!(state.due))
     .bind(col!(state.dunning_started_at))
     .bind(col!(state.skip_before))
+    .bind(uncounted)
     .execute(conn)
     .await?;
     Ok(())

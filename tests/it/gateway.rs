@@ -157,11 +157,20 @@ fn every_error_code_in_the_spec_maps_to_a_class() {
         let class = classify(category, code);
         let expected_ok = match category {
             "PAYMENT_METHOD_ERROR" if code == "TEMPORARY_ERROR" => class == ErrorClass::Transient,
+            // The seller's location, not the card.
+            "PAYMENT_METHOD_ERROR" if code == "INVALID_LOCATION" => {
+                class == ErrorClass::Configuration
+            }
             "PAYMENT_METHOD_ERROR" => matches!(class, ErrorClass::Declined { .. }),
             "API_ERROR" | "RATE_LIMIT_ERROR" => class == ErrorClass::Transient,
             "AUTHENTICATION_ERROR" => class == ErrorClass::Authentication,
-            "INVALID_REQUEST_ERROR" => !matches!(class, ErrorClass::Authentication),
-            _ => true,
+            // Never a soft decline, never the token.
+            "INVALID_REQUEST_ERROR" => !matches!(
+                class,
+                ErrorClass::Authentication | ErrorClass::Declined { hard: false }
+            ),
+            // Anything else is never a decline.
+            _ => matches!(class, ErrorClass::Configuration | ErrorClass::Transient),
         };
         assert!(expected_ok, "{category}/{code} -> {class:?}");
     }
@@ -257,24 +266,32 @@ async fn simulator_validates_like_square() {
     });
     let c = client(&config(&s.base_url()));
     let fatal_code = |o: PaymentOutcome| match o {
-        PaymentOutcome::Fatal { code, .. } => code,
+        PaymentOutcome::Misconfigured { code, .. } => code,
         other => panic!("{other:?}"),
     };
-    // Wrong customer for the card, unknown card, amount 0, foreign currency.
+    let card_code = |o: PaymentOutcome| match o {
+        PaymentOutcome::Declined {
+            code, hard: true, ..
+        } => code,
+        other => panic!("{other:?}"),
+    };
+    // Wrong customer for the card and an unknown card: that card's problem (a hard decline).
     assert_eq!(
-        fatal_code(
+        card_code(
             c.create_payment(&payment("ccof:sim-ok-1", "C2", 100, "USD"))
                 .await
         ),
         "INVALID_VALUE"
     );
     assert_eq!(
-        fatal_code(
+        card_code(
             c.create_payment(&payment("ccof:nope", "C1", 100, "USD"))
                 .await
         ),
         "NOT_FOUND"
     );
+    // Amount 0, a currency the location cannot take, an oversized key or reference, a missing
+    // customer: the request's shape or the seller's setup (configuration).
     assert_eq!(
         fatal_code(
             c.create_payment(&payment("ccof:sim-ok-1", "C1", 0, "USD"))

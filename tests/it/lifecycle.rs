@@ -263,11 +263,8 @@ async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three(
         (SubscriptionStatus::Active, 9)
     );
     // `subscription show` names the skipped periods, in words and as data.
-    let (code, out, err) = run(paycron(Some(&db.url), None).args([
-        "subscription",
-        "show",
-        &id.to_string(),
-    ]));
+    let (code, out, err) =
+        run(paycron(Some(&db.url), None).args(["subscription", "show", &id.to_string()]));
     assert_eq!(code, 0, "{err}");
     let line = out
         .lines()

@@ -2,6 +2,7 @@
 //! real HTTP to the Square simulator, and the real `paycron` binary where the contract is the
 //! command line.
 
+mod answers;
 mod billing;
 mod cli;
 mod daemon;

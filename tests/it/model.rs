@@ -12,8 +12,9 @@
 //! - a soft decline retries 1, 3, 5 and 7 days after the period's first decline, then unpaid;
 //!   a card change revives an unpaid subscription;
 //! - a hard decline (a card Square refuses for good, or one disabled at Square, which paycron
-//!   refuses itself) retries at once on the customer's most recently updated other enabled card,
-//!   and with none left the subscription is unpaid.
+//!   refuses itself) moves to the customer's most recently updated other enabled card: at once
+//!   after the period's first decline, on the dunning schedule after that (a fallback counts as
+//!   a retry); with no other card, or no retry left, the subscription is unpaid.
 //!
 //! After every step the periods charged at Square and in the database are exactly the model's,
 //! so no period is charged twice, none that must not be, and every one that is due is. Every
@@ -210,18 +211,32 @@ impl Model {
                     self.st = St::Completed;
                 }
             } else if !usable || self.card == Card::Hard {
+                let first = self.dunning.is_none();
                 let started = self.dunning.map(|d| d.0).unwrap_or(now);
                 let spare = CARDS
                     .into_iter()
                     .find(|c| *c != self.card && self.enabled[*c as usize]);
+                let used = (self.attempt - 1) as usize;
                 self.attempt += 1;
-                self.dunning = Some((started, now));
-                match spare {
-                    Some(c) => {
+                // The other card at once after the period's first decline only; later on the
+                // dunning schedule, and a fallback counts as a retry.
+                let retry_at = match (spare, first) {
+                    (None, _) => None,
+                    (Some(_), true) => Some(now),
+                    (Some(_), false) => RETRY_DAYS
+                        .get(used)
+                        .map(|days| (started + Duration::days(*days)).max(now)),
+                };
+                match (spare, retry_at) {
+                    (Some(c), Some(at)) => {
                         self.card = c;
                         self.past_due = true;
+                        self.dunning = Some((started, at));
                     }
-                    None => self.st = St::Unpaid,
+                    _ => {
+                        self.st = St::Unpaid;
+                        self.dunning = Some((started, now));
+                    }
                 }
             } else {
                 let started = self.dunning.map(|d| d.0).unwrap_or(now);
@@ -276,8 +291,7 @@ impl Model {
                 _ => self.st = St::Canceled,
             },
             Op::UseCard(card) => {
-                if matches!(self.st, St::Canceled | St::Completed) || !self.enabled[card as usize]
-                {
+                if matches!(self.st, St::Canceled | St::Completed) || !self.enabled[card as usize] {
                     return false;
                 }
                 self.card = card;

@@ -1,0 +1,241 @@
+//! Errors by whose fault they are: configuration errors never decline customers and halt
+//! billing after a few; attempts stay bounded whatever the cards answer.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use paycron::billing::BillingError;
+use paycron::gateway::simulator::{SimConfig, Simulator};
+use uuid::Uuid;
+
+use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim};
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// CreatePayment requests the simulator received from `customer` (all of them if `None`).
+fn calls(s: &Simulator, customer: Option<&str>) -> usize {
+    s.with(|st| {
+        st.requests()
+            .iter()
+            .filter(|r| {
+                customer.is_none_or(|c| {
+                    serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["customer_id"] == c
+                })
+            })
+            .count()
+    })
+}
+
+async fn statuses(db: &TestDb) -> Vec<(String, i32, String)> {
+    sqlx::query_as("SELECT status, next_period, card_id FROM paycron.subscriptions ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn customer_events(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.events
+          WHERE type IN ('payment_declined', 'subscription_past_due', 'subscription_unpaid',
+                         'subscription_canceled', 'payment_succeeded')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_location_halts_billing_and_changes_no_subscription() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 100).await;
+    let before = statuses(&db).await;
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
+        .env("SQUARE_LOCATION_ID", "REPLACE_WITH_LOCATION_ID")
+        .args(["run-once", "--task", "bill-due"]));
+    assert_ne!(code, 0, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("SQUARE_LOCATION_ID") && last.contains("billing halted"),
+        "the last line names the setting: {last}"
+    );
+    let sent = calls(&s, None);
+    assert!((1..=3).contains(&sent), "{sent} CreatePayment calls");
+    assert_eq!(statuses(&db).await, before, "no subscription changed state");
+    assert_eq!(customer_events(&db).await, 0, "nothing for the customers");
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.charges WHERE status = 'failed' AND decline_code = 'NOT_FOUND'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed as usize, sent, "each refused attempt is on record");
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.charges WHERE status = 'pending'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0, "intents never sent are withdrawn");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_halt_probes_and_resumes_by_itself_once_square_accepts() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    let ids = seed_due(&db, &s, 12).await;
+    let mut a = app(&db, &s.base_url());
+    a.config.square.location_id = Some("LWRONG".into());
+    a.config.billing.halt_probe_after = StdDuration::from_millis(300);
+    let e = a.engine(client(&a.config)).await.unwrap();
+    let now = Utc::now();
+    let halted = e.bill_due(now).await;
+    assert!(
+        matches!(&halted, Err(BillingError::Halted(h)) if h.setting == "SQUARE_LOCATION_ID"),
+        "{halted:?}"
+    );
+    let sent = calls(&s, None);
+    assert_eq!(sent, 3);
+    // Still halted: a run before the probe time sends nothing.
+    let idle = e.bill_due(now).await.unwrap();
+    assert_eq!((idle.attempted, calls(&s, None)), (0, 3));
+    // The probe fails too: one call, halted again.
+    tokio::time::sleep(StdDuration::from_millis(400)).await;
+    assert!(matches!(
+        e.bill_due(now).await,
+        Err(BillingError::Halted(_))
+    ));
+    assert_eq!(calls(&s, None), 4, "a probe is one call");
+    // The operator fixes the location (here: Square now has it). The next probe resumes.
+    s.with(|st| st.config.location_id = "LWRONG".into());
+    tokio::time::sleep(StdDuration::from_millis(700)).await;
+    let later = now + Duration::minutes(10);
+    let done = e.bill_due(later).await.unwrap();
+    assert_eq!(done.succeeded, 12, "{done:?}");
+    for id in ids {
+        let (status, attempts): (String, Vec<String>) = sqlx::query_as(
+            "SELECT s.status, array_agg(c.status ORDER BY c.attempt)
+               FROM paycron.subscriptions s JOIN paycron.charges c ON c.subscription_id = s.id
+              WHERE s.id = $1 GROUP BY s.status",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(status, "active", "no dunning for a configuration error");
+        assert_eq!(attempts.last().map(String::as_str), Some("succeeded"));
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_currency_the_location_cannot_take_is_tried_once_and_later_again_without_dunning() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    let mut eur = Uuid::nil();
+    for (customer, currency) in [
+        ("US1", "USD"),
+        ("US2", "USD"),
+        ("EU1", "EUR"),
+        ("US3", "USD"),
+        ("US4", "USD"),
+        ("US5", "USD"),
+    ] {
+        let card = format!("ccof:sim-ok-{customer}");
+        s.with(|st| st.add_card(customer, &card, "VISA", true));
+        seed_card(&db, customer, &card).await;
+        let id: Uuid = sqlx::query_scalar(
+            "SELECT paycron.create_subscription($1, 900, $2, 'month', 1, NULL, $3, p_now => $3)",
+        )
+        .bind(customer)
+        .bind(currency)
+        .bind(t("2027-01-01T00:00:00Z"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if currency == "EUR" {
+            eur = id;
+        }
+    }
+    let once = |now: &str| {
+        run(paycron(Some(&db.url), Some(&s.base_url()))
+            .args(["run-once", "--task", "bill-due", "--now", now]))
+    };
+    let (code, _, err) = once("2027-01-01T00:10:00Z");
+    assert_eq!(code, 1, "one charge failed: {err}");
+    assert!(err.contains("amount_money.currency"), "{err}");
+    assert_eq!(calls(&s, Some("EU1")), 1);
+    assert_eq!(calls(&s, None), 6, "the others were charged");
+    // Within its backoff it is not sent again; after it, once more.
+    let (code, _, _) = once("2027-01-01T00:10:30Z");
+    assert_eq!(code, 0);
+    assert_eq!(calls(&s, Some("EU1")), 1);
+    let (code, _, _) = once("2027-01-01T00:12:00Z");
+    assert_eq!(code, 1);
+    assert_eq!(calls(&s, Some("EU1")), 2);
+    let (status, period, attempt, uncounted): (String, i32, i32, i32) = sqlx::query_as(
+        "SELECT status, next_period, next_attempt, uncounted_attempts FROM paycron.subscriptions WHERE id = $1",
+    )
+    .bind(eur)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), period, attempt, uncounted),
+        ("active", 0, 3, 2)
+    );
+    let told: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.events WHERE subscription_id = $1 AND type <> 'subscription_created'",
+    )
+    .bind(eur)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(told, 0, "nothing for the customer");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hard_declining_cards_cost_a_bounded_number_of_calls() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    for card in ["ccof:sim-card-expired-hh", "ccof:sim-invalid-card-hh"] {
+        s.with(|st| st.add_card("HH", card, "VISA", true));
+        seed_card(&db, "HH", card).await;
+    }
+    let id: Uuid = sqlx::query_scalar(
+        "SELECT paycron.create_subscription('HH', 900, 'USD', 'month', 1, 'ccof:sim-card-expired-hh', $1, p_now => $1)",
+    )
+    .bind(t("2027-01-01T00:00:00Z"))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let mut now = t("2027-01-01T00:10:00Z");
+    for day in 0..12 {
+        let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args([
+            "run-once",
+            "--task",
+            "bill-due",
+            "--now",
+            &now.to_rfc3339(),
+        ]));
+        assert_eq!(code, 0, "day {day}: {err}");
+        assert!(calls(&s, Some("HH")) <= 5, "day {day}: unbounded");
+        now += Duration::days(1);
+    }
+    assert_eq!(
+        calls(&s, Some("HH")),
+        5,
+        "the first try, one fallback at once, three more on the schedule"
+    );
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM paycron.subscriptions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "unpaid");
+    s.shutdown().await;
+}

@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: WebhooksCmd,
     },
+    /// Charges whose answer did not match them: list them, and record a decision.
+    Charges {
+        #[command(subcommand)]
+        command: ChargesCmd,
+    },
     /// The append-only ledger.
     Ledger {
         #[command(subcommand)]
@@ -274,6 +279,30 @@ enum LedgerCmd {
 }
 
 #[derive(Subcommand)]
+enum ChargesCmd {
+    /// Charges in review (Square's answer did not match them), oldest first.
+    Review {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Record an operator's decision on a charge in review.
+    Resolve {
+        /// The charge id.
+        id: String,
+        /// paid: Square took the money for it; unpaid: it took none (billed again at once).
+        #[arg(long = "as", value_enum)]
+        decision: commands::review::Decision,
+        /// Why (kept with the charge and in the `charge_resolved` event).
+        #[arg(long)]
+        note: String,
+        /// The Square payment that paid it (default: the one Square answered with).
+        #[arg(long)]
+        payment_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum EventsCmd {
     /// Print events after an id; --follow waits for new ones.
     Tail {
@@ -433,6 +462,21 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                 Command::Ledger {
                     command: LedgerCmd::Export { format },
                 } => run::ledger_export(&app, format).await,
+                Command::Charges {
+                    command: ChargesCmd::Review { format },
+                } => commands::review::list(&app, format).await,
+                Command::Charges {
+                    command:
+                        ChargesCmd::Resolve {
+                            id,
+                            decision,
+                            note,
+                            payment_id,
+                        },
+                } => {
+                    commands::review::resolve(&app, &id, decision, &note, payment_id.as_deref())
+                        .await
+                }
                 Command::Events {
                     command:
                         EventsCmd::Tail {

@@ -107,6 +107,8 @@ pub struct Summary {
     pub fenced: u64,
     /// Intents withdrawn unsent at shutdown (the subscription stays due).
     pub withdrawn: u64,
+    /// Charges whose answer did not match (or could not be recorded): in review.
+    pub needs_review: u64,
     /// Subscriptions canceled at period end, completed or moved past skipped periods.
     pub advanced_without_charge: u64,
     /// Minor units taken, by currency.
@@ -123,6 +125,7 @@ impl Summary {
         self.unresolved += o.unresolved;
         self.fenced += o.fenced;
         self.withdrawn += o.withdrawn;
+        self.needs_review += o.needs_review;
         self.advanced_without_charge += o.advanced_without_charge;
         for (k, v) in &o.revenue {
             *self.revenue.entry(k.clone()).or_default() += v;
@@ -131,7 +134,7 @@ impl Summary {
 
     /// True when some charge ended in error or is left unresolved (exit code 1).
     pub fn has_errors(&self) -> bool {
-        self.failed > 0 || self.unresolved > 0
+        self.failed > 0 || self.unresolved > 0 || self.needs_review > 0
     }
 }
 
@@ -603,6 +606,7 @@ impl Engine {
                                 hard: true,
                             }),
                             duration_ms: 0,
+                            note: None,
                         };
                     }
                     // Until Square has proven the configuration, one charge at a time.
@@ -616,6 +620,7 @@ impl Engine {
                             charge,
                             outcome: None,
                             duration_ms: 0,
+                            note: None,
                         };
                     }
                     // From here on the charge may reach Square: it is never withdrawn.
@@ -645,6 +650,7 @@ impl Engine {
                         charge,
                         outcome: Some(outcome),
                         duration_ms: started.elapsed().as_millis() as u64,
+                        note: None,
                     }
                 }
             })
@@ -886,6 +892,57 @@ impl Engine {
         tracing::info!(charge_id = %charge.id, provider_payment_id = %payment.id, "reconcile: recording a payment Square took");
         let s = self.record_batch(vec![found], Utc::now()).await?;
         Ok(s.succeeded == 1)
+    }
+
+    /// Records an operator's decision on a charge in review, through the normal record path:
+    /// `paid` with the Square payment that paid it, or `None` (no money taken: the period is
+    /// billed again at once under a new key, without a dunning step). False when the charge
+    /// was no longer in review.
+    ///
+    /// # Errors
+    /// [`BillingError`].
+    pub async fn resolve_review(
+        &self,
+        charge: &ChargeRow,
+        paid: Option<String>,
+        note: &str,
+    ) -> Result<bool> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        if !charges::take_review(&mut conn, charge.id, self.owner, self.lease_until()).await? {
+            return Ok(false);
+        }
+        drop(conn);
+        let outcome = match paid {
+            Some(payment_id) => PaymentOutcome::Succeeded {
+                answer: Box::new(crate::domain::answer::Answer {
+                    payment_id: payment_id.clone(),
+                    status: "COMPLETED".into(),
+                    amount_minor: charge.money.minor(),
+                    currency: charge.money.currency().as_str().to_owned(),
+                    customer_id: Some(charge.customer_id.to_string()),
+                    card_id: Some(charge.card_id.to_string()),
+                    location_id: self.location_id.clone(),
+                    reference_id: Some(charge.id.to_string()),
+                }),
+                payment_id,
+            },
+            None => PaymentOutcome::Voided,
+        };
+        let mut charge = charge.clone();
+        charge.status = ChargeStatus::NeedsReview;
+        tracing::info!(charge_id = %charge.id, decision = if matches!(outcome, PaymentOutcome::Voided) { "unpaid" } else { "paid" }, "recording an operator's decision on a charge in review");
+        let s = self
+            .record_batch(
+                vec![Attempted {
+                    charge,
+                    outcome: Some(outcome),
+                    duration_ms: 0,
+                    note: Some(note.to_owned()),
+                }],
+                Utc::now(),
+            )
+            .await?;
+        Ok(s.fenced == 0 && s.attempted == 1)
     }
 
     /// Looks a stale intent up at Square (ListPayments over its time window, matched on

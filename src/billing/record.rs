@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{BillingError, Engine, Result, Summary};
+use crate::domain::answer::{Asked, differences};
 use crate::domain::decline::suspect_setting;
 use crate::domain::lifecycle::{self, Notice};
 use crate::domain::subscription::AttemptOutcome;
@@ -28,6 +29,8 @@ pub(crate) struct Attempted {
     pub charge: ChargeRow,
     pub outcome: Option<PaymentOutcome>,
     pub duration_ms: u64,
+    /// An operator's note, for a decision on a charge in review.
+    pub note: Option<String>,
 }
 
 impl Attempted {
@@ -35,23 +38,42 @@ impl Attempted {
     pub fn found_at_square(charge: &ChargeRow, payment: &crate::gateway::wire::Payment) -> Self {
         Attempted {
             charge: charge.clone(),
-            outcome: Some(PaymentOutcome::Succeeded {
-                payment_id: payment.id.clone(),
-                status: payment.status.clone(),
-            }),
+            outcome: Some(PaymentOutcome::taken(payment)),
             duration_ms: 0,
+            note: None,
         }
     }
 }
 
+#[derive(Clone)]
 struct Decided {
     resolution: OwnedResolution,
-    outcome: AttemptOutcome,
+    /// What the lifecycle hears; `None` for a charge going to review (nothing moves).
+    outcome: Option<AttemptOutcome>,
     duration_ms: u64,
 }
 
+impl Decided {
+    /// Sends the charge to review instead: neither a success nor a decline.
+    fn send_to_review(&mut self, reason: String) {
+        let r = &mut self.resolution;
+        r.review_payment_id = r.payment_id.take().or(r.review_payment_id.take());
+        r.status = ChargeStatus::NeedsReview;
+        r.code = Some(REVIEW_CODE.to_owned());
+        r.category = None;
+        r.review_reason = Some(reason);
+        self.outcome = None;
+    }
+}
+
+/// The code a charge in review carries.
+const REVIEW_CODE: &str = "NEEDS_REVIEW";
+
+/// Deadlocks and serialization failures are retried; so is a unique violation, which means a
+/// payment id was recorded concurrently by another charge: the retry finds it and sends this
+/// one to review.
 fn is_retryable(e: &StoreError) -> bool {
-    matches!(e, StoreError::Db(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("40P01") | Some("40001")))
+    matches!(e, StoreError::Db(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("40P01") | Some("40001") | Some("23505")))
 }
 
 impl Engine {
@@ -69,6 +91,7 @@ impl Engine {
             charge,
             outcome,
             duration_ms,
+            note,
         } in items
         {
             let Some(outcome) = outcome else {
@@ -76,14 +99,34 @@ impl Engine {
                 continue;
             };
             summary.attempted += 1;
+            let mut review = None;
             let (status, payment_id, code, category, attempt_outcome) = match outcome {
-                PaymentOutcome::Succeeded { payment_id, .. } => (
-                    ChargeStatus::Succeeded,
-                    Some(payment_id),
-                    None,
-                    None,
-                    AttemptOutcome::Succeeded,
-                ),
+                PaymentOutcome::Succeeded { payment_id, answer } => {
+                    // An operator's decision on a charge in review is not checked again.
+                    if charge.status != ChargeStatus::NeedsReview {
+                        let asked = Asked {
+                            charge_id: charge.id,
+                            money: charge.money,
+                            customer_id: &charge.customer_id,
+                            card_id: &charge.card_id,
+                            location_id: self.location_id.as_deref(),
+                        };
+                        let diffs = differences(&asked, &answer);
+                        if !diffs.is_empty() {
+                            review = Some(format!(
+                                "Square's payment {payment_id} does not match the charge: {}",
+                                diffs.join("; ")
+                            ));
+                        }
+                    }
+                    (
+                        ChargeStatus::Succeeded,
+                        Some(payment_id),
+                        None,
+                        None,
+                        AttemptOutcome::Succeeded,
+                    )
+                }
                 PaymentOutcome::Declined {
                     code,
                     category,
@@ -102,6 +145,13 @@ impl Engine {
                     unauthorized = Some(code);
                     continue;
                 }
+                PaymentOutcome::Voided => (
+                    ChargeStatus::Failed,
+                    None,
+                    Some("REVIEWED_UNPAID".to_owned()),
+                    None,
+                    AttemptOutcome::Voided,
+                ),
                 PaymentOutcome::Misconfigured {
                     code,
                     category,
@@ -135,20 +185,25 @@ impl Engine {
                     continue;
                 }
             };
-            decided.push((
-                charge.clone(),
-                Decided {
-                    resolution: OwnedResolution {
-                        id: charge.id,
-                        status,
-                        payment_id,
-                        code,
-                        category,
-                    },
-                    outcome: attempt_outcome,
-                    duration_ms,
+            let mut d = Decided {
+                resolution: OwnedResolution {
+                    id: charge.id,
+                    expected: charge.status,
+                    status,
+                    payment_id,
+                    code,
+                    category,
+                    review_reason: None,
+                    review_payment_id: None,
+                    note,
                 },
-            ));
+                outcome: Some(attempt_outcome),
+                duration_ms,
+            };
+            if let Some(reason) = review {
+                d.send_to_review(reason);
+            }
+            decided.push((charge, d));
         }
         if !unsent.is_empty() {
             summary.withdrawn = self.withdraw_unsent(&unsent).await?;
@@ -156,7 +211,7 @@ impl Engine {
         if !decided.is_empty() {
             let mut tries = 0;
             let resolved = loop {
-                match self.record_decided(&decided, now).await {
+                match self.record_decided(&mut decided, now).await {
                     Ok(r) => break r,
                     Err(BillingError::Store(e)) if is_retryable(&e) && tries < 3 => {
                         tries += 1;
@@ -173,6 +228,18 @@ impl Engine {
                     continue;
                 }
                 let r = &d.resolution;
+                if r.status == ChargeStatus::NeedsReview {
+                    summary.needs_review += 1;
+                    tracing::error!(
+                        subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+                        outcome = "needs_review", provider_payment_id = r.review_payment_id.as_deref().unwrap_or(""),
+                        reason = r.review_reason.as_deref().unwrap_or(""),
+                        "charge needs review: neither recorded as paid nor declined, never re-sent; `paycron charges review`"
+                    );
+                    metrics::counter!(crate::ops::metrics::CHARGES, "outcome" => "needs_review", "code" => REVIEW_CODE)
+                        .increment(1);
+                    continue;
+                }
                 tracing::info!(
                     subscription_id = %charge.subscription_id,
                     charge_id = %charge.id,
@@ -225,11 +292,37 @@ impl Engine {
     /// The transaction: returns the ids this call resolved (the rest were fenced).
     async fn record_decided(
         &self,
-        decided: &[(ChargeRow, Decided)],
+        decided: &mut [(ChargeRow, Decided)],
         now: DateTime<Utc>,
     ) -> Result<Vec<ChargeId>> {
         let wall = Utc::now();
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        // A payment id already recorded for another charge (or twice in this batch) cannot be
+        // this charge's success: that charge goes to review, the rest of the batch is recorded.
+        let paid: Vec<String> = decided
+            .iter()
+            .filter_map(|(_, d)| d.resolution.payment_id.clone())
+            .collect();
+        let recorded = crate::store::charges::payments_recorded(&mut tx, &paid).await?;
+        let mut seen: HashMap<String, ChargeId> = HashMap::new();
+        for (charge, d) in decided.iter_mut() {
+            let Some(pid) = d.resolution.payment_id.clone() else {
+                continue;
+            };
+            let other = recorded
+                .get(&pid)
+                .filter(|id| **id != charge.id)
+                .or_else(|| seen.get(&pid))
+                .copied();
+            match other {
+                Some(other) => d.send_to_review(format!(
+                    "Square's payment {pid} is already recorded for charge {other}"
+                )),
+                None => {
+                    seen.insert(pid, charge.id);
+                }
+            }
+        }
         let resolutions: Vec<OwnedResolution> =
             decided.iter().map(|(_, d)| d.resolution.clone()).collect();
         let resolved = resolve_many(&mut tx, self.owner, &resolutions, wall).await?;
@@ -237,7 +330,33 @@ impl Engine {
             tx.rollback().await.map_err(StoreError::from)?;
             return Ok(vec![]);
         }
+        let (in_review, resolved): (Vec<ChargeRow>, Vec<ChargeRow>) = resolved
+            .into_iter()
+            .partition(|c| c.status == ChargeStatus::NeedsReview);
+        let mut events = Vec::new();
+        for c in &in_review {
+            let r = decided
+                .iter()
+                .find(|(k, _)| k.id == c.id)
+                .map(|(_, d)| &d.resolution);
+            events.push(NewEvent {
+                kind: "charge_needs_review",
+                subscription_id: Some(c.subscription_id),
+                customer_id: Some(c.customer_id.clone()),
+                charge_id: Some(c.id),
+                payload: serde_json::json!({
+                    "charge_id": c.id,
+                    "period_start": c.period_start,
+                    "attempt": c.attempt,
+                    "amount_minor": c.money.minor(),
+                    "currency": c.money.currency(),
+                    "provider_payment_id": r.and_then(|r| r.review_payment_id.clone()),
+                    "reason": r.and_then(|r| r.review_reason.clone()),
+                }),
+            });
+        }
         ledger::record_many(&mut tx, &resolved, wall).await?;
+        let decided: &[(ChargeRow, Decided)] = decided;
         let by_id: HashMap<ChargeId, &(ChargeRow, Decided)> =
             decided.iter().map(|x| (x.0.id, x)).collect();
         let mut sub_ids: Vec<SubscriptionId> = resolved.iter().map(|c| c.subscription_id).collect();
@@ -254,7 +373,7 @@ impl Engine {
             .iter()
             .filter(|c| {
                 matches!(
-                    by_id.get(&c.id).map(|x| x.1.outcome),
+                    by_id.get(&c.id).and_then(|x| x.1.outcome),
                     Some(AttemptOutcome::Declined { hard: true })
                 )
             })
@@ -263,7 +382,6 @@ impl Engine {
         let spares = cards::other_enabled_cards(&mut tx, &hard_pairs).await?;
 
         let mut updates = Vec::new();
-        let mut events = Vec::new();
         for charge in &resolved {
             let (Some(sub), Some((_, d))) =
                 (subs.get(&charge.subscription_id), by_id.get(&charge.id))
@@ -290,7 +408,7 @@ impl Engine {
         subscriptions::set_positions(&mut tx, &updates).await?;
         emit_many(&mut tx, &events).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(resolved.iter().map(|c| c.id).collect())
+        Ok(resolved.iter().chain(&in_review).map(|c| c.id).collect())
     }
 
     /// The subscription's next position after one recorded outcome (decided by the lifecycle),
@@ -308,6 +426,9 @@ impl Engine {
         let build = |reason: String| BillingError::Build {
             subscription: sub.id,
             reason,
+        };
+        let Some(outcome) = d.outcome else {
+            return Ok(None);
         };
         let payload = serde_json::json!({
             "charge_id": charge.id,
@@ -327,11 +448,22 @@ impl Engine {
                 payload,
             })
         };
-        match d.outcome {
+        if r.expected == ChargeStatus::NeedsReview {
+            emit(
+                "charge_resolved",
+                serde_json::json!({
+                    "charge_id": charge.id,
+                    "decision": if outcome == AttemptOutcome::Succeeded { "paid" } else { "unpaid" },
+                    "provider_payment_id": r.payment_id,
+                    "note": r.note,
+                }),
+            );
+        }
+        match outcome {
             AttemptOutcome::Succeeded => emit("payment_succeeded", payload.clone()),
             AttemptOutcome::Declined { .. } => emit("payment_declined", payload.clone()),
             // Nobody's card was at fault: nothing for the business to tell its customer.
-            AttemptOutcome::Misconfigured => {}
+            AttemptOutcome::Misconfigured | AttemptOutcome::Voided => {}
         }
         let period = u32::try_from(charge.period).map_err(|e| build(e.to_string()))?;
         let attempt = u32::try_from(charge.attempt).map_err(|e| build(e.to_string()))?;
@@ -340,7 +472,7 @@ impl Engine {
             &sub.state()?,
             period,
             attempt,
-            d.outcome,
+            outcome,
             &self.config.dunning,
             spare.is_some(),
             now,

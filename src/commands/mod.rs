@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod manage;
+pub mod review;
 pub mod run;
 
 use crate::billing::BillingError;

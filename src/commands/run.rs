@@ -56,6 +56,7 @@ fn log_summary(task: &str, s: &Summary, started: Instant) {
         declined = s.declined,
         failed = s.failed,
         unresolved = s.unresolved,
+        needs_review = s.needs_review,
         fenced = s.fenced,
         advanced = s.advanced_without_charge,
         revenue_minor = %revenue.join(", "),
@@ -131,6 +132,7 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
         log_summary("bill-due", &s, started);
         total.failed += s.failed;
         total.unresolved += s.unresolved;
+        total.needs_review += s.needs_review;
     }
     if task == Task::All {
         // Webhook delivery has its own failures (recorded per delivery); it never fails billing.
@@ -140,8 +142,8 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
     }
     if total.has_errors() {
         return Err(CommandError::Failed(format!(
-            "{} charge(s) failed and {} left pending for recovery",
-            total.failed, total.unresolved
+            "{} charge(s) failed, {} left pending for recovery, {} in review (`paycron charges review`)",
+            total.failed, total.unresolved, total.needs_review
         )));
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! Pure domain types and rules: money, identifiers, the billing calendar, the subscription
-//! state machine with its dunning policy, and the classification of Square's errors.
+//! state machine with its dunning policy, the classification of Square's errors, and the check
+//! of Square's answers against the charges they answer.
 //!
 //! Nothing in here performs I/O or reads a clock; callers pass `now`.
 
+pub mod answer;
 pub mod decline;
 pub mod ids;
 pub mod lifecycle;

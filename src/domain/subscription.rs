@@ -100,6 +100,9 @@ pub enum ChargeStatus {
     Declined,
     /// Square refused the request itself.
     Failed,
+    /// Square's answer did not match the charge (or could not be recorded): neither a
+    /// success nor a decline, never re-sent; an operator decides (`charges resolve`).
+    NeedsReview,
 }
 
 impl ChargeStatus {
@@ -110,6 +113,7 @@ impl ChargeStatus {
             ChargeStatus::Succeeded => "succeeded",
             ChargeStatus::Declined => "declined",
             ChargeStatus::Failed => "failed",
+            ChargeStatus::NeedsReview => "needs_review",
         }
     }
 }
@@ -122,6 +126,7 @@ impl FromStr for ChargeStatus {
             "succeeded" => ChargeStatus::Succeeded,
             "declined" => ChargeStatus::Declined,
             "failed" => ChargeStatus::Failed,
+            "needs_review" => ChargeStatus::NeedsReview,
             other => return Err(format!("unknown charge status {other:?}")),
         })
     }
@@ -209,6 +214,9 @@ pub enum AttemptOutcome {
     /// Square refused the seller's setup or the request: no customer is at fault. The period is
     /// tried again later under a new key, without a dunning step.
     Misconfigured,
+    /// An operator decided that an attempt in review took no money: the period is tried again
+    /// at once under a new key, without a dunning step.
+    Voided,
 }
 
 /// How long a subscription waits before its period is tried again after the `n`th (1-based)
@@ -293,6 +301,10 @@ pub fn after_outcome(
         AttemptOutcome::Misconfigured => Ok(Transition::Postponed {
             attempt: pos.attempt + 1,
             due: now + misconfigured_backoff(pos.uncounted + 1),
+        }),
+        AttemptOutcome::Voided => Ok(Transition::Postponed {
+            attempt: pos.attempt + 1,
+            due: now,
         }),
         AttemptOutcome::Declined { hard } => {
             let started = pos.dunning_started_at.unwrap_or(now);

@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use crate::domain::answer::Answer;
 use crate::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money};
 
 /// A CreatePayment request ready to send: its key and its exact body bytes.
@@ -72,12 +73,13 @@ impl PreparedPayment {
 /// The outcome of one CreatePayment call (retries included).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentOutcome {
-    /// Money taken.
+    /// Square answered with a payment that took money (checked against the charge before it
+    /// is recorded as a success).
     Succeeded {
         /// Square payment id.
         payment_id: String,
-        /// Square's payment status (COMPLETED or APPROVED).
-        status: String,
+        /// The payment as Square described it.
+        answer: Box<Answer>,
     },
     /// The card was declined.
     Declined {
@@ -121,6 +123,9 @@ pub enum PaymentOutcome {
         /// Square's detail.
         detail: String,
     },
+    /// No payment: an operator decided that a charge in review took no money (never an
+    /// answer from Square).
+    Voided,
     /// The access token was refused (`AUTHENTICATION_ERROR`): nothing can be charged.
     Fatal {
         /// Square error code.
@@ -130,6 +135,34 @@ pub enum PaymentOutcome {
         /// Square's detail.
         detail: String,
     },
+}
+
+impl PaymentOutcome {
+    /// Money taken, as Square described the payment.
+    pub fn taken(payment: &wire::Payment) -> Self {
+        PaymentOutcome::Succeeded {
+            payment_id: payment.id.clone(),
+            answer: Box::new(answer_of(payment)),
+        }
+    }
+}
+
+/// The checkable parts of a payment Square returned.
+pub fn answer_of(p: &wire::Payment) -> Answer {
+    Answer {
+        payment_id: p.id.clone(),
+        status: p.status.clone(),
+        amount_minor: p.amount_money.amount,
+        currency: p.amount_money.currency.clone(),
+        customer_id: p.customer_id.clone(),
+        card_id: p
+            .card_details
+            .as_ref()
+            .and_then(|d| d.card.as_ref())
+            .and_then(|c| c.id.clone()),
+        location_id: p.location_id.clone(),
+        reference_id: p.reference_id.clone(),
+    }
 }
 
 /// Errors of the read calls (lists and lookups).

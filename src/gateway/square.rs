@@ -222,10 +222,7 @@ impl SquareClient {
         }
         match parsed.payment {
             Some(p) if p.status == "COMPLETED" || p.status == "APPROVED" => {
-                Try::Done(PaymentOutcome::Succeeded {
-                    payment_id: p.id,
-                    status: p.status,
-                })
+                Try::Done(PaymentOutcome::taken(&p))
             }
             Some(p) if p.status == "FAILED" || p.status == "CANCELED" => {
                 Try::Done(PaymentOutcome::Declined {

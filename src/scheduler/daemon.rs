@@ -134,8 +134,8 @@ impl Ctx {
         let result: Result<String, String> = match job.task {
             TaskKind::BillDue => self.engine.bill_due(now).await.map(|s| {
                 format!(
-                    "attempted={} succeeded={} declined={} failed={} unresolved={} withdrawn={}",
-                    s.attempted, s.succeeded, s.declined, s.failed, s.unresolved, s.withdrawn
+                    "attempted={} succeeded={} declined={} failed={} unresolved={} needs_review={} withdrawn={}",
+                    s.attempted, s.succeeded, s.declined, s.failed, s.unresolved, s.needs_review, s.withdrawn
                 )
             })
             .map_err(|e| e.to_string()),

@@ -277,6 +277,8 @@ pub async fn get(conn: &mut PgConnection, id: ChargeId) -> Result<Option<ChargeR
 pub struct OwnedResolution {
     /// The charge.
     pub id: ChargeId,
+    /// The status it must still have (`Pending`, or `NeedsReview` for an operator's decision).
+    pub expected: crate::domain::ChargeStatus,
     /// The final status (never `Pending`).
     pub status: crate::domain::ChargeStatus,
     /// Square payment id (succeeded only).
@@ -285,6 +287,32 @@ pub struct OwnedResolution {
     pub code: Option<String>,
     /// Square error category.
     pub category: Option<String>,
+    /// Why the charge goes to review (`NeedsReview` only).
+    pub review_reason: Option<String>,
+    /// The payment Square answered with, for a charge in review.
+    pub review_payment_id: Option<String>,
+    /// The operator's note, for a decision on a charge in review.
+    pub note: Option<String>,
+}
+
+/// Of the given Square payment ids, those already recorded, with the charge that holds each.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn payments_recorded(
+    conn: &mut PgConnection,
+    payment_ids: &[String],
+) -> Result<std::collections::HashMap<String, ChargeId>> {
+    if payment_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(String, ChargeId)> = sqlx::query_as(
+        "SELECT provider_payment_id, id FROM paycron.charges WHERE provider_payment_id = ANY($1)",
+    )
+    .bind(payment_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Resolves many pending charges held by `owner` in one statement. Returns the rows this call
@@ -310,11 +338,15 @@ pub async fn resolve_many(
     let mut items: Vec<&OwnedResolution> = items.iter().collect();
     items.sort_by_key(|r| r.id);
     let ids: Vec<ChargeId> = items.iter().map(|r| r.id).collect();
-    let ids_len = ids.len();
     let statuses: Vec<crate::domain::ChargeStatus> = items.iter().map(|r| r.status).collect();
     let payments: Vec<Option<String>> = items.iter().map(|r| r.payment_id.clone()).collect();
     let codes: Vec<Option<String>> = items.iter().map(|r| r.code.clone()).collect();
     let categories: Vec<Option<String>> = items.iter().map(|r| r.category.clone()).collect();
+    let expected: Vec<crate::domain::ChargeStatus> = items.iter().map(|r| r.expected).collect();
+    let reasons: Vec<Option<String>> = items.iter().map(|r| r.review_reason.clone()).collect();
+    let review_payments: Vec<Option<String>> =
+        items.iter().map(|r| r.review_payment_id.clone()).collect();
+    let notes: Vec<Option<String>> = items.iter().map(|r| r.note.clone()).collect();
     Ok(sqlx::query_as(sqlf!(
         // The fence compares the status with the state each outcome expects to find
         // (`pending`, from the array) rather than with a constant: a constant would let the
@@ -322,9 +354,14 @@ pub async fn resolve_many(
         // since the last vacuum) it cannot see in its statistics, instead of the primary key.
         "UPDATE paycron.charges c
             SET status = r.status, provider_payment_id = r.payment_id, decline_code = r.code,
-                decline_category = r.category, resolved_at = $7, locked_until = NULL
-           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])
-                AS r(id, status, payment_id, code, category, expected)
+                decline_category = r.category, resolved_at = $7, locked_until = NULL,
+                review_reason = coalesce(r.reason, c.review_reason),
+                review_payment_id = coalesce(r.review_payment, c.review_payment_id),
+                review_note = coalesce(r.note, c.review_note),
+                reviewed_at = CASE WHEN c.status = 'needs_review' THEN $7 ELSE c.reviewed_at END
+           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[],
+                       $9::text[], $10::text[], $11::text[])
+                AS r(id, status, payment_id, code, category, expected, reason, review_payment, note)
           WHERE c.id = ANY($2) AND c.id = r.id AND c.lease_owner = $1 AND c.status = r.expected
           RETURNING {}",
         COLUMNS
@@ -340,7 +377,10 @@ pub async fn resolve_many(
     .bind(codes)
     .bind(categories)
     .bind(wall_now)
-    .bind(vec![crate::domain::ChargeStatus::Pending; ids_len])
+    .bind(expected)
+    .bind(reasons)
+    .bind(review_payments)
+    .bind(notes)
     .fetch_all(conn)
     .await?)
 }
@@ -417,4 +457,80 @@ pub async fn by_ids(pool: &PgPool, ids: &[ChargeId]) -> Result<Vec<ChargeRow>> {
     .bind(ids)
     .fetch_all(pool)
     .await?)
+}
+
+/// A charge in review, for `paycron charges review`.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct InReview {
+    /// The charge.
+    pub charge_id: ChargeId,
+    /// Its subscription.
+    pub subscription_id: SubscriptionId,
+    /// The customer.
+    pub customer_id: CustomerId,
+    /// The period's start.
+    pub period_start: DateTime<Utc>,
+    /// The attempt.
+    pub attempt: i32,
+    /// What was asked (`amount_minor`, `currency`).
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub money: Money,
+    /// The payment Square answered with, if any.
+    pub review_payment_id: Option<String>,
+    /// The differences, or the recording conflict.
+    pub review_reason: String,
+    /// When the intent was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The charges in review, oldest first.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn in_review(pool: &PgPool) -> Result<Vec<InReview>> {
+    Ok(sqlx::query_as(
+        "SELECT id AS charge_id, subscription_id, customer_id, period_start, attempt, amount_minor, currency,
+                review_payment_id, coalesce(review_reason, '') AS review_reason, created_at
+           FROM paycron.charges WHERE status = 'needs_review' ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The Square payment a charge in review was answered with, if any.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn review_payment(conn: &mut PgConnection, id: ChargeId) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT review_payment_id FROM paycron.charges WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .flatten(),
+    )
+}
+
+/// Takes a charge in review for `owner` (an operator's decision is recorded through the
+/// fenced record path). False when it is no longer in review.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn take_review(
+    conn: &mut PgConnection,
+    id: ChargeId,
+    owner: Uuid,
+    locked_until: DateTime<Utc>,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE paycron.charges SET lease_owner = $2, locked_until = $3 WHERE id = $1 AND status = 'needs_review'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(locked_until)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }

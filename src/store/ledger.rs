@@ -86,7 +86,7 @@ pub struct ExportRow {
     pub period_start: String,
     /// Attempt number.
     pub attempt: i32,
-    /// succeeded | declined | failed | pending.
+    /// succeeded | declined | failed | pending | needs_review.
     pub status: String,
     /// Decline code, if any.
     pub decline_code: Option<String>,
@@ -108,7 +108,7 @@ pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
     Ok(sqlx::query_as(
         "SELECT c.id AS charge_id, c.subscription_id, c.customer_id,
                 to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS period_start,
-                c.attempt, coalesce(e.status, 'pending') AS status, coalesce(e.decline_code, c.decline_code) AS decline_code,
+                c.attempt, coalesce(e.status, CASE WHEN c.status = 'needs_review' THEN 'needs_review' ELSE 'pending' END) AS status, coalesce(e.decline_code, c.decline_code) AS decline_code,
                 c.amount_minor, c.currency, e.provider_payment_id,
                 to_char(coalesce(e.recorded_at, c.created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS recorded_at
            FROM paycron.charges c LEFT JOIN paycron.ledger_entries e ON e.charge_id = c.id

@@ -239,3 +239,194 @@ async fn two_hard_declining_cards_cost_a_bounded_number_of_calls() {
     assert_eq!(status, "unpaid");
     s.shutdown().await;
 }
+
+async fn charge_rows(db: &TestDb) -> Vec<(Uuid, String, Option<String>, Option<String>)> {
+    sqlx::query_as(
+        "SELECT id, status, review_reason, review_payment_id FROM paycron.charges ORDER BY created_at, id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn monthly(db: &TestDb, s: &Simulator, customers: &[&str]) {
+    for customer in customers {
+        let card = format!("ccof:sim-ok-{customer}");
+        s.with(|st| st.add_card(customer, &card, "VISA", true));
+        seed_card(db, customer, &card).await;
+        sqlx::query(
+            "SELECT paycron.create_subscription($1, 1999, 'USD', 'month', 1, NULL, $2, p_now => $2)",
+        )
+        .bind(customer)
+        .bind(t("2027-01-01T00:00:00Z"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_for_another_charge_goes_to_review_and_an_operator_resolves_it() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    monthly(&db, &s, &["RV1", "RV2"]).await;
+    s.with(|st| st.faults.answer_with_example = true);
+    let cli = || paycron(Some(&db.url), Some(&s.base_url()));
+    let once = |now: &str| run(cli().args(["run-once", "--task", "bill-due", "--now", now]));
+    let (code, _, err) = once("2027-01-01T00:10:00Z");
+    assert_eq!(code, 1, "{err}");
+    let rows = charge_rows(&db).await;
+    assert_eq!(rows.len(), 2);
+    for (_, status, reason, payment) in &rows {
+        assert_eq!(status, "needs_review");
+        let reason = reason.as_deref().unwrap();
+        assert!(
+            reason.contains("amount 1000 USD instead of 1999 USD")
+                && reason.contains("reference_id 123456")
+                && reason.contains("customer W92WH6P11H4Z77CTET0RNTGFW8"),
+            "{reason}"
+        );
+        assert_eq!(payment.as_deref(), Some("GQTFp1ZlXdpoW4o6eGiZhbjosiDFf"));
+    }
+    assert!(
+        err.lines()
+            .any(|l| l.contains("\"ERROR\"") && l.contains("needs_review")),
+        "one ERROR line per charge: {err}"
+    );
+    let told: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.events WHERE type = 'charge_needs_review'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(told, 2);
+    assert_eq!(customer_events(&db).await, 0, "neither paid nor declined");
+    // Never re-sent: not by billing, not by recovery, whatever the clock.
+    let sent = calls(&s, None);
+    let (code, _, err) = run(cli().args(["run-once", "--now", "2027-01-03T00:00:00Z"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(calls(&s, None), sent);
+    // The ledger export and `charges review` show them.
+    let (_, out, _) = run(cli().args(["ledger", "export", "--format", "jsonl"]));
+    assert_eq!(
+        out.matches("\"status\":\"needs_review\"").count(),
+        2,
+        "{out}"
+    );
+    let (code, out, _) = run(cli().args(["charges", "review", "--format", "json"]));
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    // Decisions: the first took no money (billed again), the second was paid by that payment.
+    let (first, second) = (rows[0].0.to_string(), rows[1].0.to_string());
+    let (code, out, err) = run(cli().args([
+        "charges",
+        "resolve",
+        &first,
+        "--as",
+        "unpaid",
+        "--note",
+        "Square shows no payment",
+    ]));
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("{first} unpaid").as_str()),
+        "{err}"
+    );
+    let (code, out, err) = run(cli().args([
+        "charges",
+        "resolve",
+        &second,
+        "--as",
+        "paid",
+        "--note",
+        "matched by hand",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GQTFp1ZlXdpoW4o6eGiZhbjosiDFf"), "{out}");
+    let (code, _, err) = run(cli().args([
+        "charges", "resolve", &second, "--as", "unpaid", "--note", "again",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not in review"), "{err}");
+    let (code, _, err) =
+        run(cli().args(["charges", "resolve", &first, "--as", "paid", "--note", " "]));
+    assert_eq!(code, 2, "{err}");
+    s.with(|st| st.faults.answer_with_example = false);
+    let (code, _, err) = once("2027-01-03T00:10:00Z");
+    assert_eq!(code, 0, "{err}");
+    let periods: Vec<(String, i32, i32)> = sqlx::query_as(
+        "SELECT status, next_period, next_attempt FROM paycron.subscriptions ORDER BY customer_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        periods,
+        [("active".into(), 1, 1), ("active".into(), 1, 1)],
+        "both periods settled, none through dunning"
+    );
+    let ledger: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT status, provider_payment_id FROM paycron.ledger_entries ORDER BY recorded_at, id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ledger.len(), 3, "{ledger:?}");
+    assert!(ledger.contains(&(
+        "succeeded".into(),
+        Some("GQTFp1ZlXdpoW4o6eGiZhbjosiDFf".into())
+    )));
+    let resolved: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.events WHERE type = 'charge_resolved'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(resolved, 2);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_payment_answered_to_two_charges_sends_the_second_to_review_and_the_run_goes_on() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    monthly(&db, &s, &["DP1", "DP2", "DP3", "DP4"]).await;
+    s.with(|st| st.faults.duplicate_payment_ids = true);
+    let cli = || paycron(Some(&db.url), Some(&s.base_url()));
+    let (code, _, err) = run(cli().args([
+        "run-once",
+        "--task",
+        "bill-due",
+        "--now",
+        "2027-01-01T00:10:00Z",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("in review") && !last.contains("duplicate key"),
+        "no raw database error: {last}"
+    );
+    let statuses: Vec<String> = charge_rows(&db).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "succeeded").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "needs_review").count(),
+        3,
+        "{statuses:?}"
+    );
+    let (_, reason, _): (Uuid, String, String) = sqlx::query_as(
+        "SELECT id, review_reason, review_payment_id FROM paycron.charges WHERE status = 'needs_review' LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(reason.contains("already recorded for charge"), "{reason}");
+    let sent = calls(&s, None);
+    let (code, _, err) = run(cli().args(["run-once", "--task", "recover"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(calls(&s, None), sent, "nothing re-sent");
+    s.shutdown().await;
+}

@@ -144,7 +144,7 @@ async fn one_success_and_one_intent_per_period() {
         .await
         .expect_err("two pending");
     assert!(
-        err.to_string().contains("charges_one_pending_per_period"),
+        err.to_string().contains("charges_one_open_per_period"),
         "{err}"
     );
     // The same idempotency key twice.

@@ -84,6 +84,13 @@ pub struct Faults {
     pub slow_ms: u64,
     /// Answer CreatePayment with truncated JSON at this rate (payment taken first).
     pub garbage_rate: f64,
+    /// Answer every CreatePayment with the spec's example payment (1000 USD, `reference_id`
+    /// "123456", another customer and location), as a stand-in built from the spec does; no
+    /// payment is taken.
+    pub answer_with_example: bool,
+    /// Give every payment taken the same id, as if Square answered two charges with one
+    /// payment.
+    pub duplicate_payment_ids: bool,
 }
 
 /// The simulated merchant's set-up.
@@ -465,6 +472,24 @@ impl SimState {
     }
 
     fn take_payment(&mut self, req: &serde_json::Value) -> Reply {
+        if self.faults.answer_with_example {
+            return Reply {
+                status: 200,
+                body: serde_json::json!({ "payment": {
+                    "id": "GQTFp1ZlXdpoW4o6eGiZhbjosiDFf",
+                    "created_at": "2021-10-13T19:34:33.524Z",
+                    "updated_at": "2021-10-13T19:34:34.339Z",
+                    "amount_money": { "amount": 1000, "currency": "USD" },
+                    "total_money": { "amount": 1000, "currency": "USD" },
+                    "status": "COMPLETED",
+                    "source_type": "CARD",
+                    "location_id": "L88917AVBK2S5",
+                    "customer_id": "W92WH6P11H4Z77CTET0RNTGFW8",
+                    "reference_id": "123456",
+                    "note": "Brief Description"
+                }}),
+            };
+        }
         let req: wire::CreatePaymentRequest = match serde_json::from_value(req.clone()) {
             Ok(r) => r,
             Err(e) => {
@@ -577,7 +602,11 @@ impl SimState {
             }
         };
         let now = Utc::now() + self.clock_offset;
-        let id = format!("SIMPAY{:012}", self.next_id);
+        let id = if self.faults.duplicate_payment_ids {
+            "SIMPAYDUPLICATE".to_owned()
+        } else {
+            format!("SIMPAY{:012}", self.next_id)
+        };
         self.next_id += 1;
         let status = if decline.is_some() {
             "FAILED"
@@ -602,6 +631,7 @@ impl SimState {
                     .into(),
                 ),
                 card: Some(Card {
+                    id: Some(req.source_id.clone()),
                     card_brand: card.card_brand.clone(),
                     last_4: card.last_4.clone(),
                     exp_month: card.exp_month,

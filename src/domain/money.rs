@@ -25,6 +25,13 @@ RON RSD RUB RWF:0 SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL TH
 TOP TRY TTD TWD TZS UAH UGX:0 USD UYU UZS VES VND:0 VUV:0 WST XAF:0 XCD XCG XOF:0 XPF:0 YER ZAR \
 ZMW ZWG";
 
+/// Every currency code paycron accepts (the SQL API's `paycron.currencies` is filled from it).
+pub fn currency_codes() -> impl Iterator<Item = &'static str> {
+    ISO_4217
+        .split_whitespace()
+        .map(|entry| entry.split(':').next().unwrap_or(entry))
+}
+
 /// Why a currency or an amount was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MoneyError {

@@ -182,7 +182,28 @@ pub async fn open_pool(opts: PgConnectOptions, max: u32) -> Result<PgPool> {
         .connect_with(opts)
         .await?;
     MIGRATOR.run(&pool).await?;
+    fill_reference_lists(&pool).await?;
     Ok(pool)
+}
+
+/// Fills `paycron.time_zones` and `paycron.currencies` from the engine's own lists, so the SQL
+/// API accepts exactly what the engine can bill. Insert-only: a name a later build drops stays
+/// (rows may use it) and is quarantined by the engine if it cannot read it.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn fill_reference_lists(pool: &PgPool) -> Result<()> {
+    let zones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()).collect();
+    let currencies: Vec<&str> = crate::domain::money::currency_codes().collect();
+    sqlx::query(
+        "WITH z AS (INSERT INTO paycron.time_zones (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING)
+         INSERT INTO paycron.currencies (code) SELECT unnest($2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&zones)
+    .bind(&currencies)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Opens the configured database (starting the embedded cluster when needed) and migrates it.

@@ -290,3 +290,63 @@ async fn rolled_back_application_transaction_leaves_nothing() {
     assert_eq!(count(&db, "subscriptions").await, 0);
     assert_eq!(count(&db, "events").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_the_engine_cannot_use_are_refused_at_the_sql_api_and_in_the_table() {
+    let db = fresh_db().await;
+    seed_card(&db, "CUST1", "ccof:card1").await;
+    let create = |zone: &'static str, currency: &'static str, ends: Option<&'static str>| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT paycron.create_subscription('CUST1', 1500, $1, 'month', 1, p_time_zone => $2, p_ends_at => $3::timestamptz)",
+            )
+            .bind(currency)
+            .bind(zone)
+            .bind(ends)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    for zone in [
+        "posix/Europe/Paris",
+        "localtime",
+        "Mars/Olympus",
+        "europe/paris",
+    ] {
+        let e = create(zone, "USD", None).await.unwrap_err().to_string();
+        assert!(e.contains("is not a known IANA zone"), "{zone}: {e}");
+        assert!(
+            zone.parse::<chrono_tz::Tz>().is_err(),
+            "{zone}: the engine must not know it either"
+        );
+    }
+    for ends in ["infinity", "-infinity", "3000-01-01T00:00:00Z"] {
+        let e = create("UTC", "USD", Some(ends))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is not an instant between 1970 and 2200"),
+            "{ends}: {e}"
+        );
+    }
+    let e = create("UTC", "XYZ", None).await.unwrap_err().to_string();
+    assert!(e.contains("ISO 4217"), "{e}");
+    // Every zone and currency the engine knows is accepted.
+    assert!(create("Europe/Paris", "JPY", None).await.is_ok());
+    let known: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.time_zones")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(known as usize, chrono_tz::TZ_VARIANTS.len());
+    // Even a direct write cannot store a zone the engine does not know.
+    let direct = sqlx::query(
+        "UPDATE paycron.subscriptions SET time_zone = 'posix/Europe/Paris' WHERE customer_id = 'CUST1'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(direct.contains("subscriptions_known_time_zone"), "{direct}");
+}

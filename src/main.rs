@@ -229,6 +229,11 @@ enum SubscriptionCmd {
         #[arg(long)]
         now: Option<String>,
     },
+    /// Bill a quarantined subscription again, once its row is fixed.
+    Release {
+        /// Subscription id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -420,6 +425,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     SubscriptionCmd::Show { id, format } => {
                         manage::show_subscription(&app, &id, format).await
                     }
+                    SubscriptionCmd::Release { id } => manage::release(&app, &id).await,
                     SubscriptionCmd::ChangeCard { id, card, now } => {
                         manage::change_card(&app, &id, &card, now.as_deref()).await
                     }

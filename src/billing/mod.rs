@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 use crate::config::BillingConfig;
 use crate::domain::lifecycle::{self, Notice};
-use crate::domain::{CardId, ChargeId, ChargeStatus, IdempotencyKey, SubscriptionId};
+use crate::domain::{CardId, ChargeId, ChargeStatus, CustomerId, IdempotencyKey, SubscriptionId};
 use crate::gateway::{PaymentGateway, PaymentOutcome, PreparedPayment};
 use crate::store::charges::{self, ChargeRow, NewCharge};
 use crate::store::events::NewEvent;
@@ -109,6 +109,8 @@ pub struct Summary {
     pub withdrawn: u64,
     /// Charges whose answer did not match (or could not be recorded): in review.
     pub needs_review: u64,
+    /// Subscriptions quarantined because the engine could not read or move them.
+    pub quarantined: u64,
     /// Subscriptions canceled at period end, completed or moved past skipped periods.
     pub advanced_without_charge: u64,
     /// Minor units taken, by currency.
@@ -126,6 +128,7 @@ impl Summary {
         self.fenced += o.fenced;
         self.withdrawn += o.withdrawn;
         self.needs_review += o.needs_review;
+        self.quarantined += o.quarantined;
         self.advanced_without_charge += o.advanced_without_charge;
         for (k, v) in &o.revenue {
             *self.revenue.entry(k.clone()).or_default() += v;
@@ -134,7 +137,7 @@ impl Summary {
 
     /// True when some charge ended in error or is left unresolved (exit code 1).
     pub fn has_errors(&self) -> bool {
-        self.failed > 0 || self.unresolved > 0 || self.needs_review > 0
+        self.failed > 0 || self.unresolved > 0 || self.needs_review > 0 || self.quarantined > 0
     }
 }
 
@@ -388,18 +391,48 @@ impl Engine {
             return Ok(None);
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let due = subscriptions::claim_due(
-            &mut tx,
-            now,
-            i64::from(self.config.batch_size),
-            &progress.excluded,
-        )
-        .await?;
+        let limit = i64::from(self.config.batch_size);
+        let mut unreadable = 0;
+        let due = loop {
+            match subscriptions::claim_due(&mut tx, now, limit, &progress.excluded).await {
+                Ok(due) => break due,
+                // Some due row cannot be read at all: find it one row at a time, quarantine
+                // it, and claim again (the transaction is intact: decoding is client-side).
+                Err(e) if e.is_unreadable_row() => {
+                    let ids = subscriptions::claim_due_ids(&mut tx, now, limit, &progress.excluded)
+                        .await?;
+                    let mut found = 0;
+                    for id in ids {
+                        if let Err(why) = subscriptions::get(&mut tx, id).await
+                            && why.is_unreadable_row()
+                        {
+                            self.quarantine(&mut tx, id, None, &why.to_string()).await?;
+                            found += 1;
+                        }
+                    }
+                    if found == 0 {
+                        return Err(e.into());
+                    }
+                    unreadable += found;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut summary = Summary {
+            quarantined: unreadable,
+            ..Summary::default()
+        };
         if due.is_empty() {
+            if unreadable > 0 {
+                tx.commit().await.map_err(StoreError::from)?;
+                return Ok(Some(Claimed {
+                    charges: vec![],
+                    summary,
+                }));
+            }
             tx.rollback().await.map_err(StoreError::from)?;
             return Ok(None);
         }
-        let mut summary = Summary::default();
         let mut intents = Vec::with_capacity(due.len());
         let mut moved = std::collections::HashSet::new();
         let mut notices = Vec::new();
@@ -412,7 +445,15 @@ impl Engine {
                     continue;
                 }
             }
-            let planned = self.plan(sub, now)?;
+            let planned = match self.plan(sub, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.quarantine(&mut tx, sub.id, Some(&sub.customer_id), &e.to_string())
+                        .await?;
+                    summary.quarantined += 1;
+                    continue;
+                }
+            };
             if let Some(update) = &planned.moved {
                 subscriptions::set_position(&mut tx, sub.id, update).await?;
                 moved.insert(sub.id);
@@ -706,6 +747,37 @@ impl Engine {
                 Err(e) => tracing::warn!(error = %e, "cannot extend leases"),
             }
         }
+    }
+
+    /// Quarantines a subscription the engine cannot read or move, in the caller's
+    /// transaction: it is claimed no more until an operator releases it; billing goes on for
+    /// everyone else.
+    pub(crate) async fn quarantine(
+        &self,
+        conn: &mut PgConnection,
+        id: SubscriptionId,
+        customer: Option<&CustomerId>,
+        reason: &str,
+    ) -> Result<()> {
+        if subscriptions::quarantine(conn, id, reason).await? {
+            tracing::error!(
+                subscription_id = %id, reason,
+                "subscription quarantined: the engine cannot read or move it; billing goes on for the others (fix it, then `paycron subscription release ID`)"
+            );
+            metrics::counter!(crate::ops::metrics::QUARANTINED).increment(1);
+            events::emit_many(
+                conn,
+                &[NewEvent {
+                    kind: "subscription_needs_attention",
+                    subscription_id: Some(id),
+                    customer_id: customer.cloned(),
+                    charge_id: None,
+                    payload: serde_json::json!({ "reason": reason }),
+                }],
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, breaker::Breaker> {

@@ -382,6 +382,7 @@ impl Engine {
         let spares = cards::other_enabled_cards(&mut tx, &hard_pairs).await?;
 
         let mut updates = Vec::new();
+        let mut stuck = Vec::new();
         for charge in &resolved {
             let (Some(sub), Some((_, d))) =
                 (subs.get(&charge.subscription_id), by_id.get(&charge.id))
@@ -391,9 +392,15 @@ impl Engine {
             let spare = spares
                 .get(&(charge.customer_id.clone(), charge.card_id.clone()))
                 .cloned();
-            if let Some(u) = self.transition(sub, charge, d, spare, now, &mut events)? {
-                updates.push((sub.id, u));
+            match self.transition(sub, charge, d, spare, now, &mut events) {
+                Ok(Some(u)) => updates.push((sub.id, u)),
+                Ok(None) => {}
+                // The outcome is recorded; only this subscription cannot move on.
+                Err(e) => stuck.push((sub.id, sub.customer_id.clone(), e.to_string())),
             }
+        }
+        for (id, customer, why) in &stuck {
+            self.quarantine(&mut tx, *id, Some(customer), why).await?;
         }
         // The resolved intents are no longer open: the position update clears the marker; the
         // subscriptions whose position did not move are cleared on their own.

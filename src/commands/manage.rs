@@ -382,7 +382,10 @@ fn subscription_table(rows: &[SubscriptionRow]) -> String {
                     r.customer_id.to_string(),
                     format_minor(r.money.minor(), r.money.currency()),
                     format!("{}{}", r.interval_count, r.interval_unit),
-                    r.status.to_string(),
+                    match r.needs_attention {
+                        Some(_) => format!("{} (quarantined)", r.status),
+                        None => r.status.to_string(),
+                    },
                     r.next_due_at
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_else(|| "-".into()),
@@ -502,6 +505,43 @@ fn event_summary(kind: &str, p: &serde_json::Value) -> String {
             }
         }
     }
+}
+
+/// `subscription release ID`: bills a quarantined subscription again, once the engine can
+/// read and move it.
+///
+/// # Errors
+/// [`CommandError::BadInput`] (exit 2) when it is not quarantined or still cannot be read.
+pub async fn release(app: &App, id: &str) -> Result<()> {
+    let id = parse_id(id)?;
+    let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
+    let row = subscriptions::lock(&mut tx, id).await.map_err(|e| {
+        if e.is_unreadable_row() {
+            CommandError::BadInput(format!("subscription {id} still cannot be read: {e}"))
+        } else {
+            e.into()
+        }
+    })?;
+    if row.needs_attention.is_none() {
+        return Err(CommandError::BadInput(format!(
+            "subscription {id} is not quarantined"
+        )));
+    }
+    let now = subscriptions::db_now(&mut tx).await?;
+    let terms = row.terms().and_then(|t| Ok((t, row.state()?)));
+    let check = terms.map_err(|e| e.to_string()).and_then(|(t, s)| {
+        crate::domain::lifecycle::settle(&t, &s, now, app.config.billing.max_catch_up_periods)
+            .map_err(|e| e.to_string())
+    });
+    if let Err(why) = check {
+        return Err(CommandError::BadInput(format!(
+            "subscription {id} still cannot be billed: {why}"
+        )));
+    }
+    subscriptions::release(&mut tx, id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    println!("{id} released");
+    Ok(())
 }
 
 /// `subscription change-card ID --card CARD`.

@@ -57,6 +57,7 @@ fn log_summary(task: &str, s: &Summary, started: Instant) {
         failed = s.failed,
         unresolved = s.unresolved,
         needs_review = s.needs_review,
+        quarantined = s.quarantined,
         fenced = s.fenced,
         advanced = s.advanced_without_charge,
         revenue_minor = %revenue.join(", "),
@@ -133,6 +134,7 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
         total.failed += s.failed;
         total.unresolved += s.unresolved;
         total.needs_review += s.needs_review;
+        total.quarantined += s.quarantined;
     }
     if task == Task::All {
         // Webhook delivery has its own failures (recorded per delivery); it never fails billing.
@@ -142,8 +144,8 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
     }
     if total.has_errors() {
         return Err(CommandError::Failed(format!(
-            "{} charge(s) failed, {} left pending for recovery, {} in review (`paycron charges review`)",
-            total.failed, total.unresolved, total.needs_review
+            "{} charge(s) failed, {} left pending for recovery, {} in review (`paycron charges review`), {} subscription(s) quarantined (`paycron subscription list`)",
+            total.failed, total.unresolved, total.needs_review, total.quarantined
         )));
     }
     Ok(())

@@ -30,6 +30,8 @@ pub const BILLING_STALLED: &str = "paycron_billing_stalled_total";
 /// Gauge: 1 while billing is halted because Square refused the configuration (location,
 /// currency, API version, request shape), else 0.
 pub const BILLING_HALTED: &str = "paycron_billing_halted";
+/// Counter: subscriptions quarantined because the engine could not read or move them.
+pub const QUARANTINED: &str = "paycron_subscriptions_quarantined_total";
 
 /// Every metric name paycron exposes (the dashboard test checks against this list).
 pub const ALL: &[&str] = &[
@@ -44,6 +46,7 @@ pub const ALL: &[&str] = &[
     TASK_LAST_SUCCESS,
     BILLING_STALLED,
     BILLING_HALTED,
+    QUARANTINED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -99,6 +102,11 @@ pub fn install() -> PrometheusHandle {
             metrics::counter!(CHARGES, "outcome" => "succeeded", "code" => "").absolute(0);
             metrics::counter!(RETRIES, "call" => "CreatePayment").absolute(0);
             metrics::counter!(BILLING_STALLED, "reason" => "no_progress").absolute(0);
+            metrics::describe_counter!(
+                QUARANTINED,
+                "Subscriptions quarantined: the engine could not read or move them"
+            );
+            metrics::counter!(QUARANTINED).absolute(0);
             handle
         })
         .clone()

@@ -170,6 +170,18 @@ pub async fn create_database_if_missing(opts: &PgConnectOptions, database: &str)
     Ok(())
 }
 
+impl StoreError {
+    /// True when a row could not be turned into its Rust type (a hand-edited or out-of-range
+    /// value), as opposed to the database failing.
+    pub fn is_unreadable_row(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::Db(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))
+        )
+    }
+}
+
 /// A pool on `opts` with up to `max` connections, migrations applied.
 ///
 /// # Errors

@@ -79,6 +79,8 @@ pub struct SubscriptionRow {
     pub skip_before: Option<DateTime<Utc>>,
     /// Attempts of the current period Square refused for a configuration reason.
     pub uncounted_attempts: i32,
+    /// Why the engine quarantined it (it is not billed until released).
+    pub needs_attention: Option<String>,
     /// The caller's reference.
     pub external_ref: Option<String>,
     /// Created.
@@ -156,7 +158,7 @@ impl SubscriptionRow {
 
 const COLUMNS: &str = "id, customer_id, card_id, amount_minor, currency, interval_unit, interval_count, anchor, time_zone,
     status, trial_ends_at, max_cycles, ends_at, cancel_at_period_end, next_period, next_attempt, next_due_at,
-    dunning_started_at, skip_before, uncounted_attempts, external_ref, created_at, updated_at, canceled_at";
+    dunning_started_at, skip_before, uncounted_attempts, needs_attention, external_ref, created_at, updated_at, canceled_at";
 
 /// Creates a subscription through `paycron.create_subscription`.
 ///
@@ -290,7 +292,7 @@ pub async fn claim_due(
     Ok(sqlx::query_as(sqlf!(
         "SELECT {COLUMNS} FROM paycron.subscriptions s
           WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
-            AND s.open_charge_id IS NULL AND s.id <> ALL($3)
+            AND s.open_charge_id IS NULL AND s.needs_attention IS NULL AND s.id <> ALL($3)
           ORDER BY s.next_due_at, s.id
           LIMIT $2
           FOR UPDATE OF s SKIP LOCKED"
@@ -300,6 +302,67 @@ pub async fn claim_due(
     .bind(excluded)
     .fetch_all(conn)
     .await?)
+}
+
+/// The ids of the subscriptions [`claim_due`] would lock, locked the same way, without reading
+/// the rows: the slow path that finds a row that cannot be read.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn claim_due_ids(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+    excluded: &[SubscriptionId],
+) -> Result<Vec<SubscriptionId>> {
+    Ok(sqlx::query_scalar(
+        "SELECT s.id FROM paycron.subscriptions s
+          WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
+            AND s.open_charge_id IS NULL AND s.needs_attention IS NULL AND s.id <> ALL($3)
+          ORDER BY s.next_due_at, s.id
+          LIMIT $2
+          FOR UPDATE OF s SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(limit)
+    .bind(excluded)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Quarantines a subscription the engine cannot read or move: it is claimed no more until
+/// [`release`]. Returns whether it was not already quarantined.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn quarantine(conn: &mut PgConnection, id: SubscriptionId, reason: &str) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE paycron.subscriptions SET needs_attention = $2, updated_at = now()
+          WHERE id = $1 AND needs_attention IS NULL",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Releases a quarantined subscription (the operator fixed it); false when it was not
+/// quarantined.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn release(conn: &mut PgConnection, id: SubscriptionId) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE paycron.subscriptions SET needs_attention = NULL, updated_at = now()
+          WHERE id = $1 AND needs_attention IS NOT NULL",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Locks one subscription for an update by the engine.

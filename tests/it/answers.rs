@@ -430,3 +430,92 @@ async fn one_payment_answered_to_two_charges_sends_the_second_to_review_and_the_
     assert_eq!(calls(&s, None), sent, "nothing re-sent");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_engine_cannot_read_are_quarantined_and_billing_goes_on() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    monthly(&db, &s, &["Q1", "Q2", "Q3", "Q4"]).await;
+    // Hand edits past the schema's guards (as a superuser can): a currency the engine does not
+    // know (the row cannot even be decoded), a zone it does not know, a period out of range.
+    let mut conn = db.pool.acquire().await.unwrap();
+    for sql in [
+        "SET session_replication_role = replica",
+        "UPDATE paycron.subscriptions SET currency = 'XYZ' WHERE customer_id = 'Q1'",
+        "UPDATE paycron.subscriptions SET time_zone = 'posix/Europe/Paris' WHERE customer_id = 'Q2'",
+        "UPDATE paycron.subscriptions SET next_period = 2000000000 WHERE customer_id = 'Q3'",
+        "RESET session_replication_role",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    let cli = || paycron(Some(&db.url), Some(&s.base_url()));
+    let once = |now: &str| run(cli().args(["run-once", "--task", "bill-due", "--now", now]));
+    let (code, _, err) = once("2027-01-01T00:10:00Z");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("3 subscription(s) quarantined"),
+        "{err}"
+    );
+    assert_eq!(calls(&s, Some("Q4")), 1, "the healthy one is billed");
+    assert_eq!(calls(&s, None), 1);
+    let flagged: Vec<(String, String)> = sqlx::query_as(
+        "SELECT customer_id, needs_attention FROM paycron.subscriptions
+          WHERE needs_attention IS NOT NULL ORDER BY customer_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let who: Vec<&str> = flagged.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(who, ["Q1", "Q2", "Q3"], "{flagged:?}");
+    assert!(flagged[1].1.contains("posix/Europe/Paris"), "{flagged:?}");
+    let told: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paycron.events WHERE type = 'subscription_needs_attention'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(told, 3);
+    // Quarantined rows stay out of later runs.
+    let (code, _, err) = once("2027-01-01T00:20:00Z");
+    assert_eq!(code, 0, "{err}");
+    // Fixed, released, billed; a row still broken is not released.
+    sqlx::query(
+        "UPDATE paycron.subscriptions SET time_zone = 'Europe/Paris' WHERE customer_id = 'Q2'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let id = |c: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM paycron.subscriptions WHERE customer_id = $1",
+            )
+            .bind(c)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .to_string()
+        }
+    };
+    let (code, out, err) = run(cli().args(["subscription", "release", &id("Q2").await]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("released"));
+    let (code, _, err) = run(cli().args(["subscription", "release", &id("Q3").await]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("still cannot be billed"), "{err}");
+    let (code, _, err) = run(cli().args(["subscription", "release", &id("Q1").await]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("still cannot be read"), "{err}");
+    let (code, _, err) = once("2027-01-01T00:30:00Z");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(calls(&s, Some("Q2")), 1);
+    s.shutdown().await;
+}

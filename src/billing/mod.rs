@@ -185,6 +185,18 @@ pub fn card_problem(
     }
 }
 
+/// Re-sends of one intent without a decisive answer before recovery gives up and sends it to
+/// review. With [`resend_backoff`] they span about eight hours, longer than any outage worth
+/// waiting out.
+pub const MAX_RESENDS: i32 = 10;
+
+/// How long an intent whose answer was undecided waits before recovery tries it again: the
+/// lease, doubling with each re-send, at most two hours.
+pub fn resend_backoff(sends: i32, lease: std::time::Duration) -> chrono::Duration {
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+    (lease * (1i32 << sends.clamp(0, 7))).min(chrono::Duration::hours(2))
+}
+
 /// Outcomes recorded per transaction.
 const RECORD_BATCH: usize = 128;
 /// Batches recorded at once.
@@ -521,6 +533,7 @@ impl Engine {
                     request_fingerprint: c.request_fingerprint,
                     provider_payment_id: None,
                     decline_code: None,
+                    sends: 0,
                     created_at,
                 };
                 Queued {
@@ -869,7 +882,7 @@ impl Engine {
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
             let open = charges::owned_pending(&mut conn, self.owner).await?;
             drop(conn);
-            let again = self.redrive(open, now).await?;
+            let again = self.recover_charges(open, now).await?;
             total.unresolved = total
                 .unresolved
                 .saturating_sub(again.succeeded + again.declined + again.failed + again.fenced);
@@ -913,6 +926,7 @@ impl Engine {
     pub async fn recover(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
         loop {
+            let busy: Vec<ChargeId> = self.leased().keys().copied().collect();
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
             let orphans = charges::claim_orphans(
                 &mut conn,
@@ -920,6 +934,7 @@ impl Engine {
                 self.owner,
                 self.lease_until(),
                 i64::from(self.config.batch_size),
+                &busy,
             )
             .await?;
             drop(conn);
@@ -927,20 +942,50 @@ impl Engine {
                 break;
             }
             tracing::info!(count = orphans.len(), "recovering pending charges");
-            let stale_after = chrono::Duration::from_std(self.config.stale_lookup_after)
-                .unwrap_or(chrono::Duration::hours(24));
-            let mut fresh = Vec::new();
-            for c in orphans {
-                if Utc::now() - c.created_at > stale_after
-                    && let Some(s) = self.settle_from_lookup(&c, now).await?
-                {
-                    total.merge(&s);
-                    continue;
-                }
-                fresh.push(c);
-            }
-            total.merge(&self.redrive(fresh, now).await?);
+            total.merge(&self.recover_charges(orphans, now).await?);
         }
+        Ok(total)
+    }
+
+    /// The one recovery path for intents of ours (taken over, or left open in this process):
+    /// one sent [`MAX_RESENDS`] times without a decisive answer goes to review; one older than
+    /// the stale age is looked up at Square first (Square keeps keys for an unpublished time, so
+    /// a blind re-send could be a second payment); the rest are re-sent byte for byte.
+    async fn recover_charges(&self, open: Vec<ChargeRow>, now: DateTime<Utc>) -> Result<Summary> {
+        let mut total = Summary::default();
+        let stale_after = chrono::Duration::from_std(self.config.stale_lookup_after)
+            .unwrap_or(chrono::Duration::hours(24));
+        let mut resend = Vec::new();
+        let mut give_up = Vec::new();
+        for c in open {
+            let age = Utc::now() - c.created_at;
+            if c.sends >= MAX_RESENDS {
+                let reason = format!(
+                    "no decisive answer from Square after {} sends over {} h; look the payment up in Square's dashboard by reference_id {}",
+                    c.sends + 1,
+                    age.num_hours(),
+                    c.id
+                );
+                give_up.push(Attempted {
+                    charge: c,
+                    outcome: Some(PaymentOutcome::Undecided { reason }),
+                    duration_ms: 0,
+                    note: None,
+                });
+                continue;
+            }
+            if age > stale_after
+                && let Some(s) = self.settle_from_lookup(&c, now).await?
+            {
+                total.merge(&s);
+                continue;
+            }
+            resend.push(c);
+        }
+        if !give_up.is_empty() {
+            total.merge(&self.record_batch(give_up, now).await?);
+        }
+        total.merge(&self.redrive(resend, now).await?);
         Ok(total)
     }
 

@@ -87,6 +87,7 @@ impl Engine {
         let mut unauthorized: Option<String> = None;
         let mut decided: Vec<(ChargeRow, Decided)> = Vec::with_capacity(items.len());
         let mut unsent = Vec::new();
+        let mut deferred = Vec::new();
         for Attempted {
             charge,
             outcome,
@@ -182,7 +183,21 @@ impl Engine {
                     );
                     summary.unresolved += 1;
                     metrics::counter!(crate::ops::metrics::CHARGES, "outcome" => "pending", "code" => "").increment(1);
+                    deferred.push((
+                        charge.id,
+                        Utc::now() + super::resend_backoff(charge.sends, self.config.lease),
+                    ));
                     continue;
+                }
+                PaymentOutcome::Undecided { reason } => {
+                    review = Some(reason);
+                    (
+                        ChargeStatus::NeedsReview,
+                        None,
+                        None,
+                        None,
+                        AttemptOutcome::Voided,
+                    )
                 }
             };
             let mut d = Decided {
@@ -207,6 +222,10 @@ impl Engine {
         }
         if !unsent.is_empty() {
             summary.withdrawn = self.withdraw_unsent(&unsent).await?;
+        }
+        if !deferred.is_empty() {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            crate::store::charges::defer(&mut conn, self.owner, &deferred).await?;
         }
         if !decided.is_empty() {
             let mut tries = 0;

@@ -126,6 +126,12 @@ pub enum PaymentOutcome {
     /// No payment: an operator decided that a charge in review took no money (never an
     /// answer from Square).
     Voided,
+    /// Recovery gave up: the intent was sent the bounded number of times without a decisive
+    /// answer, so an operator decides (never an answer from Square).
+    Undecided {
+        /// How many sends over how long.
+        reason: String,
+    },
     /// The access token was refused (`AUTHENTICATION_ERROR`): nothing can be charged.
     Fatal {
         /// Square error code.

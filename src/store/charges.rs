@@ -75,12 +75,14 @@ pub struct ChargeRow {
     pub provider_payment_id: Option<String>,
     /// Decline code.
     pub decline_code: Option<String>,
+    /// Re-sends so far (the first send is not counted).
+    pub sends: i32,
     /// Created.
     pub created_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "id, subscription_id, period, period_start, attempt, idempotency_key, customer_id, card_id,
-    amount_minor, currency, status, request_body, request_fingerprint, provider_payment_id, decline_code, created_at";
+    amount_minor, currency, status, request_body, request_fingerprint, provider_payment_id, decline_code, sends, created_at";
 
 /// The advisory-lock key of a worker, derived from its owner id (first 64 bits).
 pub fn owner_lock_key(owner: Uuid) -> i64 {
@@ -150,8 +152,10 @@ pub async fn insert_intents(
     Ok(ids.into_iter().collect())
 }
 
-/// Takes over up to `limit` pending charges whose owner is gone: lease expired by the wall
-/// clock, or the owner's advisory lock no longer held. Oldest first.
+/// Takes over up to `limit` pending charges nobody is working on: another owner's whose lease
+/// expired by the wall clock or whose owner's advisory lock is no longer held, and this
+/// owner's own whose lease expired (left open by an undecided answer), except the `busy` ones
+/// it is working on right now. Oldest first.
 ///
 /// # Errors
 /// [`super::StoreError`].
@@ -161,17 +165,18 @@ pub async fn claim_orphans(
     owner: Uuid,
     locked_until: DateTime<Utc>,
     limit: i64,
+    busy: &[ChargeId],
 ) -> Result<Vec<ChargeRow>> {
     Ok(sqlx::query_as(sqlf!(
         "WITH orphan AS (
            SELECT c.id FROM paycron.charges c
-            WHERE c.status = 'pending' AND c.lease_owner IS DISTINCT FROM $2
-              AND (c.locked_until IS NULL OR c.locked_until < $1 OR c.lease_owner IS NULL OR NOT EXISTS (
+            WHERE c.status = 'pending' AND c.id <> ALL($5)
+              AND (c.locked_until IS NULL OR c.locked_until < $1 OR (c.lease_owner IS DISTINCT FROM $2 AND (c.lease_owner IS NULL OR NOT EXISTS (
                     SELECT 1 FROM pg_locks l
                      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                        AND ((l.classid::int8 << 32) | l.objid::int8)
-                           = ('x' || substr(replace(c.lease_owner::text, '-', ''), 1, 16))::bit(64)::int8))
+                           = ('x' || substr(replace(c.lease_owner::text, '-', ''), 1, 16))::bit(64)::int8))))
             ORDER BY c.created_at, c.id
             LIMIT $4
             FOR UPDATE SKIP LOCKED)
@@ -184,8 +189,36 @@ pub async fn claim_orphans(
     .bind(owner)
     .bind(locked_until)
     .bind(limit)
+    .bind(busy)
     .fetch_all(conn)
     .await?)
+}
+
+/// Puts off the recovery of charges whose answer was undecided: each stays leased to `owner`
+/// until its given time (a backoff that grows with its re-sends), so an outage of Square does
+/// not turn into a re-send a minute. A dead owner's charges are taken over at once regardless.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn defer(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    until: &[(ChargeId, DateTime<Utc>)],
+) -> Result<()> {
+    if until.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE paycron.charges c SET locked_until = t.until
+           FROM UNNEST($2::uuid[], $3::timestamptz[]) AS t(id, until)
+          WHERE c.id = t.id AND c.id = ANY($2) AND c.lease_owner = $1 AND c.status = 'pending'",
+    )
+    .bind(owner)
+    .bind(until.iter().map(|u| u.0).collect::<Vec<_>>())
+    .bind(until.iter().map(|u| u.1).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Pending charges this owner still holds (re-driven in-process after an unknown outcome).

@@ -519,3 +519,92 @@ async fn rows_the_engine_cannot_read_are_quarantined_and_billing_goes_on() {
     assert_eq!(calls(&s, Some("Q2")), 1);
     s.shutdown().await;
 }
+
+fn lose_every_answer(s: &Simulator, on: bool) {
+    s.with(|st| {
+        st.faults = paycron::gateway::simulator::Faults {
+            lose_response_rate: if on { 1.0 } else { 0.0 },
+            ..Default::default()
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_recovers_its_own_expired_charges() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 1).await;
+    let mut a = app(&db, &s.base_url());
+    a.config.square.retry_deadline = StdDuration::from_millis(300);
+    a.config.billing.lease = StdDuration::from_millis(300);
+    let e = a.engine(client(&a.config)).await.unwrap();
+    lose_every_answer(&s, true);
+    let billed = e.bill_due(Utc::now()).await.unwrap();
+    assert_eq!(billed.unresolved, 1, "{billed:?}");
+    lose_every_answer(&s, false);
+    // Its lease (deferred after the undecided re-send) runs out; the same worker takes it back.
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    let recovered = e.recover(Utc::now()).await.unwrap();
+    assert_eq!(recovered.succeeded, 1, "{recovered:?}");
+    assert_eq!(s.with(|st| st.completed().len()), 1, "one payment in all");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_resend_of_an_old_intent_is_looked_up_first_even_by_its_own_worker() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 1).await;
+    let mut a = app(&db, &s.base_url());
+    a.config.square.retry_deadline = StdDuration::from_millis(300);
+    a.config.billing.stale_lookup_after = StdDuration::from_millis(1);
+    let e = a.engine(client(&a.config)).await.unwrap();
+    // Square takes the money and every answer to CreatePayment is lost. A re-send would be
+    // lost too; only the lookup (ListPayments by reference_id) can settle it within the run.
+    lose_every_answer(&s, true);
+    let billed = e.bill_due(Utc::now()).await.unwrap();
+    assert_eq!(
+        (billed.succeeded, billed.unresolved),
+        (1, 0),
+        "settled by lookup in the worker's own re-drive: {billed:?}"
+    );
+    assert_eq!(s.with(|st| st.completed().len()), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_sent_too_often_without_an_answer_goes_to_review() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 1).await;
+    let mut a = app(&db, &s.base_url());
+    a.config.square.retry_deadline = StdDuration::from_millis(300);
+    let e = a.engine(client(&a.config)).await.unwrap();
+    lose_every_answer(&s, true);
+    assert_eq!(e.bill_due(Utc::now()).await.unwrap().unresolved, 1);
+    drop(e);
+    // As if nine more recoveries had re-sent it over the hours since.
+    sqlx::query(
+        "UPDATE paycron.charges SET sends = 10, locked_until = now() - interval '1 second'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let sent = calls(&s, None);
+    let (code, _, err) =
+        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--task", "recover"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.lines().last().unwrap().contains("1 in review"), "{err}");
+    assert_eq!(calls(&s, None), sent, "not sent again");
+    let (status, reason): (String, String) =
+        sqlx::query_as("SELECT status, review_reason FROM paycron.charges")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "needs_review");
+    assert!(
+        reason.contains("no decisive answer from Square after 11 sends"),
+        "{reason}"
+    );
+    s.shutdown().await;
+}

@@ -398,7 +398,7 @@ impl Engine {
             })
             .map(|c| (c.customer_id.clone(), c.card_id.clone()))
             .collect();
-        let spares = cards::other_enabled_cards(&mut tx, &hard_pairs).await?;
+        let spares = cards::other_enabled_cards(&mut tx, &hard_pairs, now).await?;
 
         let mut updates = Vec::new();
         let mut stuck = Vec::new();

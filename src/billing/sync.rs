@@ -10,6 +10,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 
 use super::Result;
+use crate::domain::card::{CardStamp, is_stale};
 use crate::gateway::PaymentGateway;
 use crate::store::StoreError;
 use crate::store::cards::{self, CardRecord};
@@ -29,6 +30,11 @@ pub struct SyncTotals {
     pub customers_skipped: u64,
     /// Cards skipped because Square's data failed validation (logged each).
     pub cards_skipped: u64,
+    /// Cards refused because Square listed them under another customer than the one asked
+    /// about (logged each, never filed).
+    pub cards_refused: u64,
+    /// Cards whose listing was older than what a webhook already said (left as they are).
+    pub cards_stale: u64,
 }
 
 /// Runs one full sync.
@@ -77,8 +83,28 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                 totals.customers_changed += 1;
             }
             let mut seen = Vec::new();
+            let listed_at = chrono::Utc::now();
             for card in found {
                 let Some(id) = card.id.clone() else { continue };
+                if let Some(owner) = card.customer_id.as_deref()
+                    && owner != customer.id
+                {
+                    totals.cards_refused += 1;
+                    tracing::warn!(customer_id = %customer.id, card_id = %id, listed_owner = owner,
+                        "card refused: Square listed it for another customer; not filed");
+                    continue;
+                }
+                let stamp = CardStamp {
+                    version: card.version,
+                    at: Some(listed_at),
+                };
+                if let Some(stored) = cards::lock_stamp(&mut tx, &id).await?
+                    && is_stale(stored, stamp)
+                {
+                    totals.cards_stale += 1;
+                    seen.push(id);
+                    continue;
+                }
                 let record = CardRecord {
                     customer_id: customer.id.clone(),
                     card_id: id.clone(),
@@ -94,6 +120,7 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                     .map_err(StoreError::from)?;
                 match cards::upsert_customer_card(&mut sp, &record).await {
                     Ok(changed) => {
+                        cards::stamp(&mut sp, &id, stamp).await?;
                         if changed && record.enabled {
                             // A card updated at Square: past-due subscriptions on it try again now.
                             crate::store::webhooks::retry_now_for_card(&mut sp, &id).await?;
@@ -147,6 +174,8 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
         customers_changed = totals.customers_changed,
         cards_changed = totals.cards_changed,
         cards_skipped = totals.cards_skipped,
+        cards_refused = totals.cards_refused,
+        cards_stale = totals.cards_stale,
         customers_skipped = totals.customers_skipped,
         duration_ms = started.elapsed().as_millis() as u64,
         "sync-cards done"

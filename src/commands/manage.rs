@@ -186,6 +186,7 @@ pub async fn list_cards(app: &App, format: Format) -> Result<()> {
                         r.card_brand.clone(),
                         r.last_4.clone().unwrap_or_default(),
                         match (r.exp_month, r.exp_year) {
+                            (Some(m), Some(y)) if r.expired => format!("{m:02}/{y} (expired)"),
                             (Some(m), Some(y)) => format!("{m:02}/{y}"),
                             _ => String::new(),
                         },

@@ -5,6 +5,7 @@
 //! Nothing in here performs I/O or reads a clock; callers pass `now`.
 
 pub mod answer;
+pub mod card;
 pub mod decline;
 pub mod ids;
 pub mod lifecycle;

@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use sqlx::PgPool;
 
+use crate::domain::card::{CardStamp, is_stale};
 use crate::store::cards::{self, CardRecord};
 use crate::store::{StoreError, events, webhooks};
 
@@ -105,6 +106,28 @@ async fn handle(
         .as_str()
         .or_else(|| payload["data"]["id"].as_str())
         .unwrap_or("");
+    let stamp = CardStamp {
+        version: card["version"].as_i64(),
+        at: payload["created_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
+    };
+    if kind.starts_with("card.")
+        && let Some(stored) = cards::lock_stamp(&mut tx, card_id).await?
+        && is_stale(stored, stamp)
+    {
+        tracing::info!(
+            event_id,
+            kind,
+            card_id,
+            version = stamp.version,
+            stored_version = stored.version,
+            "stale card event recorded and ignored: Square said something newer already"
+        );
+        tx.commit().await?;
+        return Ok(true);
+    }
     match kind {
         "card.created" | "card.updated" | "card.automatically_updated" => {
             let record = CardRecord {
@@ -121,7 +144,9 @@ async fn handle(
                 enabled: card["enabled"].as_bool().unwrap_or(true),
             };
             let changed = cards::upsert_customer_card(&mut tx, &record).await?;
-            let retried = if record.enabled {
+            cards::stamp(&mut tx, card_id, stamp).await?;
+            // Only a card that changed (re-enabled, new expiry) is worth billing again now.
+            let retried = if changed && record.enabled {
                 webhooks::retry_now_for_card(&mut tx, card_id).await?
             } else {
                 0
@@ -137,6 +162,7 @@ async fn handle(
         }
         "card.disabled" | "card.forgotten" => {
             let forgotten = kind == "card.forgotten";
+            cards::stamp(&mut tx, card_id, stamp).await?;
             if webhooks::disable_card(&mut tx, card_id, forgotten).await? {
                 events::emit(
                     &mut tx,

@@ -60,10 +60,52 @@ pub struct CardRow {
     pub exp_month: Option<i32>,
     /// Expiry year.
     pub exp_year: Option<i32>,
-    /// Chargeable.
+    /// Chargeable, as far as Square says.
     pub enabled: bool,
+    /// Past the end of its expiry month (UTC): never charged, never a fallback.
+    pub expired: bool,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// What Square last said about a card, and when, locking the card's row so that concurrent
+/// events for one card apply one at a time; `None` for a card not stored yet.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn lock_stamp(
+    conn: &mut PgConnection,
+    card_id: &str,
+) -> Result<Option<crate::domain::card::CardStamp>> {
+    let row: Option<(Option<i64>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT square_version, state_at FROM paycron.cards WHERE id = $1 FOR UPDATE",
+    )
+    .bind(card_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(version, at)| crate::domain::card::CardStamp { version, at }))
+}
+
+/// Records what Square last said about a card (after applying it).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn stamp(
+    conn: &mut PgConnection,
+    card_id: &str,
+    stamp: crate::domain::card::CardStamp,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE paycron.cards SET square_version = coalesce($2, square_version),
+                state_at = CASE WHEN state_at IS NULL OR $3 > state_at THEN $3 ELSE state_at END
+          WHERE id = $1",
+    )
+    .bind(card_id)
+    .bind(stamp.version)
+    .bind(stamp.at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts or updates a customer and card through the SQL API; true when the card changed.
@@ -134,29 +176,14 @@ pub async fn list_customers(pool: &PgPool) -> Result<Vec<CustomerRow>> {
 /// [`super::StoreError`].
 pub async fn list_cards(pool: &PgPool) -> Result<Vec<CardRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, customer_id, card_brand, last_4, exp_month, exp_year, enabled, updated_at
+        "SELECT id, customer_id, card_brand, last_4, exp_month, exp_year, enabled,
+                coalesce(exp_year * 12 + exp_month
+                         < extract(year FROM now() AT TIME ZONE 'UTC')::int * 12
+                           + extract(month FROM now() AT TIME ZONE 'UTC')::int, false) AS expired,
+                updated_at
            FROM paycron.cards ORDER BY customer_id, id",
     )
     .fetch_all(pool)
-    .await?)
-}
-
-/// The customer's most recently updated enabled card other than `except`, if any.
-///
-/// # Errors
-/// [`super::StoreError`].
-pub async fn other_enabled_card(
-    conn: &mut PgConnection,
-    customer_id: &str,
-    except: &str,
-) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM paycron.cards WHERE customer_id = $1 AND id <> $2 AND enabled
-          ORDER BY updated_at DESC, id LIMIT 1",
-    )
-    .bind(customer_id)
-    .bind(except)
-    .fetch_optional(conn)
     .await?)
 }
 
@@ -188,6 +215,7 @@ pub async fn disable_missing(
 pub async fn other_enabled_cards(
     conn: &mut PgConnection,
     pairs: &[(CustomerId, CardId)],
+    now: DateTime<Utc>,
 ) -> Result<std::collections::HashMap<(CustomerId, CardId), CardId>> {
     if pairs.is_empty() {
         return Ok(Default::default());
@@ -196,10 +224,14 @@ pub async fn other_enabled_cards(
         "SELECT DISTINCT ON (p.customer_id, p.except_id) p.customer_id, p.except_id, k.id
            FROM UNNEST($1::text[], $2::text[]) AS p(customer_id, except_id)
            JOIN paycron.cards k ON k.customer_id = p.customer_id AND k.id <> p.except_id AND k.enabled
+                AND NOT coalesce(k.exp_year * 12 + k.exp_month
+                                 < extract(year FROM $3 AT TIME ZONE 'UTC')::int * 12
+                                   + extract(month FROM $3 AT TIME ZONE 'UTC')::int, false)
           ORDER BY p.customer_id, p.except_id, k.updated_at DESC, k.id",
     )
     .bind(pairs.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
     .bind(pairs.iter().map(|p| p.1.clone()).collect::<Vec<_>>())
+    .bind(now)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|(c, e, k)| ((c, e), k)).collect())

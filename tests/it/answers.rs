@@ -608,3 +608,42 @@ async fn an_intent_sent_too_often_without_an_answer_goes_to_review() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_card_is_never_a_fallback() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    s.with(|st| {
+        st.add_card("EX", "ccof:sim-card-expired-ex", "VISA", true);
+        st.add_card("EX", "ccof:sim-ok-ex-old", "VISA", true);
+    });
+    seed_card(&db, "EX", "ccof:sim-card-expired-ex").await;
+    sqlx::query(
+        "SELECT paycron.upsert_customer_card('EX', 'ccof:sim-ok-ex-old', 'VISA', '4242', 11, 2022)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT paycron.create_subscription('EX', 900, 'USD', 'month', 1, 'ccof:sim-card-expired-ex', $1, p_now => $1)",
+    )
+    .bind(t("2027-01-01T00:00:00Z"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args([
+        "run-once",
+        "--task",
+        "bill-due",
+        "--now",
+        "2027-01-01T00:10:00Z",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(calls(&s, Some("EX")), 1, "the expired card is not tried");
+    let status: String = sqlx::query_scalar("SELECT status FROM paycron.subscriptions")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "unpaid");
+    s.shutdown().await;
+}

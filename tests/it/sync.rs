@@ -223,3 +223,113 @@ async fn sync_against_an_independent_square_stand_in() {
         .unwrap();
     assert_eq!(brand, "VISA");
 }
+
+/// Delegates to a real client, but Square's card list carries a card of another customer, a
+/// card that expired in 11/2022, and versions.
+struct Tampering {
+    inner: Arc<dyn PaymentGateway>,
+}
+
+#[async_trait]
+impl PaymentGateway for Tampering {
+    async fn create_payment(&self, p: &PreparedPayment) -> PaymentOutcome {
+        self.inner.create_payment(p).await
+    }
+    async fn list_customers(&self, cursor: Option<&str>) -> gateway::Result<Page<wire::Customer>> {
+        self.inner.list_customers(cursor).await
+    }
+    async fn list_cards(
+        &self,
+        customer: &str,
+        cursor: Option<&str>,
+        all: bool,
+    ) -> gateway::Result<Page<wire::Card>> {
+        let mut page = self.inner.list_cards(customer, cursor, all).await?;
+        for c in &mut page.items {
+            c.version = Some(3);
+        }
+        page.items.push(wire::Card {
+            id: Some(format!("ccof:foreign-{customer}")),
+            customer_id: Some("SOMEONE_ELSE".into()),
+            card_brand: Some("VISA".into()),
+            enabled: Some(true),
+            ..wire::Card::default()
+        });
+        page.items.push(wire::Card {
+            id: Some(format!("ccof:old-{customer}")),
+            customer_id: Some(customer.to_owned()),
+            card_brand: Some("VISA".into()),
+            last_4: Some("4242".into()),
+            exp_month: Some(11),
+            exp_year: Some(2022),
+            enabled: Some(true),
+            version: Some(1),
+            ..wire::Card::default()
+        });
+        Ok(page)
+    }
+    async fn list_payments(
+        &self,
+        b: &str,
+        e: &str,
+        c: Option<&str>,
+    ) -> gateway::Result<Page<wire::Payment>> {
+        self.inner.list_payments(b, e, c).await
+    }
+    async fn get_payment(&self, id: &str) -> gateway::Result<Option<wire::Payment>> {
+        self.inner.get_payment(id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_expired_and_stale_cards_from_square_are_not_taken_at_face_value() {
+    let s = sim(SimConfig {
+        customers: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let db = fresh_db().await;
+    let g = Tampering {
+        inner: client(&config(&s.base_url())),
+    };
+    let totals = sync_cards(&db.pool, &g).await.unwrap();
+    assert_eq!(totals.cards_refused, 2, "{totals:?}");
+    let foreign: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.cards WHERE id LIKE 'ccof:foreign-%'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(foreign, 0, "never filed under anyone");
+    let (code, out, err) =
+        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
+    assert_eq!(code, 0, "{err}");
+    let cards: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let old: Vec<&serde_json::Value> = cards
+        .iter()
+        .filter(|c| c["id"].as_str().unwrap().starts_with("ccof:old-"))
+        .collect();
+    assert_eq!(old.len(), 2);
+    assert!(old.iter().all(|c| c["expired"] == true), "{old:?}");
+    // A webhook said something newer about a card (version 10: disabled); the sync's older
+    // listing (version 3, enabled) leaves it alone.
+    let some: String = sqlx::query_scalar(
+        "SELECT id FROM paycron.cards WHERE id NOT LIKE 'ccof:old-%' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE paycron.cards SET enabled = false, square_version = 10 WHERE id = $1")
+        .bind(&some)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let again = sync_cards(&db.pool, &g).await.unwrap();
+    assert!(again.cards_stale >= 1, "{again:?}");
+    let enabled: bool = sqlx::query_scalar("SELECT enabled FROM paycron.cards WHERE id = $1")
+        .bind(&some)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!enabled, "an older listing does not re-enable it");
+    s.shutdown().await;
+}

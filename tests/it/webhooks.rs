@@ -33,6 +33,29 @@ fn card_event(event_id: &str, kind: &str, card: serde_json::Value) -> String {
     .to_string()
 }
 
+/// The ops server with the Square webhook receiver on a free port.
+async fn receiver(
+    db: &crate::helpers::TestDb,
+) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    drop(listener);
+    let stop = CancellationToken::new();
+    let state = OpsState {
+        pool: db.pool.clone(),
+        metrics: paycron::ops::metrics::install(),
+        draining: Arc::new(AtomicBool::new(false)),
+        webhooks: WebhookState {
+            pool: db.pool.clone(),
+            key: Some(SecretString::from(KEY.to_owned())),
+            url: Some(URL.to_owned()),
+        },
+        webhook_path: "/webhooks/square".into(),
+    };
+    let server = serve(addr, state, stop.clone()).await.unwrap();
+    (addr, stop, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_verified_deduplicated_and_applied() {
     let db = fresh_db().await;
@@ -52,22 +75,7 @@ async fn webhooks_are_verified_deduplicated_and_applied() {
     .await
     .unwrap();
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    drop(listener);
-    let stop = CancellationToken::new();
-    let state = OpsState {
-        pool: db.pool.clone(),
-        metrics: paycron::ops::metrics::install(),
-        draining: Arc::new(AtomicBool::new(false)),
-        webhooks: WebhookState {
-            pool: db.pool.clone(),
-            key: Some(SecretString::from(KEY.to_owned())),
-            url: Some(URL.to_owned()),
-        },
-        webhook_path: "/webhooks/square".into(),
-    };
-    let server = serve(addr, state, stop.clone()).await.unwrap();
+    let (addr, stop, server) = receiver(&db).await;
     let http = reqwest::Client::new();
     let post = |body: String, signature: Option<String>| {
         let mut req = http
@@ -213,6 +221,116 @@ async fn webhooks_are_verified_deduplicated_and_applied() {
         .await
         .unwrap();
     assert_eq!(seen, 4);
+    stop.cancel();
+    let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_events_apply_in_squares_order_and_a_no_op_update_bills_nothing() {
+    let db = fresh_db().await;
+    seed_card(&db, "V1", "ccof:v1").await;
+    seed_card(&db, "V1", "ccof:v2").await;
+    let sub: uuid::Uuid = sqlx::query_scalar(
+        "SELECT paycron.create_subscription('V1', 900, 'USD', 'month', 1, 'ccof:v2')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // In dunning, next retry in three days.
+    sqlx::query(
+        "UPDATE paycron.subscriptions SET status = 'past_due', dunning_started_at = now(),
+                next_due_at = now() + interval '3 days' WHERE id = $1",
+    )
+    .bind(sub)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let due = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT next_due_at FROM paycron.subscriptions WHERE id = $1",
+        )
+        .bind(sub)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let before = due().await;
+    let (addr, stop, server) = receiver(&db).await;
+    let http = reqwest::Client::new();
+    let send = |id: &str, kind: &str, at: &str, card: serde_json::Value| {
+        let body = serde_json::json!({
+            "merchant_id": "M1", "type": kind, "event_id": id, "created_at": at,
+            "data": {"type": "card", "id": card["id"], "object": {"card": card}}
+        })
+        .to_string();
+        let req = http
+            .post(format!("http://{addr}/webhooks/square"))
+            .header("x-square-hmacsha256-signature", sign(URL, &body))
+            .body(body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let card = |version: i64, enabled: bool, exp_year: i64| {
+        serde_json::json!({"id": "ccof:v1", "customer_id": "V1", "card_brand": "VISA", "last_4": "1111",
+                           "exp_month": 12, "exp_year": exp_year, "enabled": enabled, "version": version})
+    };
+    let enabled = || async {
+        sqlx::query_scalar::<_, bool>("SELECT enabled FROM paycron.cards WHERE id = 'ccof:v1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    // The newer disable arrives first; the older update, late, is recorded and ignored.
+    assert_eq!(
+        send(
+            "e-5",
+            "card.disabled",
+            "2027-01-02T00:00:00Z",
+            card(5, false, 2031)
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send(
+            "e-4",
+            "card.updated",
+            "2027-01-01T00:00:00Z",
+            card(4, true, 2031)
+        )
+        .await,
+        200
+    );
+    assert!(
+        !enabled().await,
+        "a late update does not re-enable a disabled card"
+    );
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.square_webhook_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 2, "the stale event is recorded");
+    // The subscription's own card: an update that changes nothing pulls nothing forward.
+    let own = |version: i64, exp_year: i64| {
+        serde_json::json!({"id": "ccof:v2", "customer_id": "V1", "card_brand": "VISA", "last_4": "1111",
+                           "exp_month": 12, "exp_year": exp_year, "enabled": true, "version": version})
+    };
+    assert_eq!(
+        send("e-6", "card.updated", "2027-01-03T00:00:00Z", own(6, 2031)).await,
+        200
+    );
+    assert_eq!(due().await, before, "a no-op update bills nothing");
+    // A real update (new expiry) brings the retry forward to now.
+    assert_eq!(
+        send(
+            "e-7",
+            "card.automatically_updated",
+            "2027-01-04T00:00:00Z",
+            own(7, 2034)
+        )
+        .await,
+        200
+    );
+    assert!(due().await < before, "a real update retries now");
     stop.cancel();
     let _ = server.await;
 }

@@ -472,11 +472,16 @@ async fn a_panicking_task_is_logged_and_runs_again_at_its_next_tick() {
     let s = sim(SimConfig::default()).await;
     let db = fresh_db().await;
     seed_due(&db, &s, 1).await;
-    // A row sqlx cannot decode (an infinite end date written by hand) makes the claim panic.
+    // A row sqlx cannot decode (an infinite end date written by hand, past the constraint a
+    // superuser drops) makes the claim panic.
     sqlx::query("ALTER TABLE paycron.subscriptions DISABLE TRIGGER USER")
         .execute(&db.pool)
         .await
         .ok();
+    sqlx::query("ALTER TABLE paycron.subscriptions DROP CONSTRAINT subscriptions_finite_instants")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     sqlx::query("UPDATE paycron.subscriptions SET ends_at = 'infinity'")
         .execute(&db.pool)
         .await

@@ -350,3 +350,20 @@ async fn inputs_the_engine_cannot_use_are_refused_at_the_sql_api_and_in_the_tabl
     .to_string();
     assert!(direct.contains("subscriptions_known_time_zone"), "{direct}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_row_holds_an_instant_the_engine_cannot_read() {
+    let db = fresh_db().await;
+    let id = subscription(&db).await;
+    for col in ["ends_at", "next_due_at", "anchor", "skip_before"] {
+        let e = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE paycron.subscriptions SET {col} = '-infinity' WHERE id = $1"
+        )))
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("subscriptions_finite_instants"), "{col}: {e}");
+    }
+}

@@ -817,6 +817,16 @@ impl Engine {
                 },
                 Instant::now(),
             ),
+            // A refused token is the configuration's fault too: no charge can succeed.
+            PaymentOutcome::Fatal { code, detail, .. } => self.breaker().refused(
+                breaker::Halt {
+                    code: code.clone(),
+                    field: None,
+                    detail: detail.clone(),
+                    setting: "SQUARE_ACCESS_TOKEN",
+                },
+                Instant::now(),
+            ),
             _ => breaker::Change::None,
         };
         match change {

@@ -704,7 +704,10 @@ async fn a_rejected_token_stops_billing_and_withdraws_what_was_never_sent() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert!(sent > 0 && sent < 30, "sent {sent}");
+    assert!(
+        (1..=3).contains(&sent),
+        "one charge at a time until the token is proven: sent {sent}"
+    );
     assert_eq!(pending, sent, "an intent never sent was left pending");
     let open: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM paycron.subscriptions WHERE open_charge_id IS NOT NULL",

@@ -305,6 +305,22 @@ impl Config {
                 reason: "expected an http:// or https:// URL".into(),
             });
         }
+        if let Some(url) = &base_url
+            && let Ok(u) = reqwest::Url::parse(url)
+            && u.scheme() == "http"
+            && !u.host_str().is_some_and(|h| {
+                let h = h.trim_start_matches('[').trim_end_matches(']');
+                h.eq_ignore_ascii_case("localhost")
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            })
+        {
+            return Err(ConfigError::Invalid {
+                key: "SQUARE_BASE_URL",
+                value: url.clone(),
+                reason: "http:// would send the access token in clear: use https:// (http:// is accepted for a loopback address only, e.g. the simulator)".into(),
+            });
+        }
         let log_format = match src.get("PAYCRON_LOG_FORMAT").as_deref().map(str::trim) {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -383,6 +399,12 @@ impl Config {
                     3_600 * src.positive("PAYCRON_WEBHOOK_MAX_AGE_HOURS", 72, 24 * 30)?,
                 ),
                 timeout: Duration::from_secs(10),
+                allow_private: src.parse(
+                    "PAYCRON_WEBHOOK_ALLOW_PRIVATE",
+                    false,
+                    "expected true or false",
+                )?,
+                require_https: environment == SquareEnvironment::Production,
             },
             webhook_path: match src.get("PAYCRON_WEBHOOK_PATH") {
                 None => "/webhooks/square".into(),

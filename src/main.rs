@@ -243,9 +243,10 @@ enum WebhooksCmd {
         /// Where events are POSTed.
         #[arg(long)]
         url: String,
-        /// Signing secret (default: generated).
+        /// File holding the signing secret, `-` for standard input (default: generated). Never
+        /// on the command line, where other local users can read it.
         #[arg(long)]
-        secret: Option<String>,
+        secret_file: Option<PathBuf>,
     },
     /// List endpoints.
     List {
@@ -261,9 +262,9 @@ enum WebhooksCmd {
     },
     /// Check a Paycron-Signature header against a body (what receivers do).
     Verify {
-        /// The endpoint's secret.
+        /// File holding the endpoint's secret, `-` for standard input.
         #[arg(long)]
-        secret: String,
+        secret_file: PathBuf,
         /// The Paycron-Signature header value.
         #[arg(long)]
         signature: String,
@@ -347,11 +348,11 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
         Command::Webhooks {
             command:
                 WebhooksCmd::Verify {
-                    secret,
+                    secret_file,
                     signature,
                     body_file,
                 },
-        } => run::webhooks_verify(&secret, &signature, &body_file),
+        } => run::webhooks_verify(&secret_file, &signature, &body_file),
         Command::Simulator {
             port,
             customers,
@@ -450,8 +451,8 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                 },
                 Command::RunOnce { task, now } => run::run_once(&app, task, now.as_deref()).await,
                 Command::Webhooks { command } => match command {
-                    WebhooksCmd::Add { url, secret } => {
-                        run::webhooks_add(&app, &url, secret.as_deref()).await
+                    WebhooksCmd::Add { url, secret_file } => {
+                        run::webhooks_add(&app, &url, secret_file.as_deref()).await
                     }
                     WebhooksCmd::List { format } => run::webhooks_list(&app, format).await,
                     WebhooksCmd::Deliveries { format } => {

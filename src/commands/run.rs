@@ -385,15 +385,31 @@ pub async fn reconcile(
     }
 }
 
+/// A secret from a file (`-`: standard input), without its trailing newline.
+fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<String> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CommandError::BadInput(format!("{flag} -: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| CommandError::BadInput(format!("{flag} {}: {e}", path.display())))?
+    };
+    let secret = text.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() {
+        return Err(CommandError::BadInput(format!("{flag}: the file is empty")));
+    }
+    Ok(secret)
+}
+
 async fn deliver_webhooks(app: &App) -> Result<()> {
     let started = Instant::now();
-    let s = crate::webhooks::deliver_due(
-        &app.pool,
-        &reqwest::Client::new(),
-        &app.config.webhook_delivery,
-        Utc::now(),
-    )
-    .await?;
+    let http = crate::webhooks::client(&app.config.webhook_delivery)
+        .map_err(|e| CommandError::Failed(format!("webhook client: {e}")))?;
+    let s =
+        crate::webhooks::deliver_due(&app.pool, &http, &app.config.webhook_delivery, Utc::now())
+            .await?;
     tracing::info!(
         task = "deliver-webhooks",
         fanned_out = s.fanned_out,
@@ -410,23 +426,25 @@ async fn deliver_webhooks(app: &App) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn webhooks_add(app: &App, url: &str, secret: Option<&str>) -> Result<()> {
-    let secret = match secret {
-        Some(s) if s.len() >= 16 => s.to_owned(),
-        Some(_) => {
-            return Err(CommandError::BadInput(
-                "--secret: at least 16 characters".into(),
-            ));
+pub async fn webhooks_add(
+    app: &App,
+    url: &str,
+    secret_file: Option<&std::path::Path>,
+) -> Result<()> {
+    let secret = match secret_file {
+        Some(path) => {
+            let s = read_secret_file("--secret-file", path)?;
+            if s.len() < 16 {
+                return Err(CommandError::BadInput(
+                    "--secret-file: the secret needs at least 16 characters".into(),
+                ));
+            }
+            s
         }
         None => format!("whsec_{}", uuid::Uuid::new_v4().simple()),
     };
-    if reqwest::Url::parse(url)
-        .map(|u| !matches!(u.scheme(), "http" | "https"))
-        .unwrap_or(true)
-    {
-        return Err(CommandError::BadInput(format!(
-            "--url: {url:?} is not an http(s) URL"
-        )));
+    if let Some(why) = crate::webhooks::refuse_destination(url, &app.config.webhook_delivery) {
+        return Err(CommandError::BadInput(format!("--url {url:?}: {why}")));
     }
     let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret).await?;
     println!("{id} {secret}");
@@ -491,11 +509,16 @@ pub async fn webhooks_deliveries(app: &App, format: Format) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError::Failed`] (exit 1) when the signature does not verify.
-pub fn webhooks_verify(secret: &str, header: &str, body_file: &std::path::Path) -> Result<()> {
+pub fn webhooks_verify(
+    secret_file: &std::path::Path,
+    header: &str,
+    body_file: &std::path::Path,
+) -> Result<()> {
+    let secret = read_secret_file("--secret-file", secret_file)?;
     let body = std::fs::read(body_file)
         .map_err(|e| CommandError::BadInput(format!("{}: {e}", body_file.display())))?;
     crate::webhooks::verify(
-        secret,
+        &secret,
         header,
         &body,
         crate::webhooks::DEFAULT_TOLERANCE,

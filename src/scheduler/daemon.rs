@@ -259,6 +259,7 @@ pub async fn run(
     })?;
 
     let cancel = CancellationToken::new();
+    let app_webhook_cfg = app.config.webhook_delivery.clone();
     let engine = app
         .engine(gateway.clone())
         .await?
@@ -275,7 +276,8 @@ pub async fn run(
         owner,
         cancel: cancel.clone(),
         tracker: TaskTracker::new(),
-        http: reqwest::Client::new(),
+        http: crate::webhooks::client(&app_webhook_cfg)
+            .map_err(|e| DaemonError::Scheduler(format!("webhook client: {e}")))?,
     });
     let mut sched = JobScheduler::new()
         .await

@@ -7,6 +7,7 @@
 //! same `Paycron-Delivery-Id` and `Paycron-Event-Id`. Ordering per endpoint is not guaranteed:
 //! order by the event id. Delivery runs as its own task, so a dead endpoint never blocks billing.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -88,6 +89,104 @@ pub fn verify(
     Err(VerifyError::Mismatch)
 }
 
+/// True for an address on the public internet: not loopback, private, link-local (the cloud
+/// metadata service at 169.254.169.254 included), shared, unspecified, multicast or reserved.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// Why an endpoint URL is refused.
+pub fn refuse_destination(url: &str, cfg: &DeliveryConfig) -> Option<String> {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return Some("not a URL".into());
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" if !cfg.require_https => {}
+        "http" => return Some("https is required against Square production".into()),
+        other => return Some(format!("scheme {other} is not http(s)")),
+    }
+    if cfg.allow_private {
+        return None;
+    }
+    let Some(host) = parsed.host_str() else {
+        return Some("no host".into());
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let private = match bare.parse::<IpAddr>() {
+        Ok(ip) => !is_public(ip),
+        Err(_) => bare.eq_ignore_ascii_case("localhost") || bare.ends_with(".localhost"),
+    };
+    private.then(|| {
+        format!(
+            "{host} is not a public address (set PAYCRON_WEBHOOK_ALLOW_PRIVATE=true for development)"
+        )
+    })
+}
+
+/// Resolves endpoint host names to public addresses only, at connection time (so a name that
+/// resolves elsewhere later cannot reach an internal service).
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client deliveries use: no redirects (a 3xx is a failed attempt), a per-request
+/// timeout, and, unless private destinations are allowed, host names resolved to public
+/// addresses only.
+///
+/// # Errors
+/// The TLS backend cannot start.
+pub fn client(cfg: &DeliveryConfig) -> reqwest::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(cfg.timeout)
+        .user_agent(concat!("paycron/", env!("CARGO_PKG_VERSION")));
+    if !cfg.allow_private {
+        b = b.dns_resolver(std::sync::Arc::new(PublicOnly));
+    }
+    b.build()
+}
+
 /// Delivery settings.
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {
@@ -98,6 +197,11 @@ pub struct DeliveryConfig {
     pub max_age: Duration,
     /// Per-request timeout (10 s).
     pub timeout: Duration,
+    /// Allow loopback, private and link-local destinations (`PAYCRON_WEBHOOK_ALLOW_PRIVATE`,
+    /// default false: for development only).
+    pub allow_private: bool,
+    /// Refuse `http://` endpoints (true against Square production).
+    pub require_https: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -106,6 +210,8 @@ impl Default for DeliveryConfig {
             backoff: Duration::from_secs(30),
             max_age: Duration::from_secs(72 * 3600),
             timeout: Duration::from_secs(10),
+            allow_private: false,
+            require_https: false,
         }
     }
 }
@@ -176,6 +282,15 @@ pub async fn deliver_due(
                 .to_string();
                 let attempted_at = Utc::now();
                 let started = Instant::now();
+                if let Some(why) = refuse_destination(&d.url, cfg) {
+                    let next = attempted_at + chrono::Duration::from_std(backoff(cfg.backoff, d.attempts as u32 + 1)).unwrap_or(chrono::Duration::hours(6));
+                    let too_old = next - d.created_at > chrono::Duration::from_std(cfg.max_age).unwrap_or(chrono::Duration::days(3));
+                    let status = if too_old { "failed" } else { "pending" };
+                    let error = format!("destination refused: {why}");
+                    outbound::record_attempt(pool, d.id, attempted_at, None, Some(&error), 0, status, next).await?;
+                    tracing::warn!(delivery_id = %d.id, event_id = d.event_id, %error, "webhook delivery refused");
+                    return Ok(status);
+                }
                 let sent = http
                     .post(&d.url)
                     .timeout(cfg.timeout)

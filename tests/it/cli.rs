@@ -257,6 +257,9 @@ async fn bad_configuration_exits_2_naming_the_key() {
         ("PAYCRON_CONCURRENCY", "0"),
         ("PAYCRON_DUNNING_RETRY_DAYS", "3,1"),
         ("SQUARE_BASE_URL", "ftp://x"),
+        // The bearer token would travel in clear.
+        ("SQUARE_BASE_URL", "http://square.example.com"),
+        ("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "sometimes"),
     ] {
         let (code, _, err) = run(paycron(None, None)
             .env(key, value)

@@ -60,8 +60,9 @@ async fn events_are_signed_retried_and_delivered() {
     let db = fresh_db().await;
     seed_card(&db, "H1", "ccof:sim-ok-h1").await;
     let (url, rx) = receiver(2).await;
-    let (code, out, err) =
-        run(paycron(Some(&db.url), None).args(["webhooks", "add", "--url", &url]));
+    let (code, out, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
+        .args(["webhooks", "add", "--url", &url]));
     assert_eq!(code, 0, "{err}");
     let secret = out.split_whitespace().nth(1).unwrap().to_owned();
     sqlx::query("SELECT paycron.create_subscription('H1', 800, 'USD', 'month', 1, NULL, now() - interval '1 minute', p_now => now() - interval '1 minute')")
@@ -79,6 +80,7 @@ async fn events_are_signed_retried_and_delivered() {
     let http = reqwest::Client::new();
     let cfg = DeliveryConfig {
         backoff: Duration::from_secs(1),
+        allow_private: true,
         ..DeliveryConfig::default()
     };
     // subscription_created and payment_succeeded: two events, the first two deliveries fail.
@@ -158,28 +160,19 @@ async fn events_are_signed_retried_and_delivered() {
         .to_str()
         .unwrap()
         .to_owned();
-    let (code, _, _) = run(paycron(None, None)
-        .args([
-            "webhooks",
-            "verify",
-            "--secret",
-            &secret,
-            "--signature",
-            &sig,
-            "--body-file",
-        ])
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), format!("{secret}\n")).unwrap();
+    let (code, _, err) = run(paycron(None, None)
+        .args(["webhooks", "verify", "--secret-file"])
+        .arg(secret_file.path())
+        .args(["--signature", &sig, "--body-file"])
         .arg(body.path()));
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(secret_file.path(), "wrong-secret-123456").unwrap();
     let (code, _, _) = run(paycron(None, None)
-        .args([
-            "webhooks",
-            "verify",
-            "--secret",
-            "wrong-secret-123456",
-            "--signature",
-            &sig,
-            "--body-file",
-        ])
+        .args(["webhooks", "verify", "--secret-file"])
+        .arg(secret_file.path())
+        .args(["--signature", &sig, "--body-file"])
         .arg(body.path()));
     assert_eq!(code, 1);
     s.shutdown().await;
@@ -191,19 +184,17 @@ async fn a_dead_endpoint_never_blocks_billing() {
     s.with(|st| st.add_card("H2", "ccof:sim-ok-h2", "VISA", true));
     let db = fresh_db().await;
     seed_card(&db, "H2", "ccof:sim-ok-h2").await;
-    let (code, _, err) = run(paycron(Some(&db.url), None).args([
-        "webhooks",
-        "add",
-        "--url",
-        "http://127.0.0.1:9/dead",
-    ]));
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
+        .args(["webhooks", "add", "--url", "http://127.0.0.1:9/dead"]));
     assert_eq!(code, 0, "{err}");
     sqlx::query("SELECT paycron.create_subscription('H2', 800, 'USD', 'day', 1, NULL, now() - interval '2 days', p_now => now() - interval '2 days')")
         .execute(&db.pool)
         .await
         .unwrap();
-    let (code, _, err) =
-        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--task", "all"]));
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
+        .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
+        .args(["run-once", "--task", "all"]));
     assert_eq!(code, 0, "billing succeeded with the endpoint down: {err}");
     let charged: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM paycron.ledger_entries WHERE status = 'succeeded'",
@@ -220,4 +211,94 @@ async fn a_dead_endpoint_never_blocks_billing() {
     .unwrap();
     assert!(pending >= 4, "deliveries wait for their retry: {pending}");
     s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_destinations_and_redirects_are_refused() {
+    let db = fresh_db().await;
+    seed_card(&db, "H3", "ccof:sim-ok-h3").await;
+    // At `webhooks add`: loopback, metadata, private, IPv6 loopback, localhost; https in
+    // production.
+    for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/hook",
+        "http://[::1]/hook",
+        "http://localhost/hook",
+        "ftp://example.com/hook",
+    ] {
+        let (code, _, err) =
+            run(paycron(Some(&db.url), None).args(["webhooks", "add", "--url", url]));
+        assert_eq!(code, 2, "{url}: {err}");
+    }
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("SQUARE_ENVIRONMENT", "production")
+        .args(["webhooks", "add", "--url", "http://example.com/hook"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("https is required"), "{err}");
+    // At delivery: an endpoint written straight into the table is refused just the same, and
+    // nothing reaches it.
+    let (url, rx) = receiver(0).await;
+    sqlx::query("INSERT INTO paycron.webhook_endpoints (id, url, secret, last_event_id) VALUES (gen_random_uuid(), $1, 'a-secret-of-16-chars', 0)")
+        .bind(&url)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT paycron.create_subscription('H3', 800, 'USD', 'month', 1)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let strict = DeliveryConfig::default();
+    let http = paycron::webhooks::client(&strict).unwrap();
+    let summary = deliver_due(&db.pool, &http, &strict, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(summary.delivered, 0, "{summary:?}");
+    assert_eq!(
+        rx.calls.load(Ordering::SeqCst),
+        0,
+        "nothing reached loopback"
+    );
+    let error: Option<String> = sqlx::query_scalar(
+        "SELECT last_error FROM paycron.webhook_deliveries ORDER BY created_at LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(error.unwrap_or_default().contains("not a public address"));
+    // A redirect is not followed, even where private destinations are allowed.
+    let target = receiver(0).await;
+    let bounce = axum::Router::new().route(
+        "/hook",
+        post({
+            let to = target.0.clone();
+            move || async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bounce_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, bounce).await.ok() });
+    sqlx::query("UPDATE paycron.webhook_endpoints SET url = $1")
+        .bind(&bounce_url)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE paycron.webhook_deliveries SET next_attempt_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let lax = DeliveryConfig {
+        allow_private: true,
+        ..DeliveryConfig::default()
+    };
+    let http = paycron::webhooks::client(&lax).unwrap();
+    let summary = deliver_due(&db.pool, &http, &lax, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(summary.delivered, 0, "{summary:?}");
+    assert_eq!(
+        target.1.calls.load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
 }

@@ -375,8 +375,25 @@ impl Config {
             "expected true or false",
         )?;
         let ms = |key, default, max| src.positive(key, default, max).map(Duration::from_millis);
+        // The Square webhook receiver needs both halves: with one alone every webhook would be
+        // refused (or answered 503) and card changes lost without a word.
+        let has_key = src.get("SQUARE_WEBHOOK_SIGNATURE_KEY").is_some()
+            || src.get("SQUARE_WEBHOOK_SIGNATURE_KEY_FILE").is_some();
+        let has_url = src.get("SQUARE_WEBHOOK_NOTIFICATION_URL").is_some();
+        if has_key && !has_url {
+            return Err(ConfigError::Missing {
+                key: "SQUARE_WEBHOOK_NOTIFICATION_URL",
+                reason: "SQUARE_WEBHOOK_SIGNATURE_KEY is set, and Square signs the notification URL with it: the receiver needs both (or neither)",
+            });
+        }
+        if has_url && !has_key {
+            return Err(ConfigError::Missing {
+                key: "SQUARE_WEBHOOK_SIGNATURE_KEY",
+                reason: "SQUARE_WEBHOOK_NOTIFICATION_URL is set, and no webhook can be verified without the key: the receiver needs both (or neither)",
+            });
+        }
         Ok(Config {
-            database_url: src.get("DATABASE_URL").map(SecretString::from),
+            database_url: src.secret("DATABASE_URL", "DATABASE_URL_FILE")?,
             home: PathBuf::from(src.get("PAYCRON_HOME").unwrap_or_else(|| ".paycron".into())),
             log_format,
             ops_addr,

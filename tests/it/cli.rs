@@ -267,6 +267,34 @@ async fn bad_configuration_exits_2_naming_the_key() {
         assert_eq!(code, 2, "{key}");
         assert!(err.contains(key), "{key}: {err}");
     }
+    // A half-configured Square webhook receiver, either half.
+    for (key, missing) in [
+        (
+            "SQUARE_WEBHOOK_SIGNATURE_KEY",
+            "SQUARE_WEBHOOK_NOTIFICATION_URL",
+        ),
+        (
+            "SQUARE_WEBHOOK_NOTIFICATION_URL",
+            "SQUARE_WEBHOOK_SIGNATURE_KEY",
+        ),
+    ] {
+        let (code, _, err) = run(paycron(None, None)
+            .env(key, "https://billing.example.com/webhooks/square")
+            .args(["customers", "list"]));
+        assert_eq!(code, 2, "{key}: {err}");
+        assert!(
+            err.contains(&format!("{missing} is not set")),
+            "{key}: {err}"
+        );
+    }
+    // DATABASE_URL_FILE: read from the file, never echoed.
+    let url_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(url_file.path(), "mysql://u:very-secret@db/x\n").unwrap();
+    let (code, _, err) = run(paycron(None, None)
+        .env("DATABASE_URL_FILE", url_file.path())
+        .args(["customers", "list"]));
+    assert_ne!(code, 0, "the file's URL (host `db`) was used: {err}");
+    assert!(!err.contains("very-secret"), "{err}");
     // Commands that talk to Square refuse to start without a token.
     let db = fresh_db().await;
     let (code, _, err) = run(paycron(Some(&db.url), None).args(["sync-cards"]));

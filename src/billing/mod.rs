@@ -211,7 +211,10 @@ pub struct Engine {
     location_id: Option<String>,
     // Holds the session-level advisory lock proving this worker is alive; when the process
     // dies the connection drops and its charges are known orphaned at once.
-    _liveness: Mutex<PgConnection>,
+    liveness: Mutex<PgConnection>,
+    // Whether this worker holds its liveness lock; while it does not, nothing is sent (a peer
+    // may be taking its charges over).
+    alive: std::sync::atomic::AtomicBool,
     // Cancelled at shutdown: no new claims, no new sends; what is in flight finishes.
     cancel: CancellationToken,
     // The charges this worker is working on, whose leases the heartbeat extends.
@@ -312,7 +315,8 @@ impl Engine {
             owner,
             config,
             location_id,
-            _liveness: Mutex::new(conn),
+            liveness: Mutex::new(conn),
+            alive: std::sync::atomic::AtomicBool::new(true),
             cancel: CancellationToken::new(),
             leased: Default::default(),
             passes: std::sync::atomic::AtomicU64::new(1),
@@ -399,7 +403,10 @@ impl Engine {
         now: DateTime<Utc>,
         progress: &mut Progress,
     ) -> Result<Option<Claimed>> {
-        if self.cancel.is_cancelled() || self.breaker().halted().is_some() {
+        if self.cancel.is_cancelled()
+            || self.breaker().halted().is_some()
+            || !self.check_liveness().await
+        {
             return Ok(None);
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
@@ -669,7 +676,10 @@ impl Engine {
                     } else {
                         self.probe.clone().acquire_owned().await.ok()
                     };
-                    if cancel.is_cancelled() || self.breaker().halted().is_some() {
+                    if cancel.is_cancelled()
+                        || self.breaker().halted().is_some()
+                        || !self.alive.load(std::sync::atomic::Ordering::SeqCst)
+                    {
                         return Attempted {
                             charge,
                             outcome: None,
@@ -745,6 +755,7 @@ impl Engine {
         let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
         loop {
             tokio::time::sleep(every).await;
+            self.check_liveness().await;
             let ids: Vec<ChargeId> = self.leased().keys().copied().collect();
             if ids.is_empty() {
                 continue;
@@ -791,6 +802,41 @@ impl Engine {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether this worker still holds its liveness lock. Its session is checked with a
+    /// round trip; when the connection was lost (a database restart, a network blip) the lock
+    /// is taken again on a new one. Until it is, nothing is claimed or sent: peers treat this
+    /// worker as dead and may be taking its charges over.
+    async fn check_liveness(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut conn = self.liveness.lock().await;
+        if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
+            self.alive.store(true, SeqCst);
+            return true;
+        }
+        if self.alive.swap(false, SeqCst) {
+            tracing::warn!(owner = %self.owner, "liveness lock lost with its connection; nothing is sent until it is taken again");
+        }
+        let retaken = match self.pool.acquire().await {
+            Ok(c) => {
+                let mut c = c.detach();
+                match charges::retake_owner_lock(&mut c, self.owner).await {
+                    Ok(true) => Some(c),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        match retaken {
+            Some(c) => {
+                *conn = c;
+                self.alive.store(true, SeqCst);
+                tracing::info!(owner = %self.owner, "liveness lock taken again");
+                true
+            }
+            None => false,
+        }
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, breaker::Breaker> {

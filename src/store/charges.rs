@@ -103,6 +103,18 @@ pub async fn hold_owner_lock(conn: &mut PgConnection, owner: Uuid) -> Result<()>
     Ok(())
 }
 
+/// Takes the liveness lock of `owner` again on a new connection after the old one was lost;
+/// false while the old session still holds it (the server has not noticed it is gone yet).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn retake_owner_lock(conn: &mut PgConnection, owner: Uuid) -> Result<bool> {
+    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(owner_lock_key(owner))
+        .fetch_one(conn)
+        .await?)
+}
+
 /// Inserts intents in one statement, leased to `owner` until `locked_until`, and returns the
 /// ids actually inserted: an intent that collides with one another worker already wrote (same
 /// attempt, or an open intent for the period) is skipped.

@@ -10,23 +10,44 @@ use uuid::Uuid;
 use super::Result;
 
 /// Held while a singleton task runs; [`SingletonGuard::release`] unlocks it.
+///
+/// The lock is session-level, so it must never go back to the pool still held: a guard
+/// dropped without `release` (an error or a panic between taking and releasing), or whose
+/// unlock fails, closes its connection instead, which ends the session and with it the lock.
 pub struct SingletonGuard {
-    conn: PoolConnection<Postgres>,
+    conn: Option<PoolConnection<Postgres>>,
     key: String,
 }
 
 impl SingletonGuard {
-    /// Releases the advisory lock (dropping the guard without it closes nothing: the pooled
-    /// connection would keep the lock, so always release).
+    /// Releases the advisory lock and returns the connection to the pool.
     ///
     /// # Errors
-    /// [`super::StoreError`].
+    /// [`super::StoreError`] (the connection is closed then, so the lock is released anyway).
     pub async fn release(mut self) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        match sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
             .bind(&self.key)
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                drop(conn.detach());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for SingletonGuard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Not released: close the session rather than pool a connection holding the lock.
+            drop(conn.detach());
+        }
     }
 }
 
@@ -50,7 +71,10 @@ pub async fn claim_singleton(
     if !locked {
         return Ok(None);
     }
-    let guard = SingletonGuard { conn, key };
+    let guard = SingletonGuard {
+        conn: Some(conn),
+        key,
+    };
     let mut conn = pool.acquire().await?;
     let inserted = sqlx::query("INSERT INTO paycron.task_runs (task, tick, owner) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(task)

@@ -647,3 +647,69 @@ async fn an_expired_card_is_never_a_fallback() {
     assert_eq!(status, "unpaid");
     s.shutdown().await;
 }
+
+async fn liveness_pids(db: &TestDb) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND d.datname = current_database()",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_takes_its_liveness_lock_again_after_its_connection_drops() {
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 3).await;
+    let e = {
+        let a = app(&db, &s.base_url());
+        a.engine(client(&a.config)).await.unwrap()
+    };
+    let before = liveness_pids(&db).await;
+    assert_eq!(before.len(), 1);
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(before[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    assert!(
+        liveness_pids(&db).await.is_empty(),
+        "the lock went with its session"
+    );
+    let billed = e.bill_due(Utc::now()).await.unwrap();
+    assert_eq!(billed.succeeded, 3, "{billed:?}");
+    let after = liveness_pids(&db).await;
+    assert_eq!(after.len(), 1, "held again");
+    assert_ne!(after, before);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_lock_never_leaks_into_the_pool() {
+    let db = fresh_db().await;
+    let other = paycron::store::open_pool(paycron::store::connect_options(&db.url).unwrap(), 2)
+        .await
+        .unwrap();
+    let tick = Utc::now();
+    let guard =
+        paycron::store::tasks::claim_singleton(&db.pool, "sync-cards", tick, Uuid::new_v4())
+            .await
+            .unwrap()
+            .expect("the lock is free");
+    // The task fails after taking the lock: the guard is dropped, never released.
+    drop(guard);
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    let next = paycron::store::tasks::claim_singleton(
+        &other,
+        "sync-cards",
+        tick + Duration::seconds(1),
+        Uuid::new_v4(),
+    )
+    .await
+    .unwrap();
+    assert!(next.is_some(), "another replica can run the next tick");
+    next.unwrap().release().await.unwrap();
+}

@@ -231,9 +231,9 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
         }
     );
     println!(
-        "done in {:.1}s; explore it with: DATABASE_URL='{}' paycron ledger export --format jsonl",
+        "done in {:.1}s; explore it with: DATABASE_URL=\"$(paycron db url --database {})\" paycron ledger export --format jsonl",
         wall.elapsed().as_secs_f64(),
-        url
+        DEMO_DATABASE
     );
     tracing::info!(
         attempted = total.attempted,

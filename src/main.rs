@@ -330,8 +330,12 @@ enum DbCmd {
     Status,
     /// Stop the embedded cluster.
     Stop,
-    /// Print the embedded cluster's URL (starting it if needed).
-    Url,
+    /// Print the embedded cluster's URL, with its generated password (starting it if needed).
+    Url {
+        /// The database (default: paycron's own; the demo's is paycron_demo).
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
@@ -339,7 +343,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
         Command::Db { command } => match command {
             DbCmd::Status => db::status(&config),
             DbCmd::Stop => db::stop(&config),
-            DbCmd::Url => db::url(config).await,
+            DbCmd::Url { database } => db::url(config, database.as_deref()).await,
         },
         Command::Migrate => db::migrate(config).await,
         Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,

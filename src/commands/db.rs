@@ -45,11 +45,21 @@ pub fn stop(config: &Config) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn url(config: Config) -> Result<()> {
+pub async fn url(config: Config, database: Option<&str>) -> Result<()> {
     let c = cluster(&config)?;
     let app = App::build(config).await?;
     drop(app);
-    println!("{}", c.url(embedded::DATABASE));
+    let database = database.unwrap_or(embedded::DATABASE);
+    if database.is_empty()
+        || !database
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        return Err(CommandError::BadInput(format!(
+            "--database {database:?}: letters, digits and _ only"
+        )));
+    }
+    println!("{}", c.url(database));
     Ok(())
 }
 

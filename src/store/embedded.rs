@@ -12,9 +12,17 @@
 //!   traverse every parent of the data directory; when it cannot (a checkout inside root's
 //!   private home), the data goes to `/var/tmp/paycron-<hash>` and `$PAYCRON_HOME/pg/location`
 //!   records where.
+//! - The cluster is private to the user who runs paycron: its socket directory is 0700 and
+//!   owned by the server's user, there is no TCP listener, the superuser has a generated
+//!   password (SCRAM; kept 0600 in `$PAYCRON_HOME/pg/password`), and the server is started
+//!   with a scrubbed environment (so it never holds `SQUARE_*`, `PAYCRON_*` or `DATABASE_URL`).
+//!   A directory outside the home (the `/var/tmp` and `/tmp` fallbacks) is created exclusively
+//!   and used only when it is a real directory (not a symlink), owned by the expected user and
+//!   closed to everyone else. A cluster made by an older paycron with `trust` auth is given a
+//!   password and switched to SCRAM the first time it is started.
 
 use std::fs::{self, File};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -90,6 +98,32 @@ pub struct LocalCluster {
     socket_dir: PathBuf,
     run_as: Option<(u32, u32)>,
     options: ClusterOptions,
+}
+
+/// Creates `dir` exclusively (mode 0700), or accepts an existing one only when it is a real
+/// directory (not a symlink), owned by `owner` (or this process's user) and closed to everyone
+/// else: a predictable path in a shared directory is never followed into someone else's hands.
+fn private_dir(dir: &Path, owner: Option<u32>) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("cannot create", dir)(e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(io("cannot inspect", dir))?;
+    let me = fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    let ok_owner = meta.uid() == me || Some(meta.uid()) == owner;
+    if !meta.file_type().is_dir() || !ok_owner || meta.permissions().mode() & 0o022 != 0 {
+        return Err(EmbeddedError::Io {
+            what: "refusing to use",
+            path: dir.display().to_string(),
+            source: std::io::Error::other(
+                "not a private directory of this user (a symlink, another owner, or writable by others): remove it",
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The unprivileged user's uid and gid, from /etc/passwd.
@@ -183,6 +217,8 @@ impl LocalCluster {
         let home = fs::canonicalize(home).map_err(io("cannot resolve", home))?;
         let root = home.join("pg");
         fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .map_err(io("cannot set permissions on", &root))?;
         let run_as = if is_root() {
             Some(server_user().ok_or(EmbeddedError::NoServerUser)?)
         } else {
@@ -196,7 +232,7 @@ impl LocalCluster {
             && !traversable_by(&root.join("data"), uid, gid)
         {
             base = PathBuf::from(format!("/var/tmp/paycron-{}", short_hash(&root)));
-            fs::create_dir_all(&base).map_err(io("cannot create", &base))?;
+            private_dir(&base, None)?;
             fs::write(&location_file, base.display().to_string())
                 .map_err(io("cannot write", &location_file))?;
         }
@@ -218,19 +254,51 @@ impl LocalCluster {
         &self.data
     }
 
-    /// The connection URL for `database` over the Unix socket.
+    /// The connection URL for `database` over the Unix socket, with the superuser's password
+    /// once the cluster has one.
     pub fn url(&self, database: &str) -> String {
+        let auth = match fs::read_to_string(self.password_file()) {
+            Ok(pw) => format!("{SUPERUSER}:{}", pw.trim()),
+            Err(_) => SUPERUSER.to_owned(),
+        };
         format!(
-            "postgres://{SUPERUSER}@localhost:{PORT}/{database}?host={}",
+            "postgres://{auth}@localhost:{PORT}/{database}?host={}",
             self.socket_dir.display()
         )
     }
 
+    fn password_file(&self) -> PathBuf {
+        self.root.join("password")
+    }
+
+    /// The superuser's password, generated (and kept 0600) on first use.
+    fn password(&self) -> Result<String> {
+        let path = self.password_file();
+        if let Ok(pw) = fs::read_to_string(&path) {
+            return Ok(pw.trim().to_owned());
+        }
+        let pw = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("cannot create", &path))?;
+        std::io::Write::write_all(&mut f, pw.as_bytes()).map_err(io("cannot write", &path))?;
+        Ok(pw)
+    }
+
     fn command(&self, bindir: &Path, tool: &str) -> Command {
         let mut cmd = Command::new(bindir.join(tool));
+        // A scrubbed environment: the server inherits it, and paycron's own holds secrets.
         cmd.stdin(Stdio::null())
+            .env_clear()
             .env("LC_ALL", "C")
-            .env_remove("PGDATA");
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin");
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid)
                 .gid(gid)
@@ -291,11 +359,18 @@ impl LocalCluster {
     fn start_locked(&self, bindir: &Path) -> Result<()> {
         let base = self.data.parent().unwrap_or(&self.root).to_path_buf();
         for dir in [&base, &self.socket_dir] {
-            fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+            if dir.starts_with(&self.root) {
+                fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+            } else {
+                private_dir(dir, self.run_as.map(|(uid, _)| uid))?;
+            }
             self.give_to_server_user(dir)?;
         }
-        fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o755))
-            .map_err(io("cannot set permissions on", &self.socket_dir))?;
+        for dir in [&base, &self.socket_dir] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(io("cannot set permissions on", dir))?;
+        }
+        let password = self.password()?;
         let log = base.join("postgres.log");
         if !self.data.join("PG_VERSION").exists() {
             if self.data.exists() {
@@ -305,6 +380,21 @@ impl LocalCluster {
             let init_log = base.join("initdb.log");
             let out = File::create(&init_log).map_err(io("cannot create", &init_log))?;
             let err = out.try_clone().map_err(io("cannot open", &init_log))?;
+            // The password reaches initdb in a file only the server's user can read, removed
+            // right after.
+            let pwfile = base.join(".initdb-password");
+            let _ = fs::remove_file(&pwfile);
+            {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&pwfile)
+                    .map_err(io("cannot create", &pwfile))?;
+                std::io::Write::write_all(&mut f, password.as_bytes())
+                    .map_err(io("cannot write", &pwfile))?;
+            }
+            self.give_to_server_user(&pwfile)?;
             let status = self
                 .command(bindir, "initdb")
                 .arg("-D")
@@ -312,16 +402,20 @@ impl LocalCluster {
                 .args([
                     "-U",
                     SUPERUSER,
-                    "--auth=trust",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=reject",
                     "-E",
                     "UTF8",
                     "--locale=C",
                     "--no-sync",
                 ])
+                .arg(format!("--pwfile={}", pwfile.display()))
                 .stdout(out)
                 .stderr(err)
                 .status()
-                .map_err(io("cannot run initdb in", bindir))?;
+                .map_err(io("cannot run initdb in", bindir));
+            let _ = fs::remove_file(&pwfile);
+            let status = status?;
             if !status.success() {
                 return Err(EmbeddedError::Tool {
                     tool: "initdb",
@@ -331,7 +425,7 @@ impl LocalCluster {
             }
         }
         if self.is_running()? {
-            return Ok(());
+            return self.secure_legacy(bindir, &password);
         }
         let mut opts = format!(
             "-c listen_addresses='' -c port={PORT} -c unix_socket_directories='{}' -c max_connections=400 -c shared_buffers=256MB -c max_wal_size=4GB -c checkpoint_timeout=15min",
@@ -357,6 +451,103 @@ impl LocalCluster {
                 tool: "pg_ctl start",
                 status: status.to_string(),
                 log: log.display().to_string(),
+            });
+        }
+        self.secure_legacy(bindir, &password)
+    }
+
+    /// A cluster an older paycron made with `trust` auth: gives the superuser the password and
+    /// switches every rule to SCRAM, then reloads. A no-op for a cluster made here.
+    fn secure_legacy(&self, bindir: &Path, password: &str) -> Result<()> {
+        let hba = self.data.join("pg_hba.conf");
+        let text = fs::read_to_string(&hba).map_err(io("cannot read", &hba))?;
+        let uses_trust = |l: &str| {
+            !l.trim_start().starts_with('#') && l.split_whitespace().any(|w| w == "trust")
+        };
+        if !text.lines().any(uses_trust) {
+            return Ok(());
+        }
+        let log = self.data.join("secure.log");
+        let out = File::create(&log).map_err(io("cannot create", &log))?;
+        // psql may live apart from the server binaries (a distribution's client package).
+        let psql_dir = std::iter::once(bindir.to_path_buf())
+            .chain(
+                std::env::var_os("PATH")
+                    .iter()
+                    .flat_map(std::env::split_paths),
+            )
+            .chain(
+                fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path().join("bin")),
+            )
+            .find(|d| d.join("psql").is_file())
+            .ok_or(EmbeddedError::NoBinaries)?;
+        let mut child = self
+            .command(&psql_dir, "psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-h",
+            ])
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(PORT.to_string())
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().map_err(io("cannot open", &log))?)
+            .stderr(out)
+            .spawn()
+            .map_err(io("cannot run psql in", bindir))?;
+        // The password goes through stdin, never argv.
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(
+                &mut stdin,
+                format!("ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n").as_bytes(),
+            )
+            .map_err(io("cannot write to psql for", &self.data))?;
+        }
+        let status = child.wait().map_err(io("cannot run psql in", bindir))?;
+        if !status.success() {
+            return Err(EmbeddedError::Tool {
+                tool: "psql (setting the superuser's password)",
+                status: status.to_string(),
+                log: log.display().to_string(),
+            });
+        }
+        let secured: String = text
+            .lines()
+            .map(|l| {
+                if uses_trust(l) {
+                    l.replace("trust", "scram-sha-256")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        fs::write(&hba, secured + "\n").map_err(io("cannot write", &hba))?;
+        let status = self
+            .command(bindir, "pg_ctl")
+            .arg("reload")
+            .arg("-D")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io("cannot run pg_ctl in", bindir))?;
+        if !status.success() {
+            return Err(EmbeddedError::Tool {
+                tool: "pg_ctl reload",
+                status: status.to_string(),
+                log: self.data.display().to_string(),
             });
         }
         Ok(())

@@ -6,6 +6,7 @@ mod answers;
 mod billing;
 mod cli;
 mod daemon;
+mod embedded;
 mod faults;
 mod gateway;
 mod helpers;

@@ -1,0 +1,115 @@
+//! The embedded cluster is private to the user who runs paycron: other local users cannot
+//! reach it, it asks for a password, and the server never holds paycron's secrets.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::helpers::{paycron, run};
+
+fn psql() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(
+            std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("bin")),
+        )
+        .map(|d| d.join("psql"))
+        .find(|p| p.is_file())
+        .expect("psql is installed with the server binaries")
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+#[test]
+fn the_embedded_cluster_is_private_and_holds_no_secret() {
+    let home = tempfile::tempdir().unwrap();
+    let cli = || {
+        let mut c = paycron(None, None);
+        c.env("PAYCRON_HOME", home.path())
+            .env("SQUARE_ACCESS_TOKEN", "sq0atp-never-in-the-server")
+            .env("PAYCRON_OPS_ADDR", "127.0.0.1:1");
+        c
+    };
+    let (code, _, err) = run(cli().args(["customers", "list"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, status, err) = run(cli().args(["db", "status"]));
+    assert_eq!(code, 0, "{err}");
+    // "running (data <dir> socket <dir>)"
+    let words: Vec<&str> = status.split_whitespace().collect();
+    let data = PathBuf::from(words[2]);
+    let socket = PathBuf::from(words[4].trim_end_matches(')'));
+    let (code, url, _) = run(cli().args(["db", "url"]));
+    assert_eq!(code, 0);
+    let stop = || run(cli().args(["db", "stop"]));
+
+    let result = std::panic::catch_unwind(|| {
+        // The socket directory is closed to everyone but the server's user.
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o700,
+            "{}",
+            socket.display()
+        );
+        // A password is required, and `db url` carries it.
+        assert!(url.contains("postgres:") && url.contains('@'), "{url}");
+        let no_password = Command::new(psql())
+            .args(["-X", "-w", "-h"])
+            .arg(&socket)
+            .args(["-U", "postgres", "-d", "postgres", "-c", "select 1"])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(
+            !no_password.status.success(),
+            "connected without a password"
+        );
+        // The server's environment holds none of paycron's settings or secrets.
+        let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim();
+        let environ = std::fs::read(Path::new("/proc").join(pid).join("environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        for secret in ["SQUARE_", "PAYCRON_", "DATABASE_URL", "sq0atp"] {
+            assert!(
+                !environ.contains(secret),
+                "{secret} in the server's environment"
+            );
+        }
+        // Another local user cannot even reach the socket.
+        if is_root() {
+            let other = Command::new(if Path::new("/usr/sbin/runuser").exists() {
+                "/usr/sbin/runuser"
+            } else {
+                "/sbin/runuser"
+            })
+            .args(["-u", "nobody", "--"])
+            .arg(psql())
+            .args(["-X", "-w", "-h"])
+            .arg(&socket)
+            .args(["-U", "postgres", "-d", "postgres", "-c", "select 1"])
+            .env_clear()
+            .output()
+            .unwrap();
+            assert!(!other.status.success(), "user nobody connected");
+            let why = String::from_utf8_lossy(&other.stderr);
+            assert!(
+                why.contains("Permission denied") || why.contains("password"),
+                "{why}"
+            );
+        }
+    });
+    let (code, _, err) = stop();
+    assert_eq!(code, 0, "{err}");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -312,7 +312,7 @@ enum ChargesCmd {
 enum EventsCmd {
     /// Print events after an id; --follow waits for new ones.
     Tail {
-        /// Start after this event id.
+        /// Start after this feed position (each line carries its `position`).
         #[arg(long, default_value_t = 0)]
         after: i64,
         /// Keep waiting for new events.

@@ -183,11 +183,12 @@ pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) ->
     };
     loop {
         let rows = events::after(&app.pool, last, 1000).await?;
-        for r in &rows {
+        for f in &rows {
+            let r = &f.event;
             match format {
                 Format::Text => println!(
                     "{:>8}  {}  {:<28} {}  {}",
-                    r.id,
+                    f.position,
                     r.created_at.to_rfc3339(),
                     r.kind,
                     r.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
@@ -195,10 +196,10 @@ pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) ->
                 ),
                 _ => println!(
                     "{}",
-                    serde_json::to_string(r).map_err(|e| CommandError::Io(e.to_string()))?
+                    serde_json::to_string(f).map_err(|e| CommandError::Io(e.to_string()))?
                 ),
             }
-            last = r.id;
+            last = f.position;
         }
         if rows.len() == 1000 {
             continue;
@@ -206,8 +207,12 @@ pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) ->
         match listener.as_mut() {
             None => return Ok(()),
             Some(l) => {
+                // A notification says an event committed; an event held back behind a
+                // transaction still in progress gets its position later, so look again
+                // every second as well.
                 tokio::select! {
                     n = l.recv() => { n.map_err(StoreError::from)?; }
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
             }
@@ -466,7 +471,7 @@ pub async fn webhooks_list(app: &App, format: Format) -> Result<()> {
                         r.id.to_string(),
                         r.url.clone(),
                         r.enabled.to_string(),
-                        r.last_event_id.to_string(),
+                        r.last_position.to_string(),
                     ]
                 })
                 .collect(),

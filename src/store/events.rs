@@ -53,18 +53,44 @@ pub struct EventRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Events after `after`, oldest first, at most `limit`.
+/// Gives feed positions to the events that became final since the last call (see
+/// `paycron.publish_events()`); returns how many.
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<EventRow>> {
+pub async fn publish(conn: &mut PgConnection) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT paycron.publish_events()")
+        .fetch_one(conn)
+        .await?)
+}
+
+/// An event with its feed position.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct FeedRow {
+    /// Position in the feed: consumers remember the last one they read.
+    pub position: i64,
+    /// The event.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub event: EventRow,
+}
+
+/// Events at feed positions after `after`, in order, at most `limit` (publishing first what
+/// became final).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<FeedRow>> {
+    let mut conn = pool.acquire().await?;
+    publish(&mut conn).await?;
     Ok(sqlx::query_as(
-        "SELECT id, type AS kind, subscription_id, customer_id, charge_id, payload, created_at
-           FROM paycron.events WHERE id > $1 ORDER BY id LIMIT $2",
+        "SELECT f.position, e.id, e.type AS kind, e.subscription_id, e.customer_id, e.charge_id, e.payload, e.created_at
+           FROM paycron.event_feed f JOIN paycron.events e ON e.id = f.event_id
+          WHERE f.position > $1 ORDER BY f.position LIMIT $2",
     )
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?)
 }
 

@@ -19,7 +19,7 @@ pub struct EndpointRow {
     /// Whether deliveries are made.
     pub enabled: bool,
     /// Fan-out position.
-    pub last_event_id: i64,
+    pub last_position: i64,
     /// Created.
     pub created_at: DateTime<Utc>,
 }
@@ -31,8 +31,8 @@ pub struct EndpointRow {
 pub async fn add_endpoint(pool: &PgPool, url: &str, secret: &str) -> Result<Uuid> {
     let id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO paycron.webhook_endpoints (id, url, secret, last_event_id)
-         VALUES ($1, $2, $3, (SELECT coalesce(max(id), 0) FROM paycron.events))",
+        "INSERT INTO paycron.webhook_endpoints (id, url, secret, last_position)
+         VALUES ($1, $2, $3, (SELECT coalesce(max(position), 0) FROM paycron.event_feed))",
     )
     .bind(id)
     .bind(url)
@@ -47,7 +47,7 @@ pub async fn add_endpoint(pool: &PgPool, url: &str, secret: &str) -> Result<Uuid
 /// # Errors
 /// [`super::StoreError`].
 pub async fn endpoints(pool: &PgPool) -> Result<Vec<EndpointRow>> {
-    Ok(sqlx::query_as("SELECT id, url, enabled, last_event_id, created_at FROM paycron.webhook_endpoints ORDER BY created_at")
+    Ok(sqlx::query_as("SELECT id, url, enabled, last_position, created_at FROM paycron.webhook_endpoints ORDER BY created_at")
         .fetch_all(pool)
         .await?)
 }
@@ -57,18 +57,22 @@ pub async fn endpoints(pool: &PgPool) -> Result<Vec<EndpointRow>> {
 /// # Errors
 /// [`super::StoreError`].
 pub async fn fan_out(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<u64> {
+    super::events::publish(conn).await?;
+    // One snapshot for both halves: the endpoint moves to the last position it was given.
     let n = sqlx::query(
-        "WITH ep AS (SELECT id, last_event_id FROM paycron.webhook_endpoints WHERE enabled FOR UPDATE SKIP LOCKED),
+        "WITH ep AS (SELECT id, last_position FROM paycron.webhook_endpoints WHERE enabled FOR UPDATE SKIP LOCKED),
+              top AS (SELECT coalesce(max(position), 0) AS p FROM paycron.event_feed),
               ins AS (
                 INSERT INTO paycron.webhook_deliveries (id, endpoint_id, event_id, status, next_attempt_at)
-                SELECT gen_random_uuid(), ep.id, e.id, 'pending', $1
-                  FROM ep JOIN paycron.events e ON e.id > ep.last_event_id
+                SELECT gen_random_uuid(), ep.id, f.event_id, 'pending', $1
+                  FROM ep JOIN paycron.event_feed f ON f.position > ep.last_position, top
+                 WHERE f.position <= top.p
                 ON CONFLICT (endpoint_id, event_id) DO NOTHING
                 RETURNING endpoint_id, event_id),
               upd AS (
                 UPDATE paycron.webhook_endpoints w
-                   SET last_event_id = greatest(w.last_event_id, (SELECT coalesce(max(e.id), 0) FROM paycron.events e))
-                  FROM ep WHERE w.id = ep.id
+                   SET last_position = greatest(w.last_position, top.p)
+                  FROM ep, top WHERE w.id = ep.id
                 RETURNING 1)
          SELECT count(*) FROM ins",
     )

@@ -239,7 +239,7 @@ async fn internal_destinations_and_redirects_are_refused() {
     // At delivery: an endpoint written straight into the table is refused just the same, and
     // nothing reaches it.
     let (url, rx) = receiver(0).await;
-    sqlx::query("INSERT INTO paycron.webhook_endpoints (id, url, secret, last_event_id) VALUES (gen_random_uuid(), $1, 'a-secret-of-16-chars', 0)")
+    sqlx::query("INSERT INTO paycron.webhook_endpoints (id, url, secret, last_position) VALUES (gen_random_uuid(), $1, 'a-secret-of-16-chars', 0)")
         .bind(&url)
         .execute(&db.pool)
         .await
@@ -300,5 +300,108 @@ async fn internal_destinations_and_redirects_are_refused() {
         target.1.calls.load(Ordering::SeqCst),
         0,
         "the redirect was not followed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_commits_late_is_delivered_once_everywhere() {
+    use std::io::BufRead;
+    let db = fresh_db().await;
+    let (url, rx) = receiver(0).await;
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
+        .args(["webhooks", "add", "--url", &url]));
+    assert_eq!(code, 0, "{err}");
+    let mut tail = paycron(Some(&db.url), None)
+        .args(["events", "tail", "--follow", "--format", "jsonl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = tail.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let emit = "SELECT paycron.emit($1, NULL, NULL, NULL, '{}'::jsonb)";
+    // A takes the lower id and stays open; B takes the higher one and commits first.
+    let mut a = db.pool.begin().await.unwrap();
+    let id_a: i64 = sqlx::query_scalar(emit)
+        .bind("late_a")
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
+    let id_b: i64 = sqlx::query_scalar(emit)
+        .bind("early_b")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(id_a < id_b);
+    let cfg = DeliveryConfig {
+        allow_private: true,
+        ..DeliveryConfig::default()
+    };
+    let http = paycron::webhooks::client(&cfg).unwrap();
+    deliver_due(&db.pool, &http, &cfg, Utc::now())
+        .await
+        .unwrap();
+    a.commit().await.unwrap();
+    deliver_due(&db.pool, &http, &cfg, Utc::now())
+        .await
+        .unwrap();
+    deliver_due(&db.pool, &http, &cfg, Utc::now())
+        .await
+        .unwrap();
+    // The webhook endpoint: each exactly once.
+    let got: Vec<String> = rx
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(got.iter().filter(|t| *t == "late_a").count(), 1, "{got:?}");
+    assert_eq!(got.iter().filter(|t| *t == "early_b").count(), 1, "{got:?}");
+    // `events tail --follow`: both, each once.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(
+                serde_json::from_str::<serde_json::Value>(&line).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    seen.sort();
+    assert_eq!(seen, ["early_b", "late_a"]);
+    // The SQL feed, in position order: both, each once.
+    let feed: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT position, type FROM paycron.events_feed WHERE position > 0 ORDER BY position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = feed.iter().map(|f| f.1.as_str()).collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == "late_a").count(),
+        1,
+        "{feed:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| **t == "early_b").count(),
+        1,
+        "{feed:?}"
     );
 }

@@ -72,6 +72,9 @@ async fn ledger_refuses_update_delete_truncate() {
         "UPDATE paycron.ledger_postings SET amount_minor = 1",
         "DELETE FROM paycron.ledger_postings",
         "UPDATE paycron.events SET type = 'x'",
+        "TRUNCATE paycron.events CASCADE",
+        "TRUNCATE paycron.event_feed",
+        "DELETE FROM paycron.event_feed",
     ] {
         let err = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
@@ -232,6 +235,18 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
             .fetch_one(&mut *tx)
             .await
             .expect("app may create");
+    tx.commit().await.unwrap();
+    // Once committed, the event gets its feed position (the daemon publishes; an app without
+    // one calls the publisher itself) and the app reads it.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE paycron_app")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT paycron.publish_events()")
+        .execute(&mut *tx)
+        .await
+        .expect("app may publish");
     let seen: i64 =
         sqlx::query_scalar("SELECT count(*) FROM paycron.events_feed WHERE subscription_id = $1")
             .bind(id)

@@ -64,6 +64,10 @@ async fn ledger_refuses_update_delete_truncate() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    sqlx::query("SELECT paycron.publish_events()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     for sql in [
         "UPDATE paycron.ledger_entries SET amount_minor = 1",

@@ -161,6 +161,12 @@ pub struct Config {
     /// `PAYCRON_WEBHOOK_PATH`: where the ops server receives Square's webhooks. Default
     /// `/webhooks/square`.
     pub webhook_path: String,
+    /// `PAYCRON_WEBHOOK_ADDR`: serve the public Square webhook receiver on this address alone
+    /// (health, readiness and metrics stay on `PAYCRON_OPS_ADDR`). Default: on the ops address.
+    pub webhook_addr: Option<SocketAddr>,
+    /// `PAYCRON_HEALTH_STALE_INTERVALS`: `/healthz` fails when bill-due has not completed a pass
+    /// for this many of its schedule's intervals (size it above your longest pass). Default 60.
+    pub health_stale_intervals: u32,
     /// Square.
     pub square: SquareConfig,
     /// Billing.
@@ -423,6 +429,16 @@ impl Config {
                 )?,
                 require_https: environment == SquareEnvironment::Production,
             },
+            webhook_addr: match src.get("PAYCRON_WEBHOOK_ADDR") {
+                None => None,
+                Some(v) => Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key: "PAYCRON_WEBHOOK_ADDR",
+                    value: v.clone(),
+                    reason: "expected host:port, e.g. 0.0.0.0:8443".into(),
+                })?),
+            },
+            health_stale_intervals: src.positive("PAYCRON_HEALTH_STALE_INTERVALS", 60, 100_000)?
+                as u32,
             webhook_path: match src.get("PAYCRON_WEBHOOK_PATH") {
                 None => "/webhooks/square".into(),
                 Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p,

@@ -58,6 +58,8 @@ pub enum DaemonError {
 
 struct Ctx {
     app: App,
+    // bill-due's progress, read by /healthz.
+    progress: Option<Arc<server::Progress>>,
     engine: Engine,
     gateway: Arc<dyn PaymentGateway>,
     owner: Uuid,
@@ -196,6 +198,11 @@ impl Ctx {
         metrics::histogram!(m::TASK_SECONDS, "task" => task).record(seconds);
         match result {
             Ok(summary) => {
+                if job.task == TaskKind::BillDue
+                    && let Some(p) = &self.progress
+                {
+                    p.completed();
+                }
                 metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "ok").increment(1);
                 metrics::gauge!(m::TASK_LAST_SUCCESS, "task" => task)
                     .set(Utc::now().timestamp() as f64);
@@ -237,8 +244,20 @@ pub async fn run(
     let draining = Arc::new(AtomicBool::new(false));
     let stop_server = CancellationToken::new();
     let addr = app.config.ops_addr;
-    let server = server::serve(
+    let progress = jobs
+        .iter()
+        .filter(|j| j.enabled && j.task == TaskKind::BillDue)
+        .filter_map(|j| crate::scheduler::interval(&j.cron))
+        .min()
+        .map(|every| {
+            Arc::new(server::Progress::new(
+                every,
+                app.config.health_stale_intervals,
+            ))
+        });
+    let server = server::serve_split(
         addr,
+        app.config.webhook_addr,
         OpsState {
             pool: app.pool.clone(),
             metrics: handle,
@@ -249,12 +268,17 @@ pub async fn run(
                 url: app.config.square.webhook_notification_url.clone(),
             },
             webhook_path: app.config.webhook_path.clone(),
+            ready: Arc::new(AtomicBool::new(false)),
+            progress: progress.clone(),
         },
         stop_server.clone(),
     )
     .await
     .map_err(|e| DaemonError::Bind {
-        addr: addr.to_string(),
+        addr: match app.config.webhook_addr {
+            Some(w) => format!("{addr} or PAYCRON_WEBHOOK_ADDR {w}"),
+            None => addr.to_string(),
+        },
         reason: e.to_string(),
     })?;
 
@@ -271,6 +295,7 @@ pub async fn run(
             .map(|j| (j.name.clone(), AtomicBool::new(false)))
             .collect(),
         app,
+        progress,
         engine,
         gateway,
         owner,

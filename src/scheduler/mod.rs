@@ -139,6 +139,24 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// The longest gap between the next few firings of a cron expression (seconds first), if it
+/// parses.
+pub fn interval(expr: &str) -> Option<std::time::Duration> {
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .ok()?;
+    let mut at = chrono::Utc::now();
+    let mut longest = chrono::Duration::zero();
+    for _ in 0..12 {
+        let next = cron.find_next_occurrence(&at, false).ok()?;
+        longest = longest.max(next - at);
+        at = next;
+    }
+    longest.to_std().ok()
+}
+
 /// Checks a cron expression: six or seven fields (seconds first), parseable by the scheduler.
 pub fn check_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();

@@ -232,7 +232,7 @@ impl LocalCluster {
             && !traversable_by(&root.join("data"), uid, gid)
         {
             base = PathBuf::from(format!("/var/tmp/paycron-{}", short_hash(&root)));
-            private_dir(&base, None)?;
+            private_dir(&base, Some(uid))?;
             fs::write(&location_file, base.display().to_string())
                 .map_err(io("cannot write", &location_file))?;
         }

@@ -51,6 +51,8 @@ async fn receiver(
             url: Some(URL.to_owned()),
         },
         webhook_path: "/webhooks/square".into(),
+        ready: Arc::new(AtomicBool::new(false)),
+        progress: None,
     };
     let server = serve(addr, state, stop.clone()).await.unwrap();
     (addr, stop, server)
@@ -331,6 +333,186 @@ async fn card_events_apply_in_squares_order_and_a_no_op_update_bills_nothing() {
         200
     );
     assert!(due().await < before, "a real update retries now");
+    stop.cancel();
+    let _ = server.await;
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn state_for(
+    pool: sqlx::PgPool,
+    progress: Option<Arc<paycron::ops::server::Progress>>,
+) -> OpsState {
+    OpsState {
+        pool: pool.clone(),
+        metrics: paycron::ops::metrics::install(),
+        draining: Arc::new(AtomicBool::new(false)),
+        webhooks: WebhookState {
+            pool,
+            key: Some(SecretString::from(KEY.to_owned())),
+            url: Some(URL.to_owned()),
+        },
+        webhook_path: "/webhooks/square".into(),
+        ready: Arc::new(AtomicBool::new(false)),
+        progress,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_port_answers_health_under_hundreds_of_slow_and_large_requests() {
+    use tokio::io::AsyncWriteExt;
+    let db = fresh_db().await;
+    let addr = free_addr();
+    let stop = CancellationToken::new();
+    let server = serve(addr, state_for(db.pool.clone(), None), stop.clone())
+        .await
+        .unwrap();
+    // 300 clients that never finish their request head, 40 that trickle a large body.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    for _ in 0..40 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            b"POST /webhooks/square HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        c.write_all(&[b'x'; 65536]).await.unwrap();
+        held.push(c);
+    }
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        let r = http
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Readiness comes from the background check, with no detail in the answer.
+    let mut ready = String::new();
+    for _ in 0..50 {
+        ready = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if ready == "ready\n" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, "ready\n");
+    // An oversized webhook body is refused, not read.
+    let big = "x".repeat(paycron::ops::square_webhooks::MAX_BODY + 1);
+    let r = http
+        .post(format!("http://{addr}/webhooks/square"))
+        .header("x-square-hmacsha256-signature", sign(URL, &big))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // A client that never finishes its request head is cut off (after HEADER_TIMEOUT).
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(
+        paycron::ops::server::HEADER_TIMEOUT * 3,
+        held[0].read(&mut buf),
+    )
+    .await
+    .expect("the server closes a connection stuck in its head");
+    assert!(matches!(closed, Ok(_) | Err(_)));
+    drop(held);
+    stop.cancel();
+    let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_hides_errors_health_follows_billing_and_the_receiver_can_move() {
+    // A database that cannot be reached: not ready, and nothing about why.
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(300))
+        .connect_lazy("postgres://paycron:secret-password@127.0.0.1:1/nowhere")
+        .unwrap();
+    let stale = Arc::new(paycron::ops::server::Progress::new(
+        std::time::Duration::from_secs(1),
+        2,
+    ));
+    stale.last_ok.store(
+        chrono::Utc::now().timestamp() - 60,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let (ops, hooks) = (free_addr(), free_addr());
+    let stop = CancellationToken::new();
+    let server = paycron::ops::server::serve_split(
+        ops,
+        Some(hooks),
+        state_for(unreachable, Some(stale.clone())),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let r = http
+        .get(format!("http://{ops}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "not ready\n");
+    // bill-due has not completed a pass for more than two intervals: unhealthy; then healthy.
+    let r = http
+        .get(format!("http://{ops}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    stale.completed();
+    let r = http
+        .get(format!("http://{ops}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The receiver lives on its own address only.
+    let body = "{}";
+    let r = http
+        .post(format!("http://{ops}/webhooks/square"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "not on the ops address");
+    let r = http
+        .post(format!("http://{hooks}/webhooks/square"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "on its own address, signature checked");
+    let r = http
+        .get(format!("http://{hooks}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "no metrics on the public address");
     stop.cancel();
     let _ = server.await;
 }

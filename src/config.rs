@@ -144,6 +144,9 @@ pub struct BillingConfig {
 pub struct Config {
     /// `DATABASE_URL`. Default unset: the embedded local cluster under `PAYCRON_HOME`.
     pub database_url: Option<SecretString>,
+    /// `PAYCRON_MIGRATE_DATABASE_URL` (or `_FILE`): the schema owner's URL, used by
+    /// `paycron migrate` only. Default: `DATABASE_URL`.
+    pub migrate_database_url: Option<SecretString>,
     /// `PAYCRON_HOME`: the embedded cluster's home. Default `.paycron`.
     pub home: PathBuf,
     /// `PAYCRON_LOG_FORMAT`: `text` (default) or `json`.
@@ -400,6 +403,10 @@ impl Config {
         }
         Ok(Config {
             database_url: src.secret("DATABASE_URL", "DATABASE_URL_FILE")?,
+            migrate_database_url: src.secret(
+                "PAYCRON_MIGRATE_DATABASE_URL",
+                "PAYCRON_MIGRATE_DATABASE_URL_FILE",
+            )?,
             home: PathBuf::from(src.get("PAYCRON_HOME").unwrap_or_else(|| ".paycron".into())),
             log_format,
             ops_addr,

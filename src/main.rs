@@ -335,6 +335,9 @@ enum DbCmd {
         /// The database (default: paycron's own; the demo's is paycron_demo).
         #[arg(long)]
         database: Option<String>,
+        /// The schema owner's URL (the superuser) instead of the runtime role's.
+        #[arg(long)]
+        owner: bool,
     },
 }
 
@@ -343,7 +346,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
         Command::Db { command } => match command {
             DbCmd::Status => db::status(&config),
             DbCmd::Stop => db::stop(&config),
-            DbCmd::Url { database } => db::url(config, database.as_deref()).await,
+            DbCmd::Url { database, owner } => db::url(config, database.as_deref(), owner).await,
         },
         Command::Migrate => db::migrate(config).await,
         Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,

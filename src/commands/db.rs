@@ -41,11 +41,12 @@ pub fn stop(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// `db url`: starts the cluster if needed and prints its URL (for psql and applications).
+/// `db url`: starts the cluster if needed and prints the runtime role's URL (or, with
+/// `--owner`, the superuser's), saying on stderr which it is.
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn url(config: Config, database: Option<&str>) -> Result<()> {
+pub async fn url(config: Config, database: Option<&str>, owner: bool) -> Result<()> {
     let c = cluster(&config)?;
     let app = App::build(config).await?;
     drop(app);
@@ -59,18 +60,32 @@ pub async fn url(config: Config, database: Option<&str>) -> Result<()> {
             "--database {database:?}: letters, digits and _ only"
         )));
     }
-    println!("{}", c.url(database));
+    if owner {
+        eprintln!(
+            "paycron: the owner's URL (superuser {}: migrations, administration)",
+            embedded::SUPERUSER
+        );
+        println!("{}", c.url(database));
+    } else {
+        eprintln!(
+            "paycron: the runtime role's URL (login {}, granted {}: what every command uses); --owner for the owner's",
+            embedded::RUNTIME_LOGIN,
+            crate::store::RUNTIME_ROLE
+        );
+        println!("{}", c.runtime_url(database));
+    }
     Ok(())
 }
 
-/// `migrate`: applies pending migrations (every command does so too).
+/// `migrate`: applies pending migrations as the schema owner (`PAYCRON_MIGRATE_DATABASE_URL`,
+/// else `DATABASE_URL`, else the embedded cluster). Every other command only checks that the
+/// schema is the one it was built for.
 ///
 /// # Errors
 /// [`CommandError`].
 pub async fn migrate(config: Config) -> Result<()> {
-    let app = App::build(config).await?;
+    crate::store::migrate_configured(&config).await?;
     let applied: i64 = crate::store::MIGRATOR.iter().count() as i64;
     tracing::info!(migrations = applied, "database is up to date");
-    drop(app);
     Ok(())
 }

@@ -31,8 +31,10 @@ use sha2::{Digest, Sha256};
 
 /// The database the embedded cluster serves paycron from.
 pub const DATABASE: &str = "paycron";
-/// The superuser created by initdb.
+/// The superuser created by initdb (owns the schema, runs the migrations).
 pub const SUPERUSER: &str = "postgres";
+/// The login role every command but `migrate` uses, granted the runtime role.
+pub const RUNTIME_LOGIN: &str = "paycron";
 const PORT: u16 = 5432;
 // sun_path is 108 bytes on Linux, including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 100;
@@ -265,6 +267,60 @@ impl LocalCluster {
             "postgres://{auth}@localhost:{PORT}/{database}?host={}",
             self.socket_dir.display()
         )
+    }
+
+    /// The runtime login role's URL for `database`.
+    pub fn runtime_url(&self, database: &str) -> String {
+        let auth = match fs::read_to_string(self.root.join("runtime-password")) {
+            Ok(pw) => format!("{RUNTIME_LOGIN}:{}", pw.trim()),
+            Err(_) => RUNTIME_LOGIN.to_owned(),
+        };
+        format!(
+            "postgres://{auth}@localhost:{PORT}/{database}?host={}",
+            self.socket_dir.display()
+        )
+    }
+
+    /// The runtime login role's password, generated (0600) on first use. Safe when several
+    /// processes ask at once: the file appears whole (written aside, then linked in place).
+    ///
+    /// # Errors
+    /// [`EmbeddedError::Io`].
+    pub fn runtime_password(&self) -> Result<String> {
+        let path = self.root.join("runtime-password");
+        if let Ok(pw) = fs::read_to_string(&path)
+            && !pw.trim().is_empty()
+        {
+            return Ok(pw.trim().to_owned());
+        }
+        let aside = self
+            .root
+            .join(format!("runtime-password.{}", std::process::id()));
+        let pw = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        {
+            let _ = fs::remove_file(&aside);
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&aside)
+                .map_err(io("cannot create", &aside))?;
+            std::io::Write::write_all(&mut f, pw.as_bytes()).map_err(io("cannot write", &aside))?;
+        }
+        let linked = fs::hard_link(&aside, &path);
+        let _ = fs::remove_file(&aside);
+        match linked {
+            Ok(()) => Ok(pw),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let pw = fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+                Ok(pw.trim().to_owned())
+            }
+            Err(e) => Err(io("cannot create", &path)(e)),
+        }
     }
 
     fn password_file(&self) -> PathBuf {

@@ -63,6 +63,26 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The database's schema is older than this paycron.
+    #[error(
+        "the database schema is at migration {database}, this paycron needs {binary}: run `paycron migrate` with the schema owner's URL (PAYCRON_MIGRATE_DATABASE_URL), e.g. the k8s migrate Job"
+    )]
+    SchemaBehind {
+        /// The database's latest applied migration.
+        database: i64,
+        /// This binary's latest migration.
+        binary: i64,
+    },
+    /// The database's schema is newer than this paycron.
+    #[error(
+        "the database schema is at migration {database}, newer than this paycron ({binary}): upgrade paycron"
+    )]
+    SchemaAhead {
+        /// The database's latest applied migration.
+        database: i64,
+        /// This binary's latest migration.
+        binary: i64,
+    },
     /// Any other database error.
     #[error("database error: {0}")]
     Db(sqlx::Error),
@@ -88,7 +108,11 @@ impl StoreError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            StoreError::Rejected(_) | StoreError::NotFound(_) | StoreError::BadUrl(_)
+            StoreError::Rejected(_)
+                | StoreError::NotFound(_)
+                | StoreError::BadUrl(_)
+                | StoreError::SchemaBehind { .. }
+                | StoreError::SchemaAhead { .. }
         )
     }
 }
@@ -182,20 +206,97 @@ impl StoreError {
     }
 }
 
-/// A pool on `opts` with up to `max` connections, migrations applied.
+/// A pool on `opts` with up to `max` connections, migrations applied (the schema owner's
+/// connection: tests, the demo, the benchmark, `paycron migrate`).
 ///
 /// # Errors
 /// [`StoreError`] if the server is unreachable or a migration fails.
 pub async fn open_pool(opts: PgConnectOptions, max: u32) -> Result<PgPool> {
-    let pool = PgPoolOptions::new()
+    let pool = open_unmigrated(opts, max).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// A pool on `opts` with up to `max` connections, nothing changed.
+///
+/// # Errors
+/// [`StoreError`] if the server is unreachable.
+pub async fn open_unmigrated(opts: PgConnectOptions, max: u32) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
         .max_connections(max)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(opts)
-        .await?;
-    MIGRATOR.run(&pool).await?;
-    fill_reference_lists(&pool).await?;
-    Ok(pool)
+        .await?)
+}
+
+/// The runtime role every command but `migrate` connects as (through a login role granted it):
+/// exactly the DML paycron needs, no DDL, no TRUNCATE, no trigger changes, and no UPDATE or
+/// DELETE on the ledger, its postings, the events or the feed.
+pub const RUNTIME_ROLE: &str = "paycron_runtime";
+
+/// Applies pending migrations, fills the reference lists and grants the runtime role what it
+/// needs (as the schema owner).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await?;
+    fill_reference_lists(pool).await?;
+    // One statement list, one implicit transaction; the lock keeps concurrent starts from
+    // updating the same catalog rows at once ("tuple concurrently updated").
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "SELECT pg_advisory_xact_lock(hashtext('paycron:roles'));
+         DO $$
+         BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'paycron_runtime') THEN
+             CREATE ROLE paycron_runtime NOLOGIN;
+           END IF;
+         EXCEPTION
+           WHEN duplicate_object OR unique_violation THEN NULL;
+           WHEN insufficient_privilege THEN
+             RAISE WARNING 'cannot create role paycron_runtime (no CREATEROLE): create it, then run paycron migrate again';
+         END $$;
+         DO $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'paycron_runtime') THEN
+             GRANT USAGE ON SCHEMA paycron TO paycron_runtime;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA paycron TO paycron_runtime;
+             REVOKE UPDATE, DELETE ON paycron.ledger_entries, paycron.ledger_postings, paycron.events,
+                                      paycron.event_feed FROM paycron_runtime;
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA paycron TO paycron_runtime;
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA paycron TO paycron_runtime;
+             GRANT SELECT ON public._sqlx_migrations TO paycron_runtime;
+           END IF;
+         END $$;",
+    ))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Checks that the database's schema is the one this binary was built for.
+///
+/// # Errors
+/// [`StoreError::SchemaBehind`] / [`StoreError::SchemaAhead`], or [`StoreError::Db`].
+pub async fn check_schema(pool: &PgPool) -> Result<()> {
+    let binary = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let database: Option<i64> =
+        match sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(v) => v,
+            // No migration table at all: nothing was ever migrated.
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42P01") => None,
+            Err(e) => return Err(e.into()),
+        };
+    let database = database.unwrap_or(0);
+    match database.cmp(&binary) {
+        std::cmp::Ordering::Less => Err(StoreError::SchemaBehind { database, binary }),
+        std::cmp::Ordering::Greater => Err(StoreError::SchemaAhead { database, binary }),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
 }
 
 /// Fills `paycron.time_zones` and `paycron.currencies` from the engine's own lists, so the SQL
@@ -218,18 +319,79 @@ pub async fn fill_reference_lists(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Opens the configured database (starting the embedded cluster when needed) and migrates it.
+/// Opens the configured database as the runtime role and checks its schema. The embedded
+/// cluster is migrated on the way (its superuser owns the schema, and a login role granted the
+/// runtime role is kept for everything else); an external database is migrated only by
+/// `paycron migrate` ([`migrate_configured`]).
 ///
 /// # Errors
-/// [`StoreError`].
+/// [`StoreError`], [`StoreError::SchemaBehind`] / [`StoreError::SchemaAhead`] included.
 pub async fn connect(config: &Config, max: u32) -> Result<(PgPool, DatabaseLocation)> {
     let cfg = config.clone();
     let (url, location) = tokio::task::spawn_blocking(move || resolve_url(&cfg))
         .await
         .map_err(|e| StoreError::Rejected(format!("start-up task failed: {e}")))??;
     let opts = connect_options(&url)?;
-    if matches!(location, DatabaseLocation::Embedded(_)) {
-        create_database_if_missing(&opts, embedded::DATABASE).await?;
+    let pool = match &location {
+        DatabaseLocation::Embedded(cluster) => {
+            create_database_if_missing(&opts, embedded::DATABASE).await?;
+            let owner = open_pool(opts, 2).await?;
+            let runtime_url = ensure_runtime_login(&owner, cluster).await?;
+            owner.close().await;
+            open_unmigrated(connect_options(&runtime_url)?, max).await?
+        }
+        DatabaseLocation::External => open_unmigrated(opts, max).await?,
+    };
+    check_schema(&pool).await?;
+    Ok((pool, location))
+}
+
+/// `paycron migrate`: migrates with the owner's URL (`PAYCRON_MIGRATE_DATABASE_URL`, else
+/// `DATABASE_URL`, else the embedded cluster's superuser).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn migrate_configured(config: &Config) -> Result<()> {
+    match (&config.migrate_database_url, &config.database_url) {
+        (Some(url), _) | (None, Some(url)) => {
+            let pool = open_pool(connect_options(url.expose_secret())?, 2).await?;
+            pool.close().await;
+            Ok(())
+        }
+        (None, None) => connect(config, 2).await.map(|_| ()),
     }
-    Ok((open_pool(opts, max).await?, location))
+}
+
+/// The embedded cluster's login role for the runtime (`paycron`, granted `paycron_runtime`,
+/// with its own generated password), created or brought in line; returns its URL.
+async fn ensure_runtime_login(owner: &PgPool, cluster: &LocalCluster) -> Result<String> {
+    let password = cluster.runtime_password()?;
+    let role = embedded::RUNTIME_LOGIN;
+    // The password is bound, never spliced; DDL takes no parameters, so a DO block with a
+    // format() does the quoting server-side.
+    let mut tx = owner.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('paycron:roles'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('paycron.runtime_password', $1, true)")
+        .bind(&password)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$
+         DECLARE v_pw text := current_setting('paycron.runtime_password');
+         BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+             EXECUTE format('CREATE ROLE {role} LOGIN PASSWORD %L IN ROLE {RUNTIME_ROLE}', v_pw);
+           ELSE
+             EXECUTE format('ALTER ROLE {role} LOGIN PASSWORD %L', v_pw);
+             EXECUTE 'GRANT {RUNTIME_ROLE} TO {role}';
+           END IF;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$;"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(cluster.runtime_url(embedded::DATABASE))
 }

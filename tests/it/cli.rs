@@ -404,3 +404,73 @@ async fn events_tail_follows_new_events() {
     assert_eq!(v["type"], "subscription_created");
     assert_eq!(v["customer_id"], "EV1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_migrate_changes_the_schema_and_a_runtime_login_runs_everything_else() {
+    let db = fresh_db().await;
+    // A login role granted the runtime role, as an operator makes one.
+    let login = format!("rt_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {login} LOGIN PASSWORD 'runtime-secret-1234' IN ROLE paycron_runtime"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut runtime = reqwest::Url::parse(&db.url).unwrap();
+    runtime.set_username(&login).unwrap();
+    runtime.set_password(Some("runtime-secret-1234")).unwrap();
+    let runtime = runtime.to_string();
+    let s = crate::helpers::sim(paycron::gateway::simulator::SimConfig::default()).await;
+    s.with(|st| st.add_card("RT1", "ccof:sim-ok-rt1", "VISA", true));
+    crate::helpers::seed_card(&db, "RT1", "ccof:sim-ok-rt1").await;
+    let (code, _, err) = run(paycron(Some(&runtime), None).args([
+        "subscription",
+        "create",
+        "--customer",
+        "RT1",
+        "--amount",
+        "900",
+        "--currency",
+        "USD",
+        "--every",
+        "1month",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(paycron(Some(&runtime), Some(&s.base_url())).args([
+        "run-once",
+        "--now",
+        &(chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339(),
+    ]));
+    assert_eq!(code, 0, "the runtime role bills: {err}");
+    assert_eq!(s.with(|st| st.completed().len()), 1);
+    // A database behind the binary: every command but migrate refuses, naming what to run.
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut empty = reqwest::Url::parse(&db.url).unwrap();
+    empty.set_path(&format!("/{name}"));
+    let empty = empty.to_string();
+    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("run `paycron migrate`"), "{err}");
+    let (code, _, err) = run(paycron(Some("postgres://nobody@127.0.0.1:1/x"), None)
+        .env("PAYCRON_MIGRATE_DATABASE_URL", &empty)
+        .args(["migrate"]));
+    assert_eq!(code, 0, "migrate uses the owner's URL: {err}");
+    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"]));
+    assert_eq!(code, 0, "{err}");
+    // A database ahead of the binary.
+    let pool = paycron::store::open_unmigrated(paycron::store::connect_options(&empty).unwrap(), 1)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99991231000000, 'future', true, '\\x00', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("newer than this paycron"), "{err}");
+    s.shutdown().await;
+}

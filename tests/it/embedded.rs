@@ -47,8 +47,16 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
     let words: Vec<&str> = status.split_whitespace().collect();
     let data = PathBuf::from(words[2]);
     let socket = PathBuf::from(words[4].trim_end_matches(')'));
-    let (code, url, _) = run(cli().args(["db", "url"]));
+    let (code, url, said) = run(cli().args(["db", "url"]));
     assert_eq!(code, 0);
+    assert!(
+        said.contains("runtime role"),
+        "db url says which role: {said}"
+    );
+    assert!(
+        url.starts_with("postgres://paycron:"),
+        "the runtime login: {url}"
+    );
     let stop = || run(cli().args(["db", "stop"]));
 
     let result = std::panic::catch_unwind(|| {
@@ -61,7 +69,7 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
             socket.display()
         );
         // A password is required, and `db url` carries it.
-        assert!(url.contains("postgres:") && url.contains('@'), "{url}");
+        assert!(url.contains('@'), "{url}");
         let no_password = Command::new(psql())
             .args(["-X", "-w", "-h"])
             .arg(&socket)

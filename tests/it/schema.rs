@@ -386,3 +386,55 @@ async fn no_row_holds_an_instant_the_engine_cannot_read() {
         assert!(e.contains("subscriptions_finite_instants"), "{col}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_role_has_its_dml_and_nothing_more() {
+    let db = fresh_db().await;
+    subscription(&db).await;
+    for sql in [
+        "CREATE TABLE paycron.intruder (a int)",
+        "TRUNCATE paycron.charges",
+        "TRUNCATE paycron.events",
+        "ALTER TABLE paycron.ledger_entries DISABLE TRIGGER ALL",
+        "DROP TRIGGER ledger_entries_append_only ON paycron.ledger_entries",
+        "CREATE OR REPLACE FUNCTION paycron.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+        "UPDATE paycron.ledger_entries SET amount_minor = 1",
+        "DELETE FROM paycron.ledger_postings",
+        "UPDATE paycron.events SET type = 'x'",
+        "DELETE FROM paycron.event_feed",
+        "CREATE TABLE public.intruder (a int)",
+    ] {
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL ROLE paycron_runtime")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{sql}: {err}"
+        );
+    }
+    // What it needs works.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE paycron_runtime")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT count(*) FROM paycron.subscriptions",
+        "UPDATE paycron.subscriptions SET updated_at = now()",
+        "SELECT paycron.emit('probe', NULL, NULL, NULL, '{}'::jsonb)",
+        "SELECT paycron.publish_events()",
+        "SELECT max(version) FROM _sqlx_migrations",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}

@@ -1,0 +1,248 @@
+//! Step 1 of the protocol, the claim: due subscriptions are locked (`FOR UPDATE SKIP LOCKED`),
+//! the lifecycle decides each one's move and attempt, and the intents are written with their
+//! leases in the same transaction, so an intent is durable before any money moves. A row the
+//! engine cannot read or move is quarantined, never a reason to fail the claim.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn plan(&self, sub: &SubscriptionRow, now: DateTime<Utc>) -> Result<Planned> {
+        let build = |reason: String| BillingError::Build {
+            subscription: sub.id,
+            reason,
+        };
+        let terms = sub.terms()?;
+        let before = sub.state()?;
+        let settled = lifecycle::settle(&terms, &before, now, self.config.max_catch_up_periods)
+            .map_err(|e| build(e.to_string()))?;
+        let moved = settled.moved(&before).then(|| PositionUpdate {
+            state: settled.state.clone(),
+            card_id: sub.card_id.clone(),
+        });
+        let charge = match settled.bill {
+            None => None,
+            Some(bill) => {
+                let key = IdempotencyKey::derive(sub.id, bill.period, bill.attempt)
+                    .map_err(|e| build(e.to_string()))?;
+                let id = ChargeId::new();
+                let prepared = PreparedPayment::card_on_file(
+                    key,
+                    &sub.card_id,
+                    &sub.customer_id,
+                    sub.money,
+                    id,
+                    self.location_id.as_deref(),
+                )
+                .map_err(|e| build(e.to_string()))?;
+                let int = |v: u32| i32::try_from(v).map_err(|e| build(e.to_string()));
+                Some(NewCharge {
+                    id,
+                    subscription_id: sub.id,
+                    period: int(bill.period)?,
+                    period_start: bill.period_start,
+                    attempt: int(bill.attempt)?,
+                    customer_id: sub.customer_id.clone(),
+                    card_id: sub.card_id.clone(),
+                    money: sub.money,
+                    request_fingerprint: prepared.fingerprint(),
+                    idempotency_key: prepared.key,
+                    request_body: prepared.body,
+                })
+            }
+        };
+        Ok(Planned {
+            moved,
+            notices: settled.notices,
+            charge,
+        })
+    }
+
+    /// Step 1 for one batch: locks up to `batch_size` due subscriptions as of `now` and, in
+    /// the same transaction, writes their intents (or moves those with nothing to charge).
+    /// `None` when nothing was due (or shutdown began).
+    #[tracing::instrument(skip_all, fields(owner = %self.owner))]
+    pub(super) async fn claim_batch(
+        &self,
+        now: DateTime<Utc>,
+        progress: &mut Progress,
+    ) -> Result<Option<Claimed>> {
+        if self.cancel.is_cancelled()
+            || self.breaker().halted().is_some()
+            || !self.check_liveness().await
+        {
+            return Ok(None);
+        }
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let limit = i64::from(self.config.batch_size);
+        let mut unreadable = 0;
+        let due = loop {
+            match subscriptions::claim_due(&mut tx, now, limit, &progress.excluded).await {
+                Ok(due) => break due,
+                // Some due row cannot be read at all: find it one row at a time, quarantine
+                // it, and claim again (the transaction is intact: decoding is client-side).
+                Err(e) if e.is_unreadable_row() => {
+                    let ids = subscriptions::claim_due_ids(&mut tx, now, limit, &progress.excluded)
+                        .await?;
+                    let mut found = 0;
+                    for id in ids {
+                        if let Err(why) = subscriptions::get(&mut tx, id).await
+                            && why.is_unreadable_row()
+                        {
+                            self.quarantine(&mut tx, id, None, &why.to_string()).await?;
+                            found += 1;
+                        }
+                    }
+                    if found == 0 {
+                        return Err(e.into());
+                    }
+                    unreadable += found;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut summary = Summary {
+            quarantined: unreadable,
+            ..Summary::default()
+        };
+        if due.is_empty() {
+            if unreadable > 0 {
+                tx.commit().await.map_err(StoreError::from)?;
+                return Ok(Some(Claimed {
+                    charges: vec![],
+                    summary,
+                }));
+            }
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(None);
+        }
+        let mut intents = Vec::with_capacity(due.len());
+        let mut moved = std::collections::HashSet::new();
+        let mut notices = Vec::new();
+        for sub in &due {
+            if sub.updated_at >= progress.counted_since {
+                let claims = progress.claims.entry(sub.id).or_default();
+                *claims += 1;
+                if *claims > progress.limit {
+                    progress.set_aside(sub.id, "claimed_too_often");
+                    continue;
+                }
+            }
+            let planned = match self.plan(sub, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.quarantine(&mut tx, sub.id, Some(&sub.customer_id), &e.to_string())
+                        .await?;
+                    summary.quarantined += 1;
+                    continue;
+                }
+            };
+            if let Some(update) = &planned.moved {
+                subscriptions::set_position(&mut tx, sub.id, update).await?;
+                moved.insert(sub.id);
+                if planned.charge.is_none() {
+                    summary.advanced_without_charge += 1;
+                }
+            }
+            for n in &planned.notices {
+                notices.push(NewEvent {
+                    kind: n.kind(),
+                    subscription_id: Some(sub.id),
+                    customer_id: Some(sub.customer_id.clone()),
+                    charge_id: None,
+                    payload: notice_payload(n),
+                });
+            }
+            if let Some(c) = planned.charge {
+                intents.push(c);
+            }
+        }
+        events::emit_many(&mut tx, &notices).await?;
+        let card_ids: Vec<CardId> = intents.iter().map(|c| c.card_id.clone()).collect();
+        let health = crate::store::cards::health(&mut tx, &card_ids).await?;
+        let zones: HashMap<SubscriptionId, String> =
+            due.iter().map(|s| (s.id, s.time_zone.clone())).collect();
+        let inserted =
+            charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
+        let opened: Vec<(SubscriptionId, ChargeId)> = intents
+            .iter()
+            .filter(|c| inserted.contains(&c.id))
+            .map(|c| (c.subscription_id, c.id))
+            .collect();
+        subscriptions::open_charges(&mut tx, &opened).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        // A subscription that was due, had an attempt to make and neither got its intent nor
+        // moved would be claimed again at once: set it aside so the run always ends.
+        for c in &intents {
+            if !inserted.contains(&c.id) && !moved.contains(&c.subscription_id) {
+                progress.set_aside(c.subscription_id, "no_progress");
+            }
+        }
+        let created_at = Utc::now();
+        let charges: Vec<Queued> = intents
+            .into_iter()
+            .filter(|c| inserted.contains(&c.id))
+            .map(|c| {
+                let zone = zones
+                    .get(&c.subscription_id)
+                    .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+                    .unwrap_or(chrono_tz::Tz::UTC);
+                let problem =
+                    card_problem(health.get(&c.card_id).copied(), now, zone).map(str::to_owned);
+                let row = ChargeRow {
+                    id: c.id,
+                    subscription_id: c.subscription_id,
+                    period: c.period,
+                    period_start: c.period_start,
+                    attempt: c.attempt,
+                    idempotency_key: c.idempotency_key,
+                    customer_id: c.customer_id,
+                    card_id: c.card_id,
+                    money: c.money,
+                    status: ChargeStatus::Pending,
+                    request_body: c.request_body,
+                    request_fingerprint: c.request_fingerprint,
+                    provider_payment_id: None,
+                    decline_code: None,
+                    sends: 0,
+                    created_at,
+                };
+                Queued {
+                    charge: row,
+                    problem,
+                }
+            })
+            .collect();
+        Ok(Some(Claimed { charges, summary }))
+    }
+
+    /// Quarantines a subscription the engine cannot read or move, in the caller's
+    /// transaction: it is claimed no more until an operator releases it; billing goes on for
+    /// everyone else.
+    pub(crate) async fn quarantine(
+        &self,
+        conn: &mut PgConnection,
+        id: SubscriptionId,
+        customer: Option<&CustomerId>,
+        reason: &str,
+    ) -> Result<()> {
+        if subscriptions::quarantine(conn, id, reason).await? {
+            tracing::error!(
+                subscription_id = %id, reason,
+                "subscription quarantined: the engine cannot read or move it; billing goes on for the others (fix it, then `paycron subscription release ID`)"
+            );
+            metrics::counter!(crate::ops::metrics::QUARANTINED).increment(1);
+            events::emit_many(
+                conn,
+                &[NewEvent {
+                    kind: "subscription_needs_attention",
+                    subscription_id: Some(id),
+                    customer_id: customer.cloned(),
+                    charge_id: None,
+                    payload: serde_json::json!({ "reason": reason }),
+                }],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

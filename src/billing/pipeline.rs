@@ -1,0 +1,290 @@
+//! A billing pass: batches are claimed while earlier ones are in flight, sent to Square at
+//! most `concurrency` at a time (one at a time until the configuration is proven), and
+//! recorded in batches as the answers arrive; the heartbeat keeps the leases of everything
+//! being worked on. Intents never sent are withdrawn when a pass stops early.
+
+use super::*;
+
+impl Engine {
+    /// Bills everything due as of `now`: batches until nothing is due, then re-drives this
+    /// worker's own charges left open by an unknown outcome, once.
+    ///
+    /// # Errors
+    /// [`BillingError`].
+    pub async fn bill_due(&self, now: DateTime<Utc>) -> Result<Summary> {
+        let mut total = Summary::default();
+        if self.breaker().still_halted(Instant::now()) {
+            tracing::debug!("billing halted; waiting for the next probe");
+            return Ok(total);
+        }
+        let started = {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            let started = subscriptions::db_now(&mut conn).await?;
+            let warned = crate::store::cards::emit_expiring(
+                &mut conn,
+                now,
+                self.config.card_expiry_lead_days,
+            )
+            .await?;
+            if warned > 0 {
+                tracing::info!(cards = warned, "card_expiring events emitted");
+            }
+            started
+        };
+        // A pass ends when a claim finds nothing, which may be because the due subscriptions
+        // left had an intent of this pass still open (a catch-up's next period): passes repeat
+        // until one claims nothing, starting each with nothing of ours in flight.
+        let mut progress = Progress::new(&self.config, started);
+        loop {
+            let (pass, claimed) = self.bill_pass(now, &mut progress).await?;
+            total.merge(&pass);
+            if !claimed {
+                break;
+            }
+        }
+        if total.unresolved > 0 {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            let open = charges::owned_pending(&mut conn, self.owner).await?;
+            drop(conn);
+            let again = self.recover_charges(open, now).await?;
+            total.unresolved = total
+                .unresolved
+                .saturating_sub(again.succeeded + again.declined + again.failed + again.fenced);
+            let unresolved_before = total.unresolved;
+            total.merge(&Summary {
+                unresolved: 0,
+                ..again
+            });
+            total.unresolved = unresolved_before;
+        }
+        if let Some(h) = self.breaker().halted() {
+            return Err(BillingError::Halted(h.clone()));
+        }
+        Ok(total)
+    }
+
+    /// One pass of billing: claims batch after batch until a claim finds nothing, while the
+    /// charges of earlier batches are sent and recorded. The next claim runs while a batch is
+    /// in flight, so Square is never left idle waiting for the database; at most one claimed
+    /// batch waits in the queue (the heartbeat keeps its leases). Returns the summary and
+    /// whether anything was claimed.
+    pub(super) async fn bill_pass(
+        &self,
+        now: DateTime<Utc>,
+        progress: &mut Progress,
+    ) -> Result<(Summary, bool)> {
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<Vec<Queued>>(1);
+        let pass = self
+            .passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let produce = async move {
+            let mut summary = Summary::default();
+            let mut claimed = false;
+            while let Some(batch) = self.claim_batch(now, progress).await? {
+                claimed = true;
+                summary.merge(&batch.summary);
+                let lease = Lease { pass, sent: false };
+                self.leased()
+                    .extend(batch.charges.iter().map(|q| (q.charge.id, lease)));
+                if queue.send(batch.charges).await.is_err() {
+                    // Sending stopped on an error; this batch is withdrawn below.
+                    break;
+                }
+            }
+            Ok::<_, BillingError>((summary, claimed))
+        };
+        let consume = async {
+            let charges = futures::stream::unfold(&mut queued, |queued| async move {
+                queued
+                    .recv()
+                    .await
+                    .map(|batch| (futures::stream::iter(batch), queued))
+            })
+            .flatten()
+            // Boxed: the compiler cannot otherwise see the borrowing stream is `Send` for the
+            // daemon's spawned task.
+            .boxed();
+            let driven = self.drive(charges, now).await;
+            // Stopped early on an error: refuse what the claimer has yet to hand over.
+            queued.close();
+            driven
+        };
+        let (produced, driven) = futures::join!(produce, consume);
+        // After an error, intents claimed but never handed to Square (queued, or behind the
+        // failure) are withdrawn: their subscriptions stay due. Whatever else is still pending
+        // is left to recovery.
+        let mut unsent: Vec<ChargeId> = Vec::new();
+        self.leased().retain(|id, lease| {
+            if lease.pass == pass && !lease.sent {
+                unsent.push(*id);
+            }
+            lease.pass != pass
+        });
+        let withdrawn = if unsent.is_empty() {
+            Ok(0)
+        } else {
+            self.withdraw_unsent(&unsent).await
+        };
+        let driven = driven?;
+        let (mut summary, claimed) = produced?;
+        summary.merge(&driven);
+        summary.withdrawn += withdrawn?;
+        Ok((summary, claimed))
+    }
+
+    /// Sends charges (each its stored body under its key), at most `concurrency` in flight,
+    /// and records the outcomes in batches as they arrive.
+    pub(super) async fn drive_all(
+        &self,
+        charges: Vec<ChargeRow>,
+        now: DateTime<Utc>,
+    ) -> Result<Summary> {
+        let ids: Vec<ChargeId> = charges.iter().map(|c| c.id).collect();
+        let lease = Lease {
+            pass: 0,
+            sent: false,
+        };
+        self.leased().extend(ids.iter().map(|id| (*id, lease)));
+        let queued = charges.into_iter().map(|charge| Queued {
+            charge,
+            problem: None,
+        });
+        let driven = self.drive(futures::stream::iter(queued), now).await;
+        let mut leased = self.leased();
+        for id in &ids {
+            leased.remove(id);
+        }
+        driven
+    }
+
+    /// As [`Engine::drive_all`], over a stream of charges. A charge whose card failed the
+    /// pre-check (disabled, forgotten or expired) is not sent: its attempt is recorded as
+    /// declined with the card's own reason, and dunning treats it as a hard decline (fallback
+    /// card or final state).
+    pub(super) async fn drive(
+        &self,
+        charges: impl futures::Stream<Item = Queued> + Send,
+        now: DateTime<Utc>,
+    ) -> Result<Summary> {
+        let mut summary = Summary::default();
+        let outcomes = charges
+            .map(|queued| {
+                let gateway = self.gateway.clone();
+                let cancel = self.cancel.clone();
+                async move {
+                    let Queued { charge, problem } = queued;
+                    if let Some(code) = problem {
+                        return Attempted {
+                            charge,
+                            outcome: Some(PaymentOutcome::Declined {
+                                code,
+                                category: CARD_CHECK_CATEGORY.to_owned(),
+                                hard: true,
+                            }),
+                            duration_ms: 0,
+                            note: None,
+                        };
+                    }
+                    // Until Square has proven the configuration, one charge at a time.
+                    let _probe = if self.breaker().proven() {
+                        None
+                    } else {
+                        self.probe.clone().acquire_owned().await.ok()
+                    };
+                    if cancel.is_cancelled()
+                        || self.breaker().halted().is_some()
+                        || !self.alive.load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        return Attempted {
+                            charge,
+                            outcome: None,
+                            duration_ms: 0,
+                            note: None,
+                        };
+                    }
+                    // From here on the charge may reach Square: it is never withdrawn.
+                    self.leased()
+                        .entry(charge.id)
+                        .or_insert(Lease {
+                            pass: 0,
+                            sent: true,
+                        })
+                        .sent = true;
+                    let started = Instant::now();
+                    metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
+                    let prepared = PreparedPayment {
+                        key: charge.idempotency_key.clone(),
+                        body: charge.request_body.clone(),
+                    };
+                    // A task of its own: the call progresses while earlier outcomes are recorded.
+                    let outcome =
+                        tokio::spawn(async move { gateway.create_payment(&prepared).await })
+                            .await
+                            .unwrap_or_else(|e| PaymentOutcome::Unknown {
+                                reason: format!("payment task failed: {e}"),
+                            });
+                    metrics::gauge!(crate::ops::metrics::IN_FLIGHT).decrement(1.0);
+                    self.heed(&outcome);
+                    Attempted {
+                        charge,
+                        outcome: Some(outcome),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        note: None,
+                    }
+                }
+            })
+            .buffer_unordered(self.config.concurrency)
+            .ready_chunks(RECORD_BATCH)
+            .map(|chunk| async move {
+                let ids: Vec<ChargeId> = chunk.iter().map(|a| a.charge.id).collect();
+                let recorded = self.record_batch(chunk, now).await;
+                // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
+                let mut leased = self.leased();
+                for id in &ids {
+                    leased.remove(id);
+                }
+                recorded
+            })
+            // Batches touch disjoint charges and subscriptions (one open intent per subscription),
+            // so recording a few at once cannot deadlock.
+            .buffer_unordered(RECORD_PARALLEL);
+        let mut outcomes = std::pin::pin!(outcomes);
+        let work = async {
+            while let Some(recorded) = outcomes.next().await {
+                summary.merge(&recorded?);
+            }
+            Ok::<_, BillingError>(())
+        };
+        tokio::select! {
+            done = work => done?,
+            () = self.heartbeat() => {}
+        }
+        Ok(summary)
+    }
+
+    /// Keeps this worker's leases on the charges it is working on (queued, in flight or being
+    /// recorded) from running out while it works: every third of the lease, one statement
+    /// extends them all. A charge left open by an unknown outcome leaves the set, so its lease
+    /// runs out and recovery (ours or a peer's) can finish it. Never returns.
+    pub(super) async fn heartbeat(&self) {
+        let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            self.check_liveness().await;
+            let ids: Vec<ChargeId> = self.leased().keys().copied().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let renewed = match self.pool.acquire().await {
+                Ok(mut conn) => {
+                    charges::extend_leases(&mut conn, self.owner, &ids, self.lease_until()).await
+                }
+                Err(e) => Err(StoreError::from(e)),
+            };
+            match renewed {
+                Ok(n) => tracing::debug!(charges = n, "leases extended"),
+                Err(e) => tracing::warn!(error = %e, "cannot extend leases"),
+            }
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Typed configuration: defaults, an optional TOML file (`PAYCRON_CONFIG`), then the
+//! Typed configuration: defaults, an optional file of `KEY = "value"` lines (`PAYCRON_CONFIG`), then the
 //! environment, which wins. Every field documents its default; [`Config::from_env`] validates
 //! everything at start-up and names the offending key. Secrets are `SecretString`s: their
 //! `Debug` output is redacted, so they cannot leak through a log line or an error.

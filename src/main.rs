@@ -8,6 +8,7 @@ use paycron::app::App;
 use paycron::commands::{self, CommandError, Format, db, manage, run};
 use paycron::config::Config;
 use paycron::gateway::simulator::SimConfig;
+use paycron::ops::shutdown::Shutdown;
 use paycron::store::subscriptions::Action;
 
 /// Recurring billing for cards on file with Square.
@@ -341,7 +342,30 @@ enum DbCmd {
     },
 }
 
+/// The one place signals are read: the first SIGTERM or SIGINT drains, a second one aborts.
+fn signals() -> Shutdown {
+    let shutdown = Shutdown::new();
+    let tokens = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        for token in [&tokens.drain, &tokens.abort] {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            };
+            tracing::info!(signal = name, "signal received");
+            token.cancel();
+        }
+    });
+    shutdown
+}
+
 async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
+    // Only the commands that watch it take signals over; the rest keep the default (a SIGTERM
+    // ends them).
     match command {
         Command::Db { command } => match command {
             DbCmd::Status => db::status(&config),
@@ -351,7 +375,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
         Command::Migrate => db::migrate(config).await,
         Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,
         Command::Bench(args) => paycron::bench::run(config, args).await,
-        Command::Run => run::daemon(config).await,
+        Command::Run => run::daemon(config, signals()).await,
         Command::Webhooks {
             command:
                 WebhooksCmd::Verify {
@@ -407,6 +431,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                     faults,
                     ..SimConfig::default()
                 },
+                signals(),
             )
             .await
         }
@@ -456,7 +481,9 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                         manage::act(&app, &id, action, now.as_deref()).await
                     }
                 },
-                Command::RunOnce { task, now } => run::run_once(&app, task, now.as_deref()).await,
+                Command::RunOnce { task, now } => {
+                    run::run_once(&app, task, now.as_deref(), signals()).await
+                }
                 Command::Webhooks { command } => match command {
                     WebhooksCmd::Add { url, secret_file } => {
                         run::webhooks_add(&app, &url, secret_file.as_deref()).await
@@ -498,7 +525,7 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
                             follow,
                             format,
                         },
-                } => run::events_tail(&app, after, follow, format).await,
+                } => run::events_tail(&app, after, follow, format, signals()).await,
                 Command::Db { .. }
                 | Command::Migrate
                 | Command::Demo { .. }

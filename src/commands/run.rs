@@ -81,12 +81,17 @@ pub async fn sync_cards(app: &App) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
+pub async fn run_once(
+    app: &App,
+    task: Task,
+    now: Option<&str>,
+    shutdown: crate::ops::shutdown::Shutdown,
+) -> Result<()> {
     let now = parse_now(app, now)?;
-    let gateway = app.square()?;
     if task == Task::DeliverWebhooks {
         return deliver_webhooks(app).await;
     }
+    let gateway = app.square()?;
     if task == Task::Reconcile {
         return reconcile(app, None, None, false, Format::Text).await;
     }
@@ -102,24 +107,24 @@ pub async fn run_once(app: &App, task: Task, now: Option<&str>) -> Result<()> {
         );
         return Ok(());
     }
-    // SIGTERM (a CronJob pod evicted): stop claiming and sending, finish what is in flight.
-    // A second signal exits at once; leases make that safe.
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let watcher = cancel.clone();
-    tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        term.recv().await;
-        tracing::info!("SIGTERM: no new claims, finishing in-flight charges");
-        watcher.cancel();
-        term.recv().await;
-        tracing::warn!("second SIGTERM: exiting at once");
-        std::process::exit(1);
-    });
+    // A drain (SIGTERM: a CronJob pod evicted) stops claiming and sending; what is in flight
+    // finishes. An abort (a second signal) leaves at once: leases make that safe.
+    let cancel = shutdown.drain.clone();
     let engine = app.engine(gateway).await?.with_cancel(cancel);
+    tokio::select! {
+        r = run_tasks(app, &engine, task, now) => r,
+        () = shutdown.abort.cancelled() => Err(CommandError::Failed(
+            "aborted by a second signal; leases let the next run finish what was in flight".into(),
+        )),
+    }
+}
+
+async fn run_tasks(
+    app: &App,
+    engine: &crate::billing::Engine,
+    task: Task,
+    now: chrono::DateTime<Utc>,
+) -> Result<()> {
     let mut total = Summary::default();
     if matches!(task, Task::Recover | Task::All) {
         let started = Instant::now();
@@ -170,7 +175,13 @@ pub async fn ledger_export(app: &App, format: Format) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) -> Result<()> {
+pub async fn events_tail(
+    app: &App,
+    after: i64,
+    follow: bool,
+    format: Format,
+    shutdown: crate::ops::shutdown::Shutdown,
+) -> Result<()> {
     let mut last = after;
     let mut listener = if follow {
         let mut l = sqlx::postgres::PgListener::connect_with(&app.pool)
@@ -213,7 +224,7 @@ pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) ->
                 tokio::select! {
                     n = l.recv() => { n.map_err(StoreError::from)?; }
                     () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    () = shutdown.drain.cancelled() => return Ok(()),
                 }
             }
         }
@@ -224,19 +235,18 @@ pub async fn events_tail(app: &App, after: i64, follow: bool, format: Format) ->
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn simulator(port: u16, config: SimConfig) -> Result<()> {
+pub async fn simulator(
+    port: u16,
+    config: SimConfig,
+    shutdown: crate::ops::shutdown::Shutdown,
+) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let sim = Simulator::start(config.clone(), addr).await.map_err(|e| {
         CommandError::BadInput(format!("--port {port}: cannot listen on {addr}: {e}"))
     })?;
     tracing::info!(url = %sim.base_url(), customers = config.customers, "Square simulator listening");
     println!("{}", sim.base_url());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| CommandError::Io(e.to_string()))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    shutdown.drain.cancelled().await;
     sim.shutdown().await;
     Ok(())
 }
@@ -277,13 +287,16 @@ pub fn faults(
 ///
 /// # Errors
 /// [`CommandError`]: a bad schedule file exits 2 naming file and line.
-pub async fn daemon(config: crate::config::Config) -> Result<()> {
+pub async fn daemon(
+    config: crate::config::Config,
+    shutdown: crate::ops::shutdown::Shutdown,
+) -> Result<()> {
     let jobs = crate::scheduler::load(&config.schedules)
         .map_err(|e| CommandError::BadInput(format!("PAYCRON_SCHEDULES: {e}")))?;
     let drain = config.drain_timeout;
     let app = App::build(config).await?;
     let gateway = app.square()?;
-    crate::scheduler::daemon::run(app, gateway, jobs, drain).await?;
+    crate::scheduler::daemon::run(app, gateway, jobs, drain, shutdown).await?;
     Ok(())
 }
 

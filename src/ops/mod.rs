@@ -1,7 +1,8 @@
 //! Operations: logging set-up, Prometheus metrics, and the ops HTTP server (`/healthz`,
-//! `/readyz`, `/metrics`).
+//! `/readyz`, `/metrics`), and the injected shutdown.
 
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod shutdown;
 pub mod square_webhooks;

@@ -49,6 +49,9 @@ pub enum DaemonError {
     /// The engine could not start.
     #[error(transparent)]
     Billing(#[from] crate::billing::BillingError),
+    /// A second signal during the drain: left at once.
+    #[error("aborted during the drain; leases let another worker finish what was in flight")]
+    Aborted,
     /// The drain timeout passed with work still in flight.
     #[error(
         "drain timeout of {0:?} passed with work in flight; leases let another worker finish it"
@@ -216,21 +219,8 @@ impl Ctx {
     }
 }
 
-async fn next_signal() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
-}
-
-/// Runs the daemon until a signal, then drains.
+/// Runs the daemon until `shutdown.drain` is cancelled, then drains (until
+/// `shutdown.abort`, or the drain timeout).
 ///
 /// # Errors
 /// [`DaemonError`].
@@ -239,6 +229,7 @@ pub async fn run(
     gateway: Arc<dyn PaymentGateway>,
     jobs: Vec<JobSpec>,
     drain: Duration,
+    shutdown: crate::ops::shutdown::Shutdown,
 ) -> Result<(), DaemonError> {
     let handle = m::install();
     let draining = Arc::new(AtomicBool::new(false));
@@ -331,9 +322,8 @@ pub async fn run(
         "paycron daemon started"
     );
 
-    let signal = next_signal().await;
+    shutdown.drain.cancelled().await;
     tracing::info!(
-        signal,
         drain_timeout_s = drain.as_secs(),
         "shutting down: readiness off, no new claims, draining in-flight charges"
     );
@@ -344,9 +334,10 @@ pub async fn run(
     let drained = tokio::select! {
         _ = ctx.tracker.wait() => true,
         _ = tokio::time::sleep(drain) => false,
-        s = next_signal() => {
-            tracing::warn!(signal = s, "second signal: exiting at once; leases let another worker finish");
-            std::process::exit(1);
+        () = shutdown.abort.cancelled() => {
+            tracing::warn!("aborted: leaving at once; leases let another worker finish");
+            stop_server.cancel();
+            return Err(DaemonError::Aborted);
         }
     };
     stop_server.cancel();

@@ -83,6 +83,9 @@ pub enum StoreError {
         /// This binary's latest migration.
         binary: i64,
     },
+    /// A background task of the start-up failed (a bug; exit 1, not bad input).
+    #[error("start-up task failed: {0}")]
+    Task(String),
     /// Any other database error.
     #[error("database error: {0}")]
     Db(sqlx::Error),
@@ -330,7 +333,7 @@ pub async fn connect(config: &Config, max: u32) -> Result<(PgPool, DatabaseLocat
     let cfg = config.clone();
     let (url, location) = tokio::task::spawn_blocking(move || resolve_url(&cfg))
         .await
-        .map_err(|e| StoreError::Rejected(format!("start-up task failed: {e}")))??;
+        .map_err(|e| StoreError::Task(e.to_string()))??;
     let opts = connect_options(&url)?;
     let pool = match &location {
         DatabaseLocation::Embedded(cluster) => {

@@ -521,3 +521,39 @@ async fn a_panicking_task_is_logged_and_runs_again_at_its_next_tick() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_in_process_and_drains_on_an_injected_shutdown() {
+    let s = crate::helpers::sim(paycron::gateway::simulator::SimConfig::default()).await;
+    let db = crate::helpers::fresh_db().await;
+    crate::helpers::seed_due(&db, &s, 5).await;
+    let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
+    let jobs = paycron::scheduler::load(sched.path()).unwrap();
+    let mut app = crate::helpers::app(&db, &s.base_url());
+    app.config.ops_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = crate::helpers::client(&app.config);
+    let shutdown = paycron::ops::shutdown::Shutdown::new();
+    let daemon = tokio::spawn(paycron::scheduler::daemon::run(
+        app,
+        gateway,
+        jobs,
+        std::time::Duration::from_secs(10),
+        shutdown.clone(),
+    ));
+    let mut charged = 0;
+    for _ in 0..100 {
+        charged = s.with(|st| st.completed().len());
+        if charged == 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(charged, 5, "billed by the in-process daemon");
+    shutdown.drain.cancel();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), daemon)
+        .await
+        .expect("the daemon returns after a drain")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    s.shutdown().await;
+}

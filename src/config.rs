@@ -139,6 +139,35 @@ pub struct BillingConfig {
     pub halt_probe_after: Duration,
 }
 
+/// Outbound webhook delivery settings.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// First retry delay; doubles each attempt, capped at six hours
+    /// (`PAYCRON_WEBHOOK_BACKOFF_SECONDS`, default 30).
+    pub backoff: Duration,
+    /// Give up on a delivery older than this (`PAYCRON_WEBHOOK_MAX_AGE_HOURS`, default 72).
+    pub max_age: Duration,
+    /// Per-request timeout (10 s).
+    pub timeout: Duration,
+    /// Allow loopback, private and link-local destinations (`PAYCRON_WEBHOOK_ALLOW_PRIVATE`,
+    /// default false: for development only).
+    pub allow_private: bool,
+    /// Refuse `http://` endpoints (true against Square production).
+    pub require_https: bool,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            backoff: Duration::from_secs(30),
+            max_age: Duration::from_secs(72 * 3600),
+            timeout: Duration::from_secs(10),
+            allow_private: false,
+            require_https: false,
+        }
+    }
+}
+
 /// All of paycron's configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -160,7 +189,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Outbound webhooks: `PAYCRON_WEBHOOK_BACKOFF_SECONDS` (first retry delay, doubling;
     /// default 30) and `PAYCRON_WEBHOOK_MAX_AGE_HOURS` (give up after; default 72).
-    pub webhook_delivery: crate::webhooks::DeliveryConfig,
+    pub webhook_delivery: DeliveryConfig,
     /// `PAYCRON_WEBHOOK_PATH`: where the ops server receives Square's webhooks. Default
     /// `/webhooks/square`.
     pub webhook_path: String,
@@ -419,7 +448,7 @@ impl Config {
                 20,
                 3_600,
             )?),
-            webhook_delivery: crate::webhooks::DeliveryConfig {
+            webhook_delivery: DeliveryConfig {
                 backoff: Duration::from_secs(src.positive(
                     "PAYCRON_WEBHOOK_BACKOFF_SECONDS",
                     30,

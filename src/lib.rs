@@ -1,34 +1,42 @@
 //! paycron: recurring billing for cards on file with Square.
 //!
-//! Module map:
-//! - [`domain`]: pure types and rules (money, ids, calendar, subscription state machine,
-//!   dunning, decline classes); no I/O.
-//! - [`config`]: typed configuration from the environment and an optional file.
-//! - [`store`]: Postgres (pool, migrations, embedded local cluster) and all SQL, by entity.
-//! - [`gateway`]: the `PaymentGateway` seam, the Square client and the Square simulator.
-//! - [`billing`]: the engine: claim, charge, record, recover, dunning; and sync-cards.
-//! - [`ledger`]: ledger export.
-//! - [`ops`]: logging, metrics and the ops HTTP server.
-//! - [`scheduler`]: the daemon: schedule files, cron ticks, singletons, graceful shutdown.
-//! - [`app`]: `App::build`, the one way every entry point (CLI, demo, tests) boots.
-//! - [`commands`]: what each CLI command does and prints.
-//! - [`demo`]: the self-contained demonstration.
-//! - [`bench`](mod@bench): the throughput benchmark.
-//! - [`webhooks`]: outbound, signed, retried webhooks for the business's endpoints.
+//! Module map, in layers: a module uses only those above it, except `ops::metrics` (metric
+//! names, used from every layer as `tracing` is).
+//!
+//! - [`domain`]: pure types and rules (money, ids, calendar, the subscription lifecycle,
+//!   dunning, decline classes, the answer check, card event order); no I/O, no clock.
+//! - [`config`]: typed configuration from the environment and an optional file; uses only
+//!   `domain`.
+//! - [`store`]: Postgres (pool, migrations, roles, the embedded local cluster) and all SQL, by
+//!   entity; uses `domain` and `config`.
+//! - [`gateway`]: the `PaymentGateway` seam, its wire types, and the Square client.
+//! - [`simulator`]: a Square-compatible fake server (demo, tests, benchmark); uses only the
+//!   gateway's wire types.
+//! - [`webhooks`]: outbound, signed, retried webhooks for the business's endpoints; uses
+//!   `store`.
+//! - [`ledger`]: ledger export and reconciliation's comparison (a pure function); uses `store`
+//!   and the gateway's wire types. Fetching and repair live in `billing::reconcile`.
+//! - [`billing`]: the engine (claim, pipeline, record, recover, leases, the halt),
+//!   reconciliation's fetching and repair, and sync-cards; uses `store`, `gateway` and
+//!   `ledger`.
+//! - [`ops`]: logging, metrics, the ops HTTP server with the Square webhook receiver, and the
+//!   injected shutdown.
+//! - [`scheduler`]: the daemon: schedule files, cron ticks, singletons, draining.
+//! - [`app`]: `App::build`, the one way every entry point boots.
+//! - [`commands`]: what each CLI command does and prints, the demo and the benchmark included.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod app;
-pub mod bench;
 pub mod billing;
 pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod gateway;
 pub mod ledger;
 pub mod ops;
 pub mod scheduler;
+pub mod simulator;
 pub mod store;
 pub mod webhooks;

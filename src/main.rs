@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use paycron::app::App;
 use paycron::commands::{self, CommandError, Format, db, manage, run};
 use paycron::config::Config;
-use paycron::gateway::simulator::SimConfig;
 use paycron::ops::shutdown::Shutdown;
+use paycron::simulator::SimConfig;
 use paycron::store::subscriptions::Action;
 
 /// Recurring billing for cards on file with Square.
@@ -96,7 +96,7 @@ enum Command {
         months: u32,
     },
     /// Throughput benchmark against the simulator.
-    Bench(paycron::bench::BenchArgs),
+    Bench(paycron::commands::bench::BenchArgs),
     /// The Square-compatible simulator as a standalone server.
     Simulator {
         /// Port on 127.0.0.1.
@@ -373,8 +373,10 @@ async fn dispatch(command: Command, config: Config) -> commands::Result<()> {
             DbCmd::Url { database, owner } => db::url(config, database.as_deref(), owner).await,
         },
         Command::Migrate => db::migrate(config).await,
-        Command::Demo { customers, months } => paycron::demo::run(config, customers, months).await,
-        Command::Bench(args) => paycron::bench::run(config, args).await,
+        Command::Demo { customers, months } => {
+            paycron::commands::demo::run(config, customers, months).await
+        }
+        Command::Bench(args) => paycron::commands::bench::run(config, args).await,
         Command::Run => run::daemon(config, signals()).await,
         Command::Webhooks {
             command:

@@ -34,6 +34,7 @@ pub mod breaker;
 mod claim;
 mod leases;
 mod pipeline;
+pub mod reconcile;
 mod record;
 mod recover;
 mod settle;

@@ -2,7 +2,9 @@
 //! return a [`CommandError`] whose [`CommandError::exit_code`] follows the contract: 0 done,
 //! 1 work failed, 2 bad usage or configuration — each with one clear line.
 
+pub mod bench;
 pub mod db;
+pub mod demo;
 pub mod manage;
 pub mod review;
 pub mod run;

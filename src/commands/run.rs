@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::{CommandError, Format, Result};
 use crate::app::App;
 use crate::billing::{Summary, sync};
-use crate::gateway::simulator::{Faults, SimConfig, Simulator};
+use crate::simulator::{Faults, SimConfig, Simulator};
 use crate::store::{StoreError, events};
 
 /// The tasks `run-once --task` accepts.
@@ -335,7 +335,7 @@ pub async fn reconcile(
     } else {
         None
     };
-    let mut report = crate::ledger::reconcile::reconcile(
+    let mut report = crate::billing::reconcile::reconcile(
         &app.pool,
         gateway.as_ref(),
         engine.as_ref(),
@@ -346,7 +346,7 @@ pub async fn reconcile(
     if report.repaired > 0 {
         let repaired = report.repaired;
         report =
-            crate::ledger::reconcile::reconcile(&app.pool, gateway.as_ref(), None, since, until)
+            crate::billing::reconcile::reconcile(&app.pool, gateway.as_ref(), None, since, until)
                 .await?;
         report.repaired = repaired;
     }

@@ -1,5 +1,5 @@
 //! The seam between the billing engine and Square: the [`PaymentGateway`] trait, its Square
-//! client over HTTP ([`square::SquareClient`]), and a Square-compatible [`simulator`] for the
+//! client over HTTP ([`square::SquareClient`]); the Square-compatible simulator for the
 //! demo, the tests and the benchmark.
 //!
 //! Every outcome of CreatePayment is typed where it happens: `Succeeded`, `Declined` (dunning),
@@ -8,7 +8,6 @@
 //! setup or the request) and `Fatal` (the access token).
 //! Nothing is skipped silently.
 
-pub mod simulator;
 pub mod square;
 pub mod wire;
 

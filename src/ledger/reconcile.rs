@@ -1,6 +1,7 @@
-//! Reconciliation: Square's payments against the ledger over a time window.
+//! Reconciliation's comparison: Square's payments against the ledger over a time window, as a
+//! pure function (`billing::reconcile` fetches both sides and repairs).
 //!
-//! Pages ListPayments over `[since, until)` and matches each payment to the charge named by its
+//! Matches each payment to the charge named by its
 //! `reference_id` (paycron sends the charge id there). Reports: payments Square took that the
 //! ledger lacks, ledger successes Square does not list, amount or currency mismatches, payments
 //! naming a charge paycron does not know, and charges still pending. `--repair` records a
@@ -10,13 +11,10 @@
 use crate::domain::{ChargeId, ChargeStatus};
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
-use crate::billing::{BillingError, Engine};
-use crate::gateway::{PaymentGateway, wire};
-use crate::store::charges::{self, ChargeRow};
+use crate::gateway::wire;
+use crate::store::charges::ChargeRow;
 
 /// One difference between Square and the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -49,52 +47,22 @@ pub struct Report {
     pub repaired: usize,
 }
 
-async fn list_window(
-    gateway: &dyn PaymentGateway,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<Vec<wire::Payment>, BillingError> {
-    let (b, e) = (since.to_rfc3339(), until.to_rfc3339());
-    let mut cursor: Option<String> = None;
-    let mut all = Vec::new();
-    loop {
-        let page = gateway.list_payments(&b, &e, cursor.as_deref()).await?;
-        all.extend(page.items);
-        match page.cursor {
-            Some(c) => cursor = Some(c),
-            None => return Ok(all),
-        }
-    }
-}
-
 fn taken(p: &wire::Payment) -> bool {
     p.status == "COMPLETED" || p.status == "APPROVED"
 }
 
-/// Compares Square and the ledger over `[since, until)`; with `repair`, records payments
-/// Square took for still-pending charges.
-///
-/// # Errors
-/// [`BillingError`] when Square or the database fails.
-pub async fn reconcile(
-    pool: &PgPool,
-    gateway: &dyn PaymentGateway,
-    engine: Option<&Engine>,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<Report, BillingError> {
-    let payments = list_window(gateway, since, until).await?;
-    let window_charges = charges::in_window(pool, since, until).await?;
-    let referenced: Vec<ChargeId> = payments
-        .iter()
-        .filter_map(|p| p.reference_id.as_deref().and_then(|r| r.parse().ok()))
-        .collect();
-    let mut by_id: HashMap<ChargeId, ChargeRow> = charges::by_ids(pool, &referenced)
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c))
-        .collect();
-    for c in &window_charges {
+/// Compares Square's payments in a window with the charges paycron holds (`window_charges`:
+/// created in the window; `referenced`: the charges Square's payments name, whatever their
+/// age). Returns the report and the payments Square took for charges still pending here, which
+/// `--repair` records. Pure.
+pub fn compare(
+    payments: &[wire::Payment],
+    window_charges: &[ChargeRow],
+    referenced: Vec<ChargeRow>,
+) -> (Report, Vec<(ChargeRow, wire::Payment)>) {
+    let mut by_id: HashMap<ChargeId, ChargeRow> =
+        referenced.into_iter().map(|c| (c.id, c)).collect();
+    for c in window_charges {
         by_id.entry(c.id).or_insert_with(|| c.clone());
     }
     let mut report = Report {
@@ -174,7 +142,7 @@ pub async fn reconcile(
             });
         }
     }
-    for c in &window_charges {
+    for c in window_charges {
         match c.status {
             ChargeStatus::Succeeded => {
                 let pid = c.provider_payment_id.as_deref().unwrap_or("");
@@ -204,12 +172,85 @@ pub async fn reconcile(
             _ => {}
         }
     }
-    if let Some(engine) = engine {
-        for (c, p) in repairs {
-            if engine.repair(&c, &p).await? {
-                report.repaired += 1;
-            }
+    (report, repairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{IdempotencyKey, Money, SubscriptionId};
+
+    fn charge(status: ChargeStatus, payment: Option<&str>) -> ChargeRow {
+        let sub = SubscriptionId::new();
+        ChargeRow {
+            id: ChargeId::new(),
+            subscription_id: sub,
+            period: 0,
+            period_start: chrono::Utc::now(),
+            attempt: 1,
+            idempotency_key: IdempotencyKey::derive(sub, 0, 1).unwrap(),
+            customer_id: "C1".parse().unwrap(),
+            card_id: "ccof:c1".parse().unwrap(),
+            money: Money::new(1000, "USD".parse().unwrap()).unwrap(),
+            status,
+            request_body: "{}".into(),
+            request_fingerprint: String::new(),
+            provider_payment_id: payment.map(str::to_owned),
+            decline_code: None,
+            sends: 0,
+            created_at: chrono::Utc::now(),
         }
     }
-    Ok(report)
+
+    fn payment(id: &str, reference: &str, amount: i64) -> wire::Payment {
+        wire::Payment {
+            id: id.into(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            amount_money: wire::Money {
+                amount,
+                currency: "USD".into(),
+            },
+            total_money: None,
+            status: "COMPLETED".into(),
+            source_type: None,
+            card_details: None,
+            location_id: None,
+            customer_id: None,
+            reference_id: Some(reference.into()),
+            note: None,
+            receipt_url: None,
+        }
+    }
+
+    #[test]
+    fn every_kind_of_difference_is_named_and_only_pending_ones_are_repaired() {
+        let paid = charge(ChargeStatus::Succeeded, Some("P1"));
+        let pending = charge(ChargeStatus::Pending, None);
+        let lost = charge(ChargeStatus::Succeeded, Some("P9"));
+        let payments = vec![
+            payment("P1", &paid.id.to_string(), 1000),
+            payment("P2", &ChargeId::new().to_string(), 1000),
+            payment("P3", &pending.id.to_string(), 999),
+        ];
+        let (report, repairs) = compare(
+            &payments,
+            &[paid.clone(), pending.clone(), lost.clone()],
+            vec![],
+        );
+        let mut kinds: Vec<&str> = report.findings.iter().map(|f| f.kind).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            [
+                "amount_mismatch",
+                "missing_at_square",
+                "missing_in_ledger",
+                "unknown_charge"
+            ]
+        );
+        assert_eq!(repairs.len(), 1);
+        assert_eq!(repairs[0].0.id, pending.id);
+        assert_eq!((report.square_payments, report.charges), (3, 3));
+    }
 }

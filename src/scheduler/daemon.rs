@@ -160,7 +160,7 @@ impl Ctx {
             .await
             .map(|s| format!("fanned_out={} delivered={} retrying={} failed={}", s.fanned_out, s.delivered, s.retrying, s.failed))
             .map_err(|e| e.to_string()),
-            TaskKind::Reconcile => crate::ledger::reconcile::reconcile(
+            TaskKind::Reconcile => crate::billing::reconcile::reconcile(
                 &self.app.pool,
                 self.gateway.as_ref(),
                 None,

@@ -187,34 +187,8 @@ pub fn client(cfg: &DeliveryConfig) -> reqwest::Result<reqwest::Client> {
     b.build()
 }
 
-/// Delivery settings.
-#[derive(Clone, Debug)]
-pub struct DeliveryConfig {
-    /// First retry delay; doubles each attempt, capped at six hours
-    /// (`PAYCRON_WEBHOOK_BACKOFF_SECONDS`, default 30).
-    pub backoff: Duration,
-    /// Give up on a delivery older than this (`PAYCRON_WEBHOOK_MAX_AGE_HOURS`, default 72).
-    pub max_age: Duration,
-    /// Per-request timeout (10 s).
-    pub timeout: Duration,
-    /// Allow loopback, private and link-local destinations (`PAYCRON_WEBHOOK_ALLOW_PRIVATE`,
-    /// default false: for development only).
-    pub allow_private: bool,
-    /// Refuse `http://` endpoints (true against Square production).
-    pub require_https: bool,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            backoff: Duration::from_secs(30),
-            max_age: Duration::from_secs(72 * 3600),
-            timeout: Duration::from_secs(10),
-            allow_private: false,
-            require_https: false,
-        }
-    }
-}
+/// Delivery settings (part of the configuration).
+pub use crate::config::DeliveryConfig;
 
 /// What one delivery run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use paycron::billing::BillingError;
-use paycron::gateway::simulator::{SimConfig, Simulator};
+use paycron::simulator::{SimConfig, Simulator};
 use uuid::Uuid;
 
 use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim};
@@ -522,7 +522,7 @@ async fn rows_the_engine_cannot_read_are_quarantined_and_billing_goes_on() {
 
 fn lose_every_answer(s: &Simulator, on: bool) {
     s.with(|st| {
-        st.faults = paycron::gateway::simulator::Faults {
+        st.faults = paycron::simulator::Faults {
             lose_response_rate: if on { 1.0 } else { 0.0 },
             ..Default::default()
         }

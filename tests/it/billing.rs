@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use paycron::billing::Engine;
-use paycron::gateway::simulator::SimConfig;
+use paycron::simulator::SimConfig;
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -375,7 +375,7 @@ async fn a_stale_intent_is_looked_up_at_square_before_any_resend() {
 
     // Worker A: Square takes the money, every answer is lost; A gives up and dies.
     s.with(|st| {
-        st.faults = paycron::gateway::simulator::Faults {
+        st.faults = paycron::simulator::Faults {
             lose_response_rate: 1.0,
             ..Default::default()
         }
@@ -441,7 +441,7 @@ async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
     // R2: Square takes the money, every answer is lost, the worker dies before recording.
     let lost = create(&db, "R2", Some("ccof:sim-ok-r2"), &due, "").await;
     s.with(|st| {
-        st.faults = paycron::gateway::simulator::Faults {
+        st.faults = paycron::simulator::Faults {
             lose_response_rate: 1.0,
             ..Default::default()
         }

@@ -424,7 +424,7 @@ async fn only_migrate_changes_the_schema_and_a_runtime_login_runs_everything_els
     runtime.set_username(&login).unwrap();
     runtime.set_password(Some("runtime-secret-1234")).unwrap();
     let runtime = runtime.to_string();
-    let s = crate::helpers::sim(paycron::gateway::simulator::SimConfig::default()).await;
+    let s = crate::helpers::sim(paycron::simulator::SimConfig::default()).await;
     s.with(|st| st.add_card("RT1", "ccof:sim-ok-rt1", "VISA", true));
     crate::helpers::seed_card(&db, "RT1", "ccof:sim-ok-rt1").await;
     let (code, _, err) = run(paycron(Some(&runtime), None).args([

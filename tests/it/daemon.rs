@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use paycron::gateway::simulator::{Faults, SimConfig};
+use paycron::simulator::{Faults, SimConfig};
 
 use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim};
 
@@ -524,7 +524,7 @@ async fn a_panicking_task_is_logged_and_runs_again_at_its_next_tick() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_runs_in_process_and_drains_on_an_injected_shutdown() {
-    let s = crate::helpers::sim(paycron::gateway::simulator::SimConfig::default()).await;
+    let s = crate::helpers::sim(paycron::simulator::SimConfig::default()).await;
     let db = crate::helpers::fresh_db().await;
     crate::helpers::seed_due(&db, &s, 5).await;
     let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);

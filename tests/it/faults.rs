@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use paycron::gateway::simulator::{Faults, SimConfig, Simulator};
+use paycron::simulator::{Faults, SimConfig, Simulator};
 use uuid::Uuid;
 
 use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, sim, slow_sim};

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use paycron::domain::decline::{ErrorClass, classify};
 use paycron::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money, SubscriptionId};
-use paycron::gateway::simulator::{Faults, SimConfig};
 use paycron::gateway::wire;
 use paycron::gateway::{GatewayError, PaymentOutcome, PreparedPayment};
+use paycron::simulator::{Faults, SimConfig};
 use serde_json::Value;
 
 use crate::helpers::{client, config, sim};

@@ -11,8 +11,8 @@ use std::time::Duration;
 use paycron::app::App;
 use paycron::config::Config;
 use paycron::gateway::PaymentGateway;
-use paycron::gateway::simulator::{SimConfig, Simulator};
 use paycron::gateway::square::SquareClient;
+use paycron::simulator::{SimConfig, Simulator};
 use paycron::store::embedded::{ClusterOptions, LocalCluster};
 use paycron::store::{connect_options, create_database_if_missing, open_pool};
 use secrecy::SecretString;
@@ -75,7 +75,7 @@ pub async fn sim(config: SimConfig) -> Simulator {
 /// An in-process simulator answering every request after `latency_ms`.
 pub async fn slow_sim(latency_ms: u64) -> Simulator {
     sim(SimConfig {
-        faults: paycron::gateway::simulator::Faults {
+        faults: paycron::simulator::Faults {
             latency_ms,
             ..Default::default()
         },

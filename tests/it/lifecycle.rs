@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use paycron::billing::Engine;
 use paycron::domain::lifecycle::{self, Command, Decision};
 use paycron::domain::{SubscriptionId, SubscriptionStatus};
-use paycron::gateway::simulator::SimConfig;
+use paycron::simulator::SimConfig;
 use paycron::store::subscriptions;
 use uuid::Uuid;
 

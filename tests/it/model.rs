@@ -26,7 +26,7 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use paycron::billing::Engine;
 use paycron::domain::Calendar;
-use paycron::gateway::simulator::{SimConfig, Simulator};
+use paycron::simulator::{SimConfig, Simulator};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use uuid::Uuid;

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::Utc;
-use paycron::gateway::simulator::SimConfig;
+use paycron::simulator::SimConfig;
 use paycron::webhooks::{DeliveryConfig, deliver_due, verify};
 
 use crate::helpers::{app, client, fresh_db, paycron, run, seed_card, sim};

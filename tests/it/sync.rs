@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use paycron::billing::sync::sync_cards;
-use paycron::gateway::simulator::{Faults, SimConfig};
 use paycron::gateway::{
     self, GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, wire,
 };
+use paycron::simulator::{Faults, SimConfig};
 
 use crate::helpers::{client, config, count, fresh_db, paycron, run, sim};
 

@@ -20,7 +20,7 @@ use crate::commands::{CommandError, Result, table};
 use crate::config::Config;
 use crate::domain::money::format_minor;
 use crate::domain::{CardId, Currency, CustomerId, Interval, Money};
-use crate::gateway::simulator::{SimConfig, Simulator};
+use crate::simulator::{SimConfig, Simulator};
 use crate::store::embedded::{self, ClusterOptions, LocalCluster};
 use crate::store::subscriptions::{self, Action, NewSubscription};
 use crate::store::{self, StoreError, ledger};

@@ -1,0 +1,61 @@
+//! Reconciliation's fetching and repair: pages Square's ListPayments over a window, reads the
+//! charges of the window and those Square's payments name, compares them with the pure
+//! [`crate::ledger::reconcile::compare`], and with `--repair` records a payment Square took for
+//! a still-pending charge through the engine's normal record path (fenced, idempotent).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::{BillingError, Engine};
+use crate::domain::ChargeId;
+use crate::gateway::{PaymentGateway, wire};
+use crate::ledger::reconcile::{Report, compare};
+use crate::store::charges;
+
+async fn list_window(
+    gateway: &dyn PaymentGateway,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<wire::Payment>, BillingError> {
+    let (b, e) = (since.to_rfc3339(), until.to_rfc3339());
+    let mut cursor: Option<String> = None;
+    let mut all = Vec::new();
+    loop {
+        let page = gateway.list_payments(&b, &e, cursor.as_deref()).await?;
+        all.extend(page.items);
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Compares Square and the ledger over `[since, until)`; with `engine`, records payments
+/// Square took for still-pending charges.
+///
+/// # Errors
+/// [`BillingError`] when Square or the database fails.
+pub async fn reconcile(
+    pool: &PgPool,
+    gateway: &dyn PaymentGateway,
+    engine: Option<&Engine>,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Report, BillingError> {
+    let payments = list_window(gateway, since, until).await?;
+    let window_charges = charges::in_window(pool, since, until).await?;
+    let referenced: Vec<ChargeId> = payments
+        .iter()
+        .filter_map(|p| p.reference_id.as_deref().and_then(|r| r.parse().ok()))
+        .collect();
+    let referenced = charges::by_ids(pool, &referenced).await?;
+    let (mut report, repairs) = compare(&payments, &window_charges, referenced);
+    if let Some(engine) = engine {
+        for (c, p) in repairs {
+            if engine.repair(&c, &p).await? {
+                report.repaired += 1;
+            }
+        }
+    }
+    Ok(report)
+}

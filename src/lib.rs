@@ -12,7 +12,7 @@
 //! - [`gateway`]: the `PaymentGateway` seam, its wire types, and the Square client.
 //! - [`simulator`]: a Square-compatible fake server (demo, tests, benchmark); uses only the
 //!   gateway's wire types.
-//! - [`webhooks`]: outbound, signed, retried webhooks for the business's endpoints; uses
+//! - [`outbound`]: outbound, signed, retried webhooks for the business's endpoints; uses
 //!   `store`.
 //! - [`ledger`]: ledger export and reconciliation's comparison (a pure function); uses `store`
 //!   and the gateway's wire types. Fetching and repair live in `billing::reconcile`.
@@ -36,7 +36,7 @@ pub mod domain;
 pub mod gateway;
 pub mod ledger;
 pub mod ops;
+pub mod outbound;
 pub mod scheduler;
 pub mod simulator;
 pub mod store;
-pub mod webhooks;

@@ -17,11 +17,12 @@ async fn list_window(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Vec<wire::Payment>, BillingError> {
-    let (b, e) = (since.to_rfc3339(), until.to_rfc3339());
     let mut cursor: Option<String> = None;
     let mut all = Vec::new();
     loop {
-        let page = gateway.list_payments(&b, &e, cursor.as_deref()).await?;
+        let page = gateway
+            .list_payments(since, until, cursor.as_deref())
+            .await?;
         all.extend(page.items);
         match page.cursor {
             Some(c) => cursor = Some(c),

@@ -184,19 +184,20 @@ impl Engine {
         c: &ChargeRow,
         now: DateTime<Utc>,
     ) -> Result<Option<Summary>> {
-        let begin = (c.created_at - chrono::Duration::minutes(5)).to_rfc3339();
-        let end = (Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+        let begin = c.created_at - chrono::Duration::minutes(5);
+        let end = Utc::now() + chrono::Duration::minutes(5);
         let reference = c.id.to_string();
         let mut cursor: Option<String> = None;
         loop {
             let page = self
                 .gateway
-                .list_payments(&begin, &end, cursor.as_deref())
+                .list_payments(begin, end, cursor.as_deref())
                 .await?;
-            if let Some(p) = page.items.iter().find(|p| {
-                p.reference_id.as_deref() == Some(reference.as_str())
-                    && (p.status == "COMPLETED" || p.status == "APPROVED")
-            }) {
+            if let Some(p) = page
+                .items
+                .iter()
+                .find(|p| p.reference_id.as_deref() == Some(reference.as_str()) && p.taken())
+            {
                 let found = Attempted::found_at_square(c, p);
                 tracing::info!(charge_id = %c.id, provider_payment_id = %p.id, "stale intent found at Square");
                 return Ok(Some(self.record_batch(vec![found], now).await?));

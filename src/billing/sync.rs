@@ -123,7 +123,7 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                         cards::stamp(&mut sp, &id, stamp).await?;
                         if changed && record.enabled {
                             // A card updated at Square: past-due subscriptions on it try again now.
-                            crate::store::webhooks::retry_now_for_card(&mut sp, &id).await?;
+                            crate::store::square_webhooks::retry_now_for_card(&mut sp, &id).await?;
                         }
                         sp.commit().await.map_err(StoreError::from)?;
                         totals.cards += 1;

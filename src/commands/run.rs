@@ -423,10 +423,10 @@ fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<String> {
 
 async fn deliver_webhooks(app: &App) -> Result<()> {
     let started = Instant::now();
-    let http = crate::webhooks::client(&app.config.webhook_delivery)
+    let http = crate::outbound::client(&app.config.webhook_delivery)
         .map_err(|e| CommandError::Failed(format!("webhook client: {e}")))?;
     let s =
-        crate::webhooks::deliver_due(&app.pool, &http, &app.config.webhook_delivery, Utc::now())
+        crate::outbound::deliver_due(&app.pool, &http, &app.config.webhook_delivery, Utc::now())
             .await?;
     tracing::info!(
         task = "deliver-webhooks",
@@ -461,7 +461,7 @@ pub async fn webhooks_add(
         }
         None => format!("whsec_{}", uuid::Uuid::new_v4().simple()),
     };
-    if let Some(why) = crate::webhooks::refuse_destination(url, &app.config.webhook_delivery) {
+    if let Some(why) = crate::outbound::refuse_destination(url, &app.config.webhook_delivery) {
         return Err(CommandError::BadInput(format!("--url {url:?}: {why}")));
     }
     let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret).await?;
@@ -535,11 +535,11 @@ pub fn webhooks_verify(
     let secret = read_secret_file("--secret-file", secret_file)?;
     let body = std::fs::read(body_file)
         .map_err(|e| CommandError::BadInput(format!("{}: {e}", body_file.display())))?;
-    crate::webhooks::verify(
+    crate::outbound::verify(
         &secret,
         header,
         &body,
-        crate::webhooks::DEFAULT_TOLERANCE,
+        crate::outbound::DEFAULT_TOLERANCE,
         Utc::now(),
     )
     .map_err(|e| CommandError::Failed(e.to_string()))?;

@@ -253,8 +253,8 @@ pub trait PaymentGateway: Send + Sync {
     /// One page of payments created in `[begin, end)` (RFC 3339), oldest first.
     async fn list_payments(
         &self,
-        begin: &str,
-        end: &str,
+        begin: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
         cursor: Option<&str>,
     ) -> Result<Page<wire::Payment>>;
 

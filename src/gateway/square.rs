@@ -221,9 +221,7 @@ impl SquareClient {
             }
         }
         match parsed.payment {
-            Some(p) if p.status == "COMPLETED" || p.status == "APPROVED" => {
-                Try::Done(PaymentOutcome::taken(&p))
-            }
+            Some(p) if p.taken() => Try::Done(PaymentOutcome::taken(&p)),
             Some(p) if p.status == "FAILED" || p.status == "CANCELED" => {
                 Try::Done(PaymentOutcome::Declined {
                     code: "GENERIC_DECLINE".into(),
@@ -460,13 +458,14 @@ impl PaymentGateway for SquareClient {
 
     async fn list_payments(
         &self,
-        begin: &str,
-        end: &str,
+        begin: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
         cursor: Option<&str>,
     ) -> Result<Page<wire::Payment>> {
+        // RFC 3339 is Square's wire format; the seam speaks instants.
         let mut q = vec![
-            ("begin_time", begin.to_owned()),
-            ("end_time", end.to_owned()),
+            ("begin_time", begin.to_rfc3339()),
+            ("end_time", end.to_rfc3339()),
             ("sort_order", "ASC".to_owned()),
             ("limit", "100".to_owned()),
         ];

@@ -114,6 +114,14 @@ pub struct Payment {
     pub receipt_url: Option<String>,
 }
 
+impl Payment {
+    /// Whether Square took the money (COMPLETED, or APPROVED and not yet captured): decided
+    /// here, once, for every reader.
+    pub fn taken(&self) -> bool {
+        matches!(self.status.as_str(), "COMPLETED" | "APPROVED")
+    }
+}
+
 /// `CreatePaymentResponse` / `GetPaymentResponse`: errors, a payment, or both.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentResponse {

@@ -48,7 +48,7 @@ pub struct Report {
 }
 
 fn taken(p: &wire::Payment) -> bool {
-    p.status == "COMPLETED" || p.status == "APPROVED"
+    p.taken()
 }
 
 /// Compares Square's payments in a window with the charges paycron holds (`window_charges`:

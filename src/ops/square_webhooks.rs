@@ -17,7 +17,7 @@ use sqlx::PgPool;
 
 use crate::domain::card::{CardStamp, is_stale};
 use crate::store::cards::{self, CardRecord};
-use crate::store::{StoreError, events, webhooks};
+use crate::store::{StoreError, events, square_webhooks as webhooks};
 
 /// Largest body accepted.
 pub const MAX_BODY: usize = 1 << 20;

@@ -151,7 +151,7 @@ impl Ctx {
                 )
             })
             .map_err(|e| e.to_string()),
-            TaskKind::DeliverWebhooks => crate::webhooks::deliver_due(
+            TaskKind::DeliverWebhooks => crate::outbound::deliver_due(
                 &self.app.pool,
                 &self.http,
                 &self.app.config.webhook_delivery,
@@ -292,7 +292,7 @@ pub async fn run(
         owner,
         cancel: cancel.clone(),
         tracker: TaskTracker::new(),
-        http: crate::webhooks::client(&app_webhook_cfg)
+        http: crate::outbound::client(&app_webhook_cfg)
             .map_err(|e| DaemonError::Scheduler(format!("webhook client: {e}")))?,
     });
     let mut sched = JobScheduler::new()

@@ -19,9 +19,9 @@ pub mod embedded;
 pub mod events;
 pub mod ledger;
 pub mod outbound;
+pub mod square_webhooks;
 pub mod subscriptions;
 pub mod tasks;
-pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -10,8 +10,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::Utc;
+use paycron::outbound::{DeliveryConfig, deliver_due, verify};
 use paycron::simulator::SimConfig;
-use paycron::webhooks::{DeliveryConfig, deliver_due, verify};
 
 use crate::helpers::{app, client, fresh_db, paycron, run, seed_card, sim};
 
@@ -140,7 +140,7 @@ async fn events_are_signed_retried_and_delivered() {
         for (i, w) in attempts.windows(2).enumerate() {
             let gap = (w[1].0 - w[0].0).to_std().unwrap();
             assert!(
-                gap >= paycron::webhooks::backoff(cfg.backoff, i as u32 + 1),
+                gap >= paycron::outbound::backoff(cfg.backoff, i as u32 + 1),
                 "retry {i} came after {gap:?}"
             );
         }
@@ -249,7 +249,7 @@ async fn internal_destinations_and_redirects_are_refused() {
         .await
         .unwrap();
     let strict = DeliveryConfig::default();
-    let http = paycron::webhooks::client(&strict).unwrap();
+    let http = paycron::outbound::client(&strict).unwrap();
     let summary = deliver_due(&db.pool, &http, &strict, Utc::now())
         .await
         .unwrap();
@@ -291,7 +291,7 @@ async fn internal_destinations_and_redirects_are_refused() {
         allow_private: true,
         ..DeliveryConfig::default()
     };
-    let http = paycron::webhooks::client(&lax).unwrap();
+    let http = paycron::outbound::client(&lax).unwrap();
     let summary = deliver_due(&db.pool, &http, &lax, Utc::now())
         .await
         .unwrap();
@@ -343,7 +343,7 @@ async fn an_event_that_commits_late_is_delivered_once_everywhere() {
         allow_private: true,
         ..DeliveryConfig::default()
     };
-    let http = paycron::webhooks::client(&cfg).unwrap();
+    let http = paycron::outbound::client(&cfg).unwrap();
     deliver_due(&db.pool, &http, &cfg, Utc::now())
         .await
         .unwrap();

@@ -43,8 +43,8 @@ impl PaymentGateway for Interrupting {
     }
     async fn list_payments(
         &self,
-        b: &str,
-        e: &str,
+        b: chrono::DateTime<chrono::Utc>,
+        e: chrono::DateTime<chrono::Utc>,
         c: Option<&str>,
     ) -> gateway::Result<Page<wire::Payment>> {
         self.inner.list_payments(b, e, c).await
@@ -270,8 +270,8 @@ impl PaymentGateway for Tampering {
     }
     async fn list_payments(
         &self,
-        b: &str,
-        e: &str,
+        b: chrono::DateTime<chrono::Utc>,
+        e: chrono::DateTime<chrono::Utc>,
         c: Option<&str>,
     ) -> gateway::Result<Page<wire::Payment>> {
         self.inner.list_payments(b, e, c).await

@@ -3,6 +3,7 @@
 //! 1 work failed, 2 bad usage or configuration — each with one clear line.
 
 pub mod bench;
+pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod manage;

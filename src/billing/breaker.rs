@@ -13,7 +13,9 @@
 //! Invariant: while the configuration is unproven, at most one charge is on its way to Square,
 //! so a wrong setting costs at most [`HALT_AFTER`] calls per run and one per probe.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 /// Configuration errors in a row, with nothing proving the configuration in between, that
 /// halt billing.
@@ -43,7 +45,7 @@ pub struct Breaker {
     /// Configuration errors since the last proof.
     in_a_row: u32,
     /// Halted: why, until when, and the backoff used.
-    halted: Option<(Halt, Instant, Duration)>,
+    halted: Option<(Halt, DateTime<Utc>, Duration)>,
     /// The backoff of the last halt (doubles while probes keep failing).
     last_backoff: Option<Duration>,
 }
@@ -83,7 +85,7 @@ impl Breaker {
 
     /// At the start of a run: a halt whose backoff is over becomes a probe (one charge at a
     /// time, and one more configuration error halts again). True while still halted.
-    pub fn still_halted(&mut self, now: Instant) -> bool {
+    pub fn still_halted(&mut self, now: DateTime<Utc>) -> bool {
         match &self.halted {
             Some((_, until, _)) if now < *until => true,
             Some(_) => {
@@ -106,7 +108,7 @@ impl Breaker {
     }
 
     /// Square refused the configuration.
-    pub fn refused(&mut self, why: Halt, now: Instant) -> Change {
+    pub fn refused(&mut self, why: Halt, now: DateTime<Utc>) -> Change {
         self.proven = false;
         self.in_a_row = self.in_a_row.saturating_add(1);
         if self.in_a_row < HALT_AFTER || self.halted.is_some() {
@@ -117,7 +119,11 @@ impl Breaker {
             .map(|b| (b * 2).min(MAX_BACKOFF.max(self.first_backoff)))
             .unwrap_or(self.first_backoff);
         self.last_backoff = Some(backoff);
-        self.halted = Some((why.clone(), now + backoff, backoff));
+        self.halted = Some((
+            why.clone(),
+            now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::MAX),
+            backoff,
+        ));
         Change::Halted(why, backoff)
     }
 }
@@ -137,7 +143,7 @@ mod tests {
 
     #[test]
     fn halts_after_three_in_a_row_and_probes_with_a_doubling_backoff() {
-        let t0 = Instant::now();
+        let t0 = Utc::now();
         let mut b = Breaker::new(Duration::from_secs(30));
         assert!(!b.proven());
         assert_eq!(b.refused(why(), t0), Change::None);
@@ -147,15 +153,15 @@ mod tests {
             Change::Halted(why(), Duration::from_secs(30))
         );
         assert!(b.halted().is_some());
-        assert!(b.still_halted(t0 + Duration::from_secs(10)));
+        assert!(b.still_halted(t0 + chrono::Duration::seconds(10)));
         // The probe: one more refusal halts again, for twice as long.
-        assert!(!b.still_halted(t0 + Duration::from_secs(31)));
+        assert!(!b.still_halted(t0 + chrono::Duration::seconds(31)));
         assert!(!b.proven());
         assert_eq!(
             b.refused(why(), t0),
             Change::Halted(why(), Duration::from_secs(60))
         );
-        assert!(!b.still_halted(t0 + Duration::from_secs(61)));
+        assert!(!b.still_halted(t0 + chrono::Duration::seconds(61)));
         assert_eq!(b.proved(), Change::Resumed);
         assert!(b.proven() && b.halted().is_none());
         assert_eq!(b.proved(), Change::None);
@@ -163,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_proof_in_between_resets_the_count() {
-        let t0 = Instant::now();
+        let t0 = Utc::now();
         let mut b = Breaker::new(Duration::from_secs(30));
         b.refused(why(), t0);
         b.refused(why(), t0);

@@ -177,7 +177,7 @@ impl Engine {
                 progress.set_aside(c.subscription_id, "no_progress");
             }
         }
-        let created_at = Utc::now();
+        let created_at = self.clock.now();
         let charges: Vec<Queued> = intents
             .into_iter()
             .filter(|c| inserted.contains(&c.id))

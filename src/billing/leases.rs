@@ -67,7 +67,7 @@ impl Engine {
                     detail: detail.clone(),
                     setting: crate::domain::decline::suspect_setting(code, field.as_deref()),
                 },
-                Instant::now(),
+                self.clock.now(),
             ),
             // A refused token is the configuration's fault too: no charge can succeed.
             PaymentOutcome::Fatal { code, detail, .. } => self.breaker().refused(
@@ -77,7 +77,7 @@ impl Engine {
                     detail: detail.clone(),
                     setting: "SQUARE_ACCESS_TOKEN",
                 },
-                Instant::now(),
+                self.clock.now(),
             ),
             _ => breaker::Change::None,
         };

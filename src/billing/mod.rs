@@ -32,6 +32,7 @@
 
 pub mod breaker;
 mod claim;
+pub mod clock;
 mod leases;
 mod pipeline;
 pub mod reconcile;
@@ -231,6 +232,8 @@ pub struct Engine {
     leased: std::sync::Mutex<HashMap<ChargeId, Lease>>,
     // Numbers billing passes (0 is re-driving), so a pass withdraws only its own intents.
     passes: std::sync::atomic::AtomicU64,
+    // The wall clock (leases, ages, backoffs, probes).
+    clock: clock::Clock,
     // Halts billing on configuration errors (see `breaker`).
     breaker: std::sync::Mutex<breaker::Breaker>,
     // While the configuration is unproven, one charge at a time holds this.
@@ -330,6 +333,7 @@ impl Engine {
             cancel: CancellationToken::new(),
             leased: Default::default(),
             passes: std::sync::atomic::AtomicU64::new(1),
+            clock: clock::Clock::system(),
             breaker: std::sync::Mutex::new(breaker::Breaker::new(probe_after)),
             probe: Arc::new(tokio::sync::Semaphore::new(1)),
         })
@@ -343,13 +347,20 @@ impl Engine {
         self
     }
 
+    /// Makes the engine read `clock` for every wall-clock decision (tests advance it instead of
+    /// sleeping).
+    pub fn with_clock(mut self, clock: clock::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// This worker's owner id (the `lease_owner` of its charges).
     pub fn owner(&self) -> Uuid {
         self.owner
     }
 
     fn lease_until(&self) -> DateTime<Utc> {
-        Utc::now()
+        self.clock.now()
             + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(60))
     }
 }

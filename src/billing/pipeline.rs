@@ -13,7 +13,7 @@ impl Engine {
     /// [`BillingError`].
     pub async fn bill_due(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
-        if self.breaker().still_halted(Instant::now()) {
+        if self.breaker().still_halted(self.clock.now()) {
             tracing::debug!("billing halted; waiting for the next probe");
             return Ok(total);
         }

@@ -185,7 +185,7 @@ impl Engine {
                     metrics::counter!(crate::ops::metrics::CHARGES, "outcome" => "pending", "code" => "").increment(1);
                     deferred.push((
                         charge.id,
-                        Utc::now() + super::resend_backoff(charge.sends, self.config.lease),
+                        self.clock.now() + super::resend_backoff(charge.sends, self.config.lease),
                     ));
                     continue;
                 }
@@ -314,7 +314,7 @@ impl Engine {
         decided: &mut [(ChargeRow, Decided)],
         now: DateTime<Utc>,
     ) -> Result<Vec<ChargeId>> {
-        let wall = Utc::now();
+        let wall = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         // A payment id already recorded for another charge (or twice in this batch) cannot be
         // this charge's success: that charge goes to review, the rest of the batch is recorded.

@@ -41,7 +41,7 @@ impl Engine {
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
             let orphans = charges::claim_orphans(
                 &mut conn,
-                Utc::now(),
+                self.clock.now(),
                 self.owner,
                 self.lease_until(),
                 i64::from(self.config.batch_size),
@@ -73,7 +73,7 @@ impl Engine {
         let mut resend = Vec::new();
         let mut give_up = Vec::new();
         for c in open {
-            let age = Utc::now() - c.created_at;
+            let age = self.clock.now() - c.created_at;
             if c.sends >= MAX_RESENDS {
                 let reason = format!(
                     "no decisive answer from Square after {} sends over {} h; look the payment up in Square's dashboard by reference_id {}",
@@ -122,7 +122,7 @@ impl Engine {
         drop(conn);
         let found = Attempted::found_at_square(charge, payment);
         tracing::info!(charge_id = %charge.id, provider_payment_id = %payment.id, "reconcile: recording a payment Square took");
-        let s = self.record_batch(vec![found], Utc::now()).await?;
+        let s = self.record_batch(vec![found], self.clock.now()).await?;
         Ok(s.succeeded == 1)
     }
 
@@ -171,7 +171,7 @@ impl Engine {
                     duration_ms: 0,
                     note: Some(note.to_owned()),
                 }],
-                Utc::now(),
+                self.clock.now(),
             )
             .await?;
         Ok(s.fenced == 0 && s.attempted == 1)
@@ -185,7 +185,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<Option<Summary>> {
         let begin = c.created_at - chrono::Duration::minutes(5);
-        let end = Utc::now() + chrono::Duration::minutes(5);
+        let end = self.clock.now() + chrono::Duration::minutes(5);
         let reference = c.id.to_string();
         let mut cursor: Option<String> = None;
         loop {

@@ -88,8 +88,12 @@ async fn the_halt_probes_and_resumes_by_itself_once_square_accepts() {
     let ids = seed_due(&db, &s, 12).await;
     let mut a = app(&db, &s.base_url());
     a.config.square.location_id = Some("LWRONG".into());
-    a.config.billing.halt_probe_after = StdDuration::from_millis(300);
-    let e = a.engine(client(&a.config)).await.unwrap();
+    let clock = paycron::billing::clock::Clock::system();
+    let e = a
+        .engine(client(&a.config))
+        .await
+        .unwrap()
+        .with_clock(clock.clone());
     let now = Utc::now();
     let halted = e.bill_due(now).await;
     assert!(
@@ -101,8 +105,8 @@ async fn the_halt_probes_and_resumes_by_itself_once_square_accepts() {
     // Still halted: a run before the probe time sends nothing.
     let idle = e.bill_due(now).await.unwrap();
     assert_eq!((idle.attempted, calls(&s, None)), (0, 3));
-    // The probe fails too: one call, halted again.
-    tokio::time::sleep(StdDuration::from_millis(400)).await;
+    // The probe (after 30 s) fails too: one call, halted again.
+    clock.advance(Duration::seconds(31));
     assert!(matches!(
         e.bill_due(now).await,
         Err(BillingError::Halted(_))
@@ -110,7 +114,7 @@ async fn the_halt_probes_and_resumes_by_itself_once_square_accepts() {
     assert_eq!(calls(&s, None), 4, "a probe is one call");
     // The operator fixes the location (here: Square now has it). The next probe resumes.
     s.with(|st| st.config.location_id = "LWRONG".into());
-    tokio::time::sleep(StdDuration::from_millis(700)).await;
+    clock.advance(Duration::seconds(61));
     let later = now + Duration::minutes(10);
     let done = e.bill_due(later).await.unwrap();
     assert_eq!(done.succeeded, 12, "{done:?}");
@@ -536,14 +540,18 @@ async fn a_worker_recovers_its_own_expired_charges() {
     seed_due(&db, &s, 1).await;
     let mut a = app(&db, &s.base_url());
     a.config.square.retry_deadline = StdDuration::from_millis(300);
-    a.config.billing.lease = StdDuration::from_millis(300);
-    let e = a.engine(client(&a.config)).await.unwrap();
+    let clock = paycron::billing::clock::Clock::system();
+    let e = a
+        .engine(client(&a.config))
+        .await
+        .unwrap()
+        .with_clock(clock.clone());
     lose_every_answer(&s, true);
     let billed = e.bill_due(Utc::now()).await.unwrap();
     assert_eq!(billed.unresolved, 1, "{billed:?}");
     lose_every_answer(&s, false);
     // Its lease (deferred after the undecided re-send) runs out; the same worker takes it back.
-    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    clock.advance(Duration::hours(3));
     let recovered = e.recover(Utc::now()).await.unwrap();
     assert_eq!(recovered.succeeded, 1, "{recovered:?}");
     assert_eq!(s.with(|st| st.completed().len()), 1, "one payment in all");

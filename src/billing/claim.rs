@@ -163,53 +163,29 @@ impl Engine {
             due.iter().map(|s| (s.id, s.time_zone.clone())).collect();
         let inserted =
             charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
-        let opened: Vec<(SubscriptionId, ChargeId)> = intents
-            .iter()
-            .filter(|c| inserted.contains(&c.id))
-            .map(|c| (c.subscription_id, c.id))
-            .collect();
+        let ids: std::collections::HashSet<ChargeId> = inserted.iter().map(|c| c.id).collect();
+        let opened: Vec<(SubscriptionId, ChargeId)> =
+            inserted.iter().map(|c| (c.subscription_id, c.id)).collect();
         subscriptions::open_charges(&mut tx, &opened).await?;
         tx.commit().await.map_err(StoreError::from)?;
         // A subscription that was due, had an attempt to make and neither got its intent nor
         // moved would be claimed again at once: set it aside so the run always ends.
         for c in &intents {
-            if !inserted.contains(&c.id) && !moved.contains(&c.subscription_id) {
+            if !ids.contains(&c.id) && !moved.contains(&c.subscription_id) {
                 progress.set_aside(c.subscription_id, "no_progress");
             }
         }
-        let created_at = self.clock.now();
-        let charges: Vec<Queued> = intents
+        // Each charge is the row the INSERT returned: built once, by the database.
+        let charges: Vec<Queued> = inserted
             .into_iter()
-            .filter(|c| inserted.contains(&c.id))
-            .map(|c| {
+            .map(|charge| {
                 let zone = zones
-                    .get(&c.subscription_id)
+                    .get(&charge.subscription_id)
                     .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
                     .unwrap_or(chrono_tz::Tz::UTC);
-                let problem =
-                    card_problem(health.get(&c.card_id).copied(), now, zone).map(str::to_owned);
-                let row = ChargeRow {
-                    id: c.id,
-                    subscription_id: c.subscription_id,
-                    period: c.period,
-                    period_start: c.period_start,
-                    attempt: c.attempt,
-                    idempotency_key: c.idempotency_key,
-                    customer_id: c.customer_id,
-                    card_id: c.card_id,
-                    money: c.money,
-                    status: ChargeStatus::Pending,
-                    request_body: c.request_body,
-                    request_fingerprint: c.request_fingerprint,
-                    provider_payment_id: None,
-                    decline_code: None,
-                    sends: 0,
-                    created_at,
-                };
-                Queued {
-                    charge: row,
-                    problem,
-                }
+                let problem = card_problem(health.get(&charge.card_id).copied(), now, zone)
+                    .map(str::to_owned);
+                Queued { charge, problem }
             })
             .collect();
         Ok(Some(Claimed { charges, summary }))

@@ -116,8 +116,8 @@ pub async fn retake_owner_lock(conn: &mut PgConnection, owner: Uuid) -> Result<b
 }
 
 /// Inserts intents in one statement, leased to `owner` until `locked_until`, and returns the
-/// ids actually inserted: an intent that collides with one another worker already wrote (same
-/// attempt, or an open intent for the period) is skipped.
+/// rows actually inserted (what the engine then sends): an intent that collides with one
+/// another worker already wrote (same attempt, or an open intent for the period) is skipped.
 ///
 /// # Errors
 /// [`super::StoreError`].
@@ -126,16 +126,16 @@ pub async fn insert_intents(
     charges: &[NewCharge],
     owner: Uuid,
     locked_until: DateTime<Utc>,
-) -> Result<std::collections::HashSet<ChargeId>> {
+) -> Result<Vec<ChargeRow>> {
     if charges.is_empty() {
-        return Ok(Default::default());
+        return Ok(Vec::new());
     }
     macro_rules! col {
         ($f:ident) => {
             charges.iter().map(|c| c.$f.clone()).collect::<Vec<_>>()
         };
     }
-    let ids: Vec<ChargeId> = sqlx::query_scalar(
+    Ok(sqlx::query_as(sqlf!(
         "INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key, customer_id,
                 card_id, amount_minor, currency, status, request_body, request_fingerprint, lease_owner, locked_until)
          SELECT t.id, t.sub, t.period, t.ps, t.attempt, t.key, t.cust, t.card, t.amount, t.cur, 'pending', t.body, t.fp, $13, $14
@@ -143,8 +143,8 @@ pub async fn insert_intents(
                        $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[])
                 AS t(id, sub, period, ps, attempt, key, cust, card, amount, cur, body, fp)
          ON CONFLICT DO NOTHING
-         RETURNING id",
-    )
+         RETURNING {COLUMNS}"
+    ))
     .bind(col!(id))
     .bind(col!(subscription_id))
     .bind(col!(period))
@@ -160,8 +160,7 @@ pub async fn insert_intents(
     .bind(owner)
     .bind(locked_until)
     .fetch_all(conn)
-    .await?;
-    Ok(ids.into_iter().collect())
+    .await?)
 }
 
 /// Takes over up to `limit` pending charges nobody is working on: another owner's whose lease

@@ -29,68 +29,12 @@ pub struct Cli {
 pub enum Command {
     /// Apply database migrations as the schema owner (the only command that changes the schema).
     Migrate,
-    /// Pull customers and their cards from Square into Postgres.
-    SyncCards,
-    /// Cards on file.
-    Cards {
-        #[command(subcommand)]
-        command: CardsCmd,
-    },
-    /// Customers.
-    Customers {
-        #[command(subcommand)]
-        command: CustomersCmd,
-    },
-    /// Subscriptions.
-    Subscription {
-        #[command(subcommand)]
-        command: SubscriptionCmd,
-    },
     /// The daemon: ticks schedules/*.toml, serves /healthz /readyz /metrics, drains on SIGTERM.
     Run,
-    /// Do all due work as of now (or --now), then exit.
-    RunOnce {
-        /// Which task.
-        #[arg(long, value_enum, default_value = "all")]
-        task: run::Task,
-        /// The clock to bill at (RFC 3339); refused in the future against Square production.
-        #[arg(long)]
-        now: Option<String>,
-    },
-    /// Square's payments vs the ledger; non-zero exit on any difference.
-    Reconcile {
-        /// Window start, RFC 3339 (default: 30 days before --until).
-        #[arg(long)]
-        since: Option<String>,
-        /// Window end, RFC 3339 (default: now).
-        #[arg(long)]
-        until: Option<String>,
-        /// Record payments Square took for charges still pending here.
-        #[arg(long)]
-        repair: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
     /// Outbound webhooks: endpoints and their deliveries.
     Webhooks {
         #[command(subcommand)]
         command: WebhooksCmd,
-    },
-    /// Charges whose answer did not match them: list them, and record a decision.
-    Charges {
-        #[command(subcommand)]
-        command: ChargesCmd,
-    },
-    /// The append-only ledger.
-    Ledger {
-        #[command(subcommand)]
-        command: LedgerCmd,
-    },
-    /// The events feed.
-    Events {
-        #[command(subcommand)]
-        command: EventsCmd,
     },
     /// Embedded Postgres + built-in Square simulator: months of billing in seconds.
     Demo {
@@ -152,6 +96,70 @@ pub enum Command {
     Db {
         #[command(subcommand)]
         command: DbCmd,
+    },
+    #[command(flatten)]
+    App(AppCommand),
+}
+
+/// The commands that work on the database through the app (all but the cluster, migration,
+/// daemon, demo, bench, simulator and webhook tooling).
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Pull customers and their cards from Square into Postgres.
+    SyncCards,
+    /// Cards on file.
+    Cards {
+        #[command(subcommand)]
+        command: CardsCmd,
+    },
+    /// Customers.
+    Customers {
+        #[command(subcommand)]
+        command: CustomersCmd,
+    },
+    /// Subscriptions.
+    Subscription {
+        #[command(subcommand)]
+        command: SubscriptionCmd,
+    },
+    /// Do all due work as of now (or --now), then exit.
+    RunOnce {
+        /// Which task.
+        #[arg(long, value_enum, default_value = "all")]
+        task: run::Task,
+        /// The clock to bill at (RFC 3339); refused in the future against Square production.
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Square's payments vs the ledger; non-zero exit on any difference.
+    Reconcile {
+        /// Window start, RFC 3339 (default: 30 days before --until).
+        #[arg(long)]
+        since: Option<String>,
+        /// Window end, RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Record payments Square took for charges still pending here.
+        #[arg(long)]
+        repair: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Charges whose answer did not match them: list them, and record a decision.
+    Charges {
+        #[command(subcommand)]
+        command: ChargesCmd,
+    },
+    /// The append-only ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCmd,
+    },
+    /// The events feed.
+    Events {
+        #[command(subcommand)]
+        command: EventsCmd,
     },
 }
 
@@ -245,6 +253,25 @@ pub enum SubscriptionCmd {
 
 #[derive(Subcommand)]
 pub enum WebhooksCmd {
+    /// Check a Paycron-Signature header against a body (what receivers do).
+    Verify {
+        /// File holding the endpoint's secret, `-` for standard input.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The Paycron-Signature header value.
+        #[arg(long)]
+        signature: String,
+        /// File holding the raw request body.
+        #[arg(long)]
+        body_file: PathBuf,
+    },
+    #[command(flatten)]
+    App(WebhooksAppCmd),
+}
+
+/// The webhook commands that need the database.
+#[derive(Subcommand)]
+pub enum WebhooksAppCmd {
     /// Add an endpoint; prints its id and signing secret.
     Add {
         /// Where events are POSTed.
@@ -266,18 +293,6 @@ pub enum WebhooksCmd {
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
-    },
-    /// Check a Paycron-Signature header against a body (what receivers do).
-    Verify {
-        /// File holding the endpoint's secret, `-` for standard input.
-        #[arg(long)]
-        secret_file: PathBuf,
-        /// The Paycron-Signature header value.
-        #[arg(long)]
-        signature: String,
-        /// File holding the raw request body.
-        #[arg(long)]
-        body_file: PathBuf,
     },
 }
 
@@ -430,20 +445,34 @@ pub async fn dispatch(
             )
             .await
         }
-        other => {
+        Command::Webhooks {
+            command: WebhooksCmd::App(command),
+        } => {
             let app = App::build(config).await?;
-            match other {
-                Command::SyncCards => run::sync_cards(&app).await,
-                Command::Cards { command } => match command {
+            match command {
+                WebhooksAppCmd::Add { url, secret_file } => {
+                    run::webhooks_add(&app, &url, secret_file.as_deref()).await
+                }
+                WebhooksAppCmd::List { format } => run::webhooks_list(&app, format).await,
+                WebhooksAppCmd::Deliveries { format } => {
+                    run::webhooks_deliveries(&app, format).await
+                }
+            }
+        }
+        Command::App(command) => {
+            let app = App::build(config).await?;
+            match command {
+                AppCommand::SyncCards => run::sync_cards(&app).await,
+                AppCommand::Cards { command } => match command {
                     CardsCmd::Import { file } => manage::import_cards(&app, &file)
                         .await
                         .map(|n| println!("imported {n} cards")),
                     CardsCmd::List { format } => manage::list_cards(&app, format).await,
                 },
-                Command::Customers {
+                AppCommand::Customers {
                     command: CustomersCmd::List { format },
                 } => manage::list_customers(&app, format).await,
-                Command::Subscription { command } => match command {
+                AppCommand::Subscription { command } => match command {
                     SubscriptionCmd::Create(args) => {
                         manage::create_subscription(&app, &args).await.map(|_| ())
                     }
@@ -476,32 +505,22 @@ pub async fn dispatch(
                         manage::act(&app, &id, action, now.as_deref()).await
                     }
                 },
-                Command::RunOnce { task, now } => {
+                AppCommand::RunOnce { task, now } => {
                     run::run_once(&app, task, now.as_deref(), signals()).await
                 }
-                Command::Webhooks { command } => match command {
-                    WebhooksCmd::Add { url, secret_file } => {
-                        run::webhooks_add(&app, &url, secret_file.as_deref()).await
-                    }
-                    WebhooksCmd::List { format } => run::webhooks_list(&app, format).await,
-                    WebhooksCmd::Deliveries { format } => {
-                        run::webhooks_deliveries(&app, format).await
-                    }
-                    WebhooksCmd::Verify { .. } => Ok(()),
-                },
-                Command::Reconcile {
+                AppCommand::Reconcile {
                     since,
                     until,
                     repair,
                     format,
                 } => run::reconcile(&app, since.as_deref(), until.as_deref(), repair, format).await,
-                Command::Ledger {
+                AppCommand::Ledger {
                     command: LedgerCmd::Export { format },
                 } => run::ledger_export(&app, format).await,
-                Command::Charges {
+                AppCommand::Charges {
                     command: ChargesCmd::Review { format },
                 } => commands::review::list(&app, format).await,
-                Command::Charges {
+                AppCommand::Charges {
                     command:
                         ChargesCmd::Resolve {
                             id,
@@ -513,7 +532,7 @@ pub async fn dispatch(
                     commands::review::resolve(&app, &id, decision, &note, payment_id.as_deref())
                         .await
                 }
-                Command::Events {
+                AppCommand::Events {
                     command:
                         EventsCmd::Tail {
                             after,
@@ -521,12 +540,6 @@ pub async fn dispatch(
                             format,
                         },
                 } => run::events_tail(&app, after, follow, format, signals()).await,
-                Command::Db { .. }
-                | Command::Migrate
-                | Command::Demo { .. }
-                | Command::Bench(_)
-                | Command::Run
-                | Command::Simulator { .. } => Ok(()),
             }
         }
     }

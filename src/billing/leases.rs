@@ -4,12 +4,61 @@
 
 use super::*;
 
-impl Engine {
-    pub(super) fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<ChargeId, Lease>> {
+/// The charges this worker is working on (claimed, queued, in flight or being recorded), whose
+/// leases the heartbeat extends: the one owner of that bookkeeping.
+#[derive(Debug, Default)]
+pub(super) struct Leases(std::sync::Mutex<HashMap<ChargeId, Lease>>);
+
+impl Leases {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChargeId, Lease>> {
         // A panic elsewhere cannot leave a set of ids inconsistent in a way that matters.
-        self.leased.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts working on `ids` for billing pass `pass` (0: re-driven), not yet sent.
+    pub(super) fn hold(&self, ids: impl IntoIterator<Item = ChargeId>, pass: u64) {
+        let lease = Lease { pass, sent: false };
+        self.map().extend(ids.into_iter().map(|id| (id, lease)));
+    }
+
+    /// The charge may reach Square from now on: it is never withdrawn.
+    pub(super) fn mark_sent(&self, id: ChargeId) {
+        self.map()
+            .entry(id)
+            .or_insert(Lease {
+                pass: 0,
+                sent: true,
+            })
+            .sent = true;
+    }
+
+    /// Done with `ids` (recorded, fenced, withdrawn or left open for recovery).
+    pub(super) fn release(&self, ids: &[ChargeId]) {
+        let mut map = self.map();
+        for id in ids {
+            map.remove(id);
+        }
+    }
+
+    /// Ends pass `pass`: returns its charges never sent (to withdraw) and forgets all of its.
+    pub(super) fn end_pass(&self, pass: u64) -> Vec<ChargeId> {
+        let mut unsent = Vec::new();
+        self.map().retain(|id, lease| {
+            if lease.pass == pass && !lease.sent {
+                unsent.push(*id);
+            }
+            lease.pass != pass
+        });
+        unsent
+    }
+
+    /// Every charge being worked on.
+    pub(super) fn ids(&self) -> Vec<ChargeId> {
+        self.map().keys().copied().collect()
+    }
+}
+
+impl Engine {
     /// Whether this worker still holds its liveness lock. Its session is checked with a
     /// round trip; when the connection was lost (a database restart, a network blip) the lock
     /// is taken again on a new one. Until it is, nothing is claimed or sent: peers treat this

@@ -229,7 +229,7 @@ pub struct Engine {
     // Cancelled at shutdown: no new claims, no new sends; what is in flight finishes.
     cancel: CancellationToken,
     // The charges this worker is working on, whose leases the heartbeat extends.
-    leased: std::sync::Mutex<HashMap<ChargeId, Lease>>,
+    leased: leases::Leases,
     // Numbers billing passes (0 is re-driving), so a pass withdraws only its own intents.
     passes: std::sync::atomic::AtomicU64,
     // The wall clock (leases, ages, backoffs, probes).

@@ -83,9 +83,8 @@ impl Engine {
             while let Some(batch) = self.claim_batch(now, progress).await? {
                 claimed = true;
                 summary.merge(&batch.summary);
-                let lease = Lease { pass, sent: false };
-                self.leased()
-                    .extend(batch.charges.iter().map(|q| (q.charge.id, lease)));
+                self.leased
+                    .hold(batch.charges.iter().map(|q| q.charge.id), pass);
                 if queue.send(batch.charges).await.is_err() {
                     // Sending stopped on an error; this batch is withdrawn below.
                     break;
@@ -113,13 +112,7 @@ impl Engine {
         // After an error, intents claimed but never handed to Square (queued, or behind the
         // failure) are withdrawn: their subscriptions stay due. Whatever else is still pending
         // is left to recovery.
-        let mut unsent: Vec<ChargeId> = Vec::new();
-        self.leased().retain(|id, lease| {
-            if lease.pass == pass && !lease.sent {
-                unsent.push(*id);
-            }
-            lease.pass != pass
-        });
+        let unsent = self.leased.end_pass(pass);
         let withdrawn = if unsent.is_empty() {
             Ok(0)
         } else {
@@ -140,20 +133,13 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<Summary> {
         let ids: Vec<ChargeId> = charges.iter().map(|c| c.id).collect();
-        let lease = Lease {
-            pass: 0,
-            sent: false,
-        };
-        self.leased().extend(ids.iter().map(|id| (*id, lease)));
+        self.leased.hold(ids.iter().copied(), 0);
         let queued = charges.into_iter().map(|charge| Queued {
             charge,
             problem: None,
         });
         let driven = self.drive(futures::stream::iter(queued), now).await;
-        let mut leased = self.leased();
-        for id in &ids {
-            leased.remove(id);
-        }
+        self.leased.release(&ids);
         driven
     }
 
@@ -203,13 +189,7 @@ impl Engine {
                         };
                     }
                     // From here on the charge may reach Square: it is never withdrawn.
-                    self.leased()
-                        .entry(charge.id)
-                        .or_insert(Lease {
-                            pass: 0,
-                            sent: true,
-                        })
-                        .sent = true;
+                    self.leased.mark_sent(charge.id);
                     let started = Instant::now();
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
                     let prepared = PreparedPayment {
@@ -239,10 +219,7 @@ impl Engine {
                 let ids: Vec<ChargeId> = chunk.iter().map(|a| a.charge.id).collect();
                 let recorded = self.record_batch(chunk, now).await;
                 // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
-                let mut leased = self.leased();
-                for id in &ids {
-                    leased.remove(id);
-                }
+                self.leased.release(&ids);
                 recorded
             })
             // Batches touch disjoint charges and subscriptions (one open intent per subscription),
@@ -271,7 +248,7 @@ impl Engine {
         loop {
             tokio::time::sleep(every).await;
             self.check_liveness().await;
-            let ids: Vec<ChargeId> = self.leased().keys().copied().collect();
+            let ids = self.leased.ids();
             if ids.is_empty() {
                 continue;
             }

@@ -37,7 +37,7 @@ impl Engine {
     pub async fn recover(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
         loop {
-            let busy: Vec<ChargeId> = self.leased().keys().copied().collect();
+            let busy = self.leased.ids();
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
             let orphans = charges::claim_orphans(
                 &mut conn,

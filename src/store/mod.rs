@@ -4,6 +4,13 @@
 //! SQL lives here and nowhere else. Functions take an executor (`&mut PgConnection` or the
 //! pool) so that callers compose them inside one transaction. Time that decides what is due is
 //! always a parameter (`now`), never `now()` inside a query, so a test clock works.
+//!
+//! Why the statements are not `query!`/`query_as!` (checked at compile time): the hot ones
+//! are assembled from one column list per table (`COLUMNS`, through `sqlf!`) so that a row
+//! type and every statement that returns it cannot drift apart, and the macros take only
+//! literals; writing each list out again in every statement would trade one check for many
+//! copies. What the macros would catch is caught instead by the integration tests, which run
+//! every statement against a real, migrated Postgres, and by the typed decoding in `codec`.
 
 /// `format!` for SQL assembled from constant column lists (never from input), marked safe for sqlx.
 macro_rules! sqlf {

@@ -205,29 +205,16 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
 
     // Invariant 3, proven against the simulator's own record.
     let taken = sim.with(|st| st.completed());
-    let succeeded: i64 = rows.iter().map(|r| r.succeeded).sum();
-    let pending = store::charges::count_by_status(&app.pool)
-        .await?
-        .into_iter()
-        .find(|(s, _)| s == "pending")
-        .map(|(_, n)| n)
-        .unwrap_or(0);
-    let mut refs: Vec<_> = taken
-        .iter()
-        .filter_map(|p| p.reference_id.clone())
-        .collect();
-    refs.sort();
-    refs.dedup();
-    let exact = taken.len() as i64 == succeeded && refs.len() == taken.len() && pending == 0;
+    let audit = crate::ledger::audit::exactly_once(&app.pool, &taken).await?;
     println!(
         "check: {} payments taken at Square, {} successes in the ledger, {} pending: {}",
-        taken.len(),
-        succeeded,
-        pending,
-        if exact {
-            "exactly one payment per billed period"
+        audit.payments,
+        audit.ledger_successes,
+        audit.pending,
+        if audit.is_exact() {
+            "exactly one payment per billed period".to_owned()
         } else {
-            "MISMATCH"
+            format!("MISMATCH ({})", audit.problems.join("; "))
         }
     );
     println!(
@@ -243,7 +230,7 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
         "demo summary"
     );
     sim.shutdown().await;
-    if !exact {
+    if !audit.is_exact() {
         return Err(CommandError::Failed(
             "the ledger does not match the simulator's payments".into(),
         ));

@@ -4,6 +4,7 @@
 //! [`reconcile`] proves the ledger equals Square's payments over a window, or names every
 //! difference.
 
+pub mod audit;
 pub mod reconcile;
 
 use std::io::Write;
@@ -15,14 +16,14 @@ use crate::store::{self, StoreError};
 /// Writes the ledger as JSON lines; an empty ledger writes nothing.
 ///
 /// # Errors
-/// [`StoreError`] or the write error (as [`StoreError::Rejected`] naming stdout).
+/// [`StoreError`] or the write error ([`StoreError::Output`], exit 1).
 pub async fn export_jsonl(pool: &PgPool, out: &mut dyn Write) -> Result<usize, StoreError> {
     let rows = store::ledger::export(pool).await?;
     for row in &rows {
         let line = serde_json::to_string(row)
-            .map_err(|e| StoreError::Rejected(format!("cannot encode ledger row: {e}")))?;
+            .map_err(|e| StoreError::Output(format!("cannot encode ledger row: {e}")))?;
         writeln!(out, "{line}")
-            .map_err(|e| StoreError::Rejected(format!("cannot write the export: {e}")))?;
+            .map_err(|e| StoreError::Output(format!("cannot write the export: {e}")))?;
     }
     Ok(rows.len())
 }

@@ -118,6 +118,18 @@ pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
     .await?)
 }
 
+/// The Square payment ids of the ledger's successes (the exactly-once audit).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn success_payment_ids(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT provider_payment_id FROM paycron.ledger_entries WHERE status = 'succeeded'",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Sum of each account's postings by currency (they add up to zero overall).
 ///
 /// # Errors

@@ -90,6 +90,9 @@ pub enum StoreError {
         /// This binary's latest migration.
         binary: i64,
     },
+    /// Writing the output failed (a closed pipe, a full disk; exit 1, not bad input).
+    #[error("{0}")]
+    Output(String),
     /// A background task of the start-up failed (a bug; exit 1, not bad input).
     #[error("start-up task failed: {0}")]
     Task(String),

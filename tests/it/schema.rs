@@ -64,10 +64,13 @@ async fn ledger_refuses_update_delete_truncate() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    sqlx::query("SELECT paycron.publish_events()")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    // A feed row to refuse changes to (publication itself may wait on other tests' transactions).
+    sqlx::query(
+        "INSERT INTO paycron.event_feed (position, event_id) SELECT 1000000, id FROM paycron.events LIMIT 1",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
 
     for sql in [
         "UPDATE paycron.ledger_entries SET amount_minor = 1",
@@ -247,18 +250,40 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("SELECT paycron.publish_events()")
-        .execute(&mut *tx)
-        .await
-        .expect("app may publish");
-    let seen: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM paycron.events_feed WHERE subscription_id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .expect("app may read events");
-    assert_eq!(seen, 1);
     tx.commit().await.unwrap();
+    // Publication waits for every older transaction of the cluster (other tests' included) to
+    // end, so the app polls, as a real consumer does.
+    let mut seen = 0i64;
+    for _ in 0..100 {
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL ROLE paycron_app")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("SELECT paycron.publish_events()")
+            .execute(&mut *tx)
+            .await
+            .expect("app may publish");
+        tx.commit().await.unwrap();
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL ROLE paycron_app")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        seen = sqlx::query_scalar(
+            "SELECT count(*) FROM paycron.events_feed WHERE subscription_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("app may read events");
+        tx.commit().await.unwrap();
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1);
     for sql in [
         "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status, amount_minor, currency) VALUES (gen_random_uuid(), gen_random_uuid(), 'x', now(), 1, 'declined', 1, 'USD')",
         "UPDATE paycron.charges SET status = 'succeeded'",

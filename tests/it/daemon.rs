@@ -167,7 +167,19 @@ async fn two_daemons_run_each_singleton_once_per_tick() {
     let b = daemon(Some(&db.url), &s.base_url(), sched.path(), p2);
     wait_for(p1, "/readyz", 200).await;
     wait_for(p2, "/readyz", 200).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let a few ticks of sync-cards happen (waiting on what happened, not on a fixed time, so
+    // a loaded machine only makes this slower).
+    for _ in 0..300 {
+        let ticks = count_where(
+            &db,
+            "SELECT count(*) FROM paycron.task_runs WHERE task = 'sync-cards'",
+        )
+        .await;
+        if ticks >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Every metric the dashboard queries is one /metrics exposes. The dashboard sums over the
     // replicas, and a histogram shows only once its replica has observed something (one of the
     // two may have billed everything), so the check is over both.

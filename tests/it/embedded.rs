@@ -35,7 +35,7 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
     let cli = || {
         let mut c = paycron(None, None);
         c.env("PAYCRON_HOME", home.path())
-            .env("SQUARE_ACCESS_TOKEN", "sq0atp-never-in-the-server")
+            .env("SQUARE_ACCESS_TOKEN", "test-token-never-in-the-server")
             .env("PAYCRON_OPS_ADDR", "127.0.0.1:1");
         c
     };
@@ -86,7 +86,7 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
         let pid = pid.lines().next().unwrap().trim();
         let environ = std::fs::read(Path::new("/proc").join(pid).join("environ")).unwrap();
         let environ = String::from_utf8_lossy(&environ);
-        for secret in ["SQUARE_", "PAYCRON_", "DATABASE_URL", "sq0atp"] {
+        for secret in ["SQUARE_", "PAYCRON_", "DATABASE_URL", "test-token-never"] {
             assert!(
                 !environ.contains(secret),
                 "{secret} in the server's environment"

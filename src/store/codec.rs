@@ -15,8 +15,18 @@ use crate::domain::{
     SubscriptionStatus,
 };
 
-macro_rules! text_enum {
-    ($t:ty) => {
+/// A type that travels as `text`: `parse` decodes with its `FromStr` (a value it does not know
+/// is a decode error), `stored` with `from_stored` (trusting the schema's CHECK constraints).
+macro_rules! as_text {
+    ($t:ident, parse) => {
+        as_text!(@impl $t, |s: &str| -> Result<$t, BoxDynError> { Ok(s.parse::<$t>()?) });
+    };
+    ($t:ident, stored) => {
+        as_text!(@impl $t, |s: &str| -> Result<$t, BoxDynError> {
+            Ok($t::from_stored(s.to_owned()))
+        });
+    };
+    (@impl $t:ident, $decode:expr) => {
         impl Type<Postgres> for $t {
             fn type_info() -> PgTypeInfo {
                 <&str as Type<Postgres>>::type_info()
@@ -40,14 +50,15 @@ macro_rules! text_enum {
         }
         impl<'r> Decode<'r, Postgres> for $t {
             fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-                Ok(value.as_str()?.parse::<$t>()?)
+                ($decode)(value.as_str()?)
             }
         }
     };
 }
 
-text_enum!(SubscriptionStatus);
-text_enum!(ChargeStatus);
+as_text!(SubscriptionStatus, parse);
+as_text!(ChargeStatus, parse);
+as_text!(Currency, parse);
 
 /// paycron's own ids travel as `uuid`.
 macro_rules! uuid_newtype {
@@ -78,70 +89,12 @@ macro_rules! uuid_newtype {
 uuid_newtype!(SubscriptionId);
 uuid_newtype!(ChargeId);
 
-/// Square's ids and the idempotency key travel as `text`. Reading one back trusts the schema:
-/// its CHECK constraints hold the length and the no-card-number rule, so a row is never made
-/// unreadable by a stricter rule added to the parser later.
-macro_rules! text_newtype {
-    ($t:ident) => {
-        impl Type<Postgres> for $t {
-            fn type_info() -> PgTypeInfo {
-                <&str as Type<Postgres>>::type_info()
-            }
-            fn compatible(ty: &PgTypeInfo) -> bool {
-                <&str as Type<Postgres>>::compatible(ty)
-            }
-        }
-        impl PgHasArrayType for $t {
-            fn array_type_info() -> PgTypeInfo {
-                <&str as PgHasArrayType>::array_type_info()
-            }
-            fn array_compatible(ty: &PgTypeInfo) -> bool {
-                <&str as PgHasArrayType>::array_compatible(ty)
-            }
-        }
-        impl Encode<'_, Postgres> for $t {
-            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-                <&str as Encode<Postgres>>::encode_by_ref(&self.as_str(), buf)
-            }
-        }
-        impl<'r> Decode<'r, Postgres> for $t {
-            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-                Ok($t::from_stored(value.as_str()?.to_owned()))
-            }
-        }
-    };
-}
-
-text_newtype!(CustomerId);
-text_newtype!(CardId);
-text_newtype!(IdempotencyKey);
-
-impl Type<Postgres> for Currency {
-    fn type_info() -> PgTypeInfo {
-        <&str as Type<Postgres>>::type_info()
-    }
-    fn compatible(ty: &PgTypeInfo) -> bool {
-        <&str as Type<Postgres>>::compatible(ty)
-    }
-}
-impl PgHasArrayType for Currency {
-    fn array_type_info() -> PgTypeInfo {
-        <&str as PgHasArrayType>::array_type_info()
-    }
-    fn array_compatible(ty: &PgTypeInfo) -> bool {
-        <&str as PgHasArrayType>::array_compatible(ty)
-    }
-}
-impl Encode<'_, Postgres> for Currency {
-    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        <&str as Encode<Postgres>>::encode_by_ref(&self.as_str(), buf)
-    }
-}
-impl<'r> Decode<'r, Postgres> for Currency {
-    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(value.as_str()?.parse::<Currency>()?)
-    }
-}
+// Square's ids and the idempotency key: reading one back trusts the schema (its CHECK
+// constraints hold the length and the no-card-number rule), so a row is never made unreadable
+// by a stricter rule added to the parser later.
+as_text!(CustomerId, stored);
+as_text!(CardId, stored);
+as_text!(IdempotencyKey, stored);
 
 /// An amount is two columns, `amount_minor` and `currency`; rows flatten it
 /// (`#[sqlx(flatten)]`). A stored amount outside [`Money`]'s range is a decode error (the

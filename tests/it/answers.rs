@@ -8,7 +8,9 @@ use paycron::billing::BillingError;
 use paycron::simulator::{SimConfig, Simulator};
 use uuid::Uuid;
 
-use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim};
+use crate::helpers::{
+    TestDb, app, client, count_where, fresh_db, paycron, run, seed_card, seed_due, sim,
+};
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -65,18 +67,13 @@ async fn a_wrong_location_halts_billing_and_changes_no_subscription() {
     assert!((1..=3).contains(&sent), "{sent} CreatePayment calls");
     assert_eq!(statuses(&db).await, before, "no subscription changed state");
     assert_eq!(customer_events(&db).await, 0, "nothing for the customers");
-    let failed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM paycron.charges WHERE status = 'failed' AND decline_code = 'NOT_FOUND'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let failed = count_where(&db, "SELECT count(*) FROM paycron.charges WHERE status = 'failed' AND decline_code = 'NOT_FOUND'").await;
     assert_eq!(failed as usize, sent, "each refused attempt is on record");
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM paycron.charges WHERE status = 'pending'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let pending = count_where(
+        &db,
+        "SELECT count(*) FROM paycron.charges WHERE status = 'pending'",
+    )
+    .await;
     assert_eq!(pending, 0, "intents never sent are withdrawn");
     s.shutdown().await;
 }
@@ -297,12 +294,11 @@ async fn an_answer_for_another_charge_goes_to_review_and_an_operator_resolves_it
             .any(|l| l.contains("\"ERROR\"") && l.contains("needs_review")),
         "one ERROR line per charge: {err}"
     );
-    let told: i64 = sqlx::query_scalar(
+    let told = count_where(
+        &db,
         "SELECT count(*) FROM paycron.events WHERE type = 'charge_needs_review'",
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(told, 2);
     assert_eq!(customer_events(&db).await, 0, "neither paid nor declined");
     // Never re-sent: not by billing, not by recovery, whatever the clock.
@@ -381,11 +377,11 @@ async fn an_answer_for_another_charge_goes_to_review_and_an_operator_resolves_it
         "succeeded".into(),
         Some("GQTFp1ZlXdpoW4o6eGiZhbjosiDFf".into())
     )));
-    let resolved: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM paycron.events WHERE type = 'charge_resolved'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let resolved = count_where(
+        &db,
+        "SELECT count(*) FROM paycron.events WHERE type = 'charge_resolved'",
+    )
+    .await;
     assert_eq!(resolved, 2);
     s.shutdown().await;
 }
@@ -479,12 +475,11 @@ async fn rows_the_engine_cannot_read_are_quarantined_and_billing_goes_on() {
     let who: Vec<&str> = flagged.iter().map(|f| f.0.as_str()).collect();
     assert_eq!(who, ["Q1", "Q2", "Q3"], "{flagged:?}");
     assert!(flagged[1].1.contains("posix/Europe/Paris"), "{flagged:?}");
-    let told: i64 = sqlx::query_scalar(
+    let told = count_where(
+        &db,
         "SELECT count(*) FROM paycron.events WHERE type = 'subscription_needs_attention'",
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(told, 3);
     // Quarantined rows stay out of later runs.
     let (code, _, err) = once("2027-01-01T00:20:00Z");

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use paycron::simulator::{Faults, SimConfig};
 
-use crate::helpers::{TestDb, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim};
+use crate::helpers::{
+    TestDb, count_where, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim,
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -82,13 +84,6 @@ fn sigterm(child: &Child) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-}
-
-async fn count_where(db: &TestDb, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -307,3 +307,21 @@ pub async fn count(db: &TestDb, table: &str) -> i64 {
     .await
     .expect("count")
 }
+
+/// One number a query returns (a count, usually).
+pub async fn count_where(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A transaction acting as `role` (the runtime or the app role), to drive what it may do.
+pub async fn as_role(db: &TestDb, role: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}

@@ -1,6 +1,6 @@
 //! The database itself refuses what the invariants forbid.
 
-use crate::helpers::{count, fresh_db, seed_card};
+use crate::helpers::{as_role, count, fresh_db, seed_card};
 use uuid::Uuid;
 
 async fn subscription(db: &crate::helpers::TestDb) -> Uuid {
@@ -232,11 +232,7 @@ async fn constraints_hold_money_and_card_rules() {
 async fn app_role_may_call_functions_but_not_touch_money_tables() {
     let db = fresh_db().await;
     seed_card(&db, "CUST1", "ccof:card1").await;
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL ROLE paycron_app")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = as_role(&db, "paycron_app").await;
     let id: Uuid =
         sqlx::query_scalar("SELECT paycron.create_subscription('CUST1', 900, 'USD', 'month', 1)")
             .fetch_one(&mut *tx)
@@ -245,31 +241,17 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
     tx.commit().await.unwrap();
     // Once committed, the event gets its feed position (the daemon publishes; an app without
     // one calls the publisher itself) and the app reads it.
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL ROLE paycron_app")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
     // Publication waits for every older transaction of the cluster (other tests' included) to
     // end, so the app polls, as a real consumer does.
     let mut seen = 0i64;
     for _ in 0..100 {
-        let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("SET LOCAL ROLE paycron_app")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = as_role(&db, "paycron_app").await;
         sqlx::query("SELECT paycron.publish_events()")
             .execute(&mut *tx)
             .await
             .expect("app may publish");
         tx.commit().await.unwrap();
-        let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("SET LOCAL ROLE paycron_app")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = as_role(&db, "paycron_app").await;
         seen = sqlx::query_scalar(
             "SELECT count(*) FROM paycron.events_feed WHERE subscription_id = $1",
         )
@@ -290,11 +272,7 @@ async fn app_role_may_call_functions_but_not_touch_money_tables() {
         "SELECT * FROM paycron.charges",
         "UPDATE paycron.subscriptions SET amount_minor = 1",
     ] {
-        let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("SET LOCAL ROLE paycron_app")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = as_role(&db, "paycron_app").await;
         let err = sqlx::query(sql).execute(&mut *tx).await.expect_err(sql);
         assert!(
             err.to_string().contains("permission denied"),
@@ -429,11 +407,7 @@ async fn the_runtime_role_has_its_dml_and_nothing_more() {
         "DELETE FROM paycron.event_feed",
         "CREATE TABLE public.intruder (a int)",
     ] {
-        let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("SET LOCAL ROLE paycron_runtime")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = as_role(&db, "paycron_runtime").await;
         let err = sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
@@ -445,11 +419,7 @@ async fn the_runtime_role_has_its_dml_and_nothing_more() {
         );
     }
     // What it needs works.
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL ROLE paycron_runtime")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = as_role(&db, "paycron_runtime").await;
     for sql in [
         "SELECT count(*) FROM paycron.subscriptions",
         "UPDATE paycron.subscriptions SET updated_at = now()",

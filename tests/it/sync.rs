@@ -12,34 +12,26 @@ use paycron::simulator::{Faults, SimConfig};
 
 use crate::helpers::{client, config, count, fresh_db, paycron, run, sim};
 
-/// Delegates to a real client but fails after `limit` ListCards calls: an interrupted sync.
-struct Interrupting {
+type CardsPage = gateway::Result<Page<wire::Card>>;
+type CardsHook = Box<dyn Fn(&str, CardsPage) -> CardsPage + Send + Sync>;
+
+/// Delegates to a real client, passing every ListCards answer through `on_cards` (to interrupt
+/// a sync, or to tamper with what Square lists).
+struct Hooked {
     inner: Arc<dyn PaymentGateway>,
-    calls: AtomicUsize,
-    limit: usize,
+    on_cards: CardsHook,
 }
 
 #[async_trait]
-impl PaymentGateway for Interrupting {
+impl PaymentGateway for Hooked {
     async fn create_payment(&self, p: &PreparedPayment) -> PaymentOutcome {
         self.inner.create_payment(p).await
     }
     async fn list_customers(&self, cursor: Option<&str>) -> gateway::Result<Page<wire::Customer>> {
         self.inner.list_customers(cursor).await
     }
-    async fn list_cards(
-        &self,
-        customer: &str,
-        cursor: Option<&str>,
-        all: bool,
-    ) -> gateway::Result<Page<wire::Card>> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) >= self.limit {
-            return Err(GatewayError::Exhausted {
-                what: "ListCards",
-                cause: "connection reset (test)".into(),
-            });
-        }
-        self.inner.list_cards(customer, cursor, all).await
+    async fn list_cards(&self, customer: &str, cursor: Option<&str>, all: bool) -> CardsPage {
+        (self.on_cards)(customer, self.inner.list_cards(customer, cursor, all).await)
     }
     async fn list_payments(
         &self,
@@ -51,6 +43,23 @@ impl PaymentGateway for Interrupting {
     }
     async fn get_payment(&self, id: &str) -> gateway::Result<Option<wire::Payment>> {
         self.inner.get_payment(id).await
+    }
+}
+
+/// Fails every ListCards call after the first `limit`: an interrupted sync.
+fn interrupting(inner: Arc<dyn PaymentGateway>, limit: usize) -> Hooked {
+    let calls = AtomicUsize::new(0);
+    Hooked {
+        inner,
+        on_cards: Box::new(move |_, page| {
+            if calls.fetch_add(1, Ordering::SeqCst) >= limit {
+                return Err(GatewayError::Exhausted {
+                    what: "ListCards",
+                    cause: "connection reset (test)".into(),
+                });
+            }
+            page
+        }),
     }
 }
 
@@ -72,11 +81,7 @@ async fn thousand_customers_twice_and_after_an_interruption() {
     });
 
     // Interrupted after 300 customers: what was written is whole, per customer.
-    let cut = Interrupting {
-        inner: gw.clone(),
-        calls: AtomicUsize::new(0),
-        limit: 300,
-    };
+    let cut = interrupting(gw.clone(), 300);
     assert!(sync_cards(&db.pool, &cut).await.is_err());
     assert_eq!(count(&db, "customers").await, 300);
     let orphans: i64 = sqlx::query_scalar(
@@ -224,60 +229,36 @@ async fn sync_against_an_independent_square_stand_in() {
     assert_eq!(brand, "VISA");
 }
 
-/// Delegates to a real client, but Square's card list carries a card of another customer, a
-/// card that expired in 11/2022, and versions.
-struct Tampering {
-    inner: Arc<dyn PaymentGateway>,
-}
-
-#[async_trait]
-impl PaymentGateway for Tampering {
-    async fn create_payment(&self, p: &PreparedPayment) -> PaymentOutcome {
-        self.inner.create_payment(p).await
-    }
-    async fn list_customers(&self, cursor: Option<&str>) -> gateway::Result<Page<wire::Customer>> {
-        self.inner.list_customers(cursor).await
-    }
-    async fn list_cards(
-        &self,
-        customer: &str,
-        cursor: Option<&str>,
-        all: bool,
-    ) -> gateway::Result<Page<wire::Card>> {
-        let mut page = self.inner.list_cards(customer, cursor, all).await?;
-        for c in &mut page.items {
-            c.version = Some(3);
-        }
-        page.items.push(wire::Card {
-            id: Some(format!("ccof:foreign-{customer}")),
-            customer_id: Some("SOMEONE_ELSE".into()),
-            card_brand: Some("VISA".into()),
-            enabled: Some(true),
-            ..wire::Card::default()
-        });
-        page.items.push(wire::Card {
-            id: Some(format!("ccof:old-{customer}")),
-            customer_id: Some(customer.to_owned()),
-            card_brand: Some("VISA".into()),
-            last_4: Some("4242".into()),
-            exp_month: Some(11),
-            exp_year: Some(2022),
-            enabled: Some(true),
-            version: Some(1),
-            ..wire::Card::default()
-        });
-        Ok(page)
-    }
-    async fn list_payments(
-        &self,
-        b: chrono::DateTime<chrono::Utc>,
-        e: chrono::DateTime<chrono::Utc>,
-        c: Option<&str>,
-    ) -> gateway::Result<Page<wire::Payment>> {
-        self.inner.list_payments(b, e, c).await
-    }
-    async fn get_payment(&self, id: &str) -> gateway::Result<Option<wire::Payment>> {
-        self.inner.get_payment(id).await
+/// Square's card list carries a card of another customer, a card that expired in 11/2022,
+/// and versions.
+fn tampering(inner: Arc<dyn PaymentGateway>) -> Hooked {
+    Hooked {
+        inner,
+        on_cards: Box::new(|customer, page| {
+            let mut page = page?;
+            for c in &mut page.items {
+                c.version = Some(3);
+            }
+            page.items.push(wire::Card {
+                id: Some(format!("ccof:foreign-{customer}")),
+                customer_id: Some("SOMEONE_ELSE".into()),
+                card_brand: Some("VISA".into()),
+                enabled: Some(true),
+                ..wire::Card::default()
+            });
+            page.items.push(wire::Card {
+                id: Some(format!("ccof:old-{customer}")),
+                customer_id: Some(customer.to_owned()),
+                card_brand: Some("VISA".into()),
+                last_4: Some("4242".into()),
+                exp_month: Some(11),
+                exp_year: Some(2022),
+                enabled: Some(true),
+                version: Some(1),
+                ..wire::Card::default()
+            });
+            Ok(page)
+        }),
     }
 }
 
@@ -289,9 +270,7 @@ async fn foreign_expired_and_stale_cards_from_square_are_not_taken_at_face_value
     })
     .await;
     let db = fresh_db().await;
-    let g = Tampering {
-        inner: client(&config(&s.base_url())),
-    };
+    let g = tampering(client(&config(&s.base_url())));
     let totals = sync_cards(&db.pool, &g).await.unwrap();
     assert_eq!(totals.cards_refused, 2, "{totals:?}");
     let foreign: i64 =

@@ -177,6 +177,11 @@ impl SquareClient {
                 };
             }
         };
+        // A payment Square says it took is money taken, whatever errors ride along: reading it
+        // as a decline or a configuration error would bill the period again under a new key.
+        if let Some(p) = parsed.payment.as_ref().filter(|p| p.taken()) {
+            return Try::Done(PaymentOutcome::taken(p));
+        }
         if !parsed.errors.is_empty() {
             let pairs: Vec<SquareError> = parsed
                 .errors

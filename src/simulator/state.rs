@@ -91,6 +91,9 @@ pub struct Faults {
     /// Give every payment taken the same id, as if Square answered two charges with one
     /// payment.
     pub duplicate_payment_ids: bool,
+    /// Add an invalid-request error to every answer that took money (an answer paycron must
+    /// still read as money taken).
+    pub errors_with_payment: bool,
 }
 
 /// The simulated merchant's set-up.
@@ -652,6 +655,14 @@ impl SimState {
         self.by_id.insert(id, self.payments.len());
         self.payments.push(payment.clone());
         match decline {
+            None if self.faults.errors_with_payment => Reply {
+                status: 200,
+                body: serde_json::json!({
+                    "payment": payment,
+                    "errors": [{"category": "INVALID_REQUEST_ERROR", "code": "BAD_REQUEST",
+                                "detail": "A stray error beside a completed payment (fault)."}],
+                }),
+            },
             None => Reply {
                 status: 200,
                 body: serde_json::json!({ "payment": payment }),

@@ -258,6 +258,24 @@ async fn simulator_takes_declines_and_replays_keys_like_square() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_taken_is_money_taken_whatever_errors_ride_along() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| {
+        st.add_card("C1", "ccof:sim-ok-1", "VISA", true);
+        st.faults.errors_with_payment = true;
+    });
+    let c = client(&config(&s.base_url()));
+    let outcome = c
+        .create_payment(&payment("ccof:sim-ok-1", "C1", 100, "USD"))
+        .await;
+    assert!(
+        matches!(outcome, PaymentOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_validates_like_square() {
     let s = sim(SimConfig::default()).await;
     s.with(|st| {

@@ -1,6 +1,6 @@
 //! Step 1 of the protocol, the claim: due subscriptions are locked (`FOR UPDATE SKIP LOCKED`),
-//! the lifecycle decides each one's move and attempt, and the intents are written with their
-//! leases in the same transaction, so an intent is durable before any money moves. A row the
+//! the lifecycle decides each one's move and attempt, and the charges are written with their
+//! leases in the same transaction, so a pending charge is durable before any money moves. A row the
 //! engine cannot read or move is quarantined, never a reason to fail the claim.
 
 use super::*;
@@ -58,7 +58,7 @@ impl Engine {
     }
 
     /// Step 1 for one batch: locks up to `batch_size` due subscriptions as of `now` and, in
-    /// the same transaction, writes their intents (or moves those with nothing to charge).
+    /// the same transaction, writes their charges (or moves those with nothing to charge).
     /// `None` when nothing was due (or shutdown began).
     #[tracing::instrument(skip_all, fields(owner = %self.owner))]
     pub(super) async fn claim_batch(
@@ -115,7 +115,7 @@ impl Engine {
             tx.rollback().await.map_err(StoreError::from)?;
             return Ok(None);
         }
-        let mut intents = Vec::with_capacity(due.len());
+        let mut charges = Vec::with_capacity(due.len());
         let mut moved = std::collections::HashSet::new();
         let mut notices = Vec::new();
         for sub in &due {
@@ -153,24 +153,24 @@ impl Engine {
                 });
             }
             if let Some(c) = planned.charge {
-                intents.push(c);
+                charges.push(c);
             }
         }
         events::emit_many(&mut tx, &notices).await?;
-        let card_ids: Vec<CardId> = intents.iter().map(|c| c.card_id.clone()).collect();
+        let card_ids: Vec<CardId> = charges.iter().map(|c| c.card_id.clone()).collect();
         let health = crate::store::cards::health(&mut tx, &card_ids).await?;
         let zones: HashMap<SubscriptionId, String> =
             due.iter().map(|s| (s.id, s.time_zone.clone())).collect();
         let inserted =
-            charges::insert_intents(&mut tx, &intents, self.owner, self.lease_until()).await?;
+            charges::insert_charges(&mut tx, &charges, self.owner, self.lease_until()).await?;
         let ids: std::collections::HashSet<ChargeId> = inserted.iter().map(|c| c.id).collect();
         let opened: Vec<(SubscriptionId, ChargeId)> =
             inserted.iter().map(|c| (c.subscription_id, c.id)).collect();
         subscriptions::open_charges(&mut tx, &opened).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        // A subscription that was due, had an attempt to make and neither got its intent nor
+        // A subscription that was due, had an attempt to make and neither got its charge nor
         // moved would be claimed again at once: set it aside so the run always ends.
-        for c in &intents {
+        for c in &charges {
             if !ids.contains(&c.id) && !moved.contains(&c.subscription_id) {
                 progress.set_aside(c.subscription_id, "no_progress");
             }

@@ -2,8 +2,8 @@
 //!
 //! 1. **Claim** (`Engine::claim_batch`): in one transaction, lock due subscriptions
 //!    (`FOR UPDATE SKIP LOCKED`), write a `pending` charge per subscription period with a
-//!    lease and a deterministic idempotency key, commit. The intent is durable before any
-//!    money moves; unique constraints make a second intent for the same attempt impossible
+//!    lease and a deterministic idempotency key, commit. The charge is durable before any
+//!    money moves; unique constraints make a second charge for the same attempt impossible
 //!    (a conflicting insert is skipped, not retried). The next batch is claimed while the
 //!    current one is in flight.
 //! 2. **Charge**: CreatePayment with that key and `reference_id` = charge id, at most
@@ -116,7 +116,7 @@ pub struct Summary {
     pub unresolved: u64,
     /// Recorded by another worker after our lease was taken over (we recorded nothing).
     pub fenced: u64,
-    /// Intents withdrawn unsent at shutdown (the subscription stays due).
+    /// Charges withdrawn unsent at shutdown (the subscription stays due).
     pub withdrawn: u64,
     /// Charges whose answer did not match (or could not be recorded): in review.
     pub needs_review: u64,
@@ -168,7 +168,7 @@ struct Lease {
     sent: bool,
 }
 
-/// One claimed batch: its intents, and the subscriptions moved without a charge.
+/// One claimed batch: its charges, and the subscriptions moved without a charge.
 struct Claimed {
     charges: Vec<Queued>,
     summary: Summary,
@@ -196,12 +196,12 @@ pub fn card_problem(
     }
 }
 
-/// Re-sends of one intent without a decisive answer before recovery gives up and sends it to
+/// Re-sends of one charge without a decisive answer before recovery gives up and sends it to
 /// review. With [`resend_backoff`] they span about eight hours, longer than any outage worth
 /// waiting out.
 pub const MAX_RESENDS: i32 = 10;
 
-/// How long an intent whose answer was undecided waits before recovery tries it again: the
+/// How long a pending charge whose answer was undecided waits before recovery tries it again: the
 /// lease, doubling with each re-send, at most two hours.
 pub fn resend_backoff(sends: i32, lease: std::time::Duration) -> chrono::Duration {
     let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
@@ -230,7 +230,7 @@ pub struct Engine {
     cancel: CancellationToken,
     // The charges this worker is working on, whose leases the heartbeat extends.
     leased: leases::Leases,
-    // Numbers billing passes (0 is re-driving), so a pass withdraws only its own intents.
+    // Numbers billing passes (0 is re-driving), so a pass withdraws only its own charges.
     passes: std::sync::atomic::AtomicU64,
     // The wall clock (leases, ages, backoffs, probes).
     clock: clock::Clock,
@@ -246,7 +246,7 @@ struct Planned {
     moved: Option<PositionUpdate>,
     /// The events the move causes.
     notices: Vec<Notice>,
-    /// The intent to write, when an attempt is due.
+    /// The charge to write, when an attempt is due.
     charge: Option<NewCharge>,
 }
 
@@ -340,7 +340,7 @@ impl Engine {
     }
 
     /// Makes the engine stop claiming and sending when `token` is cancelled (graceful
-    /// shutdown); charges already sent finish and are recorded, intents never sent are
+    /// shutdown); charges already sent finish and are recorded, charges never sent are
     /// withdrawn.
     pub fn with_cancel(mut self, token: CancellationToken) -> Self {
         self.cancel = token;

@@ -1,7 +1,7 @@
 //! A billing pass: batches are claimed while earlier ones are in flight, sent to Square at
 //! most `concurrency` at a time (one at a time until the configuration is proven), and
 //! recorded in batches as the answers arrive; the heartbeat keeps the leases of everything
-//! being worked on. Intents never sent are withdrawn when a pass stops early.
+//! being worked on. Charges never sent are withdrawn when a pass stops early.
 
 use super::*;
 
@@ -32,7 +32,7 @@ impl Engine {
             started
         };
         // A pass ends when a claim finds nothing, which may be because the due subscriptions
-        // left had an intent of this pass still open (a catch-up's next period): passes repeat
+        // left had a charge of this pass still open (a catch-up's next period): passes repeat
         // until one claims nothing, starting each with nothing of ours in flight.
         let mut progress = Progress::new(&self.config, started);
         loop {
@@ -109,7 +109,7 @@ impl Engine {
             driven
         };
         let (produced, driven) = futures::join!(produce, consume);
-        // After an error, intents claimed but never handed to Square (queued, or behind the
+        // After an error, charges claimed but never handed to Square (queued, or behind the
         // failure) are withdrawn: their subscriptions stay due. Whatever else is still pending
         // is left to recovery.
         let unsent = self.leased.end_pass(pass);
@@ -222,7 +222,7 @@ impl Engine {
                 self.leased.release(&ids);
                 recorded
             })
-            // Batches touch disjoint charges and subscriptions (one open intent per subscription),
+            // Batches touch disjoint charges and subscriptions (one open charge per subscription),
             // so recording a few at once cannot deadlock.
             .buffer_unordered(RECORD_PARALLEL);
         let mut outcomes = std::pin::pin!(outcomes);

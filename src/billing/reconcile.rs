@@ -8,7 +8,8 @@ use sqlx::PgPool;
 
 use super::{BillingError, Engine};
 use crate::domain::ChargeId;
-use crate::gateway::{PaymentGateway, wire};
+use crate::domain::answer::ProviderPayment;
+use crate::gateway::PaymentGateway;
 use crate::ledger::reconcile::{Report, compare};
 use crate::store::charges;
 
@@ -16,7 +17,7 @@ async fn list_window(
     gateway: &dyn PaymentGateway,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> Result<Vec<wire::Payment>, BillingError> {
+) -> Result<Vec<ProviderPayment>, BillingError> {
     let mut cursor: Option<String> = None;
     let mut all = Vec::new();
     loop {
@@ -47,7 +48,7 @@ pub async fn reconcile(
     let window_charges = charges::in_window(pool, since, until).await?;
     let referenced: Vec<ChargeId> = payments
         .iter()
-        .filter_map(|p| p.reference_id.as_deref().and_then(|r| r.parse().ok()))
+        .filter_map(ProviderPayment::charge_id)
         .collect();
     let referenced = charges::by_ids(pool, &referenced).await?;
     let (mut report, repairs) = compare(&payments, &window_charges, referenced);

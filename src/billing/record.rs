@@ -35,7 +35,10 @@ pub(crate) struct Attempted {
 
 impl Attempted {
     /// A payment Square is known to have taken for `charge` (found by lookup or reconcile).
-    pub fn found_at_square(charge: &ChargeRow, payment: &crate::gateway::wire::Payment) -> Self {
+    pub fn found_at_square(
+        charge: &ChargeRow,
+        payment: &crate::domain::answer::ProviderPayment,
+    ) -> Self {
         Attempted {
             charge: charge.clone(),
             outcome: Some(PaymentOutcome::taken(payment)),
@@ -294,8 +297,8 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Withdraws intents of ours that were never sent, closing their subscriptions' open
-    /// intent: the subscriptions stay due for the next claim. Returns how many.
+    /// Withdraws charges of ours that were never sent, closing their subscriptions' open
+    /// charge: the subscriptions stay due for the next claim. Returns how many.
     pub(crate) async fn withdraw_unsent(&self, ids: &[ChargeId]) -> Result<u64> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let withdrawn = crate::store::charges::withdraw_unsent(&mut tx, self.owner, ids).await?;
@@ -303,7 +306,7 @@ impl Engine {
         tx.commit().await.map_err(StoreError::from)?;
         tracing::info!(
             withdrawn = withdrawn.len(),
-            "intents never sent were withdrawn"
+            "charges never sent were withdrawn"
         );
         Ok(withdrawn.len() as u64)
     }
@@ -421,7 +424,7 @@ impl Engine {
         for (id, customer, why) in &stuck {
             self.quarantine(&mut tx, *id, Some(customer), why).await?;
         }
-        // The resolved intents are no longer open: the position update clears the marker; the
+        // The resolved charges are no longer open: the position update clears the marker; the
         // subscriptions whose position did not move are cleared on their own.
         let moved: std::collections::HashSet<SubscriptionId> =
             updates.iter().map(|(id, _)| *id).collect();

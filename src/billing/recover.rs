@@ -1,5 +1,5 @@
 //! Step 4 of the protocol, recovery, and the other ways a charge is finished after its first
-//! answer: the one recovery path for intents left open (a bounded number of re-sends, a lookup
+//! answer: the one recovery path for charges left open (a bounded number of re-sends, a lookup
 //! before re-sending an old one), reconcile's repair, and an operator's decision on a charge in
 //! review.
 
@@ -58,7 +58,7 @@ impl Engine {
         Ok(total)
     }
 
-    /// The one recovery path for intents of ours (taken over, or left open in this process):
+    /// The one recovery path for charges of ours (taken over, or left open in this process):
     /// one sent [`MAX_RESENDS`] times without a decisive answer goes to review; one older than
     /// the stale age is looked up at Square first (Square keeps keys for an unpublished time, so
     /// a blind re-send could be a second payment); the rest are re-sent byte for byte.
@@ -113,7 +113,7 @@ impl Engine {
     pub async fn repair(
         &self,
         charge: &ChargeRow,
-        payment: &crate::gateway::wire::Payment,
+        payment: &crate::domain::answer::ProviderPayment,
     ) -> Result<bool> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         if !charges::take_lease(&mut conn, charge.id, self.owner, self.lease_until()).await? {
@@ -121,7 +121,7 @@ impl Engine {
         }
         drop(conn);
         let found = Attempted::found_at_square(charge, payment);
-        tracing::info!(charge_id = %charge.id, provider_payment_id = %payment.id, "reconcile: recording a payment Square took");
+        tracing::info!(charge_id = %charge.id, provider_payment_id = %payment.id(), "reconcile: recording a payment Square took");
         let s = self.record_batch(vec![found], self.clock.now()).await?;
         Ok(s.succeeded == 1)
     }
@@ -177,7 +177,7 @@ impl Engine {
         Ok(s.fenced == 0 && s.attempted == 1)
     }
 
-    /// Looks a stale intent up at Square (ListPayments over its time window, matched on
+    /// Looks a stale charge up at Square (ListPayments over its time window, matched on
     /// `reference_id`). Records it when Square took the money; `None` means "not found, re-send".
     pub(super) async fn settle_from_lookup(
         &self,
@@ -186,7 +186,6 @@ impl Engine {
     ) -> Result<Option<Summary>> {
         let begin = c.created_at - chrono::Duration::minutes(5);
         let end = self.clock.now() + chrono::Duration::minutes(5);
-        let reference = c.id.to_string();
         let mut cursor: Option<String> = None;
         loop {
             let page = self
@@ -196,10 +195,10 @@ impl Engine {
             if let Some(p) = page
                 .items
                 .iter()
-                .find(|p| p.reference_id.as_deref() == Some(reference.as_str()) && p.taken())
+                .find(|p| p.charge_id() == Some(c.id) && p.taken)
             {
                 let found = Attempted::found_at_square(c, p);
-                tracing::info!(charge_id = %c.id, provider_payment_id = %p.id, "stale intent found at Square");
+                tracing::info!(charge_id = %c.id, provider_payment_id = %p.id(), "stale charge found at Square");
                 return Ok(Some(self.record_batch(vec![found], now).await?));
             }
             match page.cursor {

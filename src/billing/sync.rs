@@ -76,7 +76,7 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                 &customer.id,
                 customer.given_name.as_deref(),
                 customer.family_name.as_deref(),
-                customer.email_address.as_deref(),
+                customer.email.as_deref(),
             )
             .await?
             {
@@ -108,11 +108,11 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                 let record = CardRecord {
                     customer_id: customer.id.clone(),
                     card_id: id.clone(),
-                    card_brand: card.card_brand.clone(),
+                    card_brand: card.brand.clone(),
                     last_4: card.last_4.clone(),
-                    exp_month: card.exp_month.and_then(|m| i32::try_from(m).ok()),
-                    exp_year: card.exp_year.and_then(|y| i32::try_from(y).ok()),
-                    enabled: card.enabled.unwrap_or(true),
+                    exp_month: card.exp_month,
+                    exp_year: card.exp_year,
+                    enabled: card.enabled,
                 };
                 // A savepoint per card: one card Square describes oddly must not lose the rest.
                 let mut sp = sqlx::Connection::begin(&mut *tx)

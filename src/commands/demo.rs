@@ -204,7 +204,8 @@ pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
     );
 
     // Invariant 3, proven against the simulator's own record.
-    let taken = sim.with(|st| st.completed());
+    let taken: Vec<crate::domain::answer::ProviderPayment> =
+        sim.with(|st| st.completed().iter().map(Into::into).collect());
     let audit = crate::ledger::audit::exactly_once(&app.pool, &taken).await?;
     println!(
         "check: {} payments taken at Square, {} successes in the ledger, {} pending: {}",

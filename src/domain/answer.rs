@@ -30,6 +30,34 @@ pub struct Answer {
     pub reference_id: Option<String>,
 }
 
+/// A payment Square holds, as paycron reads it: the checkable answer, whether it took money
+/// (decided once, in the gateway) and when Square created it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderPayment {
+    /// What Square said about it.
+    pub answer: Answer,
+    /// Money taken (COMPLETED, or APPROVED and not yet captured).
+    pub taken: bool,
+    /// When Square created it, if it said so readably.
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ProviderPayment {
+    /// Square's payment id.
+    pub fn id(&self) -> &str {
+        &self.answer.payment_id
+    }
+
+    /// The paycron charge it names (paycron sends the charge id as `reference_id`); `None` for
+    /// payments paycron did not make.
+    pub fn charge_id(&self) -> Option<ChargeId> {
+        self.answer
+            .reference_id
+            .as_deref()
+            .and_then(|r| r.parse().ok())
+    }
+}
+
 /// What the charge asked for.
 #[derive(Clone, Copy, Debug)]
 pub struct Asked<'a> {

@@ -92,7 +92,7 @@ impl fmt::Display for SubscriptionStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChargeStatus {
-    /// The durable intent: written before any call, resolved exactly once.
+    /// The durable charge: written before any call, resolved exactly once.
     Pending,
     /// Square took the money.
     Succeeded,

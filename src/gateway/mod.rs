@@ -7,6 +7,9 @@
 //! answer: recovered later with the same key), `KeyReused`, `Misconfigured` (the seller's
 //! setup or the request) and `Fatal` (the access token).
 //! Nothing is skipped silently.
+//!
+//! The seam speaks paycron's types: instants, [`ProviderPayment`] (with `taken` decided once,
+//! here), [`ProviderCard`] and [`ProviderCustomer`]; Square's JSON stays in [`wire`].
 
 pub mod square;
 pub mod wire;
@@ -16,12 +19,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::domain::answer::Answer;
+use crate::domain::answer::{Answer, ProviderPayment};
 use crate::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money};
 
 /// A CreatePayment request ready to send: its key and its exact body bytes.
 ///
-/// The body is stored with the charge intent and re-sent byte for byte on recovery, because a
+/// The body is stored with the pending charge and re-sent byte for byte on recovery, because a
 /// changed body under the same key gets `IDEMPOTENCY_KEY_REUSED`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedPayment {
@@ -63,7 +66,7 @@ impl PreparedPayment {
         })
     }
 
-    /// SHA-256 of the body, hex: stored beside the intent to prove a re-send is identical.
+    /// SHA-256 of the body, hex: stored beside the charge to prove a re-send is identical.
     pub fn fingerprint(&self) -> String {
         hex::encode(Sha256::digest(self.body.as_bytes()))
     }
@@ -125,7 +128,7 @@ pub enum PaymentOutcome {
     /// No payment: an operator decided that a charge in review took no money (never an
     /// answer from Square).
     Voided,
-    /// Recovery gave up: the intent was sent the bounded number of times without a decisive
+    /// Recovery gave up: the charge was sent the bounded number of times without a decisive
     /// answer, so an operator decides (never an answer from Square).
     Undecided {
         /// How many sends over how long.
@@ -144,29 +147,96 @@ pub enum PaymentOutcome {
 
 impl PaymentOutcome {
     /// Money taken, as Square described the payment.
-    pub fn taken(payment: &wire::Payment) -> Self {
+    pub fn taken(payment: &ProviderPayment) -> Self {
         PaymentOutcome::Succeeded {
-            payment_id: payment.id.clone(),
-            answer: Box::new(answer_of(payment)),
+            payment_id: payment.id().to_owned(),
+            answer: Box::new(payment.answer.clone()),
         }
     }
 }
 
-/// The checkable parts of a payment Square returned.
-pub fn answer_of(p: &wire::Payment) -> Answer {
-    Answer {
-        payment_id: p.id.clone(),
-        status: p.status.clone(),
-        amount_minor: p.amount_money.amount,
-        currency: p.amount_money.currency.clone(),
-        customer_id: p.customer_id.clone(),
-        card_id: p
-            .card_details
-            .as_ref()
-            .and_then(|d| d.card.as_ref())
-            .and_then(|c| c.id.clone()),
-        location_id: p.location_id.clone(),
-        reference_id: p.reference_id.clone(),
+impl From<&wire::Payment> for ProviderPayment {
+    fn from(p: &wire::Payment) -> Self {
+        ProviderPayment {
+            answer: Answer {
+                payment_id: p.id.clone(),
+                status: p.status.clone(),
+                amount_minor: p.amount_money.amount,
+                currency: p.amount_money.currency.clone(),
+                customer_id: p.customer_id.clone(),
+                card_id: p
+                    .card_details
+                    .as_ref()
+                    .and_then(|d| d.card.as_ref())
+                    .and_then(|c| c.id.clone()),
+                location_id: p.location_id.clone(),
+                reference_id: p.reference_id.clone(),
+            },
+            taken: p.taken(),
+            created_at: chrono::DateTime::parse_from_rfc3339(&p.created_at)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        }
+    }
+}
+
+/// A customer Square holds (the fields sync-cards files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderCustomer {
+    /// Square's customer id, as Square sent it (validated where it is filed).
+    pub id: String,
+    /// Given name.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+}
+
+impl From<wire::Customer> for ProviderCustomer {
+    fn from(c: wire::Customer) -> Self {
+        ProviderCustomer {
+            id: c.id,
+            given_name: c.given_name,
+            family_name: c.family_name,
+            email: c.email_address,
+        }
+    }
+}
+
+/// A card on file Square holds: display fields only (Square never returns a number).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderCard {
+    /// `ccof:...`, when Square sent one.
+    pub id: Option<String>,
+    /// The customer Square lists it under.
+    pub customer_id: Option<String>,
+    /// VISA, ...
+    pub brand: Option<String>,
+    /// Last 4.
+    pub last_4: Option<String>,
+    /// 1-12, when it fits.
+    pub exp_month: Option<i32>,
+    /// Four digits, when it fits.
+    pub exp_year: Option<i32>,
+    /// Chargeable (Square omits it for enabled cards).
+    pub enabled: bool,
+    /// Square's optimistic-concurrency version (orders card events).
+    pub version: Option<i64>,
+}
+
+impl From<wire::Card> for ProviderCard {
+    fn from(c: wire::Card) -> Self {
+        ProviderCard {
+            id: c.id,
+            customer_id: c.customer_id,
+            brand: c.card_brand,
+            last_4: c.last_4,
+            exp_month: c.exp_month.and_then(|m| i32::try_from(m).ok()),
+            exp_year: c.exp_year.and_then(|y| i32::try_from(y).ok()),
+            enabled: c.enabled.unwrap_or(true),
+            version: c.version,
+        }
     }
 }
 
@@ -240,7 +310,7 @@ pub trait PaymentGateway: Send + Sync {
     async fn create_payment(&self, payment: &PreparedPayment) -> PaymentOutcome;
 
     /// One page of customers.
-    async fn list_customers(&self, cursor: Option<&str>) -> Result<Page<wire::Customer>>;
+    async fn list_customers(&self, cursor: Option<&str>) -> Result<Page<ProviderCustomer>>;
 
     /// One page of a customer's cards.
     async fn list_cards(
@@ -248,16 +318,16 @@ pub trait PaymentGateway: Send + Sync {
         customer_id: &str,
         cursor: Option<&str>,
         include_disabled: bool,
-    ) -> Result<Page<wire::Card>>;
+    ) -> Result<Page<ProviderCard>>;
 
-    /// One page of payments created in `[begin, end)` (RFC 3339), oldest first.
+    /// One page of payments created in `[begin, end)`, oldest first.
     async fn list_payments(
         &self,
         begin: chrono::DateTime<chrono::Utc>,
         end: chrono::DateTime<chrono::Utc>,
         cursor: Option<&str>,
-    ) -> Result<Page<wire::Payment>>;
+    ) -> Result<Page<ProviderPayment>>;
 
     /// One payment by id; `None` if Square does not know it.
-    async fn get_payment(&self, payment_id: &str) -> Result<Option<wire::Payment>>;
+    async fn get_payment(&self, payment_id: &str) -> Result<Option<ProviderPayment>>;
 }

@@ -22,8 +22,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use super::wire::{self, PaymentResponse};
-use super::{GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, Result};
+use super::{
+    GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, ProviderCard,
+    ProviderCustomer, Result,
+};
 use crate::config::SquareConfig;
+use crate::domain::answer::ProviderPayment;
 use crate::domain::decline::{ErrorClass, SquareError, decisive};
 
 /// Square's CreatePayment/List* client.
@@ -180,7 +184,7 @@ impl SquareClient {
         // A payment Square says it took is money taken, whatever errors ride along: reading it
         // as a decline or a configuration error would bill the period again under a new key.
         if let Some(p) = parsed.payment.as_ref().filter(|p| p.taken()) {
-            return Try::Done(PaymentOutcome::taken(p));
+            return Try::Done(PaymentOutcome::taken(&p.into()));
         }
         if !parsed.errors.is_empty() {
             let pairs: Vec<SquareError> = parsed
@@ -226,7 +230,7 @@ impl SquareClient {
             }
         }
         match parsed.payment {
-            Some(p) if p.taken() => Try::Done(PaymentOutcome::taken(&p)),
+            Some(p) if p.taken() => Try::Done(PaymentOutcome::taken(&(&p).into())),
             Some(p) if p.status == "FAILED" || p.status == "CANCELED" => {
                 Try::Done(PaymentOutcome::Declined {
                     code: "GENERIC_DECLINE".into(),
@@ -425,7 +429,7 @@ impl PaymentGateway for SquareClient {
         }
     }
 
-    async fn list_customers(&self, cursor: Option<&str>) -> Result<Page<wire::Customer>> {
+    async fn list_customers(&self, cursor: Option<&str>) -> Result<Page<ProviderCustomer>> {
         let mut q = vec![
             ("sort_field", "CREATED_AT".to_owned()),
             ("sort_order", "ASC".to_owned()),
@@ -436,7 +440,7 @@ impl PaymentGateway for SquareClient {
         let r: wire::ListCustomersResponse =
             self.get_json("ListCustomers", "/v2/customers", &q).await?;
         Ok(Page {
-            items: r.customers,
+            items: r.customers.into_iter().map(Into::into).collect(),
             cursor: r.cursor.filter(|c| !c.is_empty()),
         })
     }
@@ -446,7 +450,7 @@ impl PaymentGateway for SquareClient {
         customer_id: &str,
         cursor: Option<&str>,
         include_disabled: bool,
-    ) -> Result<Page<wire::Card>> {
+    ) -> Result<Page<ProviderCard>> {
         let mut q = vec![
             ("customer_id", customer_id.to_owned()),
             ("include_disabled", include_disabled.to_string()),
@@ -456,7 +460,7 @@ impl PaymentGateway for SquareClient {
         }
         let r: wire::ListCardsResponse = self.get_json("ListCards", "/v2/cards", &q).await?;
         Ok(Page {
-            items: r.cards,
+            items: r.cards.into_iter().map(Into::into).collect(),
             cursor: r.cursor.filter(|c| !c.is_empty()),
         })
     }
@@ -466,7 +470,7 @@ impl PaymentGateway for SquareClient {
         begin: chrono::DateTime<chrono::Utc>,
         end: chrono::DateTime<chrono::Utc>,
         cursor: Option<&str>,
-    ) -> Result<Page<wire::Payment>> {
+    ) -> Result<Page<ProviderPayment>> {
         // RFC 3339 is Square's wire format; the seam speaks instants.
         let mut q = vec![
             ("begin_time", begin.to_rfc3339()),
@@ -483,18 +487,18 @@ impl PaymentGateway for SquareClient {
         let r: wire::ListPaymentsResponse =
             self.get_json("ListPayments", "/v2/payments", &q).await?;
         Ok(Page {
-            items: r.payments,
+            items: r.payments.iter().map(Into::into).collect(),
             cursor: r.cursor.filter(|c| !c.is_empty()),
         })
     }
 
-    async fn get_payment(&self, payment_id: &str) -> Result<Option<wire::Payment>> {
+    async fn get_payment(&self, payment_id: &str) -> Result<Option<ProviderPayment>> {
         let path = format!("/v2/payments/{payment_id}");
         match self
             .get_json::<wire::PaymentResponse>("GetPayment", &path, &[])
             .await
         {
-            Ok(r) => Ok(r.payment),
+            Ok(r) => Ok(r.payment.as_ref().map(Into::into)),
             Err(GatewayError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }

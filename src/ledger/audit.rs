@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::PgPool;
 
+use crate::domain::answer::ProviderPayment;
 use crate::domain::{ChargeId, ChargeStatus};
-use crate::gateway::wire;
 use crate::store::{StoreError, charges, ledger};
 
 /// What the audit found.
@@ -37,7 +37,7 @@ impl Audit {
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn exactly_once(pool: &PgPool, taken: &[wire::Payment]) -> Result<Audit, StoreError> {
+pub async fn exactly_once(pool: &PgPool, taken: &[ProviderPayment]) -> Result<Audit, StoreError> {
     let mut audit = Audit {
         payments: taken.len(),
         ..Audit::default()
@@ -55,7 +55,7 @@ pub async fn exactly_once(pool: &PgPool, taken: &[wire::Payment]) -> Result<Audi
     }
     let named: Vec<ChargeId> = taken
         .iter()
-        .filter_map(|p| p.reference_id.as_deref().and_then(|r| r.parse().ok()))
+        .filter_map(ProviderPayment::charge_id)
         .collect();
     let known: HashMap<ChargeId, (crate::domain::SubscriptionId, i32)> =
         charges::by_ids(pool, &named)
@@ -65,14 +65,10 @@ pub async fn exactly_once(pool: &PgPool, taken: &[wire::Payment]) -> Result<Audi
             .collect();
     let mut periods = HashSet::new();
     for p in taken {
-        let charge = p
-            .reference_id
-            .as_deref()
-            .and_then(|r| r.parse::<ChargeId>().ok());
-        match charge.and_then(|c| known.get(&c)) {
+        match p.charge_id().and_then(|c| known.get(&c)) {
             None => audit
                 .problems
-                .push(format!("payment {} names no charge of paycron's", p.id)),
+                .push(format!("payment {} names no charge of paycron's", p.id())),
             Some(period) => {
                 if !periods.insert(*period) {
                     audit.problems.push(format!(
@@ -92,7 +88,7 @@ pub async fn exactly_once(pool: &PgPool, taken: &[wire::Payment]) -> Result<Audi
             .problems
             .push("a payment is in the ledger more than once".into());
     }
-    let square_set: HashSet<&str> = taken.iter().map(|p| p.id.as_str()).collect();
+    let square_set: HashSet<&str> = taken.iter().map(ProviderPayment::id).collect();
     for missing in square_set.difference(&ledger_set) {
         audit.problems.push(format!(
             "payment {missing} taken at Square is not in the ledger"

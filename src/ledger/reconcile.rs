@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::gateway::wire;
+use crate::domain::answer::ProviderPayment;
 use crate::store::charges::ChargeRow;
 
 /// One difference between Square and the ledger.
@@ -47,19 +47,15 @@ pub struct Report {
     pub repaired: usize,
 }
 
-fn taken(p: &wire::Payment) -> bool {
-    p.taken()
-}
-
 /// Compares Square's payments in a window with the charges paycron holds (`window_charges`:
 /// created in the window; `referenced`: the charges Square's payments name, whatever their
 /// age). Returns the report and the payments Square took for charges still pending here, which
 /// `--repair` records. Pure.
 pub fn compare(
-    payments: &[wire::Payment],
+    payments: &[ProviderPayment],
     window_charges: &[ChargeRow],
     referenced: Vec<ChargeRow>,
-) -> (Report, Vec<(ChargeRow, wire::Payment)>) {
+) -> (Report, Vec<(ChargeRow, ProviderPayment)>) {
     let mut by_id: HashMap<ChargeId, ChargeRow> =
         referenced.into_iter().map(|c| (c.id, c)).collect();
     for c in window_charges {
@@ -72,54 +68,50 @@ pub fn compare(
     };
     let square_ids: std::collections::HashSet<&str> = payments
         .iter()
-        .filter(|p| taken(p))
-        .map(|p| p.id.as_str())
+        .filter(|p| p.taken)
+        .map(ProviderPayment::id)
         .collect();
-    let mut repairs: Vec<(ChargeRow, wire::Payment)> = Vec::new();
-    for p in payments.iter().filter(|p| taken(p)) {
-        let Some(id) = p
-            .reference_id
-            .as_deref()
-            .and_then(|r| r.parse::<ChargeId>().ok())
-        else {
+    let mut repairs: Vec<(ChargeRow, ProviderPayment)> = Vec::new();
+    for p in payments.iter().filter(|p| p.taken) {
+        let Some(id) = p.charge_id() else {
             continue; // not a paycron payment (e.g. a counter sale at the same location)
         };
         let Some(c) = by_id.get(&id) else {
             report.findings.push(Finding {
                 kind: "unknown_charge",
                 charge_id: Some(id),
-                provider_payment_id: Some(p.id.clone()),
-                square_amount_minor: Some(p.amount_money.amount),
+                provider_payment_id: Some(p.id().to_owned()),
+                square_amount_minor: Some(p.answer.amount_minor),
                 ledger_amount_minor: None,
                 detail: "Square took a payment naming a charge this database does not know".into(),
             });
             continue;
         };
-        if c.money.minor() != p.amount_money.amount {
+        if c.money.minor() != p.answer.amount_minor {
             report.findings.push(Finding {
                 kind: "amount_mismatch",
                 charge_id: Some(c.id),
-                provider_payment_id: Some(p.id.clone()),
-                square_amount_minor: Some(p.amount_money.amount),
+                provider_payment_id: Some(p.id().to_owned()),
+                square_amount_minor: Some(p.answer.amount_minor),
                 ledger_amount_minor: Some(c.money.minor()),
                 detail: "amounts differ".into(),
             });
         }
-        if c.money.currency().as_str() != p.amount_money.currency {
+        if c.money.currency().as_str() != p.answer.currency {
             report.findings.push(Finding {
                 kind: "currency_mismatch",
                 charge_id: Some(c.id),
-                provider_payment_id: Some(p.id.clone()),
-                square_amount_minor: Some(p.amount_money.amount),
+                provider_payment_id: Some(p.id().to_owned()),
+                square_amount_minor: Some(p.answer.amount_minor),
                 ledger_amount_minor: Some(c.money.minor()),
                 detail: format!(
                     "Square {} vs ledger {}",
-                    p.amount_money.currency,
+                    p.answer.currency,
                     c.money.currency()
                 ),
             });
         }
-        if c.provider_payment_id.as_deref() != Some(p.id.as_str()) {
+        if c.provider_payment_id.as_deref() != Some(p.id()) {
             let detail = match c.status {
                 ChargeStatus::Pending => {
                     "taken at Square, charge still pending: `reconcile --repair` records it"
@@ -135,8 +127,8 @@ pub fn compare(
             report.findings.push(Finding {
                 kind: "missing_in_ledger",
                 charge_id: Some(c.id),
-                provider_payment_id: Some(p.id.clone()),
-                square_amount_minor: Some(p.amount_money.amount),
+                provider_payment_id: Some(p.id().to_owned()),
+                square_amount_minor: Some(p.answer.amount_minor),
                 ledger_amount_minor: None,
                 detail,
             });
@@ -178,6 +170,7 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::answer::Answer;
     use crate::domain::{IdempotencyKey, Money, SubscriptionId};
 
     fn charge(status: ChargeStatus, payment: Option<&str>) -> ChargeRow {
@@ -202,24 +195,20 @@ mod tests {
         }
     }
 
-    fn payment(id: &str, reference: &str, amount: i64) -> wire::Payment {
-        wire::Payment {
-            id: id.into(),
-            created_at: String::new(),
-            updated_at: String::new(),
-            amount_money: wire::Money {
-                amount,
+    fn payment(id: &str, reference: &str, amount: i64) -> ProviderPayment {
+        ProviderPayment {
+            answer: Answer {
+                payment_id: id.into(),
+                status: "COMPLETED".into(),
+                amount_minor: amount,
                 currency: "USD".into(),
+                customer_id: None,
+                card_id: None,
+                location_id: None,
+                reference_id: Some(reference.into()),
             },
-            total_money: None,
-            status: "COMPLETED".into(),
-            source_type: None,
-            card_details: None,
-            location_id: None,
-            customer_id: None,
-            reference_id: Some(reference.into()),
-            note: None,
-            receipt_url: None,
+            taken: true,
+            created_at: None,
         }
     }
 

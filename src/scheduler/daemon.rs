@@ -7,7 +7,7 @@
 //! claims use `SKIP LOCKED` and leases.
 //!
 //! Shutdown: the first SIGTERM or SIGINT turns readiness false, stops the ticks and cancels the
-//! engines — no new claims, no new sends, intents never sent are withdrawn — then waits for
+//! engines — no new claims, no new sends, charges never sent are withdrawn — then waits for
 //! in-flight charges to be recorded, up to the drain timeout. A second signal exits at once;
 //! leases and the liveness lock make that safe.
 

@@ -1,4 +1,4 @@
-//! Charges: one row per attempt, written as a durable `pending` intent before any call to
+//! Charges: one row per attempt, written as a durable `pending` charge before any call to
 //! Square, and resolved exactly once.
 //!
 //! Fencing: a charge is resolved only by the worker whose `lease_owner` it carries, and only
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::Result;
 use crate::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money, SubscriptionId};
 
-/// A new intent.
+/// A new charge.
 #[derive(Clone, Debug)]
 pub struct NewCharge {
     /// Charge id (sent as `reference_id`).
@@ -115,13 +115,13 @@ pub async fn retake_owner_lock(conn: &mut PgConnection, owner: Uuid) -> Result<b
         .await?)
 }
 
-/// Inserts intents in one statement, leased to `owner` until `locked_until`, and returns the
-/// rows actually inserted (what the engine then sends): an intent that collides with one
-/// another worker already wrote (same attempt, or an open intent for the period) is skipped.
+/// Inserts charges in one statement, leased to `owner` until `locked_until`, and returns the
+/// rows actually inserted (what the engine then sends): a pending charge that collides with one
+/// another worker already wrote (same attempt, or an open charge for the period) is skipped.
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn insert_intents(
+pub async fn insert_charges(
     conn: &mut PgConnection,
     charges: &[NewCharge],
     owner: Uuid,
@@ -429,10 +429,10 @@ pub async fn resolve_many(
     .await?)
 }
 
-/// Withdraws intents this worker wrote but never sent (a drain at shutdown), returning
+/// Withdraws charges this worker wrote but never sent (a drain at shutdown), returning
 /// (subscription, charge) pairs: deleting an
-/// intent no request was ever made for is the same as never having claimed it, and leaves the
-/// subscription due for the next worker. Intents sent before (`sends > 0`) are kept.
+/// charge no request was ever made for is the same as never having claimed it, and leaves the
+/// subscription due for the next worker. Charges sent before (`sends > 0`) are kept.
 ///
 /// # Errors
 /// [`super::StoreError`].
@@ -524,7 +524,7 @@ pub struct InReview {
     pub review_payment_id: Option<String>,
     /// The differences, or the recording conflict.
     pub review_reason: String,
-    /// When the intent was written.
+    /// When the charge was written.
     pub created_at: DateTime<Utc>,
 }
 

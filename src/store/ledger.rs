@@ -96,7 +96,7 @@ pub struct ExportRow {
     pub currency: String,
     /// Square payment id, if taken.
     pub provider_payment_id: Option<String>,
-    /// RFC 3339 UTC: when the outcome was recorded (for pending: when the intent was written).
+    /// RFC 3339 UTC: when the outcome was recorded (for pending: when the charge was written).
     pub recorded_at: String,
 }
 

@@ -400,7 +400,7 @@ fn position_params(p: &PositionUpdate) -> Result<(i32, i32, i32)> {
     ))
 }
 
-/// Writes a new billing position (the open intent marker is left alone).
+/// Writes a new billing position (the open charge marker is left alone).
 ///
 /// # Errors
 /// [`StoreError`].
@@ -514,7 +514,7 @@ pub async fn lock_many(
     .await?)
 }
 
-/// Writes many billing positions in one statement and clears their open intent.
+/// Writes many billing positions in one statement and clears their open charge.
 ///
 /// # Errors
 /// [`StoreError`].
@@ -582,7 +582,7 @@ pub async fn due_stats(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, Option
     .await?)
 }
 
-/// Marks each subscription's open intent (in the claim transaction).
+/// Marks each subscription's open charge (in the claim transaction).
 ///
 /// # Errors
 /// [`StoreError`].
@@ -604,7 +604,7 @@ pub async fn open_charges(
     Ok(())
 }
 
-/// Clears the open intent of subscriptions whose intent was resolved or withdrawn, given as
+/// Clears the open charge of subscriptions whose charge was resolved or withdrawn, given as
 /// (subscription, charge) pairs (found by primary key).
 ///
 /// # Errors

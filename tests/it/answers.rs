@@ -74,7 +74,7 @@ async fn a_wrong_location_halts_billing_and_changes_no_subscription() {
         "SELECT count(*) FROM paycron.charges WHERE status = 'pending'",
     )
     .await;
-    assert_eq!(pending, 0, "intents never sent are withdrawn");
+    assert_eq!(pending, 0, "charges never sent are withdrawn");
     s.shutdown().await;
 }
 
@@ -554,7 +554,7 @@ async fn a_worker_recovers_its_own_expired_charges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_resend_of_an_old_intent_is_looked_up_first_even_by_its_own_worker() {
+async fn every_resend_of_an_old_charge_is_looked_up_first_even_by_its_own_worker() {
     let s = sim(SimConfig::default()).await;
     let db = fresh_db().await;
     seed_due(&db, &s, 1).await;
@@ -576,7 +576,7 @@ async fn every_resend_of_an_old_intent_is_looked_up_first_even_by_its_own_worker
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_intent_sent_too_often_without_an_answer_goes_to_review() {
+async fn a_charge_sent_too_often_without_an_answer_goes_to_review() {
     let s = sim(SimConfig::default()).await;
     let db = fresh_db().await;
     seed_due(&db, &s, 1).await;

@@ -365,7 +365,7 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_intent_is_looked_up_at_square_before_any_resend() {
+async fn a_stale_charge_is_looked_up_at_square_before_any_resend() {
     let s = sim(SimConfig::default()).await;
     s.with(|st| st.add_card("OLD", "ccof:sim-ok-old", "VISA", true));
     let db = fresh_db().await;
@@ -388,7 +388,7 @@ async fn a_stale_intent_is_looked_up_at_square_before_any_resend() {
     drop(worker_a);
     assert_eq!(s.with(|st| st.completed().len()), 1, "Square took it once");
 
-    // Worker B, later: the intent is older than the lookup age, so B asks ListPayments first.
+    // Worker B, later: the charge is older than the lookup age, so B asks ListPayments first.
     s.with(|st| st.faults = Default::default());
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let mut b = app(&db, &s.base_url());
@@ -679,8 +679,8 @@ async fn a_worker_keeps_the_leases_of_the_charges_it_is_working_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_stops_billing_and_withdraws_what_was_never_sent() {
-    // Square refuses the token: billing stops with the error. Every intent still pending was
-    // sent (its fate is Square's to tell, so it waits for recovery); every intent claimed but
+    // Square refuses the token: billing stops with the error. Every charge still pending was
+    // sent (its fate is Square's to tell, so it waits for recovery); every charge claimed but
     // never handed over — queued, or behind the failure — is withdrawn, its subscription due.
     let s = sim(SimConfig {
         token: Some("the-right-token".into()),
@@ -708,7 +708,10 @@ async fn a_rejected_token_stops_billing_and_withdraws_what_was_never_sent() {
         (1..=3).contains(&sent),
         "one charge at a time until the token is proven: sent {sent}"
     );
-    assert_eq!(pending, sent, "an intent never sent was left pending");
+    assert_eq!(
+        pending, sent,
+        "a pending charge never sent was left pending"
+    );
     let open: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM paycron.subscriptions WHERE open_charge_id IS NOT NULL",
     )
@@ -717,7 +720,7 @@ async fn a_rejected_token_stops_billing_and_withdraws_what_was_never_sent() {
     .unwrap();
     assert_eq!(
         open, pending,
-        "a withdrawn intent's subscription stayed marked"
+        "a withdrawn charge's subscription stayed marked"
     );
     s.shutdown().await;
 }

@@ -34,11 +34,7 @@ async fn setup(db: &TestDb, s: &Simulator, subs: usize) -> usize {
 async fn audit(db: &TestDb, s: &Simulator) -> usize {
     // The shared audit: nothing pending, each payment names a charge, no period paid twice, the
     // ledger's successes are exactly the simulator's payments.
-    let taken = s.with(|st| st.completed());
-    let audit = paycron::ledger::audit::exactly_once(&db.pool, &taken)
-        .await
-        .unwrap();
-    assert!(audit.is_exact(), "{:?}", audit.problems);
+    let audit = crate::helpers::assert_exactly_once(db, s).await;
     // Every due period was charged: the engine's view of what is due matches.
     let due_left: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM paycron.subscriptions WHERE next_due_at <= $1::timestamptz",
@@ -71,7 +67,7 @@ async fn audit(db: &TestDb, s: &Simulator) -> usize {
     .await
     .unwrap();
     assert_eq!(dup_or_missing, 0, "one event per recorded outcome");
-    taken.len()
+    audit.payments
 }
 
 fn finish(db: &TestDb, s: &Simulator) {
@@ -125,7 +121,7 @@ async fn kill_rounds(kills: usize, seed: u64) {
     finish(&db, &s);
     let n = audit(&db, &s).await;
     assert!(n >= 40 * 3, "{n}");
-    // The kills really landed mid-charge: some intents were orphaned and re-driven.
+    // The kills really landed mid-charge: some charges were orphaned and re-driven.
     let recovered: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.charges WHERE sends > 0")
         .fetch_one(&db.pool)
         .await

@@ -214,7 +214,12 @@ async fn simulator_takes_declines_and_replays_keys_like_square() {
     ));
     assert_eq!(s.with(|st| st.completed().len()), 1);
     assert_eq!(
-        c.get_payment(&payment_id).await.unwrap().unwrap().status,
+        c.get_payment(&payment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .answer
+            .status,
         "COMPLETED"
     );
     assert!(c.get_payment("NOPE").await.unwrap().is_none());

@@ -325,3 +325,19 @@ pub async fn as_role(db: &TestDb, role: &str) -> sqlx::Transaction<'static, sqlx
         .unwrap();
     tx
 }
+
+/// The exactly-once audit (`ledger::audit`, the demo's too) against the simulator's own record
+/// of the payments it took; panics with every problem found.
+pub async fn assert_exactly_once(db: &TestDb, s: &Simulator) -> paycron::ledger::audit::Audit {
+    let taken: Vec<paycron::domain::answer::ProviderPayment> =
+        s.with(|st| st.completed().iter().map(Into::into).collect());
+    let audit = paycron::ledger::audit::exactly_once(&db.pool, &taken)
+        .await
+        .expect("audit reads the database");
+    assert!(
+        audit.is_exact(),
+        "exactly once broken: {:?}",
+        audit.problems
+    );
+    audit
+}

@@ -124,7 +124,7 @@ async fn unbalanced_postings_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_success_and_one_intent_per_period() {
+async fn one_success_and_one_open_charge_per_period() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
     insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
@@ -138,7 +138,7 @@ async fn one_success_and_one_intent_per_period() {
         err.to_string().contains("charges_one_success_per_period"),
         "{err}"
     );
-    // A second intent for the same attempt.
+    // A second charge for the same attempt.
     let err = insert_charge(&db, sub, 1, "k3", "pending", None)
         .await
         .expect_err("same attempt");
@@ -146,7 +146,7 @@ async fn one_success_and_one_intent_per_period() {
         err.to_string().contains("subscription_id_period_attempt"),
         "{err}"
     );
-    // Two open intents for one period.
+    // Two open charges for one period.
     insert_charge(&db, sub, 3, "k4", "pending", None)
         .await
         .unwrap();

@@ -5,14 +5,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use paycron::billing::sync::sync_cards;
+use paycron::domain::answer::ProviderPayment;
 use paycron::gateway::{
-    self, GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, wire,
+    self, GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, ProviderCard,
+    ProviderCustomer,
 };
 use paycron::simulator::{Faults, SimConfig};
 
 use crate::helpers::{client, config, count, fresh_db, paycron, run, sim};
 
-type CardsPage = gateway::Result<Page<wire::Card>>;
+type CardsPage = gateway::Result<Page<ProviderCard>>;
 type CardsHook = Box<dyn Fn(&str, CardsPage) -> CardsPage + Send + Sync>;
 
 /// Delegates to a real client, passing every ListCards answer through `on_cards` (to interrupt
@@ -27,7 +29,10 @@ impl PaymentGateway for Hooked {
     async fn create_payment(&self, p: &PreparedPayment) -> PaymentOutcome {
         self.inner.create_payment(p).await
     }
-    async fn list_customers(&self, cursor: Option<&str>) -> gateway::Result<Page<wire::Customer>> {
+    async fn list_customers(
+        &self,
+        cursor: Option<&str>,
+    ) -> gateway::Result<Page<ProviderCustomer>> {
         self.inner.list_customers(cursor).await
     }
     async fn list_cards(&self, customer: &str, cursor: Option<&str>, all: bool) -> CardsPage {
@@ -38,10 +43,10 @@ impl PaymentGateway for Hooked {
         b: chrono::DateTime<chrono::Utc>,
         e: chrono::DateTime<chrono::Utc>,
         c: Option<&str>,
-    ) -> gateway::Result<Page<wire::Payment>> {
+    ) -> gateway::Result<Page<ProviderPayment>> {
         self.inner.list_payments(b, e, c).await
     }
-    async fn get_payment(&self, id: &str) -> gateway::Result<Option<wire::Payment>> {
+    async fn get_payment(&self, id: &str) -> gateway::Result<Option<ProviderPayment>> {
         self.inner.get_payment(id).await
     }
 }
@@ -239,23 +244,25 @@ fn tampering(inner: Arc<dyn PaymentGateway>) -> Hooked {
             for c in &mut page.items {
                 c.version = Some(3);
             }
-            page.items.push(wire::Card {
+            page.items.push(ProviderCard {
                 id: Some(format!("ccof:foreign-{customer}")),
                 customer_id: Some("SOMEONE_ELSE".into()),
-                card_brand: Some("VISA".into()),
-                enabled: Some(true),
-                ..wire::Card::default()
+                brand: Some("VISA".into()),
+                last_4: None,
+                exp_month: None,
+                exp_year: None,
+                enabled: true,
+                version: None,
             });
-            page.items.push(wire::Card {
+            page.items.push(ProviderCard {
                 id: Some(format!("ccof:old-{customer}")),
                 customer_id: Some(customer.to_owned()),
-                card_brand: Some("VISA".into()),
+                brand: Some("VISA".into()),
                 last_4: Some("4242".into()),
                 exp_month: Some(11),
                 exp_year: Some(2022),
-                enabled: Some(true),
+                enabled: true,
                 version: Some(1),
-                ..wire::Card::default()
             });
             Ok(page)
         }),

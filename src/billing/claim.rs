@@ -5,6 +5,44 @@
 
 use super::*;
 
+/// What the lifecycle decided for one claimed subscription.
+pub(super) struct Planned {
+    /// The new position, when it moved (skipped periods, completion, cancel at period end).
+    pub(super) moved: Option<PositionUpdate>,
+    /// The events the move causes.
+    pub(super) notices: Vec<Notice>,
+    /// The charge to write, when an attempt is due.
+    pub(super) charge: Option<NewCharge>,
+}
+
+/// One claimed batch: its charges, and the subscriptions moved without a charge.
+pub(super) struct Claimed {
+    pub(super) charges: Vec<Queued>,
+    pub(super) summary: Summary,
+}
+
+/// The decline category of attempts paycron refused itself before calling Square.
+pub const CARD_CHECK_CATEGORY: &str = "PAYCRON_CARD_CHECK";
+
+/// Why a card cannot be charged at `now` (in the subscription's zone), if it cannot: disabled
+/// or forgotten at Square, or past the end of its expiry month.
+pub fn card_problem(
+    health: Option<(bool, Option<i32>, Option<i32>)>,
+    now: DateTime<Utc>,
+    zone: chrono_tz::Tz,
+) -> Option<&'static str> {
+    use chrono::Datelike;
+    let (enabled, month, year) = health?;
+    if !enabled {
+        return Some("CARD_DISABLED");
+    }
+    let local = now.with_timezone(&zone);
+    match (month, year) {
+        (Some(m), Some(y)) if (local.year(), local.month() as i32) > (y, m) => Some("CARD_EXPIRED"),
+        _ => None,
+    }
+}
+
 impl Engine {
     pub(super) fn plan(&self, sub: &SubscriptionRow, now: DateTime<Utc>) -> Result<Planned> {
         let build = |reason: String| BillingError::Build {

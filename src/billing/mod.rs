@@ -33,12 +33,17 @@
 pub mod breaker;
 mod claim;
 pub mod clock;
+mod commit;
 mod leases;
+mod outcome;
 mod pipeline;
+mod progress;
 pub mod reconcile;
 mod record;
 mod recover;
 mod settle;
+pub use claim::{CARD_CHECK_CATEGORY, card_problem};
+use progress::Progress;
 pub use settle::settle_subscription;
 
 use record::Attempted;
@@ -168,34 +173,6 @@ struct Lease {
     sent: bool,
 }
 
-/// One claimed batch: its charges, and the subscriptions moved without a charge.
-struct Claimed {
-    charges: Vec<Queued>,
-    summary: Summary,
-}
-
-/// The decline category of attempts paycron refused itself before calling Square.
-pub const CARD_CHECK_CATEGORY: &str = "PAYCRON_CARD_CHECK";
-
-/// Why a card cannot be charged at `now` (in the subscription's zone), if it cannot: disabled
-/// or forgotten at Square, or past the end of its expiry month.
-pub fn card_problem(
-    health: Option<(bool, Option<i32>, Option<i32>)>,
-    now: DateTime<Utc>,
-    zone: chrono_tz::Tz,
-) -> Option<&'static str> {
-    use chrono::Datelike;
-    let (enabled, month, year) = health?;
-    if !enabled {
-        return Some("CARD_DISABLED");
-    }
-    let local = now.with_timezone(&zone);
-    match (month, year) {
-        (Some(m), Some(y)) if (local.year(), local.month() as i32) > (y, m) => Some("CARD_EXPIRED"),
-        _ => None,
-    }
-}
-
 /// Re-sends of one charge without a decisive answer before recovery gives up and sends it to
 /// review. With [`resend_backoff`] they span about eight hours, longer than any outage worth
 /// waiting out.
@@ -238,51 +215,6 @@ pub struct Engine {
     breaker: std::sync::Mutex<breaker::Breaker>,
     // While the configuration is unproven, one charge at a time holds this.
     probe: Arc<tokio::sync::Semaphore>,
-}
-
-/// What the lifecycle decided for one claimed subscription.
-struct Planned {
-    /// The new position, when it moved (skipped periods, completion, cancel at period end).
-    moved: Option<PositionUpdate>,
-    /// The events the move causes.
-    notices: Vec<Notice>,
-    /// The charge to write, when an attempt is due.
-    charge: Option<NewCharge>,
-}
-
-/// Keeps a billing run finite whatever rows look like: a subscription that is claimed without
-/// progress (nothing inserted, nothing moved), or claimed more often than any real schedule
-/// allows in one run, is set aside until the next run and reported.
-struct Progress {
-    claims: HashMap<SubscriptionId, u32>,
-    excluded: Vec<SubscriptionId>,
-    limit: u32,
-    // Rows last written before the run began (by the database's clock, which writes
-    // `updated_at`) are on their first claim of the run and are not counted, so the map holds
-    // only subscriptions the run has already moved: memory stays flat however many are due.
-    counted_since: DateTime<Utc>,
-}
-
-impl Progress {
-    fn new(config: &BillingConfig, started: DateTime<Utc>) -> Self {
-        // Catch-up periods, each with its dunning retries and a fallback card, plus slack.
-        let per_period = u32::try_from(config.dunning.retry_days.len()).unwrap_or(u32::MAX) + 2;
-        Progress {
-            claims: HashMap::new(),
-            excluded: Vec::new(),
-            limit: config
-                .max_catch_up_periods
-                .saturating_add(1)
-                .saturating_mul(per_period),
-            counted_since: started,
-        }
-    }
-
-    fn set_aside(&mut self, sub: SubscriptionId, why: &'static str) {
-        tracing::warn!(subscription_id = %sub, reason = why, "subscription set aside for the rest of this billing run; it is billed again at the next run");
-        metrics::counter!(crate::ops::metrics::BILLING_STALLED, "reason" => why).increment(1);
-        self.excluded.push(sub);
-    }
 }
 
 /// The payload of a lifecycle event.

@@ -5,6 +5,38 @@ use crate::app::App;
 use crate::config::Config;
 use crate::store::embedded::{self, ClusterOptions, LocalCluster};
 
+/// `paycron db ...`.
+#[derive(clap::Subcommand)]
+pub enum DbCmd {
+    /// Is the embedded cluster running?
+    Status,
+    /// Stop the embedded cluster.
+    Stop,
+    /// Print the embedded cluster's URL, with its generated password (starting it if needed).
+    Url {
+        /// The database (default: paycron's own; the demo's is paycron_demo).
+        #[arg(long)]
+        database: Option<String>,
+        /// The schema owner's URL (the superuser) instead of the runtime role's.
+        #[arg(long)]
+        owner: bool,
+    },
+}
+
+impl DbCmd {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// [`CommandError`].
+    pub async fn execute(self, config: Config) -> Result<()> {
+        match self {
+            DbCmd::Status => status(&config),
+            DbCmd::Stop => stop(&config),
+            DbCmd::Url { database, owner } => url(config, database.as_deref(), owner).await,
+        }
+    }
+}
+
 fn cluster(config: &Config) -> Result<LocalCluster> {
     if config.database_url.is_some() {
         return Err(CommandError::BadInput(

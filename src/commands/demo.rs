@@ -29,11 +29,23 @@ const DEMO_DATABASE: &str = "paycron_demo";
 const ZONES: [&str; 4] = ["America/New_York", "Europe/Paris", "UTC", "Asia/Tokyo"];
 const PRICES: [i64; 3] = [900, 1900, 4900];
 
+/// `paycron demo` flags.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Customers the simulator seeds.
+    #[arg(long, default_value_t = 300)]
+    pub customers: usize,
+    /// Months of billing to step through.
+    #[arg(long, default_value_t = 6)]
+    pub months: u32,
+}
+
 /// Runs the demo.
 ///
 /// # Errors
 /// [`CommandError`] when the embedded cluster or the simulator cannot start.
-pub async fn run(config: Config, customers: usize, months: u32) -> Result<()> {
+pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
+    let DemoArgs { customers, months } = args;
     if customers == 0 || customers > 100_000 {
         return Err(CommandError::BadInput(format!(
             "--customers: {customers} is not between 1 and 100000"

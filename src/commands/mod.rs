@@ -3,12 +3,17 @@
 //! 1 work failed, 2 bad usage or configuration — each with one clear line.
 
 pub mod bench;
+pub mod cards;
 pub mod cli;
 pub mod db;
 pub mod demo;
-pub mod manage;
+pub mod events;
+pub mod ledger;
 pub mod review;
 pub mod run;
+pub mod simulator;
+pub mod subscription;
+pub mod webhooks;
 
 use crate::billing::BillingError;
 use crate::config::ConfigError;

@@ -8,6 +8,49 @@ use crate::domain::money::format_minor;
 use crate::domain::{ChargeId, ChargeStatus};
 use crate::store::{StoreError, charges};
 
+/// `paycron charges ...`.
+#[derive(clap::Subcommand)]
+pub enum ChargesCmd {
+    /// Charges in review (Square's answer did not match them), oldest first.
+    Review {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Record an operator's decision on a charge in review.
+    Resolve {
+        /// The charge id.
+        id: String,
+        /// paid: Square took the money for it; unpaid: it took none (billed again at once).
+        #[arg(long = "as", value_enum)]
+        decision: Decision,
+        /// Why (kept with the charge and in the `charge_resolved` event).
+        #[arg(long)]
+        note: String,
+        /// The Square payment that paid it (default: the one Square answered with).
+        #[arg(long)]
+        payment_id: Option<String>,
+    },
+}
+
+impl ChargesCmd {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// [`CommandError`].
+    pub async fn execute(self, app: &App) -> Result<()> {
+        match self {
+            ChargesCmd::Review { format } => list(app, format).await,
+            ChargesCmd::Resolve {
+                id,
+                decision,
+                note,
+                payment_id,
+            } => resolve(app, &id, decision, &note, payment_id.as_deref()).await,
+        }
+    }
+}
+
 /// The longest note kept with a decision.
 const NOTE_MAX: usize = 2_000;
 

@@ -1,10 +1,8 @@
-//! Management commands: `cards import|list`, `customers list`, `subscription ...`.
+//! `subscription create|list|show|change-card|pause|resume|cancel|release`.
 //!
 //! Input is parsed into domain types first (one clear line naming the field on a bad value),
 //! then written through the `paycron.*` SQL functions in one transaction, so a bad input
 //! writes nothing.
-
-use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
@@ -14,188 +12,106 @@ use crate::domain::money::format_minor;
 use crate::domain::schedule::parse_zone;
 use crate::domain::{CardId, Currency, CustomerId, Interval, Money, SubscriptionId};
 use crate::store::StoreError;
-use crate::store::cards::{self, CardRecord};
 use crate::store::subscriptions::{self, Action, NewSubscription, SubscriptionRow};
 
-const IMPORT_COLUMNS: [&str; 6] = [
-    "customer_id",
-    "card_id",
-    "card_brand",
-    "last_4",
-    "exp_month",
-    "exp_year",
-];
-
-fn parse_import_row(
-    rec: &csv::StringRecord,
-    idx: &[usize; 6],
-) -> std::result::Result<CardRecord, String> {
-    let get = |i: usize| rec.get(idx[i]).map(str::trim).unwrap_or("");
-    let customer: CustomerId = get(0)
-        .parse()
-        .map_err(|e: crate::domain::ids::IdError| e.to_string())?;
-    let card: CardId = get(1)
-        .parse()
-        .map_err(|e: crate::domain::ids::IdError| e.to_string())?;
-    let brand = get(2);
-    if !brand.is_empty() && !brand.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
-        return Err(format!(
-            "card_brand {brand:?} is not a Square card brand (e.g. VISA, MASTERCARD)"
-        ));
-    }
-    let last_4 = get(3);
-    if !(last_4.is_empty() || last_4.len() == 4 && last_4.chars().all(|c| c.is_ascii_digit())) {
-        return Err(format!("last_4 {last_4:?} is not four digits"));
-    }
-    let num = |name: &str, v: &str, lo: i32, hi: i32| -> std::result::Result<Option<i32>, String> {
-        if v.is_empty() {
-            return Ok(None);
-        }
-        match v.parse::<i32>() {
-            Ok(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
-            _ => Err(format!("{name} {v:?} is not a number from {lo} to {hi}")),
-        }
-    };
-    Ok(CardRecord {
-        customer_id: customer.to_string(),
-        card_id: card.to_string(),
-        card_brand: (!brand.is_empty()).then(|| brand.to_ascii_uppercase()),
-        last_4: (!last_4.is_empty()).then(|| last_4.to_owned()),
-        exp_month: num("exp_month", get(4), 1, 12)?,
-        exp_year: num("exp_year", get(5), 1990, 2200)?,
-        enabled: true,
-    })
+/// `paycron subscription ...`.
+#[derive(clap::Subcommand)]
+pub enum SubscriptionCmd {
+    /// Create a subscription; prints its id.
+    Create(Box<CreateArgs>),
+    /// List subscriptions.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Show one subscription.
+    Show {
+        /// Subscription id.
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Move a subscription to another of the customer's cards (an unpaid one is billed again).
+    ChangeCard {
+        /// Subscription id.
+        id: String,
+        /// The new card id.
+        #[arg(long)]
+        card: String,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Pause billing (periods that begin while paused are skipped).
+    Pause {
+        /// Subscription id.
+        id: String,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Resume billing from the first period that begins at or after now.
+    Resume {
+        /// Subscription id.
+        id: String,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Cancel now, or at the end of the paid period.
+    Cancel {
+        /// Subscription id.
+        id: String,
+        /// Let the current paid period run out.
+        #[arg(long)]
+        at_period_end: bool,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Bill a quarantined subscription again, once its row is fixed.
+    Release {
+        /// Subscription id.
+        id: String,
+    },
 }
 
-/// `cards import FILE.csv`: all rows or none.
-///
-/// # Errors
-/// [`CommandError::BadInput`] naming the file, line and field.
-pub async fn import_cards(app: &App, path: &Path) -> Result<usize> {
-    let name = path.display().to_string();
-    let file = std::fs::File::open(path)
-        .map_err(|e| CommandError::BadInput(format!("{name}: cannot open: {e}")))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(file);
-    let headers = reader
-        .headers()
-        .map_err(|e| CommandError::BadInput(format!("{name}:1: cannot read the header: {e}")))?
-        .clone();
-    let mut idx = [0usize; 6];
-    for (i, col) in IMPORT_COLUMNS.iter().enumerate() {
-        idx[i] = headers
-            .iter()
-            .position(|h| h.trim() == *col)
-            .ok_or_else(|| {
-                CommandError::BadInput(format!(
-                    "{name}:1: missing column {col:?} (the header must be {})",
-                    IMPORT_COLUMNS.join(",")
-                ))
-            })?;
-    }
-    let mut rows = Vec::new();
-    for rec in reader.records() {
-        let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
-            CommandError::BadInput(format!("{name}:{line}: {}", e.kind_summary()))
-        })?;
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        let row = parse_import_row(&rec, &idx)
-            .map_err(|e| CommandError::BadInput(format!("{name}:{line}: {e}")))?;
-        rows.push((line, row));
-    }
-    let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
-    for (line, row) in &rows {
-        cards::upsert_customer_card(&mut tx, row)
-            .await
-            .map_err(|e| match e {
-                StoreError::Rejected(m) | StoreError::NotFound(m) => {
-                    CommandError::BadInput(format!("{name}:{line}: {m}"))
-                }
-                other => other.into(),
-            })?;
-    }
-    tx.commit().await.map_err(StoreError::from)?;
-    tracing::info!(file = %name, cards = rows.len(), "cards imported");
-    Ok(rows.len())
-}
-
-trait KindSummary {
-    fn kind_summary(&self) -> String;
-}
-
-impl KindSummary for csv::Error {
-    fn kind_summary(&self) -> String {
-        match self.kind() {
-            csv::ErrorKind::UnequalLengths {
-                expected_len, len, ..
-            } => {
-                format!("expected {expected_len} fields, found {len}")
+impl SubscriptionCmd {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// [`CommandError`].
+    pub async fn execute(self, app: &App) -> Result<()> {
+        match self {
+            SubscriptionCmd::Create(args) => create_subscription(app, &args).await.map(|_| ()),
+            SubscriptionCmd::List { format } => list_subscriptions(app, format).await,
+            SubscriptionCmd::Show { id, format } => show_subscription(app, &id, format).await,
+            SubscriptionCmd::Release { id } => release(app, &id).await,
+            SubscriptionCmd::ChangeCard { id, card, now } => {
+                change_card(app, &id, &card, now.as_deref()).await
             }
-            csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".into(),
-            _ => self.to_string(),
+            SubscriptionCmd::Pause { id, now } => {
+                act(app, &id, Action::Pause, now.as_deref()).await
+            }
+            SubscriptionCmd::Resume { id, now } => {
+                act(app, &id, Action::Resume, now.as_deref()).await
+            }
+            SubscriptionCmd::Cancel {
+                id,
+                at_period_end,
+                now,
+            } => {
+                let action = if at_period_end {
+                    Action::CancelAtPeriodEnd
+                } else {
+                    Action::CancelNow
+                };
+                act(app, &id, action, now.as_deref()).await
+            }
         }
     }
-}
-
-/// `customers list`.
-///
-/// # Errors
-/// [`CommandError`].
-pub async fn list_customers(app: &App, format: Format) -> Result<()> {
-    let rows = cards::list_customers(&app.pool).await?;
-    print_rows(&rows, format, |rows| {
-        table(
-            &["CUSTOMER", "NAME", "EMAIL", "CARDS", "SUBSCRIPTIONS"],
-            rows.iter()
-                .map(|r| {
-                    vec![
-                        r.id.clone(),
-                        [r.given_name.as_deref(), r.family_name.as_deref()]
-                            .iter()
-                            .flatten()
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        r.email_address.clone().unwrap_or_default(),
-                        r.cards.to_string(),
-                        r.subscriptions.to_string(),
-                    ]
-                })
-                .collect(),
-        )
-    })
-}
-
-/// `cards list`.
-///
-/// # Errors
-/// [`CommandError`].
-pub async fn list_cards(app: &App, format: Format) -> Result<()> {
-    let rows = cards::list_cards(&app.pool).await?;
-    print_rows(&rows, format, |rows| {
-        table(
-            &["CARD", "CUSTOMER", "BRAND", "LAST4", "EXPIRES", "ENABLED"],
-            rows.iter()
-                .map(|r| {
-                    vec![
-                        r.id.clone(),
-                        r.customer_id.clone(),
-                        r.card_brand.clone(),
-                        r.last_4.clone().unwrap_or_default(),
-                        match (r.exp_month, r.exp_year) {
-                            (Some(m), Some(y)) if r.expired => format!("{m:02}/{y} (expired)"),
-                            (Some(m), Some(y)) => format!("{m:02}/{y}"),
-                            _ => String::new(),
-                        },
-                        r.enabled.to_string(),
-                    ]
-                })
-                .collect(),
-        )
-    })
 }
 
 /// Raw `subscription create` arguments, as typed; validated by [`parse_create`].

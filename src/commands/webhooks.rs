@@ -1,0 +1,226 @@
+//! `paycron webhooks ...`: the business's outbound endpoints, their deliveries, and the check a
+//! receiver makes (`verify`, which needs no database).
+
+use std::path::PathBuf;
+
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::{CommandError, Format, Result, print_rows, table};
+use crate::app::App;
+use crate::config::Config;
+
+/// `paycron webhooks ...`.
+#[derive(clap::Subcommand)]
+pub enum WebhooksCmd {
+    /// Check a Paycron-Signature header against a body (what receivers do).
+    Verify {
+        /// File holding the endpoint's secret, `-` for standard input.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The Paycron-Signature header value.
+        #[arg(long)]
+        signature: String,
+        /// File holding the raw request body.
+        #[arg(long)]
+        body_file: PathBuf,
+    },
+    // The commands that need the database (no doc: clap would take it as help text).
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    App(WebhooksAppCmd),
+}
+
+/// The webhook commands that need the database.
+#[derive(clap::Subcommand)]
+pub enum WebhooksAppCmd {
+    /// Add an endpoint; prints its id and signing secret.
+    Add {
+        /// Where events are POSTed.
+        #[arg(long)]
+        url: String,
+        /// File holding the signing secret, `-` for standard input (default: generated). Never
+        /// on the command line, where other local users can read it.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// List endpoints.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Recent deliveries and their attempts.
+    Deliveries {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+impl WebhooksCmd {
+    /// Runs the command (only `verify` works without the database).
+    ///
+    /// # Errors
+    /// [`CommandError`].
+    pub async fn execute(self, config: Config) -> Result<()> {
+        match self {
+            WebhooksCmd::Verify {
+                secret_file,
+                signature,
+                body_file,
+            } => verify(&secret_file, &signature, &body_file),
+            WebhooksCmd::App(command) => {
+                let app = App::build(config).await?;
+                match command {
+                    WebhooksAppCmd::Add { url, secret_file } => {
+                        add(&app, &url, secret_file.as_deref()).await
+                    }
+                    WebhooksAppCmd::List { format } => list(&app, format).await,
+                    WebhooksAppCmd::Deliveries { format } => deliveries(&app, format).await,
+                }
+            }
+        }
+    }
+}
+
+/// A secret from a file (`-`: standard input), without its trailing newline.
+fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<String> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CommandError::BadInput(format!("{flag} -: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| CommandError::BadInput(format!("{flag} {}: {e}", path.display())))?
+    };
+    let secret = text.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() {
+        return Err(CommandError::BadInput(format!("{flag}: the file is empty")));
+    }
+    Ok(secret)
+}
+
+/// Sends due deliveries once (`run-once --task deliver-webhooks`), with a summary line.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn deliver_due(app: &App) -> Result<()> {
+    let started = Instant::now();
+    let http = crate::outbound::client(&app.config.webhook_delivery)
+        .map_err(|e| CommandError::Failed(format!("webhook client: {e}")))?;
+    let s =
+        crate::outbound::deliver_due(&app.pool, &http, &app.config.webhook_delivery, Utc::now())
+            .await?;
+    tracing::info!(
+        task = "deliver-webhooks",
+        fanned_out = s.fanned_out,
+        delivered = s.delivered,
+        retrying = s.retrying,
+        failed = s.failed,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "run summary"
+    );
+    Ok(())
+}
+
+/// `webhooks add --url URL [--secret S]`: prints the endpoint id and its signing secret.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn add(app: &App, url: &str, secret_file: Option<&std::path::Path>) -> Result<()> {
+    let secret = match secret_file {
+        Some(path) => {
+            let s = read_secret_file("--secret-file", path)?;
+            if s.len() < 16 {
+                return Err(CommandError::BadInput(
+                    "--secret-file: the secret needs at least 16 characters".into(),
+                ));
+            }
+            s
+        }
+        None => format!("whsec_{}", uuid::Uuid::new_v4().simple()),
+    };
+    if let Some(why) = crate::outbound::refuse_destination(url, &app.config.webhook_delivery) {
+        return Err(CommandError::BadInput(format!("--url {url:?}: {why}")));
+    }
+    let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret).await?;
+    println!("{id} {secret}");
+    Ok(())
+}
+
+/// `webhooks list`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn list(app: &App, format: Format) -> Result<()> {
+    let rows = crate::store::outbound::endpoints(&app.pool).await?;
+    print_rows(&rows, format, |rows| {
+        table(
+            &["ENDPOINT", "URL", "ENABLED", "AFTER EVENT"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.url.clone(),
+                        r.enabled.to_string(),
+                        r.last_position.to_string(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// `webhooks deliveries`.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn deliveries(app: &App, format: Format) -> Result<()> {
+    let rows = crate::store::outbound::deliveries(&app.pool, 500).await?;
+    print_rows(&rows, format, |rows| {
+        table(
+            &[
+                "DELIVERY", "EVENT", "TYPE", "STATUS", "ATTEMPTS", "LAST", "NEXT",
+            ],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.event_id.to_string(),
+                        r.event_type.clone(),
+                        r.status.clone(),
+                        r.attempts.to_string(),
+                        r.last_status
+                            .map(|s| s.to_string())
+                            .or_else(|| r.last_error.clone())
+                            .unwrap_or_default(),
+                        r.next_attempt_at.to_rfc3339(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// `webhooks verify --secret S --signature HEADER --body-file F`: what a receiver checks.
+///
+/// # Errors
+/// [`CommandError::Failed`] (exit 1) when the signature does not verify.
+fn verify(secret_file: &std::path::Path, header: &str, body_file: &std::path::Path) -> Result<()> {
+    let secret = read_secret_file("--secret-file", secret_file)?;
+    let body = std::fs::read(body_file)
+        .map_err(|e| CommandError::BadInput(format!("{}: {e}", body_file.display())))?;
+    crate::outbound::verify(
+        &secret,
+        header,
+        &body,
+        crate::outbound::DEFAULT_TOLERANCE,
+        Utc::now(),
+    )
+    .map_err(|e| CommandError::Failed(e.to_string()))?;
+    println!("valid");
+    Ok(())
+}

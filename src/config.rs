@@ -320,45 +320,6 @@ impl Config {
     }
 
     fn from_source(src: Source) -> Result<Self> {
-        let environment = match src.get("SQUARE_ENVIRONMENT").as_deref().map(str::trim) {
-            None | Some("sandbox") => SquareEnvironment::Sandbox,
-            Some("production") => SquareEnvironment::Production,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "SQUARE_ENVIRONMENT",
-                    value: other.to_owned(),
-                    reason: "expected sandbox or production".into(),
-                });
-            }
-        };
-        let base_url = src.get("SQUARE_BASE_URL");
-        if let Some(url) = &base_url
-            && reqwest::Url::parse(url)
-                .map(|u| !matches!(u.scheme(), "http" | "https"))
-                .unwrap_or(true)
-        {
-            return Err(ConfigError::Invalid {
-                key: "SQUARE_BASE_URL",
-                value: url.clone(),
-                reason: "expected an http:// or https:// URL".into(),
-            });
-        }
-        if let Some(url) = &base_url
-            && let Ok(u) = reqwest::Url::parse(url)
-            && u.scheme() == "http"
-            && !u.host_str().is_some_and(|h| {
-                let h = h.trim_start_matches('[').trim_end_matches(']');
-                h.eq_ignore_ascii_case("localhost")
-                    || h.parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            })
-        {
-            return Err(ConfigError::Invalid {
-                key: "SQUARE_BASE_URL",
-                value: url.clone(),
-                reason: "http:// would send the access token in clear: use https:// (http:// is accepted for a loopback address only, e.g. the simulator)".into(),
-            });
-        }
         let log_format = match src.get("PAYCRON_LOG_FORMAT").as_deref().map(str::trim) {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -375,61 +336,7 @@ impl Config {
             SocketAddr::from(([0, 0, 0, 0], 9090)),
             "expected HOST:PORT, e.g. 0.0.0.0:9090",
         )?;
-        let retry_days = match src.get("PAYCRON_DUNNING_RETRY_DAYS") {
-            None => vec![1, 3, 5, 7],
-            Some(v) => {
-                let parsed: std::result::Result<Vec<u32>, _> = v
-                    .split(',')
-                    .map(|d| d.trim())
-                    .filter(|d| !d.is_empty())
-                    .map(str::parse)
-                    .collect();
-                match parsed {
-                    Ok(days)
-                        if days.windows(2).all(|w| w[0] < w[1])
-                            && days.iter().all(|d| *d <= 365) =>
-                    {
-                        days
-                    }
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            key: "PAYCRON_DUNNING_RETRY_DAYS",
-                            value: v,
-                            reason: "expected increasing day offsets up to 365, e.g. 1,3,5,7"
-                                .into(),
-                        });
-                    }
-                }
-            }
-        };
-        let final_state: FinalState = src.parse(
-            "PAYCRON_DUNNING_FINAL_STATE",
-            FinalState::Unpaid,
-            "expected unpaid or canceled",
-        )?;
-        let fallback_card = src.parse(
-            "PAYCRON_DUNNING_FALLBACK_CARD",
-            true,
-            "expected true or false",
-        )?;
-        let ms = |key, default, max| src.positive(key, default, max).map(Duration::from_millis);
-        // The Square webhook receiver needs both halves: with one alone every webhook would be
-        // refused (or answered 503) and card changes lost without a word.
-        let has_key = src.get("SQUARE_WEBHOOK_SIGNATURE_KEY").is_some()
-            || src.get("SQUARE_WEBHOOK_SIGNATURE_KEY_FILE").is_some();
-        let has_url = src.get("SQUARE_WEBHOOK_NOTIFICATION_URL").is_some();
-        if has_key && !has_url {
-            return Err(ConfigError::Missing {
-                key: "SQUARE_WEBHOOK_NOTIFICATION_URL",
-                reason: "SQUARE_WEBHOOK_SIGNATURE_KEY is set, and Square signs the notification URL with it: the receiver needs both (or neither)",
-            });
-        }
-        if has_url && !has_key {
-            return Err(ConfigError::Missing {
-                key: "SQUARE_WEBHOOK_SIGNATURE_KEY",
-                reason: "SQUARE_WEBHOOK_NOTIFICATION_URL is set, and no webhook can be verified without the key: the receiver needs both (or neither)",
-            });
-        }
+        let square = square_config(&src)?;
         Ok(Config {
             database_url: src.secret("DATABASE_URL", "DATABASE_URL_FILE")?,
             migrate_database_url: src.secret(
@@ -448,23 +355,7 @@ impl Config {
                 20,
                 3_600,
             )?),
-            webhook_delivery: DeliveryConfig {
-                backoff: Duration::from_secs(src.positive(
-                    "PAYCRON_WEBHOOK_BACKOFF_SECONDS",
-                    30,
-                    86_400,
-                )?),
-                max_age: Duration::from_secs(
-                    3_600 * src.positive("PAYCRON_WEBHOOK_MAX_AGE_HOURS", 72, 24 * 30)?,
-                ),
-                timeout: Duration::from_secs(10),
-                allow_private: src.parse(
-                    "PAYCRON_WEBHOOK_ALLOW_PRIVATE",
-                    false,
-                    "expected true or false",
-                )?,
-                require_https: environment == SquareEnvironment::Production,
-            },
+            webhook_delivery: delivery_config(&src, square.environment)?,
             webhook_addr: match src.get("PAYCRON_WEBHOOK_ADDR") {
                 None => None,
                 Some(v) => Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -486,47 +377,168 @@ impl Config {
                     });
                 }
             },
-            square: SquareConfig {
-                access_token: src.secret("SQUARE_ACCESS_TOKEN", "SQUARE_ACCESS_TOKEN_FILE")?,
-                location_id: src.get("SQUARE_LOCATION_ID"),
-                environment,
-                base_url,
-                version: src
-                    .get("SQUARE_VERSION")
-                    .unwrap_or_else(|| "2025-08-20".into()),
-                connect_timeout: ms("SQUARE_CONNECT_TIMEOUT_MS", 5_000, 600_000)?,
-                request_timeout: ms("SQUARE_REQUEST_TIMEOUT_MS", 15_000, 600_000)?,
-                retry_deadline: ms("SQUARE_RETRY_DEADLINE_MS", 30_000, 3_600_000)?,
-                rate_limit_per_sec: src.positive("SQUARE_RATE_LIMIT_PER_SEC", 100, 1_000_000)?
-                    as u32,
-                webhook_signature_key: src.secret(
-                    "SQUARE_WEBHOOK_SIGNATURE_KEY",
-                    "SQUARE_WEBHOOK_SIGNATURE_KEY_FILE",
-                )?,
-                webhook_notification_url: src.get("SQUARE_WEBHOOK_NOTIFICATION_URL"),
-            },
-            billing: BillingConfig {
-                batch_size: src.positive("PAYCRON_BATCH_SIZE", 200, 10_000)? as u32,
-                concurrency: src.positive("PAYCRON_CONCURRENCY", 32, 4_096)? as usize,
-                lease: Duration::from_secs(src.positive("PAYCRON_LEASE_SECONDS", 60, 86_400)?),
-                stale_lookup_after: Duration::from_secs(
-                    3_600 * src.positive("PAYCRON_STALE_LOOKUP_HOURS", 24, 24 * 365)?,
-                ),
-                card_expiry_lead_days: src.positive("PAYCRON_CARD_EXPIRY_LEAD_DAYS", 14, 365)?
-                    as i32,
-                dunning: DunningPolicy {
-                    retry_days,
-                    final_state,
-                    fallback_card,
-                },
-                max_catch_up_periods: src.positive("PAYCRON_MAX_CATCH_UP_PERIODS", 3, 10_000)?
-                    as u32,
-                halt_probe_after: Duration::from_secs(src.positive(
-                    "PAYCRON_HALT_PROBE_SECONDS",
-                    30,
-                    3_600,
-                )?),
-            },
+            square,
+            billing: billing_config(&src)?,
         })
     }
+}
+
+/// `SQUARE_*`: the environment, the base URL (https, or http on loopback only), and the
+/// webhook receiver's key and URL (both or neither).
+fn square_config(src: &Source) -> Result<SquareConfig> {
+    let environment = match src.get("SQUARE_ENVIRONMENT").as_deref().map(str::trim) {
+        None | Some("sandbox") => SquareEnvironment::Sandbox,
+        Some("production") => SquareEnvironment::Production,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "SQUARE_ENVIRONMENT",
+                value: other.to_owned(),
+                reason: "expected sandbox or production".into(),
+            });
+        }
+    };
+    let base_url = src.get("SQUARE_BASE_URL");
+    if let Some(url) = &base_url
+        && reqwest::Url::parse(url)
+            .map(|u| !matches!(u.scheme(), "http" | "https"))
+            .unwrap_or(true)
+    {
+        return Err(ConfigError::Invalid {
+            key: "SQUARE_BASE_URL",
+            value: url.clone(),
+            reason: "expected an http:// or https:// URL".into(),
+        });
+    }
+    if let Some(url) = &base_url
+        && let Ok(u) = reqwest::Url::parse(url)
+        && u.scheme() == "http"
+        && !u.host_str().is_some_and(|h| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+    {
+        return Err(ConfigError::Invalid {
+                key: "SQUARE_BASE_URL",
+                value: url.clone(),
+                reason: "http:// would send the access token in clear: use https:// (http:// is accepted for a loopback address only, e.g. the simulator)".into(),
+            });
+    }
+    let ms = |key, default, max| src.positive(key, default, max).map(Duration::from_millis);
+    // The Square webhook receiver needs both halves: with one alone every webhook would be
+    // refused (or answered 503) and card changes lost without a word.
+    let has_key = src.get("SQUARE_WEBHOOK_SIGNATURE_KEY").is_some()
+        || src.get("SQUARE_WEBHOOK_SIGNATURE_KEY_FILE").is_some();
+    let has_url = src.get("SQUARE_WEBHOOK_NOTIFICATION_URL").is_some();
+    if has_key && !has_url {
+        return Err(ConfigError::Missing {
+            key: "SQUARE_WEBHOOK_NOTIFICATION_URL",
+            reason: "SQUARE_WEBHOOK_SIGNATURE_KEY is set, and Square signs the notification URL with it: the receiver needs both (or neither)",
+        });
+    }
+    if has_url && !has_key {
+        return Err(ConfigError::Missing {
+            key: "SQUARE_WEBHOOK_SIGNATURE_KEY",
+            reason: "SQUARE_WEBHOOK_NOTIFICATION_URL is set, and no webhook can be verified without the key: the receiver needs both (or neither)",
+        });
+    }
+    Ok(SquareConfig {
+        access_token: src.secret("SQUARE_ACCESS_TOKEN", "SQUARE_ACCESS_TOKEN_FILE")?,
+        location_id: src.get("SQUARE_LOCATION_ID"),
+        environment,
+        base_url,
+        version: src
+            .get("SQUARE_VERSION")
+            .unwrap_or_else(|| "2025-08-20".into()),
+        connect_timeout: ms("SQUARE_CONNECT_TIMEOUT_MS", 5_000, 600_000)?,
+        request_timeout: ms("SQUARE_REQUEST_TIMEOUT_MS", 15_000, 600_000)?,
+        retry_deadline: ms("SQUARE_RETRY_DEADLINE_MS", 30_000, 3_600_000)?,
+        rate_limit_per_sec: src.positive("SQUARE_RATE_LIMIT_PER_SEC", 100, 1_000_000)? as u32,
+        webhook_signature_key: src.secret(
+            "SQUARE_WEBHOOK_SIGNATURE_KEY",
+            "SQUARE_WEBHOOK_SIGNATURE_KEY_FILE",
+        )?,
+        webhook_notification_url: src.get("SQUARE_WEBHOOK_NOTIFICATION_URL"),
+    })
+}
+
+/// `PAYCRON_WEBHOOK_*`: outbound deliveries (https required against Square production).
+fn delivery_config(src: &Source, environment: SquareEnvironment) -> Result<DeliveryConfig> {
+    Ok(DeliveryConfig {
+        backoff: Duration::from_secs(src.positive(
+            "PAYCRON_WEBHOOK_BACKOFF_SECONDS",
+            30,
+            86_400,
+        )?),
+        max_age: Duration::from_secs(
+            3_600 * src.positive("PAYCRON_WEBHOOK_MAX_AGE_HOURS", 72, 24 * 30)?,
+        ),
+        timeout: Duration::from_secs(10),
+        allow_private: src.parse(
+            "PAYCRON_WEBHOOK_ALLOW_PRIVATE",
+            false,
+            "expected true or false",
+        )?,
+        require_https: environment == SquareEnvironment::Production,
+    })
+}
+
+/// The engine's settings and the dunning policy.
+fn billing_config(src: &Source) -> Result<BillingConfig> {
+    let retry_days = match src.get("PAYCRON_DUNNING_RETRY_DAYS") {
+        None => vec![1, 3, 5, 7],
+        Some(v) => {
+            let parsed: std::result::Result<Vec<u32>, _> = v
+                .split(',')
+                .map(|d| d.trim())
+                .filter(|d| !d.is_empty())
+                .map(str::parse)
+                .collect();
+            match parsed {
+                Ok(days)
+                    if days.windows(2).all(|w| w[0] < w[1]) && days.iter().all(|d| *d <= 365) =>
+                {
+                    days
+                }
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "PAYCRON_DUNNING_RETRY_DAYS",
+                        value: v,
+                        reason: "expected increasing day offsets up to 365, e.g. 1,3,5,7".into(),
+                    });
+                }
+            }
+        }
+    };
+    let final_state: FinalState = src.parse(
+        "PAYCRON_DUNNING_FINAL_STATE",
+        FinalState::Unpaid,
+        "expected unpaid or canceled",
+    )?;
+    let fallback_card = src.parse(
+        "PAYCRON_DUNNING_FALLBACK_CARD",
+        true,
+        "expected true or false",
+    )?;
+    Ok(BillingConfig {
+        batch_size: src.positive("PAYCRON_BATCH_SIZE", 200, 10_000)? as u32,
+        concurrency: src.positive("PAYCRON_CONCURRENCY", 32, 4_096)? as usize,
+        lease: Duration::from_secs(src.positive("PAYCRON_LEASE_SECONDS", 60, 86_400)?),
+        stale_lookup_after: Duration::from_secs(
+            3_600 * src.positive("PAYCRON_STALE_LOOKUP_HOURS", 24, 24 * 365)?,
+        ),
+        card_expiry_lead_days: src.positive("PAYCRON_CARD_EXPIRY_LEAD_DAYS", 14, 365)? as i32,
+        dunning: DunningPolicy {
+            retry_days,
+            final_state,
+            fallback_card,
+        },
+        max_catch_up_periods: src.positive("PAYCRON_MAX_CATCH_UP_PERIODS", 3, 10_000)? as u32,
+        halt_probe_after: Duration::from_secs(src.positive(
+            "PAYCRON_HALT_PROBE_SECONDS",
+            30,
+            3_600,
+        )?),
+    })
 }

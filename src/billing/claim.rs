@@ -98,6 +98,8 @@ impl Engine {
     /// Step 1 for one batch: locks up to `batch_size` due subscriptions as of `now` and, in
     /// the same transaction, writes their charges (or moves those with nothing to charge).
     /// `None` when nothing was due (or shutdown began).
+    ///
+    /// Long on purpose: one transaction, read top to bottom: lock, plan, write the charges, move the rest; splitting it would scatter the transaction's steps.
     #[tracing::instrument(skip_all, fields(owner = %self.owner))]
     pub(super) async fn claim_batch(
         &self,

@@ -125,6 +125,8 @@ impl Engine {
 
     /// The subscription's next position after one recorded outcome (decided by the lifecycle),
     /// and the events it causes.
+    ///
+    /// Long on purpose: one outcome's move: events, the lifecycle's decision, notices; split, the payload would be rebuilt in three places.
     fn transition(
         &self,
         sub: &SubscriptionRow,

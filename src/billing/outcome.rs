@@ -34,6 +34,8 @@ impl Engine {
     /// What an outcome means for its charge: a status to record (and whether the answer sends
     /// it to review), a later retry of the same request, or a refused token. Logs the outcomes
     /// that record nothing.
+    ///
+    /// Long on purpose: one match arm per payment outcome; the table of what each means reads best whole.
     pub(super) fn classify(
         &self,
         charge: &ChargeRow,

@@ -147,6 +147,8 @@ impl Engine {
     /// pre-check (disabled, forgotten or expired) is not sent: its attempt is recorded as
     /// declined with the card's own reason, and dunning treats it as a hard decline (fallback
     /// card or final state).
+    ///
+    /// Long on purpose: the claim-while-sending loop; its channels, tasks and the stop condition belong together.
     pub(super) async fn drive(
         &self,
         charges: impl futures::Stream<Item = Queued> + Send,

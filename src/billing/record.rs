@@ -123,6 +123,8 @@ fn is_retryable(e: &StoreError) -> bool {
 
 impl Engine {
     /// Records a batch of outcomes.
+    ///
+    /// Long on purpose: sorts a batch into its four fates and records them; the loop and the writes share the batch.
     pub(crate) async fn record_batch(
         &self,
         items: Vec<Attempted>,

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use super::Result;
 use crate::domain::card::{CardStamp, is_stale};
-use crate::gateway::PaymentGateway;
+use crate::gateway::{PaymentGateway, ProviderCustomer};
 use crate::store::StoreError;
 use crate::store::cards::{self, CardRecord};
 
@@ -56,105 +56,7 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
                 tracing::warn!(reason = %e, "customer skipped");
                 continue;
             }
-            // Read the customer's cards first, then write everything in one transaction.
-            let mut found = Vec::new();
-            let mut card_cursor: Option<String> = None;
-            loop {
-                let cp = gateway
-                    .list_cards(&customer.id, card_cursor.as_deref(), true)
-                    .await?;
-                found.extend(cp.items);
-                match cp.cursor {
-                    Some(c) => card_cursor = Some(c),
-                    None => break,
-                }
-            }
-            let mut tx = pool.begin().await.map_err(StoreError::from)?;
-            let before = cards::enabled_states(&mut tx, &customer.id).await?;
-            if cards::upsert_customer(
-                &mut tx,
-                &customer.id,
-                customer.given_name.as_deref(),
-                customer.family_name.as_deref(),
-                customer.email.as_deref(),
-            )
-            .await?
-            {
-                totals.customers_changed += 1;
-            }
-            let mut seen = Vec::new();
-            let listed_at = chrono::Utc::now();
-            for card in found {
-                let Some(id) = card.id.clone() else { continue };
-                if let Some(owner) = card.customer_id.as_deref()
-                    && owner != customer.id
-                {
-                    totals.cards_refused += 1;
-                    tracing::warn!(customer_id = %customer.id, card_id = %id, listed_owner = owner,
-                        "card refused: Square listed it for another customer; not filed");
-                    continue;
-                }
-                let stamp = CardStamp {
-                    version: card.version,
-                    at: Some(listed_at),
-                };
-                if let Some(stored) = cards::lock_stamp(&mut tx, &id).await?
-                    && is_stale(stored, stamp)
-                {
-                    totals.cards_stale += 1;
-                    seen.push(id);
-                    continue;
-                }
-                let record = CardRecord {
-                    customer_id: customer.id.clone(),
-                    card_id: id.clone(),
-                    card_brand: card.brand.clone(),
-                    last_4: card.last_4.clone(),
-                    exp_month: card.exp_month,
-                    exp_year: card.exp_year,
-                    enabled: card.enabled,
-                };
-                // A savepoint per card: one card Square describes oddly must not lose the rest.
-                let mut sp = sqlx::Connection::begin(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
-                match cards::upsert_customer_card(&mut sp, &record).await {
-                    Ok(changed) => {
-                        cards::stamp(&mut sp, &id, stamp).await?;
-                        if changed && record.enabled {
-                            // A card updated at Square: past-due subscriptions on it try again now.
-                            crate::store::square_webhooks::retry_now_for_card(&mut sp, &id).await?;
-                        }
-                        sp.commit().await.map_err(StoreError::from)?;
-                        totals.cards += 1;
-                        totals.cards_changed += u64::from(changed);
-                        seen.push(id);
-                    }
-                    Err(StoreError::Rejected(reason)) => {
-                        sp.rollback().await.map_err(StoreError::from)?;
-                        totals.cards_skipped += 1;
-                        tracing::warn!(customer_id = %customer.id, card_id = %id, %reason, "card skipped");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            totals.cards_changed += cards::disable_missing(&mut tx, &customer.id, &seen).await?;
-            // Announce cards that stopped being chargeable in this sync, in the same transaction.
-            let after = cards::enabled_states(&mut tx, &customer.id).await?;
-            for (card_id, was) in &before {
-                if *was && after.get(card_id) == Some(&false) {
-                    crate::store::events::emit(
-                        &mut tx,
-                        "card_disabled",
-                        None,
-                        Some(&customer.id),
-                        None,
-                        serde_json::json!({"card_id": card_id, "source": "sync-cards"}),
-                    )
-                    .await?;
-                }
-            }
-            tx.commit().await.map_err(StoreError::from)?;
+            sync_customer(pool, gateway, customer, &mut totals).await?;
             totals.customers += 1;
         }
         tracing::info!(
@@ -181,4 +83,117 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
         "sync-cards done"
     );
     Ok(totals)
+}
+
+/// Reads one customer's cards from Square, then files the customer and every card in one
+/// transaction (a savepoint per card, so one odd card does not lose the rest), disables the
+/// cards Square no longer lists, and announces the ones that stopped being chargeable.
+///
+/// Long on purpose: one customer's transaction, read top to bottom (customer, cards with savepoints, missing cards, events).
+async fn sync_customer(
+    pool: &PgPool,
+    gateway: &dyn PaymentGateway,
+    customer: &ProviderCustomer,
+    totals: &mut SyncTotals,
+) -> Result<()> {
+    // Read the customer's cards first, then write everything in one transaction.
+    let mut found = Vec::new();
+    let mut card_cursor: Option<String> = None;
+    loop {
+        let cp = gateway
+            .list_cards(&customer.id, card_cursor.as_deref(), true)
+            .await?;
+        found.extend(cp.items);
+        match cp.cursor {
+            Some(c) => card_cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let before = cards::enabled_states(&mut tx, &customer.id).await?;
+    if cards::upsert_customer(
+        &mut tx,
+        &customer.id,
+        customer.given_name.as_deref(),
+        customer.family_name.as_deref(),
+        customer.email.as_deref(),
+    )
+    .await?
+    {
+        totals.customers_changed += 1;
+    }
+    let mut seen = Vec::new();
+    let listed_at = chrono::Utc::now();
+    for card in found {
+        let Some(id) = card.id.clone() else { continue };
+        if let Some(owner) = card.customer_id.as_deref()
+            && owner != customer.id
+        {
+            totals.cards_refused += 1;
+            tracing::warn!(customer_id = %customer.id, card_id = %id, listed_owner = owner,
+                "card refused: Square listed it for another customer; not filed");
+            continue;
+        }
+        let stamp = CardStamp {
+            version: card.version,
+            at: Some(listed_at),
+        };
+        if let Some(stored) = cards::lock_stamp(&mut tx, &id).await?
+            && is_stale(stored, stamp)
+        {
+            totals.cards_stale += 1;
+            seen.push(id);
+            continue;
+        }
+        let record = CardRecord {
+            customer_id: customer.id.clone(),
+            card_id: id.clone(),
+            card_brand: card.brand.clone(),
+            last_4: card.last_4.clone(),
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+            enabled: card.enabled,
+        };
+        // A savepoint per card: one card Square describes oddly must not lose the rest.
+        let mut sp = sqlx::Connection::begin(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        match cards::upsert_customer_card(&mut sp, &record).await {
+            Ok(changed) => {
+                cards::stamp(&mut sp, &id, stamp).await?;
+                if changed && record.enabled {
+                    // A card updated at Square: past-due subscriptions on it try again now.
+                    crate::store::square_webhooks::retry_now_for_card(&mut sp, &id).await?;
+                }
+                sp.commit().await.map_err(StoreError::from)?;
+                totals.cards += 1;
+                totals.cards_changed += u64::from(changed);
+                seen.push(id);
+            }
+            Err(StoreError::Rejected(reason)) => {
+                sp.rollback().await.map_err(StoreError::from)?;
+                totals.cards_skipped += 1;
+                tracing::warn!(customer_id = %customer.id, card_id = %id, %reason, "card skipped");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    totals.cards_changed += cards::disable_missing(&mut tx, &customer.id, &seen).await?;
+    // Announce cards that stopped being chargeable in this sync, in the same transaction.
+    let after = cards::enabled_states(&mut tx, &customer.id).await?;
+    for (card_id, was) in &before {
+        if *was && after.get(card_id) == Some(&false) {
+            crate::store::events::emit(
+                &mut tx,
+                "card_disabled",
+                None,
+                Some(&customer.id),
+                None,
+                serde_json::json!({"card_id": card_id, "source": "sync-cards"}),
+            )
+            .await?;
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
 }

@@ -73,6 +73,8 @@ fn peak_rss_mb() -> f64 {
 ///
 /// # Errors
 /// [`CommandError`].
+///
+/// Long on purpose: one benchmark script: seed, run, measure, print; the steps share the timers.
 pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     if args.subscriptions <= 0 || args.concurrency == 0 || args.batch_size == 0 {
         return Err(CommandError::BadInput(

@@ -15,11 +15,11 @@ use chrono::{DateTime, Duration, Utc};
 use secrecy::SecretString;
 
 use crate::app::App;
-use crate::billing::{Summary, sync};
+use crate::billing::{Engine, Summary, sync};
 use crate::commands::{CommandError, Result, table};
 use crate::config::Config;
 use crate::domain::money::format_minor;
-use crate::domain::{CardId, Currency, CustomerId, Interval, Money};
+use crate::domain::{CardId, Currency, CustomerId, Interval, Money, SubscriptionId};
 use crate::simulator::{SimConfig, Simulator};
 use crate::store::embedded::{self, ClusterOptions, LocalCluster};
 use crate::store::subscriptions::{self, Action, NewSubscription};
@@ -57,6 +57,65 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
         )));
     }
     let wall = Instant::now();
+    let (cluster, sim, app) = start(config, customers).await?;
+    let gateway = app.square()?;
+    println!(
+        "paycron demo: {customers} customers, {months} months of billing, embedded Postgres ({}), simulated Square at {}",
+        cluster.data_dir().display(),
+        sim.base_url()
+    );
+    let synced = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
+    println!(
+        "synced {} customers and {} cards from Square",
+        synced.customers, synced.cards
+    );
+    let start: DateTime<Utc> = "2027-01-01T00:00:00Z"
+        .parse()
+        .map_err(|e| CommandError::Failed(format!("{e}")))?;
+    let ids = subscribe(&app, start).await?;
+    let engine = app.engine(gateway).await?;
+    let total = bill(&app, &engine, &ids, start, months).await?;
+    print_months(&app).await?;
+
+    // Invariant 3, proven against the simulator's own record.
+    let taken: Vec<crate::domain::answer::ProviderPayment> =
+        sim.with(|st| st.completed().iter().map(Into::into).collect());
+    let audit = crate::ledger::audit::exactly_once(&app.pool, &taken).await?;
+    println!(
+        "check: {} payments taken at Square, {} successes in the ledger, {} pending: {}",
+        audit.payments,
+        audit.ledger_successes,
+        audit.pending,
+        if audit.is_exact() {
+            "exactly one payment per billed period".to_owned()
+        } else {
+            format!("MISMATCH ({})", audit.problems.join("; "))
+        }
+    );
+    println!(
+        "done in {:.1}s; explore it with: DATABASE_URL=\"$(paycron db url --database {})\" paycron ledger export --format jsonl",
+        wall.elapsed().as_secs_f64(),
+        DEMO_DATABASE
+    );
+    tracing::info!(
+        attempted = total.attempted,
+        succeeded = total.succeeded,
+        declined = total.declined,
+        unresolved = total.unresolved,
+        "demo summary"
+    );
+    sim.shutdown().await;
+    if !audit.is_exact() {
+        return Err(CommandError::Failed(
+            "the ledger does not match the simulator's payments".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The embedded cluster with a fresh demo database, the simulator seeded with `customers`,
+/// and an app wired to both.
+async fn start(config: Config, customers: usize) -> Result<(LocalCluster, Simulator, App)> {
     let home = config.home.clone();
     let cluster =
         tokio::task::spawn_blocking(move || -> std::result::Result<LocalCluster, StoreError> {
@@ -86,22 +145,11 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
     cfg.square.location_id = None;
     cfg.square.rate_limit_per_sec = 100_000;
     let app = App::from_pool(cfg, pool);
-    let gateway = app.square()?;
+    Ok((cluster, sim, app))
+}
 
-    println!(
-        "paycron demo: {customers} customers, {months} months of billing, embedded Postgres ({}), simulated Square at {}",
-        cluster.data_dir().display(),
-        sim.base_url()
-    );
-    let synced = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
-    println!(
-        "synced {} customers and {} cards from Square",
-        synced.customers, synced.cards
-    );
-
-    let start: DateTime<Utc> = "2027-01-01T00:00:00Z"
-        .parse()
-        .map_err(|e| CommandError::Failed(format!("{e}")))?;
+/// One monthly subscription per synced customer, on its primary card; returns their ids.
+async fn subscribe(app: &App, start: DateTime<Utc>) -> Result<Vec<SubscriptionId>> {
     let usd: Currency = "USD"
         .parse()
         .map_err(|e| CommandError::Failed(format!("{e}")))?;
@@ -144,7 +192,18 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
         ids.len()
     );
 
-    let engine = app.engine(gateway).await?;
+    Ok(ids)
+}
+
+/// Steps the clock six hours at a time through `months`, recovering and billing at each step;
+/// a few customers cancel at period end after two months.
+async fn bill(
+    app: &App,
+    engine: &Engine,
+    ids: &[SubscriptionId],
+    start: DateTime<Utc>,
+    months: u32,
+) -> Result<Summary> {
     let mut total = Summary::default();
     let end = start
         .checked_add_months(chrono::Months::new(months))
@@ -168,6 +227,14 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
         now += Duration::hours(6);
     }
 
+    Ok(total)
+}
+
+/// The month-by-month table and the subscriptions' statuses.
+async fn print_months(app: &App) -> Result<()> {
+    let usd: Currency = "USD"
+        .parse()
+        .map_err(|e| CommandError::Failed(format!("{e}")))?;
     let rows = ledger::monthly(&app.pool).await?;
     println!();
     print!(
@@ -215,38 +282,5 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
             .join(", ")
     );
 
-    // Invariant 3, proven against the simulator's own record.
-    let taken: Vec<crate::domain::answer::ProviderPayment> =
-        sim.with(|st| st.completed().iter().map(Into::into).collect());
-    let audit = crate::ledger::audit::exactly_once(&app.pool, &taken).await?;
-    println!(
-        "check: {} payments taken at Square, {} successes in the ledger, {} pending: {}",
-        audit.payments,
-        audit.ledger_successes,
-        audit.pending,
-        if audit.is_exact() {
-            "exactly one payment per billed period".to_owned()
-        } else {
-            format!("MISMATCH ({})", audit.problems.join("; "))
-        }
-    );
-    println!(
-        "done in {:.1}s; explore it with: DATABASE_URL=\"$(paycron db url --database {})\" paycron ledger export --format jsonl",
-        wall.elapsed().as_secs_f64(),
-        DEMO_DATABASE
-    );
-    tracing::info!(
-        attempted = total.attempted,
-        succeeded = total.succeeded,
-        declined = total.declined,
-        unresolved = total.unresolved,
-        "demo summary"
-    );
-    sim.shutdown().await;
-    if !audit.is_exact() {
-        return Err(CommandError::Failed(
-            "the ledger does not match the simulator's payments".into(),
-        ));
-    }
     Ok(())
 }

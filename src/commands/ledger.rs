@@ -85,6 +85,8 @@ fn window(since: Option<&str>, until: Option<&str>) -> Result<(DateTime<Utc>, Da
 ///
 /// # Errors
 /// [`CommandError`].
+///
+/// Long on purpose: fetch, repair, re-check and print of one reconcile; the steps share the window and the report.
 pub async fn reconcile(app: &App, args: ReconcileArgs) -> Result<()> {
     let ReconcileArgs {
         since,

@@ -184,6 +184,8 @@ fn last_started(cal: &Calendar, now: DateTime<Utc>) -> Result<Option<u32>, Sched
 ///
 /// # Errors
 /// [`ScheduleError::OutOfRange`] when a period leaves the calendar.
+///
+/// Long on purpose: the calendar walk of one subscription (skips, catch-up bound, completion), kept whole: its steps share the cursor.
 pub fn settle(
     terms: &Terms,
     state: &State,
@@ -296,6 +298,8 @@ pub struct Recorded {
 ///
 /// # Errors
 /// [`ScheduleError::OutOfRange`] when the next period leaves the calendar.
+///
+/// Long on purpose: the state machine's outcome table: one arm per outcome and status, kept whole so it can be checked against the README's table.
 #[allow(clippy::too_many_arguments)]
 pub fn on_outcome(
     terms: &Terms,
@@ -443,6 +447,8 @@ pub enum Decision {
 
 /// Applies a command at `now`. A resume or a revival makes the subscription due at `now`;
 /// [`settle`] then moves it to the right period. Pure.
+///
+/// Long on purpose: the state machine's command table: one arm per command and status, kept whole so it can be checked against the README's table.
 pub fn on_command(terms: &Terms, state: &State, cmd: Command, now: DateTime<Utc>) -> Decision {
     use SubscriptionStatus as S;
     let mut s = state.clone();

@@ -142,6 +142,7 @@ impl SquareClient {
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
+    /// Long on purpose: the classification of one CreatePayment answer, in the order it must be read (transport, body, a taken payment, errors, payment status); one table.
     async fn try_create(&self, body: &str) -> Try {
         let sent = self
             .request(reqwest::Method::POST, "/v2/payments")
@@ -259,6 +260,8 @@ impl SquareClient {
     }
 
     /// GET with retries on transient failures, decoding Square's error model.
+    ///
+    /// Long on purpose: one read call with its retry loop; the transport, status and body branches share the backoff state.
     async fn get_json<T: DeserializeOwned + HasErrors>(
         &self,
         what: &'static str,

@@ -51,6 +51,8 @@ pub struct Report {
 /// created in the window; `referenced`: the charges Square's payments name, whatever their
 /// age). Returns the report and the payments Square took for charges still pending here, which
 /// `--repair` records. Pure.
+///
+/// Long on purpose: one pass over Square's payments with one finding per kind of difference, each a few lines; the table of findings reads best in one place.
 pub fn compare(
     payments: &[ProviderPayment],
     window_charges: &[ChargeRow],

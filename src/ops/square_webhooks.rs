@@ -91,6 +91,7 @@ pub async fn receive(
     }
 }
 
+/// Long on purpose: the checks of one Square webhook in order (signature, parse, de-duplicate, apply), each a refusal with its status.
 async fn handle(
     pool: &PgPool,
     event_id: &str,

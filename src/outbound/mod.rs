@@ -214,6 +214,8 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
 ///
 /// # Errors
 /// [`StoreError`] when the database fails; endpoint failures are recorded, not returned.
+///
+/// Long on purpose: one delivery pass (fan out, claim, send, record), whose steps share the HTTP client and the batch.
 pub async fn deliver_due(
     pool: &PgPool,
     http: &reqwest::Client,

@@ -113,6 +113,7 @@ impl Ctx {
         });
     }
 
+    /// Long on purpose: one tick of one task (singleton lock, run, record, metrics), which share the guard and the timer.
     async fn run_task(&self, job: &JobSpec, tick: chrono::DateTime<Utc>) {
         let started = Instant::now();
         let task = job.task.as_str();
@@ -224,6 +225,8 @@ impl Ctx {
 ///
 /// # Errors
 /// [`DaemonError`].
+///
+/// Long on purpose: the daemon's life in order (start, tick, drain, stop); each step is a few lines and they share the tracker and the tokens.
 pub async fn run(
     app: App,
     gateway: Arc<dyn PaymentGateway>,

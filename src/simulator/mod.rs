@@ -175,7 +175,9 @@ async fn list_customers(
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
-    json_reply(lock(&state).list_customers(q.get("cursor").map(String::as_str)))
+    let mut s = lock(&state);
+    s.customer_lists += 1;
+    json_reply(s.list_customers(q.get("cursor").map(String::as_str)))
 }
 
 async fn list_cards(

@@ -183,6 +183,8 @@ pub struct SimState {
     next_id: u64,
     /// Requests that reached a Square endpoint (before faults), for tests counting retries.
     pub hits: u64,
+    /// ListCustomers calls answered (one per sync-cards run over a single page).
+    pub customer_lists: u64,
     /// Offset added to the wall clock for `created_at` (tests that bill "in the future").
     pub clock_offset: Duration,
 }
@@ -238,6 +240,7 @@ impl SimState {
             requests: vec![],
             next_id: 1,
             hits: 0,
+            customer_lists: 0,
             clock_offset: Duration::zero(),
         };
         s.seed();
@@ -476,22 +479,7 @@ impl SimState {
 
     fn take_payment(&mut self, req: &serde_json::Value) -> Reply {
         if self.faults.answer_with_example {
-            return Reply {
-                status: 200,
-                body: serde_json::json!({ "payment": {
-                    "id": "GQTFp1ZlXdpoW4o6eGiZhbjosiDFf",
-                    "created_at": "2021-10-13T19:34:33.524Z",
-                    "updated_at": "2021-10-13T19:34:34.339Z",
-                    "amount_money": { "amount": 1000, "currency": "USD" },
-                    "total_money": { "amount": 1000, "currency": "USD" },
-                    "status": "COMPLETED",
-                    "source_type": "CARD",
-                    "location_id": "L88917AVBK2S5",
-                    "customer_id": "W92WH6P11H4Z77CTET0RNTGFW8",
-                    "reference_id": "123456",
-                    "note": "Brief Description"
-                }}),
-            };
+            return example_reply();
         }
         let req: wire::CreatePaymentRequest = match serde_json::from_value(req.clone()) {
             Ok(r) => r,
@@ -505,47 +493,62 @@ impl SimState {
                 );
             }
         };
+        let (card, customer) = match self.validate(&req) {
+            Ok(found) => found,
+            Err(reply) => return reply,
+        };
+        let (payment, decline) = self.make_payment(&req, &card, &customer);
+        self.by_id.insert(payment.id.clone(), self.payments.len());
+        self.payments.push(payment.clone());
+        self.payment_reply(payment, decline)
+    }
+
+    /// Square's request checks, in its order: the card on file and its customer, or the error
+    /// Square answers.
+    ///
+    /// Long on purpose: Square's checks of a CreatePayment, in Square's order, one error each.
+    fn validate(&self, req: &wire::CreatePaymentRequest) -> Result<(Card, String), Reply> {
         if req
             .reference_id
             .as_ref()
             .is_some_and(|r| r.chars().count() > 40)
         {
-            return error(
+            return Err(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "VALUE_TOO_LONG",
                 "Field must not be greater than 40 length",
                 Some("reference_id"),
-            );
+            ));
         }
         if req.amount_money.amount <= 0 {
-            return error(
+            return Err(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "VALUE_TOO_LOW",
                 "`amount_money.amount` must be greater than 0.",
                 Some("amount_money.amount"),
-            );
+            ));
         }
         if req.amount_money.currency != self.config.currency {
-            return error(
+            return Err(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_VALUE",
                 "The currency does not match the location's currency.",
                 Some("amount_money.currency"),
-            );
+            ));
         }
         if let Some(loc) = &req.location_id
             && loc != &self.config.location_id
         {
-            return error(
+            return Err(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "NOT_FOUND",
                 "Location not found.",
                 Some("location_id"),
-            );
+            ));
         }
         let known = self
             .card_index
@@ -562,32 +565,43 @@ impl SimState {
             })
         });
         let Some(card) = card else {
-            return error(
+            return Err(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "NOT_FOUND",
                 "Card not found.",
                 Some("source_id"),
-            );
+            ));
         };
         let Some(customer) = req.customer_id.as_deref() else {
-            return error(
+            return Err(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "MISSING_REQUIRED_PARAMETER",
                 "customer_id is required for a card on file.",
                 Some("customer_id"),
-            );
+            ));
         };
         if card.customer_id.as_deref() != Some(customer) {
-            return error(
+            return Err(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_VALUE",
                 "The card does not belong to the customer.",
                 Some("customer_id"),
-            );
+            ));
         }
+        Ok((card, customer.to_owned()))
+    }
+
+    /// The payment Square makes for a valid request (declined by the card's behaviour), and
+    /// the decline code if any.
+    fn make_payment(
+        &mut self,
+        req: &wire::CreatePaymentRequest,
+        card: &Card,
+        customer: &str,
+    ) -> (Payment, Option<&'static str>) {
         let seen = self
             .attempts_per_card
             .entry(req.source_id.clone())
@@ -652,8 +666,11 @@ impl SimState {
                 .is_none()
                 .then(|| format!("https://squareup.com/receipt/preview/{id}")),
         };
-        self.by_id.insert(id, self.payments.len());
-        self.payments.push(payment.clone());
+        (payment, decline)
+    }
+
+    /// The answer to a payment made: the payment, or the decline with it.
+    fn payment_reply(&self, payment: Payment, decline: Option<&'static str>) -> Reply {
         match decline {
             None if self.faults.errors_with_payment => Reply {
                 status: 200,
@@ -760,6 +777,26 @@ impl SimState {
     /// An error reply in Square's shape.
     pub fn error_reply(status: u16, category: &str, code: &str, detail: &str) -> Reply {
         error(status, category, code, detail, None)
+    }
+}
+
+/// Square's own example CreatePayment answer (a payment for another charge entirely).
+fn example_reply() -> Reply {
+    Reply {
+        status: 200,
+        body: serde_json::json!({ "payment": {
+            "id": "GQTFp1ZlXdpoW4o6eGiZhbjosiDFf",
+            "created_at": "2021-10-13T19:34:33.524Z",
+            "updated_at": "2021-10-13T19:34:34.339Z",
+            "amount_money": { "amount": 1000, "currency": "USD" },
+            "total_money": { "amount": 1000, "currency": "USD" },
+            "status": "COMPLETED",
+            "source_type": "CARD",
+            "location_id": "L88917AVBK2S5",
+            "customer_id": "W92WH6P11H4Z77CTET0RNTGFW8",
+            "reference_id": "123456",
+            "note": "Brief Description"
+        }}),
     }
 }
 

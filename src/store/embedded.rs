@@ -412,6 +412,7 @@ impl LocalCluster {
         result
     }
 
+    /// Long on purpose: the cluster's start-up in order (initdb, configuration, start, wait), under one lock.
     fn start_locked(&self, bindir: &Path) -> Result<()> {
         let base = self.data.parent().unwrap_or(&self.root).to_path_buf();
         for dir in [&base, &self.socket_dir] {
@@ -514,6 +515,8 @@ impl LocalCluster {
 
     /// A cluster an older paycron made with `trust` auth: gives the superuser the password and
     /// switches every rule to SCRAM, then reloads. A no-op for a cluster made here.
+    ///
+    /// Long on purpose: one migration of an older cluster's layout, step by step, each step checked.
     fn secure_legacy(&self, bindir: &Path, password: &str) -> Result<()> {
         let hba = self.data.join("pg_hba.conf");
         let text = fs::read_to_string(&hba).map_err(io("cannot read", &hba))?;

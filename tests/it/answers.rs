@@ -56,7 +56,8 @@ async fn a_wrong_location_halts_billing_and_changes_no_subscription() {
     let before = statuses(&db).await;
     let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
         .env("SQUARE_LOCATION_ID", "REPLACE_WITH_LOCATION_ID")
-        .args(["run-once", "--task", "bill-due"]));
+        .args(["run-once", "--task", "bill-due"]))
+    .await;
     assert_ne!(code, 0, "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
@@ -160,20 +161,21 @@ async fn a_currency_the_location_cannot_take_is_tried_once_and_later_again_witho
             eur = id;
         }
     }
-    let once = |now: &str| {
+    let once = async |now: &str| {
         run(paycron(Some(&db.url), Some(&s.base_url()))
             .args(["run-once", "--task", "bill-due", "--now", now]))
+        .await
     };
-    let (code, _, err) = once("2027-01-01T00:10:00Z");
+    let (code, _, err) = once("2027-01-01T00:10:00Z").await;
     assert_eq!(code, 1, "one charge failed: {err}");
     assert!(err.contains("amount_money.currency"), "{err}");
     assert_eq!(calls(&s, Some("EU1")), 1);
     assert_eq!(calls(&s, None), 6, "the others were charged");
     // Within its backoff it is not sent again; after it, once more.
-    let (code, _, _) = once("2027-01-01T00:10:30Z");
+    let (code, _, _) = once("2027-01-01T00:10:30Z").await;
     assert_eq!(code, 0);
     assert_eq!(calls(&s, Some("EU1")), 1);
-    let (code, _, _) = once("2027-01-01T00:12:00Z");
+    let (code, _, _) = once("2027-01-01T00:12:00Z").await;
     assert_eq!(code, 1);
     assert_eq!(calls(&s, Some("EU1")), 2);
     let (status, period, attempt, uncounted): (String, i32, i32, i32) = sqlx::query_as(
@@ -221,7 +223,8 @@ async fn two_hard_declining_cards_cost_a_bounded_number_of_calls() {
             "bill-due",
             "--now",
             &now.to_rfc3339(),
-        ]));
+        ]))
+        .await;
         assert_eq!(code, 0, "day {day}: {err}");
         assert!(calls(&s, Some("HH")) <= 5, "day {day}: unbounded");
         now += Duration::days(1);
@@ -273,8 +276,9 @@ async fn an_answer_for_another_charge_goes_to_review_and_an_operator_resolves_it
     monthly(&db, &s, &["RV1", "RV2"]).await;
     s.with(|st| st.faults.answer_with_example = true);
     let cli = || paycron(Some(&db.url), Some(&s.base_url()));
-    let once = |now: &str| run(cli().args(["run-once", "--task", "bill-due", "--now", now]));
-    let (code, _, err) = once("2027-01-01T00:10:00Z");
+    let once =
+        async |now: &str| run(cli().args(["run-once", "--task", "bill-due", "--now", now])).await;
+    let (code, _, err) = once("2027-01-01T00:10:00Z").await;
     assert_eq!(code, 1, "{err}");
     let rows = charge_rows(&db).await;
     assert_eq!(rows.len(), 2);
@@ -303,17 +307,17 @@ async fn an_answer_for_another_charge_goes_to_review_and_an_operator_resolves_it
     assert_eq!(customer_events(&db).await, 0, "neither paid nor declined");
     // Never re-sent: not by billing, not by recovery, whatever the clock.
     let sent = calls(&s, None);
-    let (code, _, err) = run(cli().args(["run-once", "--now", "2027-01-03T00:00:00Z"]));
+    let (code, _, err) = run(cli().args(["run-once", "--now", "2027-01-03T00:00:00Z"])).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(calls(&s, None), sent);
     // The ledger export and `charges review` show them.
-    let (_, out, _) = run(cli().args(["ledger", "export", "--format", "jsonl"]));
+    let (_, out, _) = run(cli().args(["ledger", "export", "--format", "jsonl"])).await;
     assert_eq!(
         out.matches("\"status\":\"needs_review\"").count(),
         2,
         "{out}"
     );
-    let (code, out, _) = run(cli().args(["charges", "review", "--format", "json"]));
+    let (code, out, _) = run(cli().args(["charges", "review", "--format", "json"])).await;
     assert_eq!(code, 0);
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);
@@ -327,7 +331,8 @@ async fn an_answer_for_another_charge_goes_to_review_and_an_operator_resolves_it
         "unpaid",
         "--note",
         "Square shows no payment",
-    ]));
+    ]))
+    .await;
     assert_eq!(
         (code, out.trim()),
         (0, format!("{first} unpaid").as_str()),
@@ -341,19 +346,21 @@ async fn an_answer_for_another_charge_goes_to_review_and_an_operator_resolves_it
         "paid",
         "--note",
         "matched by hand",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("GQTFp1ZlXdpoW4o6eGiZhbjosiDFf"), "{out}");
     let (code, _, err) = run(cli().args([
         "charges", "resolve", &second, "--as", "unpaid", "--note", "again",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not in review"), "{err}");
     let (code, _, err) =
-        run(cli().args(["charges", "resolve", &first, "--as", "paid", "--note", " "]));
+        run(cli().args(["charges", "resolve", &first, "--as", "paid", "--note", " "])).await;
     assert_eq!(code, 2, "{err}");
     s.with(|st| st.faults.answer_with_example = false);
-    let (code, _, err) = once("2027-01-03T00:10:00Z");
+    let (code, _, err) = once("2027-01-03T00:10:00Z").await;
     assert_eq!(code, 0, "{err}");
     let periods: Vec<(String, i32, i32)> = sqlx::query_as(
         "SELECT status, next_period, next_attempt FROM paycron.subscriptions ORDER BY customer_id",
@@ -399,7 +406,8 @@ async fn one_payment_answered_to_two_charges_sends_the_second_to_review_and_the_
         "bill-due",
         "--now",
         "2027-01-01T00:10:00Z",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 1, "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
@@ -425,7 +433,7 @@ async fn one_payment_answered_to_two_charges_sends_the_second_to_review_and_the_
     .unwrap();
     assert!(reason.contains("already recorded for charge"), "{reason}");
     let sent = calls(&s, None);
-    let (code, _, err) = run(cli().args(["run-once", "--task", "recover"]));
+    let (code, _, err) = run(cli().args(["run-once", "--task", "recover"])).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(calls(&s, None), sent, "nothing re-sent");
     s.shutdown().await;
@@ -453,8 +461,9 @@ async fn rows_the_engine_cannot_read_are_quarantined_and_billing_goes_on() {
     }
     drop(conn);
     let cli = || paycron(Some(&db.url), Some(&s.base_url()));
-    let once = |now: &str| run(cli().args(["run-once", "--task", "bill-due", "--now", now]));
-    let (code, _, err) = once("2027-01-01T00:10:00Z");
+    let once =
+        async |now: &str| run(cli().args(["run-once", "--task", "bill-due", "--now", now])).await;
+    let (code, _, err) = once("2027-01-01T00:10:00Z").await;
     assert_eq!(code, 1, "{err}");
     assert!(
         err.lines()
@@ -482,7 +491,7 @@ async fn rows_the_engine_cannot_read_are_quarantined_and_billing_goes_on() {
     .await;
     assert_eq!(told, 3);
     // Quarantined rows stay out of later runs.
-    let (code, _, err) = once("2027-01-01T00:20:00Z");
+    let (code, _, err) = once("2027-01-01T00:20:00Z").await;
     assert_eq!(code, 0, "{err}");
     // Fixed, released, billed; a row still broken is not released.
     sqlx::query(
@@ -504,16 +513,16 @@ async fn rows_the_engine_cannot_read_are_quarantined_and_billing_goes_on() {
             .to_string()
         }
     };
-    let (code, out, err) = run(cli().args(["subscription", "release", &id("Q2").await]));
+    let (code, out, err) = run(cli().args(["subscription", "release", &id("Q2").await])).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("released"));
-    let (code, _, err) = run(cli().args(["subscription", "release", &id("Q3").await]));
+    let (code, _, err) = run(cli().args(["subscription", "release", &id("Q3").await])).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("still cannot be billed"), "{err}");
-    let (code, _, err) = run(cli().args(["subscription", "release", &id("Q1").await]));
+    let (code, _, err) = run(cli().args(["subscription", "release", &id("Q1").await])).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("still cannot be read"), "{err}");
-    let (code, _, err) = once("2027-01-01T00:30:00Z");
+    let (code, _, err) = once("2027-01-01T00:30:00Z").await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(calls(&s, Some("Q2")), 1);
     s.shutdown().await;
@@ -595,7 +604,8 @@ async fn a_charge_sent_too_often_without_an_answer_goes_to_review() {
     .unwrap();
     let sent = calls(&s, None);
     let (code, _, err) =
-        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--task", "recover"]));
+        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--task", "recover"]))
+            .await;
     assert_eq!(code, 1, "{err}");
     assert!(err.lines().last().unwrap().contains("1 in review"), "{err}");
     assert_eq!(calls(&s, None), sent, "not sent again");
@@ -640,7 +650,8 @@ async fn an_expired_card_is_never_a_fallback() {
         "bill-due",
         "--now",
         "2027-01-01T00:10:00Z",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(calls(&s, Some("EX")), 1, "the expired card is not tried");
     let status: String = sqlx::query_scalar("SELECT status FROM paycron.subscriptions")

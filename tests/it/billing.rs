@@ -6,8 +6,10 @@ use paycron::billing::Engine;
 use paycron::simulator::SimConfig;
 use uuid::Uuid;
 
+use paycron::store::subscriptions::{self, SubscriptionRow};
+
 use crate::helpers::{
-    TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim,
+    Harness, TestDb, app, client, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim,
 };
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -32,14 +34,10 @@ async fn create(
         .unwrap()
 }
 
-async fn status(db: &TestDb, id: Uuid) -> (String, i32, Option<DateTime<Utc>>, String) {
-    sqlx::query_as(
-        "SELECT status, next_period, next_due_at, card_id FROM paycron.subscriptions WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
+/// The subscription, read through the store.
+async fn sub(db: &TestDb, id: Uuid) -> SubscriptionRow {
+    let mut conn = db.pool.acquire().await.unwrap();
+    subscriptions::get(&mut conn, id.into()).await.unwrap()
 }
 
 async fn ledger(db: &TestDb, id: Uuid) -> Vec<(String, i32, String, Option<String>)> {
@@ -81,7 +79,8 @@ async fn month_ends_in_new_york_through_the_ledger() {
             &format!("2027-01-{day}T09:30:00-05:00"),
             "--timezone",
             "America/New_York",
-        ]));
+        ]))
+        .await;
         assert_eq!(code, 0, "{err}");
         ids.push(out.trim().to_owned());
     }
@@ -89,10 +88,11 @@ async fn month_ends_in_new_york_through_the_ledger() {
     // once, oldest first.
     let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
         .env("PAYCRON_MAX_CATCH_UP_PERIODS", "13")
-        .args(["run-once", "--now", "2028-01-15T00:00:00Z"]));
+        .args(["run-once", "--now", "2028-01-15T00:00:00Z"]))
+    .await;
     assert_eq!(code, 0, "{err}");
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
+        run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"])).await;
     assert_eq!(code, 0);
     let rows: Vec<serde_json::Value> = out
         .lines()
@@ -169,26 +169,19 @@ async fn month_ends_in_new_york_through_the_ledger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
-    let s = sim(SimConfig::default()).await;
-    s.with(|st| {
-        st.add_card("SOFT", "ccof:sim-decline-first-2-a", "VISA", true);
-        st.add_card("NEVER", "ccof:sim-insufficient-funds-a", "VISA", true);
-        st.add_card("HARD", "ccof:sim-card-expired-a", "VISA", true);
-        st.add_card("SPARE", "ccof:sim-card-expired-b", "VISA", true);
-        st.add_card("SPARE", "ccof:sim-ok-b", "VISA", true);
-    });
-    let db = fresh_db().await;
-    seed_card(&db, "SOFT", "ccof:sim-decline-first-2-a").await;
-    seed_card(&db, "NEVER", "ccof:sim-insufficient-funds-a").await;
-    seed_card(&db, "HARD", "ccof:sim-card-expired-a").await;
-    seed_card(&db, "SPARE", "ccof:sim-ok-b").await;
-    seed_card(&db, "SPARE", "ccof:sim-card-expired-b").await;
+    let h = Harness::start().await;
+    h.card("SOFT", "ccof:sim-decline-first-2-a").await;
+    h.card("NEVER", "ccof:sim-insufficient-funds-a").await;
+    h.card("HARD", "ccof:sim-card-expired-a").await;
+    h.card("SPARE", "ccof:sim-card-expired-b").await;
+    h.card("SPARE", "ccof:sim-ok-b").await;
     let anchor = "2027-03-01T12:00:00Z";
-    let soft = create(&db, "SOFT", None, anchor, "").await;
-    let never = create(&db, "NEVER", None, anchor, "").await;
-    let hard = create(&db, "HARD", None, anchor, "").await;
-    let spare = create(&db, "SPARE", Some("ccof:sim-card-expired-b"), anchor, "").await;
-    let e = engine(&db, &s.base_url()).await;
+    let soft = create(&h.db, "SOFT", None, anchor, "").await;
+    let never = create(&h.db, "NEVER", None, anchor, "").await;
+    let hard = create(&h.db, "HARD", None, anchor, "").await;
+    let spare = create(&h.db, "SPARE", Some("ccof:sim-card-expired-b"), anchor, "").await;
+    let (db, s) = (&h.db, &h.sim);
+    let e = h.engine().await;
 
     for day in 1..=10 {
         let now = t(anchor) + chrono::Duration::days(day - 1) + chrono::Duration::hours(1);
@@ -196,7 +189,7 @@ async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
     }
     // Soft: declined twice (day 1, day 2), recovered on the second retry (day 4).
     assert_eq!(
-        ledger(&db, soft).await,
+        ledger(db, soft).await,
         vec![
             (
                 "2027-03-01".into(),
@@ -213,24 +206,27 @@ async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
             ("2027-03-01".into(), 3, "succeeded".into(), None),
         ]
     );
-    assert_eq!(status(&db, soft).await.0, "active");
-    assert_eq!(status(&db, soft).await.2, Some(t("2027-04-01T12:00:00Z")));
+    assert_eq!(sub(db, soft).await.status.as_str(), "active");
+    assert_eq!(
+        sub(db, soft).await.next_due_at,
+        Some(t("2027-04-01T12:00:00Z"))
+    );
     // Never: the first attempt and four retries, then unpaid.
-    let l = ledger(&db, never).await;
+    let l = ledger(db, never).await;
     assert_eq!(l.len(), 5);
     assert!(l.iter().all(|r| r.2 == "declined"));
-    assert_eq!(status(&db, never).await.0, "unpaid");
-    assert_eq!(status(&db, never).await.2, None);
+    assert_eq!(sub(db, never).await.status.as_str(), "unpaid");
+    assert_eq!(sub(db, never).await.next_due_at, None);
     // Hard, no other card: no retry, straight to the final state.
-    assert_eq!(ledger(&db, hard).await.len(), 1);
-    assert_eq!(status(&db, hard).await.0, "unpaid");
+    assert_eq!(ledger(db, hard).await.len(), 1);
+    assert_eq!(sub(db, hard).await.status.as_str(), "unpaid");
     // Hard with a spare card: falls back at once, a new attempt with its own key.
-    let l = ledger(&db, spare).await;
+    let l = ledger(db, spare).await;
     assert_eq!(
         l.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
         ["declined", "succeeded"]
     );
-    assert_eq!(status(&db, spare).await.3, "ccof:sim-ok-b");
+    assert_eq!(sub(db, spare).await.card_id.as_str(), "ccof:sim-ok-b");
     // Every attempt had its own key; the simulator took exactly the successes.
     let keys: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT idempotency_key) FROM paycron.charges")
@@ -273,17 +269,16 @@ async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
     assert_eq!(unpaid, 2);
 
     // A new card brings an unpaid subscription back: billed at once with a new attempt.
-    s.with(|st| st.add_card("NEVER", "ccof:sim-ok-new", "VISA", true));
-    seed_card(&db, "NEVER", "ccof:sim-ok-new").await;
+    h.card("NEVER", "ccof:sim-ok-new").await;
     sqlx::query("SELECT paycron.change_card($1, 'ccof:sim-ok-new')")
         .bind(never)
         .execute(&db.pool)
         .await
         .unwrap();
     e.bill_due(Utc::now()).await.unwrap();
-    assert_eq!(status(&db, never).await.0, "active");
-    assert_eq!(ledger(&db, never).await.last().unwrap().2, "succeeded");
-    s.shutdown().await;
+    assert_eq!(h.subscription(never).await.status.as_str(), "active");
+    assert_eq!(ledger(db, never).await.last().unwrap().2, "succeeded");
+    h.assert_exactly_once().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +307,7 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
     let ending = create(&db, "C", None, anchor, "").await;
     e.bill_due(t("2027-01-10T01:00:00Z")).await.unwrap();
     assert_eq!(
-        status(&db, trial).await.0,
+        sub(&db, trial).await.status.as_str(),
         "trialing",
         "not billed during the trial"
     );
@@ -331,9 +326,9 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
         "2027-01-24",
         "first charge when the trial ends"
     );
-    assert_eq!(status(&db, trial).await.0, "active");
+    assert_eq!(sub(&db, trial).await.status.as_str(), "active");
     assert_eq!(ledger(&db, cycles).await.len(), 3);
-    assert_eq!(status(&db, cycles).await.0, "completed");
+    assert_eq!(sub(&db, cycles).await.status.as_str(), "completed");
     assert_eq!(
         ledger(&db, pausing).await.len(),
         1,
@@ -344,7 +339,7 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
         1,
         "the paid period runs out, nothing more"
     );
-    assert_eq!(status(&db, ending).await.0, "canceled");
+    assert_eq!(sub(&db, ending).await.status.as_str(), "canceled");
 
     sqlx::query("SELECT paycron.resume_subscription($1)")
         .bind(pausing)
@@ -352,8 +347,13 @@ async fn trials_cycles_pause_and_cancel_at_period_end() {
         .await
         .unwrap();
     e.bill_due(Utc::now()).await.unwrap();
-    let (st, period, due, _) = status(&db, pausing).await;
-    assert_eq!(st, "active");
+    let SubscriptionRow {
+        status: st,
+        next_period: period,
+        next_due_at: due,
+        ..
+    } = sub(&db, pausing).await;
+    assert_eq!(st.as_str(), "active");
     assert!(period >= 3, "moved past the paused periods: {period}");
     assert!(due.unwrap() > Utc::now(), "next due after the resume");
     assert_eq!(
@@ -411,7 +411,7 @@ async fn a_stale_charge_is_looked_up_at_square_before_any_resend() {
     .await
     .unwrap();
     assert_eq!(recorded.as_deref(), Some(taken.as_str()));
-    assert_eq!(status(&db, id).await.1, 1, "the period is settled");
+    assert_eq!(sub(&db, id).await.next_period, 1, "the period is settled");
     s.shutdown().await;
 }
 
@@ -430,12 +430,12 @@ async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
     // R1 bills normally.
     let e = engine(&db, &s.base_url()).await;
     e.bill_due(Utc::now()).await.unwrap();
-    let recon = |extra: &[&str]| {
+    let recon = async |extra: &[&str]| {
         let mut args = vec!["reconcile", "--format", "jsonl"];
         args.extend_from_slice(extra);
-        run(paycron(Some(&db.url), Some(&s.base_url())).args(&args))
+        run(paycron(Some(&db.url), Some(&s.base_url())).args(&args)).await
     };
-    let (code, out, err) = recon(&[]);
+    let (code, out, err) = recon(&[]).await;
     assert_eq!((code, out.as_str()), (0, ""), "a clean run: {err}");
 
     // R2: Square takes the money, every answer is lost, the worker dies before recording.
@@ -453,7 +453,7 @@ async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
     drop(dying);
     s.with(|st| st.faults = Default::default());
 
-    let (code, out, _) = recon(&[]);
+    let (code, out, _) = recon(&[]).await;
     assert_eq!(code, 1);
     let findings: Vec<serde_json::Value> = out
         .lines()
@@ -461,7 +461,7 @@ async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
         .collect();
     assert_eq!(findings.len(), 1, "{out}");
     assert_eq!(findings[0]["kind"], "missing_in_ledger");
-    let (code, _, err) = recon(&["--repair"]);
+    let (code, _, err) = recon(&["--repair"]).await;
     assert_eq!(code, 0, "repaired: {err}");
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.ledger_entries WHERE subscription_id = $1 AND status = 'succeeded'")
         .bind(lost)
@@ -469,7 +469,7 @@ async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
         .await
         .unwrap();
     assert_eq!(recorded, 1);
-    let (code, out, _) = recon(&["--repair"]);
+    let (code, out, _) = recon(&["--repair"]).await;
     assert_eq!(
         (code, out.as_str()),
         (0, ""),
@@ -486,7 +486,8 @@ async fn reconcile_names_a_missing_payment_and_repair_records_it_once() {
         "2030-01-01T00:00:00Z",
         "--until",
         "2029-01-01T00:00:00Z",
-    ]);
+    ])
+    .await;
     assert_eq!(code, 2, "{err}");
     s.shutdown().await;
 }
@@ -528,7 +529,7 @@ async fn disabled_and_expired_cards_are_not_sent_to_square() {
         )]
     );
     assert_eq!(
-        status(&db, disabled).await.0,
+        sub(&db, disabled).await.status.as_str(),
         "unpaid",
         "no other card: dunning ends"
     );
@@ -538,7 +539,10 @@ async fn disabled_and_expired_cards_are_not_sent_to_square() {
         l[1].2, "succeeded",
         "fell back to the customer's other card"
     );
-    assert_eq!(status(&db, expired).await.3, "ccof:sim-ok-x2-spare");
+    assert_eq!(
+        sub(&db, expired).await.card_id.as_str(),
+        "ccof:sim-ok-x2-spare"
+    );
     // Square saw only the spare card's charge.
     let sent: Vec<String> = s.with(|st| st.requests().iter().map(|r| r.body.clone()).collect());
     assert_eq!(sent.len(), 1);
@@ -672,7 +676,7 @@ async fn a_worker_keeps_the_leases_of_the_charges_it_is_working_on() {
     assert_eq!(keys.len(), 60);
     assert_eq!(s.with(|st| st.completed().len()), 60);
     for id in ids {
-        assert_eq!(status(&db, id).await.1, 1);
+        assert_eq!(sub(&db, id).await.next_period, 1);
     }
     s.shutdown().await;
 }

@@ -25,11 +25,12 @@ async fn import_create_list_show_manage() {
     ]);
     let (code, out, err) = run(paycron(Some(&db.url), None)
         .args(["cards", "import"])
-        .arg(file.path()));
+        .arg(file.path()))
+    .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("imported 2 cards"));
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
+        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"])).await;
     assert_eq!(code, 0);
     let cards: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cards.as_array().unwrap().len(), 2);
@@ -52,12 +53,13 @@ async fn import_create_list_show_manage() {
         "America/New_York",
         "--cycles",
         "12",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     let id = id.trim().to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["subscription", "list", "--format", "json"]));
+        run(paycron(Some(&db.url), None).args(["subscription", "list", "--format", "json"])).await;
     assert_eq!(code, 0);
     let subs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(subs[0]["id"], id.as_str());
@@ -65,7 +67,8 @@ async fn import_create_list_show_manage() {
     assert_eq!(subs[0]["time_zone"], "America/New_York");
     assert_eq!(subs[0]["max_cycles"], 12);
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["subscription", "show", &id, "--format", "json"]));
+        run(paycron(Some(&db.url), None).args(["subscription", "show", &id, "--format", "json"]))
+            .await;
     assert_eq!(code, 0);
     assert!(out.contains("\"status\": \"active\""), "{out}");
     let extra = csv(&[HEADER, "CUST1,ccof:three,VISA,3333,5,2032"]);
@@ -73,6 +76,7 @@ async fn import_create_list_show_manage() {
         run(paycron(Some(&db.url), None)
             .args(["cards", "import"])
             .arg(extra.path()))
+        .await
         .0,
         0
     );
@@ -82,7 +86,8 @@ async fn import_create_list_show_manage() {
         &id,
         "--card",
         "ccof:three",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("changed"));
     let (code, _, err) = run(paycron(Some(&db.url), None).args([
@@ -91,7 +96,8 @@ async fn import_create_list_show_manage() {
         &id,
         "--card",
         "ccof:two",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 2, "another customer's card: {err}");
     assert!(err.contains("belongs to customer CUST2"), "{err}");
     for (verb, expect) in [
@@ -99,20 +105,22 @@ async fn import_create_list_show_manage() {
         ("resume", "resumed"),
         ("cancel", "canceled"),
     ] {
-        let (code, out, err) = run(paycron(Some(&db.url), None).args(["subscription", verb, &id]));
+        let (code, out, err) =
+            run(paycron(Some(&db.url), None).args(["subscription", verb, &id])).await;
         assert_eq!(code, 0, "{verb}: {err}");
         assert!(out.contains(expect), "{verb}: {out}");
     }
-    let (code, _, err) = run(paycron(Some(&db.url), None).args(["subscription", "pause", &id]));
+    let (code, _, err) =
+        run(paycron(Some(&db.url), None).args(["subscription", "pause", &id])).await;
     assert_eq!(code, 2, "pausing a canceled subscription: {err}");
     assert!(err.contains("canceled"), "{err}");
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["customers", "list", "--format", "json"]));
+        run(paycron(Some(&db.url), None).args(["customers", "list", "--format", "json"])).await;
     assert_eq!(code, 0);
     assert!(out.contains("CUST2"));
     // An empty ledger exports nothing.
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"]));
+        run(paycron(Some(&db.url), None).args(["ledger", "export", "--format", "jsonl"])).await;
     assert_eq!((code, out.as_str()), (0, ""));
 }
 
@@ -124,6 +132,7 @@ async fn bad_subscription_input_exits_2_and_writes_nothing() {
         run(paycron(Some(&db.url), None)
             .args(["cards", "import"])
             .arg(file.path()))
+        .await
         .0,
         0
     );
@@ -166,7 +175,7 @@ async fn bad_subscription_input_exits_2_and_writes_nothing() {
             args.push(flag.to_string());
             args.push(value.to_string());
         }
-        let (code, out, err) = run(paycron(Some(&db.url), None).args(&args));
+        let (code, out, err) = run(paycron(Some(&db.url), None).args(&args)).await;
         assert_eq!(code, 2, "{flag} {value}: stdout {out} stderr {err}");
         let last = err.lines().last().unwrap_or("");
         assert!(
@@ -230,7 +239,8 @@ async fn bad_import_files_name_the_line_and_import_nothing() {
         let file = csv(&lines);
         let (code, _, err) = run(paycron(Some(&db.url), None)
             .args(["cards", "import"])
-            .arg(file.path()));
+            .arg(file.path()))
+        .await;
         assert_eq!(code, 2, "{lines:?}: {err}");
         assert!(
             err.contains(expect),
@@ -244,7 +254,7 @@ async fn bad_import_files_name_the_line_and_import_nothing() {
         assert_eq!(count(&db, "customers").await, 0, "{lines:?}");
     }
     let (code, _, err) =
-        run(paycron(Some(&db.url), None).args(["cards", "import", "/nonexistent/x.csv"]));
+        run(paycron(Some(&db.url), None).args(["cards", "import", "/nonexistent/x.csv"])).await;
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/x.csv"), "{err}");
 }
@@ -263,7 +273,8 @@ async fn bad_configuration_exits_2_naming_the_key() {
     ] {
         let (code, _, err) = run(paycron(None, None)
             .env(key, value)
-            .args(["customers", "list"]));
+            .args(["customers", "list"]))
+        .await;
         assert_eq!(code, 2, "{key}");
         assert!(err.contains(key), "{key}: {err}");
     }
@@ -280,7 +291,8 @@ async fn bad_configuration_exits_2_naming_the_key() {
     ] {
         let (code, _, err) = run(paycron(None, None)
             .env(key, "https://billing.example.com/webhooks/square")
-            .args(["customers", "list"]));
+            .args(["customers", "list"]))
+        .await;
         assert_eq!(code, 2, "{key}: {err}");
         assert!(
             err.contains(&format!("{missing} is not set")),
@@ -292,19 +304,20 @@ async fn bad_configuration_exits_2_naming_the_key() {
     std::fs::write(url_file.path(), "mysql://u:very-secret@db/x\n").unwrap();
     let (code, _, err) = run(paycron(None, None)
         .env("DATABASE_URL_FILE", url_file.path())
-        .args(["customers", "list"]));
+        .args(["customers", "list"]))
+    .await;
     assert_ne!(code, 0, "the file's URL (host `db`) was used: {err}");
     assert!(!err.contains("very-secret"), "{err}");
     // Commands that talk to Square refuse to start without a token.
     let db = fresh_db().await;
-    let (code, _, err) = run(paycron(Some(&db.url), None).args(["sync-cards"]));
+    let (code, _, err) = run(paycron(Some(&db.url), None).args(["sync-cards"])).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("SQUARE_ACCESS_TOKEN"), "{err}");
-    let (code, _, err) = run(paycron(Some(&db.url), None).args(["run-once"]));
+    let (code, _, err) = run(paycron(Some(&db.url), None).args(["run-once"])).await;
     assert_eq!(code, 2, "{err}");
     // Delivering webhooks does not talk to Square.
     let (code, _, err) =
-        run(paycron(Some(&db.url), None).args(["run-once", "--task", "deliver-webhooks"]));
+        run(paycron(Some(&db.url), None).args(["run-once", "--task", "deliver-webhooks"])).await;
     assert_eq!(code, 0, "{err}");
 }
 
@@ -328,7 +341,7 @@ async fn embedded_default_is_shared_by_concurrent_processes() {
         })
         .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
+        let out = c.wait_with_output().await.unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -337,22 +350,26 @@ async fn embedded_default_is_shared_by_concurrent_processes() {
     }
     let (code, out, err) = run(paycron(None, None)
         .env("PAYCRON_HOME", home.path())
-        .args(["cards", "list", "--format", "json"]));
+        .args(["cards", "list", "--format", "json"]))
+    .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ccof:one"));
     let (code, out, _) = run(paycron(None, None)
         .env("PAYCRON_HOME", home.path())
-        .args(["db", "status"]));
+        .args(["db", "status"]))
+    .await;
     assert_eq!(code, 0);
     assert!(out.starts_with("running"), "{out}");
     let (code, out, _) = run(paycron(None, None)
         .env("PAYCRON_HOME", home.path())
-        .args(["db", "url"]));
+        .args(["db", "url"]))
+    .await;
     assert_eq!(code, 0);
     assert!(out.starts_with("postgres://"), "{out}");
     let (code, out, _) = run(paycron(None, None)
         .env("PAYCRON_HOME", home.path())
-        .args(["db", "stop"]));
+        .args(["db", "stop"]))
+    .await;
     assert_eq!((code, out.trim()), (0, "stopped"));
 }
 
@@ -362,20 +379,22 @@ async fn a_future_test_clock_is_refused_against_production() {
     let (code, _, err) = run(paycron(Some(&db.url), None)
         .env("SQUARE_ENVIRONMENT", "production")
         .env("SQUARE_ACCESS_TOKEN", "never-used")
-        .args(["run-once", "--now", "2099-01-01T00:00:00Z"]));
+        .args(["run-once", "--now", "2099-01-01T00:00:00Z"]))
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--now") && err.contains("production"), "{err}");
     assert!(!err.contains("never-used"));
     let (code, _, err) = run(paycron(Some(&db.url), None)
         .env("SQUARE_ACCESS_TOKEN", "x")
-        .args(["run-once", "--now", "tomorrow"]));
+        .args(["run-once", "--now", "tomorrow"]))
+    .await;
     assert_eq!(code, 2);
     assert!(err.contains("--now"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_tail_follows_new_events() {
-    use std::io::BufRead;
+    use tokio::io::AsyncBufReadExt;
     let db = fresh_db().await;
     crate::helpers::seed_card(&db, "EV1", "ccof:ev1").await;
     let mut child = paycron(Some(&db.url), None)
@@ -384,26 +403,18 @@ async fn events_tail_follows_new_events() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     sqlx::query("SELECT paycron.create_subscription('EV1', 300, 'USD', 'week', 1)")
         .execute(&db.pool)
         .await
         .unwrap();
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the new event arrives");
-    let _ = child.kill();
-    let _ = child.wait();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the new event arrives")
+        .unwrap()
+        .unwrap();
+    let _ = child.kill().await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["type"], "subscription_created");
     assert_eq!(v["customer_id"], "EV1");
@@ -438,13 +449,15 @@ async fn only_migrate_changes_the_schema_and_a_runtime_login_runs_everything_els
         "USD",
         "--every",
         "1month",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(paycron(Some(&runtime), Some(&s.base_url())).args([
         "run-once",
         "--now",
         &(chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339(),
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 0, "the runtime role bills: {err}");
     assert_eq!(s.with(|st| st.completed().len()), 1);
     // A database behind the binary: every command but migrate refuses, naming what to run.
@@ -456,14 +469,15 @@ async fn only_migrate_changes_the_schema_and_a_runtime_login_runs_everything_els
     let mut empty = reqwest::Url::parse(&db.url).unwrap();
     empty.set_path(&format!("/{name}"));
     let empty = empty.to_string();
-    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"]));
+    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"])).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("run `paycron migrate`"), "{err}");
     let (code, _, err) = run(paycron(Some("postgres://nobody@127.0.0.1:1/x"), None)
         .env("PAYCRON_MIGRATE_DATABASE_URL", &empty)
-        .args(["migrate"]));
+        .args(["migrate"]))
+    .await;
     assert_eq!(code, 0, "migrate uses the owner's URL: {err}");
-    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"]));
+    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"])).await;
     assert_eq!(code, 0, "{err}");
     // A database ahead of the binary.
     let pool = paycron::store::open_unmigrated(paycron::store::connect_options(&empty).unwrap(), 1)
@@ -473,7 +487,7 @@ async fn only_migrate_changes_the_schema_and_a_runtime_login_runs_everything_els
         .execute(&pool)
         .await
         .unwrap();
-    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"]));
+    let (code, _, err) = run(paycron(Some(&empty), None).args(["customers", "list"])).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("newer than this paycron"), "{err}");
     s.shutdown().await;

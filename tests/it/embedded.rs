@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use tokio::process::Command;
 
 use crate::helpers::{paycron, run};
 
@@ -29,8 +29,8 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn the_embedded_cluster_is_private_and_holds_no_secret() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_cluster_is_private_and_holds_no_secret() {
     let home = tempfile::tempdir().unwrap();
     let cli = || {
         let mut c = paycron(None, None);
@@ -39,15 +39,15 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
             .env("PAYCRON_OPS_ADDR", "127.0.0.1:1");
         c
     };
-    let (code, _, err) = run(cli().args(["customers", "list"]));
+    let (code, _, err) = run(cli().args(["customers", "list"])).await;
     assert_eq!(code, 0, "{err}");
-    let (code, status, err) = run(cli().args(["db", "status"]));
+    let (code, status, err) = run(cli().args(["db", "status"])).await;
     assert_eq!(code, 0, "{err}");
     // "running (data <dir> socket <dir>)"
     let words: Vec<&str> = status.split_whitespace().collect();
     let data = PathBuf::from(words[2]);
     let socket = PathBuf::from(words[4].trim_end_matches(')'));
-    let (code, url, said) = run(cli().args(["db", "url"]));
+    let (code, url, said) = run(cli().args(["db", "url"])).await;
     assert_eq!(code, 0);
     assert!(
         said.contains("runtime role"),
@@ -57,9 +57,9 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
         url.starts_with("postgres://paycron:"),
         "the runtime login: {url}"
     );
-    let stop = || run(cli().args(["db", "stop"]));
+    let stop = async || run(cli().args(["db", "stop"])).await;
 
-    let result = std::panic::catch_unwind(|| {
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
         // The socket directory is closed to everyone but the server's user.
         let meta = std::fs::metadata(&socket).unwrap();
         assert_eq!(
@@ -76,6 +76,7 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
             .args(["-U", "postgres", "-d", "postgres", "-c", "select 1"])
             .env_clear()
             .output()
+            .await
             .unwrap();
         assert!(
             !no_password.status.success(),
@@ -106,6 +107,7 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
             .args(["-U", "postgres", "-d", "postgres", "-c", "select 1"])
             .env_clear()
             .output()
+            .await
             .unwrap();
             assert!(!other.status.success(), "user nobody connected");
             let why = String::from_utf8_lossy(&other.stderr);
@@ -114,8 +116,9 @@ fn the_embedded_cluster_is_private_and_holds_no_secret() {
                 "{why}"
             );
         }
-    });
-    let (code, _, err) = stop();
+    }))
+    .await;
+    let (code, _, err) = stop().await;
     assert_eq!(code, 0, "{err}");
     if let Err(e) = result {
         std::panic::resume_unwind(e);

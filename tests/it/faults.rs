@@ -70,10 +70,10 @@ async fn audit(db: &TestDb, s: &Simulator) -> usize {
     audit.payments
 }
 
-fn finish(db: &TestDb, s: &Simulator) {
+async fn finish(db: &TestDb, s: &Simulator) {
     for round in 0..6 {
         let (code, _, err) =
-            run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", NOW]));
+            run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", NOW])).await;
         if code == 0 {
             return;
         }
@@ -115,10 +115,9 @@ async fn kill_rounds(kills: usize, seed: u64) {
             .unwrap();
         let delay = 20 + pseudo_random(&mut seed) % 250;
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+        let _ = child.kill().await; // SIGKILL, then reaped
     }
-    finish(&db, &s);
+    finish(&db, &s).await;
     let n = audit(&db, &s).await;
     assert!(n >= 40 * 3, "{n}");
     // The kills really landed mid-charge: some charges were orphaned and re-driven.
@@ -160,7 +159,7 @@ async fn four_replicas_billing_the_same_due_set() {
         })
         .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
+        let out = c.wait_with_output().await.unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = log
             .lines()
@@ -190,7 +189,7 @@ async fn five_hundreds_rate_limits_and_lost_answers() {
     .await;
     let db = fresh_db().await;
     setup(&db, &s, 50).await;
-    finish(&db, &s);
+    finish(&db, &s).await;
     let n = audit(&db, &s).await;
     assert!(n >= 50 * 3);
     s.shutdown().await;

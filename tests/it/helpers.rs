@@ -1,12 +1,17 @@
 //! Test harness: a Postgres server shared by the run (`DATABASE_URL`'s when set, else a
 //! throw-away embedded cluster under the target directory), a fresh database per test, an
 //! in-process simulator, and the paycron binary wired to both.
+//!
+//! [`Harness::start`] gives a test all three at once — `{ db, sim, app }` — with `h.card(..)`
+//! (a card at the simulator and in the database), `h.subscribe(..)`, typed reads through the
+//! store (`h.subscription(id)`), `h.cli([..])` (the binary, on `tokio::process`) and
+//! `h.assert_exactly_once()` (the demo's audit), so tests read as arrange, act, assert.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::process::Command;
 
 use paycron::app::App;
 use paycron::config::Config;
@@ -259,8 +264,8 @@ pub fn paycron(db_url: Option<&str>, sim_url: Option<&str>) -> Command {
 }
 
 /// Output of a finished command: (exit code, stdout, stderr).
-pub fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("paycron runs");
+pub async fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().await.expect("paycron runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -340,4 +345,110 @@ pub async fn assert_exactly_once(db: &TestDb, s: &Simulator) -> paycron::ledger:
         audit.problems
     );
     audit
+}
+
+/// What a finished command did.
+#[derive(Debug)]
+pub struct Out {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error (the log, as JSON lines).
+    pub stderr: String,
+}
+
+/// A database, a simulator and an app wired to both: what most tests start from.
+pub struct Harness {
+    /// The test's own database.
+    pub db: TestDb,
+    /// The simulator (Square).
+    pub sim: Simulator,
+    /// An app on both, as `App::build` would make it.
+    pub app: App,
+}
+
+impl Harness {
+    /// A fresh database and a default simulator.
+    pub async fn start() -> Self {
+        Self::with(SimConfig::default()).await
+    }
+
+    /// A fresh database and a simulator configured by `config`.
+    pub async fn with(config: SimConfig) -> Self {
+        let sim = sim(config).await;
+        let db = fresh_db().await;
+        let app = app(&db, &sim.base_url());
+        Harness { db, sim, app }
+    }
+
+    /// A card on file for `customer`, known to Square (approving or declining as its id
+    /// says, see `simulator::behaviour_of`) and to paycron at once.
+    pub async fn card(&self, customer: &str, card: &str) {
+        self.sim
+            .with(|st| st.add_card(customer, card, "VISA", true));
+        seed_card(&self.db, customer, card).await;
+    }
+
+    /// A subscription through the SQL API: `amount_minor` USD every `count` `unit`s from
+    /// `anchor`, created at `anchor`.
+    pub async fn subscribe(
+        &self,
+        customer: &str,
+        amount_minor: i64,
+        (count, unit): (i32, &str),
+        anchor: &str,
+    ) -> paycron::domain::SubscriptionId {
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "SELECT paycron.create_subscription($1, $2, 'USD', $3, $4, NULL, $5::timestamptz, p_now => $5::timestamptz)",
+        )
+        .bind(customer)
+        .bind(amount_minor)
+        .bind(unit)
+        .bind(count)
+        .bind(anchor)
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("create subscription");
+        id.into()
+    }
+
+    /// The subscription as the store reads it.
+    pub async fn subscription(
+        &self,
+        id: impl Into<paycron::domain::SubscriptionId>,
+    ) -> paycron::store::subscriptions::SubscriptionRow {
+        let mut conn = self.db.pool.acquire().await.expect("connection");
+        paycron::store::subscriptions::get(&mut conn, id.into())
+            .await
+            .expect("subscription")
+    }
+
+    /// The engine of a worker on this app.
+    pub async fn engine(&self) -> paycron::billing::Engine {
+        self.app
+            .engine(client(&self.app.config))
+            .await
+            .expect("engine")
+    }
+
+    /// Runs the binary with `args` on this database and simulator.
+    pub async fn cli<I, S>(&self, args: I) -> Out
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let (code, stdout, stderr) =
+            run(paycron(Some(&self.db.url), Some(&self.sim.base_url())).args(args)).await;
+        Out {
+            code,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// [`assert_exactly_once`] on this database and simulator.
+    pub async fn assert_exactly_once(&self) -> paycron::ledger::audit::Audit {
+        assert_exactly_once(&self.db, &self.sim).await
+    }
 }

@@ -11,7 +11,7 @@ use paycron::simulator::SimConfig;
 use paycron::store::subscriptions;
 use uuid::Uuid;
 
-use crate::helpers::{TestDb, app, client, fresh_db, paycron, run, seed_card, sim};
+use crate::helpers::{Harness, TestDb, app, client, fresh_db, paycron, run, seed_card, sim};
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -186,7 +186,8 @@ async fn a_past_anchor_only_sets_the_cycle() {
         "2024-01-01T00:00:00Z",
         "--now",
         "2027-03-15T00:00:00Z",
-    ]));
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     let id: Uuid = out.trim().parse().unwrap();
     let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), SubscriptionId(id))
@@ -197,13 +198,13 @@ async fn a_past_anchor_only_sets_the_cycle() {
         Some(t("2027-04-01T00:00:00Z")),
         "shown as the engine will bill it"
     );
-    let once = |now: &str| {
-        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", now]))
+    let once = async |now: &str| {
+        run(paycron(Some(&db.url), Some(&s.base_url())).args(["run-once", "--now", now])).await
     };
-    let (code, _, err) = once("2027-03-15T01:00:00Z");
+    let (code, _, err) = once("2027-03-15T01:00:00Z").await;
     assert_eq!(code, 0, "{err}");
     assert!(paid(&db, id).await.is_empty(), "nothing back-billed");
-    let (code, _, err) = once("2027-04-01T01:00:00Z");
+    let (code, _, err) = once("2027-04-01T01:00:00Z").await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(paid(&db, id).await, ["2027-04-01"]);
     s.shutdown().await;
@@ -211,78 +212,64 @@ async fn a_past_anchor_only_sets_the_cycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three() {
-    let s = sim(SimConfig::default()).await;
-    s.with(|st| {
-        st.add_card("RV", "ccof:sim-insufficient-funds-rv", "VISA", true);
-        st.add_card("RV", "ccof:sim-ok-rv", "VISA", true);
-    });
-    let db = fresh_db().await;
-    seed_card(&db, "RV", "ccof:sim-insufficient-funds-rv").await;
-    let id = create(
-        &db,
-        "RV",
-        ("month", 1),
-        "2027-01-01T00:00:00Z",
-        "2027-01-01T00:00:00Z",
-    )
-    .await;
-    let e = engine(&db, &s.base_url()).await;
+    // Arrange: a monthly subscription whose only card never pays, unpaid after its dunning.
+    let h = Harness::start().await;
+    h.card("RV", "ccof:sim-insufficient-funds-rv").await;
+    let id = h
+        .subscribe("RV", 1000, (1, "month"), "2027-01-01T00:00:00Z")
+        .await;
+    let e = h.engine().await;
     bill(&e, t("2027-01-01T01:00:00Z")).await;
     bill(&e, t("2027-01-09T00:00:00Z")).await;
-    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), SubscriptionId(id))
-        .await
-        .unwrap();
-    assert_eq!(row.status, SubscriptionStatus::Unpaid);
-    seed_card(&db, "RV", "ccof:sim-ok-rv").await;
-    let (code, _, err) = run(paycron(Some(&db.url), None).args([
-        "subscription",
-        "change-card",
-        &id.to_string(),
-        "--card",
-        "ccof:sim-ok-rv",
-        "--now",
-        "2027-09-15T00:00:00Z",
-    ]));
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).args([
-        "run-once",
-        "--now",
-        "2027-09-15T00:10:00Z",
-    ]));
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(h.subscription(id).await.status, SubscriptionStatus::Unpaid);
+    h.card("RV", "ccof:sim-ok-rv").await;
+
+    // Act: eight months later the business moves it to a card that pays, and a run bills.
+    let (sid, card) = (id.to_string(), "ccof:sim-ok-rv");
+    let changed = h
+        .cli([
+            "subscription",
+            "change-card",
+            &sid,
+            "--card",
+            card,
+            "--now",
+            "2027-09-15T00:00:00Z",
+        ])
+        .await;
+    let ran = h.cli(["run-once", "--now", "2027-09-15T00:10:00Z"]).await;
+
+    // Assert: the last three periods are billed, the six before them skipped for good.
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(
-        paid(&db, id).await,
+        paid(&h.db, id.0).await,
         ["2027-07-01", "2027-08-01", "2027-09-01"]
     );
-    assert_eq!(skipped(&db, id).await, [(0, 5)]);
-    let row = subscriptions::get(&mut db.pool.acquire().await.unwrap(), SubscriptionId(id))
-        .await
-        .unwrap();
+    assert_eq!(skipped(&h.db, id.0).await, [(0, 5)]);
+    let row = h.subscription(id).await;
     assert_eq!(
         (row.status, row.next_period),
         (SubscriptionStatus::Active, 9)
     );
+    h.assert_exactly_once().await;
     // `subscription show` names the skipped periods, in words and as data.
-    let (code, out, err) =
-        run(paycron(Some(&db.url), None).args(["subscription", "show", &id.to_string()]));
-    assert_eq!(code, 0, "{err}");
-    let line = out
+    let shown = h.cli(["subscription", "show", &sid]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let line = shown
+        .stdout
         .lines()
         .find(|l| l.contains("period_skipped"))
-        .unwrap_or_else(|| panic!("no period_skipped line in:\n{out}"));
+        .unwrap_or_else(|| panic!("no period_skipped line in:\n{}", shown.stdout));
     assert!(
         line.contains("6 period(s) 0..5") && line.contains("2027-01-01T00:00:00Z"),
         "{line}"
     );
-    let (code, out, err) = run(paycron(Some(&db.url), None).args([
-        "subscription",
-        "show",
-        &id.to_string(),
-        "--format",
-        "json",
-    ]));
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let json = h
+        .cli(["subscription", "show", &sid, "--format", "json"])
+        .await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     let kinds: Vec<&str> = v["events"]
         .as_array()
         .unwrap()
@@ -291,7 +278,7 @@ async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three(
         .collect();
     assert!(kinds.contains(&"period_skipped"), "{kinds:?}");
     assert_eq!(v["amount_minor"], 1000, "the row's keys keep their names");
-    s.shutdown().await;
+    h.sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

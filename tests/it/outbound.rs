@@ -62,7 +62,8 @@ async fn events_are_signed_retried_and_delivered() {
     let (url, rx) = receiver(2).await;
     let (code, out, err) = run(paycron(Some(&db.url), None)
         .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
-        .args(["webhooks", "add", "--url", &url]));
+        .args(["webhooks", "add", "--url", &url]))
+    .await;
     assert_eq!(code, 0, "{err}");
     let secret = out.split_whitespace().nth(1).unwrap().to_owned();
     sqlx::query("SELECT paycron.create_subscription('H1', 800, 'USD', 'month', 1, NULL, now() - interval '1 minute', p_now => now() - interval '1 minute')")
@@ -147,7 +148,8 @@ async fn events_are_signed_retried_and_delivered() {
     }
     // The same delivery id on every attempt of one delivery; the event id identifies the event.
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["webhooks", "deliveries", "--format", "json"]));
+        run(paycron(Some(&db.url), None).args(["webhooks", "deliveries", "--format", "json"]))
+            .await;
     assert_eq!(code, 0);
     assert!(out.contains("\"delivered\""));
     // The verify helper agrees with the receiver.
@@ -166,14 +168,16 @@ async fn events_are_signed_retried_and_delivered() {
         .args(["webhooks", "verify", "--secret-file"])
         .arg(secret_file.path())
         .args(["--signature", &sig, "--body-file"])
-        .arg(body.path()));
+        .arg(body.path()))
+    .await;
     assert_eq!(code, 0, "{err}");
     std::fs::write(secret_file.path(), "wrong-secret-123456").unwrap();
     let (code, _, _) = run(paycron(None, None)
         .args(["webhooks", "verify", "--secret-file"])
         .arg(secret_file.path())
         .args(["--signature", &sig, "--body-file"])
-        .arg(body.path()));
+        .arg(body.path()))
+    .await;
     assert_eq!(code, 1);
     s.shutdown().await;
 }
@@ -186,7 +190,8 @@ async fn a_dead_endpoint_never_blocks_billing() {
     seed_card(&db, "H2", "ccof:sim-ok-h2").await;
     let (code, _, err) = run(paycron(Some(&db.url), None)
         .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
-        .args(["webhooks", "add", "--url", "http://127.0.0.1:9/dead"]));
+        .args(["webhooks", "add", "--url", "http://127.0.0.1:9/dead"]))
+    .await;
     assert_eq!(code, 0, "{err}");
     sqlx::query("SELECT paycron.create_subscription('H2', 800, 'USD', 'day', 1, NULL, now() - interval '2 days', p_now => now() - interval '2 days')")
         .execute(&db.pool)
@@ -194,7 +199,8 @@ async fn a_dead_endpoint_never_blocks_billing() {
         .unwrap();
     let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
         .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
-        .args(["run-once", "--task", "all"]));
+        .args(["run-once", "--task", "all"]))
+    .await;
     assert_eq!(code, 0, "billing succeeded with the endpoint down: {err}");
     let charged: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM paycron.ledger_entries WHERE status = 'succeeded'",
@@ -245,12 +251,13 @@ async fn internal_destinations_and_redirects_are_refused() {
         "ftp://example.com/hook",
     ] {
         let (code, _, err) =
-            run(paycron(Some(&db.url), None).args(["webhooks", "add", "--url", url]));
+            run(paycron(Some(&db.url), None).args(["webhooks", "add", "--url", url])).await;
         assert_eq!(code, 2, "{url}: {err}");
     }
     let (code, _, err) = run(paycron(Some(&db.url), None)
         .env("SQUARE_ENVIRONMENT", "production")
-        .args(["webhooks", "add", "--url", "http://example.com/hook"]));
+        .args(["webhooks", "add", "--url", "http://example.com/hook"]))
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("https is required"), "{err}");
     // At delivery: an endpoint written straight into the table is refused just the same, and
@@ -328,12 +335,13 @@ async fn internal_destinations_and_redirects_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_commits_late_is_delivered_once_everywhere() {
-    use std::io::BufRead;
+    use tokio::io::AsyncBufReadExt;
     let db = fresh_db().await;
     let (url, rx) = receiver(0).await;
     let (code, _, err) = run(paycron(Some(&db.url), None)
         .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
-        .args(["webhooks", "add", "--url", &url]));
+        .args(["webhooks", "add", "--url", &url]))
+    .await;
     assert_eq!(code, 0, "{err}");
     let mut tail = paycron(Some(&db.url), None)
         .args(["events", "tail", "--follow", "--format", "jsonl"])
@@ -342,9 +350,10 @@ async fn an_event_that_commits_late_is_delivered_once_everywhere() {
         .spawn()
         .unwrap();
     let out = tail.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
             let _ = lines_tx.send(line);
         }
     });
@@ -403,7 +412,9 @@ async fn an_event_that_commits_late_is_delivered_once_everywhere() {
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while seen.len() < 2 && std::time::Instant::now() < deadline {
-        if let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+        if let Ok(Some(line)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), lines_rx.recv()).await
+        {
             seen.push(
                 serde_json::from_str::<serde_json::Value>(&line).unwrap()["type"]
                     .as_str()
@@ -412,8 +423,7 @@ async fn an_event_that_commits_late_is_delivered_once_everywhere() {
             );
         }
     }
-    let _ = tail.kill();
-    let _ = tail.wait();
+    let _ = tail.kill().await;
     seen.sort();
     assert_eq!(seen, ["early_b", "late_a"]);
     // The SQL feed, in position order: both, each once.

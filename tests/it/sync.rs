@@ -153,11 +153,11 @@ async fn sync_through_the_cli_with_small_pages_and_503s() {
     })
     .await;
     let db = fresh_db().await;
-    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).arg("sync-cards"));
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).arg("sync-cards")).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(count(&db, "customers").await, 120);
     let (code, out, _) =
-        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
+        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"])).await;
     assert_eq!(code, 0);
     let cards: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cards.as_array().unwrap().len(), 125);
@@ -170,7 +170,8 @@ async fn unreachable_and_rejected_square() {
     let db = fresh_db().await;
     let (code, _, err) = run(paycron(Some(&db.url), Some("http://127.0.0.1:9"))
         .env("SQUARE_RETRY_DEADLINE_MS", "300")
-        .arg("sync-cards"));
+        .arg("sync-cards"))
+    .await;
     assert_eq!(code, 1, "{err}");
     let last = err.lines().last().unwrap();
     assert!(
@@ -184,7 +185,7 @@ async fn unreachable_and_rejected_square() {
         ..SimConfig::default()
     })
     .await;
-    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).arg("sync-cards"));
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url())).arg("sync-cards")).await;
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("SQUARE_ACCESS_TOKEN was rejected by Square"),
@@ -215,7 +216,7 @@ async fn sync_against_an_independent_square_stand_in() {
         .unwrap();
     let url = format!("http://127.0.0.1:{}", port.trim());
     let db = fresh_db().await;
-    let (code, _, err) = run(paycron(Some(&db.url), Some(&url)).arg("sync-cards"));
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&url)).arg("sync-cards")).await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(code, 0, "{err}");
@@ -287,7 +288,7 @@ async fn foreign_expired_and_stale_cards_from_square_are_not_taken_at_face_value
             .unwrap();
     assert_eq!(foreign, 0, "never filed under anyone");
     let (code, out, err) =
-        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"]));
+        run(paycron(Some(&db.url), None).args(["cards", "list", "--format", "json"])).await;
     assert_eq!(code, 0, "{err}");
     let cards: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     let old: Vec<&serde_json::Value> = cards

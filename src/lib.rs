@@ -9,13 +9,16 @@
 //!   `domain`.
 //! - [`store`]: Postgres (pool, migrations, roles, the embedded local cluster) and all SQL, by
 //!   entity; uses `domain` and `config`.
-//! - [`gateway`]: the `PaymentGateway` seam, its wire types, and the Square client.
+//! - [`gateway`]: the `PaymentGateway` seam (in paycron's types: instants, `ProviderPayment`,
+//!   `ProviderCard`, `ProviderCustomer`), Square's wire types, and the Square client; uses
+//!   `domain` and `config`.
 //! - [`simulator`]: a Square-compatible fake server (demo, tests, benchmark); uses only the
 //!   gateway's wire types.
 //! - [`outbound`]: outbound, signed, retried webhooks for the business's endpoints; uses
 //!   `store`.
-//! - [`ledger`]: ledger export and reconciliation's comparison (a pure function); uses `store`
-//!   and the gateway's wire types. Fetching and repair live in `billing::reconcile`.
+//! - [`ledger`]: ledger export, the exactly-once audit and reconciliation's comparison (a pure
+//!   function); uses `store` and `domain` only. Fetching and repair live in
+//!   `billing::reconcile`.
 //! - [`billing`]: the engine (claim, pipeline, record, recover, leases, the halt),
 //!   reconciliation's fetching and repair, and sync-cards; uses `store`, `gateway` and
 //!   `ledger`.
@@ -23,7 +26,8 @@
 //!   injected shutdown.
 //! - [`scheduler`]: the daemon: schedule files, cron ticks, singletons, draining.
 //! - [`app`]: `App::build`, the one way every entry point boots.
-//! - [`commands`]: what each CLI command does and prints, the demo and the benchmark included.
+//! - [`commands`]: one module per command group, each owning its flags (`clap::Args`) and what
+//!   it prints, the demo and the benchmark included; `commands::cli` composes them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,8 +1,12 @@
 //! Postgres: the pool, migrations, the embedded local cluster, and every SQL statement paycron
 //! runs, grouped by entity.
 //!
-//! SQL lives here and nowhere else. Functions take an executor (`&mut PgConnection` or the
-//! pool) so that callers compose them inside one transaction. Time that decides what is due is
+//! SQL lives here and nowhere else. A function that may join a caller's transaction takes
+//! `&mut PgConnection` — a pooled connection, a transaction (`&mut *tx`) and a savepoint all
+//! give one — rather than a generic `impl PgExecutor`: one concrete type keeps the signatures
+//! readable, costs no monomorphised copies, and lets a function run several statements on the
+//! same executor, which `impl PgExecutor` (consumed by its first use) does not. Reads that never
+//! join a transaction take the pool. Time that decides what is due is
 //! always a parameter (`now`), never `now()` inside a query, so a test clock works.
 //!
 //! Why the statements are not `query!`/`query_as!` (checked at compile time): the hot ones

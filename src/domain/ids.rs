@@ -239,6 +239,11 @@ uuid_id!(
     "subscription id"
 );
 uuid_id!(
+    /// paycron's id for one refund asked of Square (its idempotency key derives from it).
+    RefundId,
+    "refund id"
+);
+uuid_id!(
     /// paycron's id for one charge attempt; sent to Square as `reference_id` (36 ≤ 40 characters).
     ChargeId,
     "charge id"

@@ -1,5 +1,6 @@
 //! Square's JSON shapes, as in the OpenAPI spec (`square-openapi-subset.json`): the parts of
-//! `CreatePaymentRequest`, `Payment`, `Card`, `Customer`, `Error` and the list responses that
+//! `CreatePaymentRequest`, `Payment`, `RefundPaymentRequest`, `PaymentRefund`, `Card`,
+//! `Customer`, `Error` and the list responses that
 //! paycron reads or writes. Unknown fields are ignored on the way in, so Square adding fields
 //! never breaks parsing; optional fields are skipped on the way out.
 
@@ -232,4 +233,71 @@ pub struct ErrorResponse {
     /// Errors.
     #[serde(default)]
     pub errors: Vec<Error>,
+}
+
+/// `RefundPaymentRequest`, the fields paycron sends. Field order is fixed, so the same inputs
+/// always serialise to the same bytes (a re-send must be byte-identical).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPaymentRequest {
+    /// ≤ 45 characters.
+    pub idempotency_key: String,
+    /// Amount to refund: at most the payment's total minus what was already refunded.
+    pub amount_money: Money,
+    /// The payment refunded.
+    pub payment_id: String,
+    /// ≤ 192 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `PaymentRefund` (the part we read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefund {
+    /// Square's refund id.
+    pub id: String,
+    /// PENDING | COMPLETED | REJECTED | FAILED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<String>,
+    /// Amount refunded.
+    pub amount_money: Money,
+    /// The payment refunded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+/// `RefundPaymentResponse` / `GetPaymentRefundResponse`: errors, a refund, or both.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundResponse {
+    /// Errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Error>,
+    /// The refund.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund: Option<PaymentRefund>,
+}
+
+/// `ListPaymentRefundsResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPaymentRefundsResponse {
+    /// Errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Error>,
+    /// Refunds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refunds: Vec<PaymentRefund>,
+    /// Next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }

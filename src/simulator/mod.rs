@@ -112,6 +112,8 @@ fn router(state: Shared) -> Router {
         .route("/v2/cards/{card_id}/disable", post(disable_card))
         .route("/v2/payments", post(create_payment).get(list_payments))
         .route("/v2/payments/{payment_id}", get(get_payment))
+        .route("/v2/refunds", post(refund_payment).get(list_refunds))
+        .route("/v2/refunds/{refund_id}", get(get_refund))
         .route("/_sim/payments", get(admin_payments))
         .route("/_sim/payments/all", get(admin_all_payments))
         .route("/_sim/requests", get(admin_requests))
@@ -165,6 +167,35 @@ async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
         return Some(resp);
     }
     None
+}
+
+async fn refund_payment(State(state): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).refund_payment(&body))
+}
+
+async fn get_refund(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(refund_id): Path<String>,
+) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).get_refund(&refund_id))
+}
+
+async fn list_refunds(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).list_refunds(q.get("cursor").map(String::as_str)))
 }
 
 async fn list_customers(

@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::gateway::wire::{self, Card, Customer, Payment};
 
+mod refunds;
+
 /// Decline codes that test-card prefixes map to (lower-case, dashes).
 const DECLINE_PREFIXES: &[(&str, &str)] = &[
     ("insufficient-funds-", "INSUFFICIENT_FUNDS"),
@@ -94,6 +96,9 @@ pub struct Faults {
     /// Add an invalid-request error to every answer that took money (an answer paycron must
     /// still read as money taken).
     pub errors_with_payment: bool,
+    /// Refunds settle as REJECTED instead of COMPLETED.
+    #[serde(default)]
+    pub reject_refunds: bool,
 }
 
 /// The simulated merchant's set-up.
@@ -176,6 +181,7 @@ pub struct SimState {
     cards_by_customer: HashMap<String, Vec<usize>>,
     payments: Vec<Payment>,
     by_id: HashMap<String, usize>,
+    refunds: Vec<wire::PaymentRefund>,
     keys: HashMap<String, KeyRecord>,
     attempts_per_card: HashMap<String, u32>,
     requests: Vec<ReceivedRequest>,
@@ -241,6 +247,7 @@ impl SimState {
             next_id: 1,
             hits: 0,
             customer_lists: 0,
+            refunds: Vec::new(),
             clock_offset: Duration::zero(),
         };
         s.seed();

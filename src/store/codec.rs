@@ -10,9 +10,10 @@ use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgRow, PgTypeInfo, PgValu
 use sqlx::{Decode, Encode, FromRow, Postgres, Row, Type};
 use uuid::Uuid;
 
+use crate::domain::refund::RefundStatus;
 use crate::domain::{
-    CardId, ChargeId, ChargeStatus, Currency, CustomerId, IdempotencyKey, Money, SubscriptionId,
-    SubscriptionStatus,
+    CardId, ChargeId, ChargeStatus, Currency, CustomerId, IdempotencyKey, Money, RefundId,
+    SubscriptionId, SubscriptionStatus,
 };
 
 /// A type that travels as `text`: `parse` decodes with its `FromStr` (a value it does not know
@@ -58,6 +59,7 @@ macro_rules! as_text {
 
 as_text!(SubscriptionStatus, parse);
 as_text!(ChargeStatus, parse);
+as_text!(RefundStatus, parse);
 as_text!(Currency, parse);
 
 /// paycron's own ids travel as `uuid`.
@@ -88,6 +90,7 @@ macro_rules! uuid_newtype {
 
 uuid_newtype!(SubscriptionId);
 uuid_newtype!(ChargeId);
+uuid_newtype!(RefundId);
 
 // Square's ids and the idempotency key: reading one back trusts the schema (its CHECK
 // constraints hold the length and the no-card-number rule), so a row is never made unreadable

@@ -46,7 +46,7 @@ pub async fn record_many(
                   $7::text[], $8::bigint[], $9::text[], $10::text[])
                   AS t(charge_id, subscription_id, customer_id, period_start, attempt, status, decline_code,
                        amount_minor, currency, provider_payment_id)
-           ON CONFLICT (charge_id) DO NOTHING
+           ON CONFLICT (charge_id) WHERE kind = 'charge' DO NOTHING
            RETURNING id, status, amount_minor, currency),
          p AS (
            INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency)
@@ -73,7 +73,9 @@ pub async fn record_many(
     Ok(usize::try_from(entries).unwrap_or(0))
 }
 
-/// One line of `paycron ledger export`: exactly the contract's keys.
+/// One line of `paycron ledger export`: the contract's keys, `kind`, and for money going back
+/// the refund's or dispute's ids. A refund or dispute line carries its charge's keys
+/// (`charge_id`, `period_start`, `attempt`, ...) and the payment it concerns.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct ExportRow {
     /// Charge id.
@@ -98,6 +100,17 @@ pub struct ExportRow {
     pub provider_payment_id: Option<String>,
     /// RFC 3339 UTC: when the outcome was recorded (for pending: when the charge was written).
     pub recorded_at: String,
+    /// charge | refund | dispute_hold | dispute_won | dispute_lost.
+    pub kind: String,
+    /// paycron's refund id (refund lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<Uuid>,
+    /// Square's refund id, once Square accepted it (refund lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_refund_id: Option<String>,
+    /// Square's dispute id (dispute lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispute_id: Option<String>,
 }
 
 /// Every charge attempt with its recorded outcome (or `pending`), in the order written.
@@ -105,15 +118,42 @@ pub struct ExportRow {
 /// # Errors
 /// [`super::StoreError`].
 pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
-    Ok(sqlx::query_as(
-        "SELECT c.id AS charge_id, c.subscription_id, c.customer_id,
-                to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS period_start,
-                c.attempt, coalesce(e.status, CASE WHEN c.status = 'needs_review' THEN 'needs_review' ELSE 'pending' END) AS status, coalesce(e.decline_code, c.decline_code) AS decline_code,
+    const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+    const DAY: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT kind, charge_id, subscription_id, customer_id, period_start, attempt, status, decline_code,
+                amount_minor, currency, provider_payment_id, recorded_at, refund_id, provider_refund_id, dispute_id
+           FROM (
+         SELECT 'charge' AS kind, c.id AS charge_id, c.subscription_id, c.customer_id,
+                to_char(c.period_start AT TIME ZONE 'UTC', {DAY}) AS period_start,
+                c.attempt, coalesce(e.status, CASE WHEN c.status = 'needs_review' THEN 'needs_review' ELSE 'pending' END) AS status,
+                coalesce(e.decline_code, c.decline_code) AS decline_code,
                 c.amount_minor, c.currency, e.provider_payment_id,
-                to_char(coalesce(e.recorded_at, c.created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS recorded_at
-           FROM paycron.charges c LEFT JOIN paycron.ledger_entries e ON e.charge_id = c.id
-          ORDER BY c.created_at, c.period_start, c.attempt, c.id",
-    )
+                to_char(coalesce(e.recorded_at, c.created_at) AT TIME ZONE 'UTC', {TS}) AS recorded_at,
+                NULL::uuid AS refund_id, NULL::text AS provider_refund_id, NULL::text AS dispute_id,
+                c.created_at AS sort_at, c.period_start AS sort_period, c.id::text AS sort_id
+           FROM paycron.charges c LEFT JOIN paycron.ledger_entries e ON e.charge_id = c.id AND e.kind = 'charge'
+         UNION ALL
+         SELECT 'refund', c.id, c.subscription_id, c.customer_id,
+                to_char(c.period_start AT TIME ZONE 'UTC', {DAY}), c.attempt,
+                coalesce(e.status, 'pending'), coalesce(e.decline_code, r.failure_code),
+                r.amount_minor, r.currency, r.provider_payment_id,
+                to_char(coalesce(e.recorded_at, r.created_at) AT TIME ZONE 'UTC', {TS}),
+                r.id, r.provider_refund_id, NULL,
+                r.created_at, c.period_start, r.id::text
+           FROM paycron.refunds r JOIN paycron.charges c ON c.id = r.charge_id
+           LEFT JOIN paycron.ledger_entries e ON e.refund_id = r.id
+         UNION ALL
+         SELECT e.kind, e.charge_id, e.subscription_id, e.customer_id,
+                to_char(e.period_start AT TIME ZONE 'UTC', {DAY}), e.attempt, e.status, NULL,
+                e.amount_minor, e.currency, d.provider_payment_id,
+                to_char(e.recorded_at AT TIME ZONE 'UTC', {TS}),
+                NULL, NULL, e.dispute_id,
+                e.recorded_at, e.period_start, e.id::text
+           FROM paycron.ledger_entries e JOIN paycron.disputes d ON d.id = e.dispute_id
+          WHERE e.kind LIKE 'dispute%') lines
+          ORDER BY sort_at, sort_period, attempt, sort_id"
+    ))
     .fetch_all(pool)
     .await?)
 }
@@ -124,7 +164,7 @@ pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
 /// [`super::StoreError`].
 pub async fn success_payment_ids(pool: &PgPool) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT provider_payment_id FROM paycron.ledger_entries WHERE status = 'succeeded'",
+        "SELECT provider_payment_id FROM paycron.ledger_entries WHERE kind = 'charge' AND status = 'succeeded'",
     )
     .fetch_all(pool)
     .await?)
@@ -171,7 +211,7 @@ pub async fn monthly(pool: &PgPool) -> Result<Vec<MonthRow>> {
     Ok(sqlx::query_as(
         "WITH m AS (
            SELECT to_char(e.period_start AT TIME ZONE 'UTC', 'YYYY-MM') AS month, e.currency, e.status, e.attempt, e.amount_minor, e.charge_id
-             FROM paycron.ledger_entries e)
+             FROM paycron.ledger_entries e WHERE e.kind = 'charge')
          SELECT month, currency,
                 count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
                 count(*) FILTER (WHERE status = 'declined') AS declined,

@@ -30,6 +30,7 @@ pub mod embedded;
 pub mod events;
 pub mod ledger;
 pub mod outbound;
+pub mod refunds;
 pub mod square_webhooks;
 pub mod subscriptions;
 pub mod tasks;

@@ -116,11 +116,13 @@ async fn month_ends_in_new_york_through_the_ledger() {
         "currency",
         "provider_payment_id",
         "recorded_at",
+        "kind",
     ];
     let mut got = keys.clone();
     got.sort();
     expected_keys.sort();
     assert_eq!(got, expected_keys);
+    assert!(rows.iter().all(|r| r["kind"] == "charge"));
     let starts = |id: &str| -> Vec<String> {
         let mut v: Vec<String> = rows
             .iter()

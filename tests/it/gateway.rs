@@ -590,3 +590,75 @@ fn the_token_never_shows_in_debug_output() {
         assert!(!text.contains("test-token-not-secret"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_refunds_like_square_never_beyond_what_was_taken() {
+    let s = sim(SimConfig::default()).await;
+    s.with(|st| st.add_card("RF", "ccof:sim-ok-rf", "VISA", true));
+    let taken = client(&config(&s.base_url()))
+        .create_payment(&payment("ccof:sim-ok-rf", "RF", 1000, "USD"))
+        .await;
+    let PaymentOutcome::Succeeded { payment_id, .. } = taken else {
+        panic!("{taken:?}")
+    };
+    let http = reqwest::Client::new();
+    let refund = |key: &str, amount: i64, currency: &str| {
+        let body = serde_json::to_string(&wire::RefundPaymentRequest {
+            idempotency_key: key.to_owned(),
+            amount_money: wire::Money {
+                amount,
+                currency: currency.to_owned(),
+            },
+            payment_id: payment_id.clone(),
+            reason: Some("asked for it back".into()),
+        })
+        .unwrap();
+        let req = http
+            .post(format!("{}/v2/refunds", s.base_url()))
+            .bearer_auth("test-token-not-secret")
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<wire::RefundResponse>().await.unwrap())
+        }
+    };
+    let code = |r: &wire::RefundResponse| r.errors.first().map(|e| e.code.clone());
+
+    // A partial refund is PENDING when made; the same key and body get the same refund.
+    let (status, first) = refund("rf-1", 600, "USD").await;
+    assert_eq!(status, 200, "{first:?}");
+    let made = first.refund.clone().unwrap();
+    assert_eq!(made.status.as_deref(), Some("PENDING"));
+    assert_eq!(made.payment_id.as_deref(), Some(payment_id.as_str()));
+    assert_eq!(refund("rf-1", 600, "USD").await.1, first);
+    assert_eq!(
+        code(&refund("rf-1", 500, "USD").await.1).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+    // More than what is left (1000 - 600), another currency, nothing: refused, nothing made.
+    for (amount, currency, want) in [
+        (401, "USD", "REFUND_AMOUNT_INVALID"),
+        (0, "USD", "REFUND_AMOUNT_INVALID"),
+        (100, "EUR", "INVALID_VALUE"),
+    ] {
+        let (status, r) = refund(&format!("rf-{amount}-{currency}"), amount, currency).await;
+        assert_eq!((status, code(&r).as_deref()), (400, Some(want)));
+    }
+    // The rest can be refunded; reading settles both.
+    let (status, second) = refund("rf-2", 400, "USD").await;
+    assert_eq!(status, 200, "{second:?}");
+    let got: wire::RefundResponse = http
+        .get(format!("{}/v2/refunds/{}", s.base_url(), made.id))
+        .bearer_auth("test-token-not-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got.refund.unwrap().status.as_deref(), Some("COMPLETED"));
+    let all: Vec<i64> = s.with(|st| st.refunds().iter().map(|r| r.amount_money.amount).collect());
+    assert_eq!(all, [600, 400]);
+    s.shutdown().await;
+}

@@ -41,6 +41,7 @@ mod progress;
 pub mod reconcile;
 mod record;
 mod recover;
+pub mod refunds;
 mod settle;
 pub use claim::{CARD_CHECK_CATEGORY, card_problem};
 use progress::Progress;

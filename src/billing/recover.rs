@@ -29,7 +29,8 @@ impl Engine {
     /// Takes over and finishes pending charges whose owner is gone: a dead process (its
     /// liveness lock dropped) or an expired lease. Charges older than the configured age are
     /// first looked up at Square by `reference_id`; the rest are re-sent byte for byte under
-    /// their key, which Square answers with the original payment if one exists.
+    /// their key, which Square answers with the original payment if one exists. Pending refunds
+    /// are driven the same way ([`Engine::drive_refunds`]).
     ///
     /// # Errors
     /// [`BillingError`].
@@ -54,6 +55,17 @@ impl Engine {
             }
             tracing::info!(count = orphans.len(), "recovering pending charges");
             total.merge(&self.recover_charges(orphans, now).await?);
+        }
+        // Refunds the business asked for (from its app, or a CLI that died) go out here too.
+        let r = self.drive_refunds(None).await?;
+        if r.handled > 0 {
+            tracing::info!(
+                handled = r.handled,
+                completed = r.completed,
+                failed = r.failed,
+                pending = r.pending,
+                "refunds driven"
+            );
         }
         Ok(total)
     }

@@ -8,7 +8,8 @@
 use clap::{Parser, Subcommand};
 
 use super::{
-    Result, bench, cards, db, demo, events, ledger, review, run, simulator, subscription, webhooks,
+    Result, bench, cards, db, demo, events, ledger, refunds, review, run, simulator, subscription,
+    webhooks,
 };
 use crate::app::App;
 use crate::config::Config;
@@ -73,6 +74,13 @@ pub enum AppCommand {
     RunOnce(run::RunOnceArgs),
     /// Square's payments vs the ledger; non-zero exit on any difference.
     Reconcile(ledger::ReconcileArgs),
+    /// Give money back for a charge, exactly once (over-refund: exit 2, nothing sent).
+    Refund(refunds::RefundArgs),
+    /// Refunds and where they stand.
+    Refunds {
+        #[command(subcommand)]
+        command: refunds::RefundsCmd,
+    },
     /// Charges whose answer did not match them: list them, and record a decision.
     Charges {
         #[command(subcommand)]
@@ -114,6 +122,8 @@ pub async fn dispatch(command: Command, config: Config, signals: fn() -> Shutdow
                 AppCommand::Subscription { command } => command.execute(&app).await,
                 AppCommand::RunOnce(args) => run::run_once(&app, args, signals()).await,
                 AppCommand::Reconcile(args) => ledger::reconcile(&app, args).await,
+                AppCommand::Refund(args) => refunds::refund(&app, args).await,
+                AppCommand::Refunds { command } => command.execute(&app).await,
                 AppCommand::Charges { command } => command.execute(&app).await,
                 AppCommand::Ledger { command } => command.execute(&app).await,
                 AppCommand::Events { command } => command.execute(&app, signals()).await,

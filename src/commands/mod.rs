@@ -9,6 +9,7 @@ pub mod db;
 pub mod demo;
 pub mod events;
 pub mod ledger;
+pub mod refunds;
 pub mod review;
 pub mod run;
 pub mod simulator;

@@ -73,6 +73,23 @@ impl FromStr for RefundStatus {
     }
 }
 
+/// A refund Square holds, as paycron reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderRefund {
+    /// Square's refund id.
+    pub id: String,
+    /// Square's status, as sent (PENDING, COMPLETED, REJECTED, FAILED).
+    pub status: String,
+    /// The payment refunded.
+    pub payment_id: Option<String>,
+    /// Amount refunded, minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// When Square created it, if it said so readably.
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A money movement a dispute causes, each recorded at most once per dispute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DisputeMovement {
@@ -142,7 +159,12 @@ mod tests {
 
     #[test]
     fn an_inquiry_moves_no_money() {
-        for s in ["INQUIRY_EVIDENCE_REQUIRED", "INQUIRY_PROCESSING", "INQUIRY_CLOSED", "NEW_STATE"] {
+        for s in [
+            "INQUIRY_EVIDENCE_REQUIRED",
+            "INQUIRY_PROCESSING",
+            "INQUIRY_CLOSED",
+            "NEW_STATE",
+        ] {
             assert_eq!(dispute_movements(s, &[]), [], "{s}");
         }
         assert!(dispute_closed("INQUIRY_CLOSED") && dispute_closed("ACCEPTED"));
@@ -151,8 +173,14 @@ mod tests {
 
     #[test]
     fn squares_refund_statuses_map_and_unknown_ones_wait() {
-        assert_eq!(RefundStatus::from_square("COMPLETED"), Some(RefundStatus::Completed));
-        assert_eq!(RefundStatus::from_square("PENDING"), Some(RefundStatus::Pending));
+        assert_eq!(
+            RefundStatus::from_square("COMPLETED"),
+            Some(RefundStatus::Completed)
+        );
+        assert_eq!(
+            RefundStatus::from_square("PENDING"),
+            Some(RefundStatus::Pending)
+        );
         assert_eq!(RefundStatus::from_square("SOMETHING_NEW"), None);
         for s in ["pending", "completed", "rejected", "failed"] {
             assert_eq!(s.parse::<RefundStatus>().unwrap().as_str(), s);

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use crate::domain::answer::{Answer, ProviderPayment};
+use crate::domain::refund::ProviderRefund;
 use crate::domain::{CardId, ChargeId, CustomerId, IdempotencyKey, Money};
 
 /// A CreatePayment request ready to send: its key and its exact body bytes.
@@ -70,6 +71,43 @@ impl PreparedPayment {
     pub fn fingerprint(&self) -> String {
         hex::encode(Sha256::digest(self.body.as_bytes()))
     }
+}
+
+/// A RefundPayment request ready to send: its key and its exact body bytes (written by
+/// `paycron.refund_charge()` and re-sent byte for byte).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedRefund {
+    /// The key (also inside the body).
+    pub key: String,
+    /// The JSON body.
+    pub body: String,
+}
+
+/// The outcome of one RefundPayment call (retries included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Square made the refund (PENDING until it settles, or already settled).
+    Accepted(ProviderRefund),
+    /// Square refused the request (amount, payment, currency...): no refund was made.
+    Refused {
+        /// Square error code, e.g. REFUND_AMOUNT_INVALID.
+        code: String,
+        /// Square error category.
+        category: String,
+        /// Square's detail.
+        detail: String,
+    },
+    /// No decisive answer (transient failures until the deadline, a lost answer, a reused
+    /// key): the refund may or may not exist; the same request is looked up or sent again.
+    Undecided {
+        /// What happened.
+        reason: String,
+    },
+    /// The access token was refused.
+    Fatal {
+        /// Square error code.
+        code: String,
+    },
 }
 
 /// The outcome of one CreatePayment call (retries included).
@@ -175,6 +213,23 @@ impl From<&wire::Payment> for ProviderPayment {
             taken: p.taken(),
             created_at: chrono::DateTime::parse_from_rfc3339(&p.created_at)
                 .ok()
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        }
+    }
+}
+
+impl From<&wire::PaymentRefund> for ProviderRefund {
+    fn from(r: &wire::PaymentRefund) -> Self {
+        ProviderRefund {
+            id: r.id.clone(),
+            status: r.status.clone().unwrap_or_default(),
+            payment_id: r.payment_id.clone(),
+            amount_minor: r.amount_money.amount,
+            currency: r.amount_money.currency.clone(),
+            created_at: r
+                .created_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc)),
         }
     }
@@ -330,4 +385,19 @@ pub trait PaymentGateway: Send + Sync {
 
     /// One payment by id; `None` if Square does not know it.
     async fn get_payment(&self, payment_id: &str) -> Result<Option<ProviderPayment>>;
+
+    /// Refunds a payment (RefundPayment); transient failures are retried inside with the same
+    /// key and the identical body, within the configured deadline.
+    async fn refund_payment(&self, refund: &PreparedRefund) -> RefundOutcome;
+
+    /// One refund by Square's id (GetPaymentRefund); `None` if Square does not know it.
+    async fn get_refund(&self, refund_id: &str) -> Result<Option<ProviderRefund>>;
+
+    /// One page of refunds created in `[begin, end)` (ListPaymentRefunds), oldest first.
+    async fn list_refunds(
+        &self,
+        begin: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+        cursor: Option<&str>,
+    ) -> Result<Page<ProviderRefund>>;
 }

@@ -21,14 +21,17 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+mod refunds;
+
 use super::wire::{self, PaymentResponse};
 use super::{
-    GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, ProviderCard,
-    ProviderCustomer, Result,
+    GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, PreparedRefund,
+    ProviderCard, ProviderCustomer, RefundOutcome, Result,
 };
 use crate::config::SquareConfig;
 use crate::domain::answer::ProviderPayment;
 use crate::domain::decline::{ErrorClass, SquareError, decisive};
+use crate::domain::refund::ProviderRefund;
 
 /// Square's CreatePayment/List* client.
 pub struct SquareClient {
@@ -390,7 +393,9 @@ has_errors!(
     wire::ListCustomersResponse,
     wire::ListCardsResponse,
     wire::ListPaymentsResponse,
-    wire::PaymentResponse
+    wire::PaymentResponse,
+    wire::RefundResponse,
+    wire::ListPaymentRefundsResponse
 );
 
 #[async_trait]
@@ -493,6 +498,23 @@ impl PaymentGateway for SquareClient {
             items: r.payments.iter().map(Into::into).collect(),
             cursor: r.cursor.filter(|c| !c.is_empty()),
         })
+    }
+
+    async fn refund_payment(&self, refund: &PreparedRefund) -> RefundOutcome {
+        refunds::Refunds::send_refund(self, refund).await
+    }
+
+    async fn get_refund(&self, refund_id: &str) -> Result<Option<ProviderRefund>> {
+        refunds::Refunds::fetch_refund(self, refund_id).await
+    }
+
+    async fn list_refunds(
+        &self,
+        begin: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+        cursor: Option<&str>,
+    ) -> Result<Page<ProviderRefund>> {
+        refunds::Refunds::page_refunds(self, begin, end, cursor).await
     }
 
     async fn get_payment(&self, payment_id: &str) -> Result<Option<ProviderPayment>> {

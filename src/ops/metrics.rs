@@ -32,6 +32,10 @@ pub const BILLING_STALLED: &str = "paycron_billing_stalled_total";
 pub const BILLING_HALTED: &str = "paycron_billing_halted";
 /// Counter: subscriptions quarantined because the engine could not read or move them.
 pub const QUARANTINED: &str = "paycron_subscriptions_quarantined_total";
+/// Counter: refunds settled, label `outcome` (completed|rejected|failed).
+pub const REFUNDS: &str = "paycron_refunds_total";
+/// Counter: dispute money movements recorded, label `kind` (dispute_hold|dispute_won|dispute_lost).
+pub const DISPUTES: &str = "paycron_dispute_movements_total";
 
 /// Every metric name paycron exposes (the dashboard test checks against this list).
 pub const ALL: &[&str] = &[
@@ -47,6 +51,8 @@ pub const ALL: &[&str] = &[
     BILLING_STALLED,
     BILLING_HALTED,
     QUARANTINED,
+    REFUNDS,
+    DISPUTES,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

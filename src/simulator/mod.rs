@@ -169,13 +169,6 @@ async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
-async fn refund_payment(State(state): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    if let Some(r) = gate(&state, &headers).await {
-        return r;
-    }
-    json_reply(lock(&state).refund_payment(&body))
-}
-
 async fn get_refund(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -260,9 +253,23 @@ async fn create_payment(State(state): State<Shared>, headers: HeaderMap, body: B
         return r;
     }
     let raw = String::from_utf8_lossy(&body).into_owned();
+    answer_with_faults(&state, |s| s.create_payment(&raw)).await
+}
+
+async fn refund_payment(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    let raw = String::from_utf8_lossy(&body).into_owned();
+    answer_with_faults(&state, |s| s.refund_payment(&raw)).await
+}
+
+/// Does what a write call asks (the payment or refund is made), then applies the faults that
+/// strike after the work is done: a lost answer, a slow one, half an answer.
+async fn answer_with_faults(state: &Shared, work: impl FnOnce(&mut SimState) -> Reply) -> Response {
     let (reply, lose, slow, garbage, faults) = {
-        let mut s = lock(&state);
-        let reply = s.create_payment(&raw);
+        let mut s = lock(state);
+        let reply = work(&mut s);
         let f = s.faults.clone();
         let lose = s.draw(f.lose_response_rate);
         let slow = !lose && s.draw(f.slow_rate);
@@ -270,7 +277,7 @@ async fn create_payment(State(state): State<Shared>, headers: HeaderMap, body: B
         (reply, lose, slow, garbage, f)
     };
     if lose {
-        // The payment is taken; the answer never arrives: the connection breaks mid-response.
+        // The work is done; the answer never arrives: the connection breaks mid-response.
         let stream = futures::stream::once(async {
             Err::<Bytes, std::io::Error>(std::io::Error::other("response lost"))
         });

@@ -78,7 +78,11 @@ pub struct NewRefund {
 /// # Errors
 /// [`super::StoreError::Rejected`] when the charge did not succeed or the amount is more than
 /// what is left (nothing written), [`super::StoreError::NotFound`] for an unknown charge.
-pub async fn create(conn: &mut PgConnection, charge: ChargeId, new: &NewRefund) -> Result<RefundId> {
+pub async fn create(
+    conn: &mut PgConnection,
+    charge: ChargeId,
+    new: &NewRefund,
+) -> Result<RefundId> {
     let id: Uuid = sqlx::query_scalar("SELECT paycron.refund_charge($1, $2, $3, $4)")
         .bind(charge)
         .bind(new.amount_minor)

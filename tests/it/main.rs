@@ -13,6 +13,7 @@ mod helpers;
 mod lifecycle;
 mod model;
 mod outbound;
+mod refunds;
 mod schema;
 mod sync;
 mod webhooks;

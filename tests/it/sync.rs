@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use paycron::billing::sync::sync_cards;
 use paycron::domain::answer::ProviderPayment;
+use paycron::domain::refund::ProviderRefund;
 use paycron::gateway::{
     self, GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, ProviderCard,
     ProviderCustomer,
@@ -48,6 +49,20 @@ impl PaymentGateway for Hooked {
     }
     async fn get_payment(&self, id: &str) -> gateway::Result<Option<ProviderPayment>> {
         self.inner.get_payment(id).await
+    }
+    async fn refund_payment(&self, r: &gateway::PreparedRefund) -> gateway::RefundOutcome {
+        self.inner.refund_payment(r).await
+    }
+    async fn get_refund(&self, id: &str) -> gateway::Result<Option<ProviderRefund>> {
+        self.inner.get_refund(id).await
+    }
+    async fn list_refunds(
+        &self,
+        b: chrono::DateTime<chrono::Utc>,
+        e: chrono::DateTime<chrono::Utc>,
+        c: Option<&str>,
+    ) -> gateway::Result<Page<ProviderRefund>> {
+        self.inner.list_refunds(b, e, c).await
     }
 }
 

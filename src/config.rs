@@ -137,6 +137,9 @@ pub struct BillingConfig {
     /// `PAYCRON_HALT_PROBE_SECONDS`: after billing halted on configuration errors, the first
     /// probe waits this long; each failed probe doubles it, up to 30 minutes. Default 30.
     pub halt_probe_after: Duration,
+    /// Cancel a subscription whose payment was lost to a dispute
+    /// (`PAYCRON_DISPUTE_LOST_CANCELS`, default false).
+    pub dispute_lost_cancels: bool,
 }
 
 /// Outbound webhook delivery settings.
@@ -540,5 +543,10 @@ fn billing_config(src: &Source) -> Result<BillingConfig> {
             30,
             3_600,
         )?),
+        dispute_lost_cancels: src.parse(
+            "PAYCRON_DISPUTE_LOST_CANCELS",
+            false,
+            "expected true or false",
+        )?,
     })
 }

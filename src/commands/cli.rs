@@ -8,8 +8,8 @@
 use clap::{Parser, Subcommand};
 
 use super::{
-    Result, bench, cards, db, demo, events, ledger, refunds, review, run, simulator, subscription,
-    webhooks,
+    Result, bench, cards, db, demo, disputes, events, ledger, refunds, review, run, simulator,
+    subscription, webhooks,
 };
 use crate::app::App;
 use crate::config::Config;
@@ -81,6 +81,11 @@ pub enum AppCommand {
         #[command(subcommand)]
         command: refunds::RefundsCmd,
     },
+    /// Disputes (chargebacks) Square reported.
+    Disputes {
+        #[command(subcommand)]
+        command: disputes::DisputesCmd,
+    },
     /// Charges whose answer did not match them: list them, and record a decision.
     Charges {
         #[command(subcommand)]
@@ -124,6 +129,7 @@ pub async fn dispatch(command: Command, config: Config, signals: fn() -> Shutdow
                 AppCommand::Reconcile(args) => ledger::reconcile(&app, args).await,
                 AppCommand::Refund(args) => refunds::refund(&app, args).await,
                 AppCommand::Refunds { command } => command.execute(&app).await,
+                AppCommand::Disputes { command } => command.execute(&app).await,
                 AppCommand::Charges { command } => command.execute(&app).await,
                 AppCommand::Ledger { command } => command.execute(&app).await,
                 AppCommand::Events { command } => command.execute(&app, signals()).await,

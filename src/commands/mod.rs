@@ -7,6 +7,7 @@ pub mod cards;
 pub mod cli;
 pub mod db;
 pub mod demo;
+pub mod disputes;
 pub mod events;
 pub mod ledger;
 pub mod refunds;

@@ -3,8 +3,11 @@
 //! Invariants: nothing changes unless `x-square-hmacsha256-signature` equals
 //! base64(HMAC-SHA256(signature key, notification URL + raw body)), compared in constant time
 //! (`hmac`'s `verify_slice`); a missing or wrong signature is 401, a body over 1 MiB is 413.
-//! Each `event_id` is handled once: the de-duplication row and the card change are one
-//! transaction. Unknown event types are recorded and acknowledged.
+//! Each `event_id` is handled once: the de-duplication row and what the event changes are one
+//! transaction. Card events (`card.*`) update cards on file, ordered by Square's version;
+//! `refund.*` settles a refund paycron asked for; `dispute.*` records a dispute and books the
+//! money it moves, ordered by the dispute's version. Unknown event types are recorded and
+//! acknowledged.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,7 +19,10 @@ use sha2::Sha256;
 use sqlx::PgPool;
 
 use crate::domain::card::{CardStamp, is_stale};
+use crate::domain::refund::{RefundStatus, dispute_closed, dispute_movements};
 use crate::store::cards::{self, CardRecord};
+use crate::store::disputes::{self, Applied, DisputeReport};
+use crate::store::refunds;
 use crate::store::{StoreError, events, square_webhooks as webhooks};
 
 /// Largest body accepted.
@@ -31,6 +37,8 @@ pub struct WebhookState {
     pub key: Option<SecretString>,
     /// `SQUARE_WEBHOOK_NOTIFICATION_URL`: the URL Square signs.
     pub url: Option<String>,
+    /// `PAYCRON_DISPUTE_LOST_CANCELS`: a lost dispute cancels its subscription.
+    pub dispute_lost_cancels: bool,
 }
 
 /// True when `signature` is Square's signature of `url + body` under `key`.
@@ -81,7 +89,7 @@ pub async fn receive(
             "event_id and type are required\n".into(),
         );
     }
-    match handle(&s.pool, &event_id, &kind, &payload).await {
+    match handle(&s, &event_id, &kind, &payload).await {
         Ok(true) => (StatusCode::OK, "ok\n".into()),
         Ok(false) => (StatusCode::OK, "duplicate\n".into()),
         Err(e) => {
@@ -91,17 +99,37 @@ pub async fn receive(
     }
 }
 
-/// Long on purpose: the checks of one Square webhook in order (signature, parse, de-duplicate, apply), each a refusal with its status.
+/// Records the event once and applies it, in one transaction; false for a duplicate.
 async fn handle(
-    pool: &PgPool,
+    s: &WebhookState,
     event_id: &str,
     kind: &str,
     payload: &serde_json::Value,
 ) -> Result<bool, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = s.pool.begin().await?;
     if !webhooks::record_event(&mut tx, event_id, kind, payload).await? {
         return Ok(false);
     }
+    if kind.starts_with("card.") {
+        card_event(&mut tx, event_id, kind, payload).await?;
+    } else if kind.starts_with("refund.") {
+        refund_event(&mut tx, event_id, payload).await?;
+    } else if kind.starts_with("dispute.") {
+        dispute_event(&mut tx, event_id, payload, s.dispute_lost_cancels).await?;
+    } else {
+        tracing::info!(event_id, kind, "webhook recorded");
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A card created, updated, disabled or forgotten at Square (older versions ignored).
+async fn card_event(
+    tx: &mut sqlx::PgConnection,
+    event_id: &str,
+    kind: &str,
+    payload: &serde_json::Value,
+) -> Result<(), StoreError> {
     let card = &payload["data"]["object"]["card"];
     let card_id = card["id"]
         .as_str()
@@ -115,7 +143,7 @@ async fn handle(
             .map(|t| t.with_timezone(&chrono::Utc)),
     };
     if kind.starts_with("card.")
-        && let Some(stored) = cards::lock_stamp(&mut tx, card_id).await?
+        && let Some(stored) = cards::lock_stamp(&mut *tx, card_id).await?
         && is_stale(stored, stamp)
     {
         tracing::info!(
@@ -126,8 +154,7 @@ async fn handle(
             stored_version = stored.version,
             "stale card event recorded and ignored: Square said something newer already"
         );
-        tx.commit().await?;
-        return Ok(true);
+        return Ok(());
     }
     match kind {
         "card.created" | "card.updated" | "card.automatically_updated" => {
@@ -144,11 +171,11 @@ async fn handle(
                     .and_then(|v| i32::try_from(v).ok()),
                 enabled: card["enabled"].as_bool().unwrap_or(true),
             };
-            let changed = cards::upsert_customer_card(&mut tx, &record).await?;
-            cards::stamp(&mut tx, card_id, stamp).await?;
+            let changed = cards::upsert_customer_card(&mut *tx, &record).await?;
+            cards::stamp(&mut *tx, card_id, stamp).await?;
             // Only a card that changed (re-enabled, new expiry) is worth billing again now.
             let retried = if changed && record.enabled {
-                webhooks::retry_now_for_card(&mut tx, card_id).await?
+                webhooks::retry_now_for_card(&mut *tx, card_id).await?
             } else {
                 0
             };
@@ -163,10 +190,10 @@ async fn handle(
         }
         "card.disabled" | "card.forgotten" => {
             let forgotten = kind == "card.forgotten";
-            cards::stamp(&mut tx, card_id, stamp).await?;
-            if webhooks::disable_card(&mut tx, card_id, forgotten).await? {
+            cards::stamp(&mut *tx, card_id, stamp).await?;
+            if webhooks::disable_card(&mut *tx, card_id, forgotten).await? {
                 events::emit(
-                    &mut tx,
+                    &mut *tx,
                     "card_disabled",
                     None,
                     card["customer_id"].as_str(),
@@ -177,10 +204,170 @@ async fn handle(
             }
             tracing::info!(event_id, kind, card_id, "card disabled by Square");
         }
-        other => tracing::info!(event_id, kind = other, "webhook recorded"),
+        _ => tracing::info!(event_id, kind, "webhook recorded"),
     }
-    tx.commit().await?;
-    Ok(true)
+    Ok(())
+}
+
+/// A refund Square settled: settles the refund paycron asked for (by Square's id, or the
+/// pending one of that payment and amount whose answer was lost). A refund paycron did not
+/// ask for is left to reconcile.
+async fn refund_event(
+    tx: &mut sqlx::PgConnection,
+    event_id: &str,
+    payload: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let r = &payload["data"]["object"]["refund"];
+    let id = r["id"].as_str().unwrap_or("");
+    let status = r["status"].as_str().unwrap_or("");
+    let Some(settled) = RefundStatus::from_square(status).filter(RefundStatus::is_final) else {
+        tracing::info!(
+            event_id,
+            provider_refund_id = id,
+            status,
+            "refund not settled yet"
+        );
+        return Ok(());
+    };
+    let mine = match refunds::by_provider_id(&mut *tx, id).await? {
+        Some(row) => Some(row),
+        None => {
+            refunds::unmatched(
+                &mut *tx,
+                r["payment_id"].as_str().unwrap_or(""),
+                r["amount_money"]["amount"].as_i64().unwrap_or(0),
+            )
+            .await?
+        }
+    };
+    let Some(mine) = mine else {
+        tracing::info!(
+            event_id,
+            provider_refund_id = id,
+            "refund paycron did not ask for; reconcile reports it"
+        );
+        return Ok(());
+    };
+    let done = refunds::settle(
+        &mut *tx,
+        mine.id,
+        settled,
+        Some(id),
+        None,
+        chrono::Utc::now(),
+    )
+    .await?;
+    tracing::info!(event_id, refund_id = %mine.id, provider_refund_id = id, outcome = %settled, recorded = done, "refund settled by webhook");
+    if done {
+        metrics::counter!(crate::ops::metrics::REFUNDS, "outcome" => settled.as_str()).increment(1);
+    }
+    Ok(())
+}
+
+/// A dispute opened or moved: recorded (older versions ignored), the money it moves booked
+/// once each, `dispute_opened` / `dispute_closed` announced, and a lost one cancels its
+/// subscription when configured to.
+async fn dispute_event(
+    tx: &mut sqlx::PgConnection,
+    event_id: &str,
+    payload: &serde_json::Value,
+    lost_cancels: bool,
+) -> Result<(), StoreError> {
+    let d = &payload["data"]["object"]["dispute"];
+    let report = DisputeReport {
+        id: d["id"]
+            .as_str()
+            .or_else(|| d["dispute_id"].as_str())
+            .or_else(|| payload["data"]["id"].as_str())
+            .unwrap_or("")
+            .to_owned(),
+        provider_payment_id: d["disputed_payment"]["payment_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        state: d["state"].as_str().unwrap_or("").to_owned(),
+        reason: d["reason"].as_str().map(str::to_owned),
+        amount_minor: d["amount_money"]["amount"].as_i64().unwrap_or(0),
+        currency: d["amount_money"]["currency"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        due_at: d["due_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        version: d["version"].as_i64(),
+    };
+    if report.id.is_empty() || report.state.is_empty() || report.provider_payment_id.is_empty() {
+        tracing::warn!(
+            event_id,
+            "dispute webhook without id, state or payment; recorded only"
+        );
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    let (applied, row) = disputes::apply(&mut *tx, &report, now).await?;
+    if applied == Applied::Stale {
+        tracing::info!(event_id, dispute_id = %row.id, state = %report.state, "stale dispute event recorded and ignored");
+        return Ok(());
+    }
+    let Some(charge_id) = row.charge_id else {
+        tracing::info!(event_id, dispute_id = %row.id, provider_payment_id = %row.provider_payment_id,
+            "dispute of a payment paycron did not take; recorded");
+        return Ok(());
+    };
+    let charge = crate::store::charges::get(&mut *tx, charge_id).await?;
+    let booked = disputes::movements(&mut *tx, &row.id).await?;
+    if row.amount_minor > 0 {
+        for m in dispute_movements(&row.state, &booked) {
+            if disputes::book(&mut *tx, &row, charge_id, m, now).await? {
+                metrics::counter!(crate::ops::metrics::DISPUTES, "kind" => m.kind()).increment(1);
+            }
+        }
+    }
+    let (sub, customer) = charge
+        .as_ref()
+        .map(|c| (Some(c.subscription_id.0), Some(c.customer_id.as_str())))
+        .unwrap_or((None, None));
+    let body = serde_json::json!({
+        "dispute_id": row.id, "charge_id": charge_id, "state": row.state, "reason": row.reason,
+        "amount_minor": row.amount_minor, "currency": row.currency, "due_at": row.due_at,
+        "provider_payment_id": row.provider_payment_id,
+    });
+    if applied == Applied::Opened {
+        events::emit(
+            &mut *tx,
+            "dispute_opened",
+            sub,
+            customer,
+            Some(charge_id.0),
+            body.clone(),
+        )
+        .await?;
+    }
+    let was_closed = matches!(&applied, Applied::Moved { from } if dispute_closed(from));
+    if dispute_closed(&row.state) && !was_closed {
+        events::emit(
+            &mut *tx,
+            "dispute_closed",
+            sub,
+            customer,
+            Some(charge_id.0),
+            body,
+        )
+        .await?;
+        if lost_cancels
+            && matches!(row.state.as_str(), "LOST" | "ACCEPTED")
+            && let Some(sub) = sub
+        {
+            sqlx::query("SELECT paycron.cancel_subscription($1, false)")
+                .bind(sub)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tracing::info!(event_id, dispute_id = %row.id, charge_id = %charge_id, state = %row.state, "dispute recorded");
+    Ok(())
 }
 
 #[cfg(test)]

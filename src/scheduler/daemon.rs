@@ -260,6 +260,7 @@ pub async fn run(
                 pool: app.pool.clone(),
                 key: app.config.square.webhook_signature_key.clone(),
                 url: app.config.square.webhook_notification_url.clone(),
+                dispute_lost_cancels: app.config.billing.dispute_lost_cancels,
             },
             webhook_path: app.config.webhook_path.clone(),
             ready: Arc::new(AtomicBool::new(false)),

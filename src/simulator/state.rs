@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::gateway::wire::{self, Card, Customer, Payment};
 
+mod disputes;
 mod refunds;
+
+pub use disputes::SimDispute;
 
 /// Decline codes that test-card prefixes map to (lower-case, dashes).
 const DECLINE_PREFIXES: &[(&str, &str)] = &[
@@ -182,6 +185,7 @@ pub struct SimState {
     payments: Vec<Payment>,
     by_id: HashMap<String, usize>,
     refunds: Vec<wire::PaymentRefund>,
+    disputes: Vec<SimDispute>,
     keys: HashMap<String, KeyRecord>,
     attempts_per_card: HashMap<String, u32>,
     requests: Vec<ReceivedRequest>,
@@ -248,6 +252,7 @@ impl SimState {
             hits: 0,
             customer_lists: 0,
             refunds: Vec::new(),
+            disputes: Vec::new(),
             clock_offset: Duration::zero(),
         };
         s.seed();

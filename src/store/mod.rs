@@ -26,6 +26,7 @@ macro_rules! sqlf {
 pub mod cards;
 pub mod charges;
 mod codec;
+pub mod disputes;
 pub mod embedded;
 pub mod events;
 pub mod ledger;

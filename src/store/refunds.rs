@@ -314,3 +314,25 @@ pub async fn of_payments(pool: &PgPool, payment_ids: &[String]) -> Result<Vec<Re
     .fetch_all(pool)
     .await?)
 }
+
+/// The oldest pending refund of `payment_id` for `amount_minor` that Square's id was never
+/// noted for (its answer was lost): the one a webhook about such a refund settles.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn unmatched(
+    conn: &mut PgConnection,
+    payment_id: &str,
+    amount_minor: i64,
+) -> Result<Option<RefundRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.refunds r JOIN paycron.charges c ON c.id = r.charge_id
+          WHERE r.provider_payment_id = $1 AND r.amount_minor = $2 AND r.status = 'pending'
+            AND r.provider_refund_id IS NULL
+          ORDER BY r.created_at, r.id LIMIT 1 FOR UPDATE OF r"
+    ))
+    .bind(payment_id)
+    .bind(amount_minor)
+    .fetch_optional(conn)
+    .await?)
+}

@@ -413,6 +413,36 @@ impl Harness {
         id.into()
     }
 
+    /// A monthly subscription of `amount_minor` USD on a card Square approves, billed once:
+    /// returns its id and the succeeded charge's.
+    pub async fn paid_charge(
+        &self,
+        customer: &str,
+        amount_minor: i64,
+    ) -> (paycron::domain::SubscriptionId, uuid::Uuid) {
+        self.card(
+            customer,
+            &format!("ccof:sim-ok-{}", customer.to_lowercase()),
+        )
+        .await;
+        let sub = self
+            .subscribe(customer, amount_minor, (1, "month"), "2027-01-01T00:00:00Z")
+            .await;
+        self.engine()
+            .await
+            .bill_due("2027-01-01T01:00:00Z".parse().expect("instant"))
+            .await
+            .expect("billed");
+        let charge = sqlx::query_scalar(
+            "SELECT id FROM paycron.charges WHERE subscription_id = $1 AND status = 'succeeded'",
+        )
+        .bind(sub.0)
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("a succeeded charge");
+        (sub, charge)
+    }
+
     /// The subscription as the store reads it.
     pub async fn subscription(
         &self,

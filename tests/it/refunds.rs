@@ -11,23 +11,7 @@ use crate::helpers::{Harness, count, count_where, paycron};
 
 /// A harness with one customer billed once (1000 USD minor): returns the succeeded charge id.
 async fn paid(h: &Harness) -> String {
-    h.card("RF", "ccof:sim-ok-rf").await;
-    let sub = h
-        .subscribe("RF", 1000, (1, "month"), "2027-01-01T00:00:00Z")
-        .await;
-    h.engine()
-        .await
-        .bill_due("2027-01-01T01:00:00Z".parse().unwrap())
-        .await
-        .unwrap();
-    let id: uuid::Uuid = sqlx::query_scalar(
-        "SELECT id FROM paycron.charges WHERE subscription_id = $1 AND status = 'succeeded'",
-    )
-    .bind(sub.0)
-    .fetch_one(&h.db.pool)
-    .await
-    .unwrap();
-    id.to_string()
+    h.paid_charge("RF", 1000).await.1.to_string()
 }
 
 fn sim_refunds(h: &Harness) -> Vec<(i64, String)> {

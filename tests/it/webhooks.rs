@@ -49,6 +49,7 @@ async fn receiver(
             pool: db.pool.clone(),
             key: Some(SecretString::from(KEY.to_owned())),
             url: Some(URL.to_owned()),
+            dispute_lost_cancels: true,
         },
         webhook_path: "/webhooks/square".into(),
         ready: Arc::new(AtomicBool::new(false)),
@@ -354,6 +355,7 @@ fn state_for(
             pool,
             key: Some(SecretString::from(KEY.to_owned())),
             url: Some(URL.to_owned()),
+            dispute_lost_cancels: true,
         },
         webhook_path: "/webhooks/square".into(),
         ready: Arc::new(AtomicBool::new(false)),
@@ -515,4 +517,123 @@ async fn readiness_hides_errors_health_follows_billing_and_the_receiver_can_move
     assert_eq!(r.status(), 404, "no metrics on the public address");
     stop.cancel();
     let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disputes_hold_then_lose_money_once_each_and_refund_webhooks_settle_lost_answers() {
+    let h = crate::helpers::Harness::start().await;
+    let (sub, charge) = h.paid_charge("DS", 1000).await;
+    let payment: String =
+        sqlx::query_scalar("SELECT provider_payment_id FROM paycron.charges WHERE id = $1")
+            .bind(charge)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    let (addr, stop, server) = receiver(&h.db).await;
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        http.post(format!("http://{addr}/webhooks/square"))
+            .header("x-square-hmacsha256-signature", sign(URL, &body))
+            .body(body)
+            .send()
+    };
+    let kinds = || async {
+        let out = h.cli(["ledger", "export", "--format", "jsonl"]).await;
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].clone())
+            .filter(|k| k != "charge")
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    // Opened: the bank holds the amount; the dispute is listed with its due date.
+    let (dispute, opened) = h.sim.with(|st| st.open_dispute(&payment)).unwrap();
+    assert_eq!(post(opened.clone()).await.unwrap().status(), 200);
+    assert_eq!(
+        post(opened).await.unwrap().text().await.unwrap(),
+        "duplicate\n"
+    );
+    assert_eq!(kinds().await, ["dispute_hold"]);
+    let listed = h.cli(["disputes", "list", "--format", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(v[0]["id"], dispute.as_str());
+    assert!(v[0]["due_at"].is_string(), "{v}");
+    // Processing, then lost; a late copy of the processing step (older version) changes nothing.
+    let processing = h
+        .sim
+        .with(|st| st.move_dispute(&dispute, "PROCESSING"))
+        .unwrap();
+    let lost = h.sim.with(|st| st.move_dispute(&dispute, "LOST")).unwrap();
+    assert_eq!(post(lost).await.unwrap().status(), 200);
+    assert_eq!(post(processing).await.unwrap().status(), 200);
+    assert_eq!(kinds().await, ["dispute_hold", "dispute_lost"]);
+    let listed = h.cli(["disputes", "list", "--format", "json"]).await;
+    assert_eq!(listed.stdout.trim(), "[]", "a lost dispute is closed");
+    let balances: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT account, sum(amount_minor)::int8 FROM paycron.ledger_postings GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        balances,
+        [
+            ("assets:held_in_dispute".to_owned(), 0),
+            ("assets:square_clearing".to_owned(), 0),
+            ("expenses:chargebacks".to_owned(), 1000),
+            ("revenue:subscriptions".to_owned(), -1000),
+        ]
+    );
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT type FROM paycron.events WHERE type LIKE 'dispute%' ORDER BY id",
+    )
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, ["dispute_opened", "dispute_closed"]);
+    assert_eq!(
+        h.subscription(sub).await.status.as_str(),
+        "canceled",
+        "a lost dispute cancels when configured to"
+    );
+
+    // A refund whose answer was lost stays pending without Square's id; Square's
+    // refund.updated settles it.
+    let (_, other) = h.paid_charge("RW", 800).await;
+    h.sim.with(|st| {
+        st.faults = paycron::simulator::Faults {
+            lose_response_rate: 1.0,
+            ..Default::default()
+        }
+    });
+    let (code, out, err) = crate::helpers::run(
+        crate::helpers::paycron(Some(&h.db.url), Some(&h.sim.base_url()))
+            .env("SQUARE_RETRY_DEADLINE_MS", "500")
+            .args(["refund", &other.to_string(), "--amount", "800"]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pending"), "{out}");
+    h.sim.with(|st| {
+        st.faults = paycron::simulator::Faults::default();
+        st.settle_refunds();
+    });
+    let refund_id = h.sim.with(|st| st.refunds()[0].id.clone());
+    let note = h.sim.with(|st| st.refund_notification(&refund_id)).unwrap();
+    assert_eq!(post(note).await.unwrap().status(), 200);
+    let (status, square_id): (String, Option<String>) =
+        sqlx::query_as("SELECT status, provider_refund_id FROM paycron.refunds")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), square_id.as_deref()),
+        ("completed", Some(refund_id.as_str()))
+    );
+    assert_eq!(h.sim.with(|st| st.refunds().len()), 1);
+
+    stop.cancel();
+    let _ = server.await;
+    h.sim.shutdown().await;
 }

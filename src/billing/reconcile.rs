@@ -1,7 +1,8 @@
 //! Reconciliation's fetching and repair: pages Square's ListPayments over a window, reads the
 //! charges of the window and those Square's payments name, compares them with the pure
 //! [`crate::ledger::reconcile::compare`], and with `--repair` records a payment Square took for
-//! a still-pending charge through the engine's normal record path (fenced, idempotent).
+//! a still-pending charge through the engine's normal record path (fenced, idempotent). Refunds
+//! are reconciled the same way: ListPaymentRefunds against paycron's refunds.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -11,7 +12,8 @@ use crate::domain::ChargeId;
 use crate::domain::answer::ProviderPayment;
 use crate::gateway::PaymentGateway;
 use crate::ledger::reconcile::{Report, compare};
-use crate::store::charges;
+use crate::ledger::refunds::{RefundRepair, compare_refunds};
+use crate::store::{charges, refunds};
 
 async fn list_window(
     gateway: &dyn PaymentGateway,
@@ -59,5 +61,55 @@ pub async fn reconcile(
             }
         }
     }
+    reconcile_refunds(pool, gateway, engine, since, until, &mut report).await?;
     Ok(report)
+}
+
+/// Square's refunds of the window against paycron's (see [`compare_refunds`]), findings added
+/// to `report`; with `engine`, the repairs applied through the normal settle path.
+async fn reconcile_refunds(
+    pool: &PgPool,
+    gateway: &dyn PaymentGateway,
+    engine: Option<&Engine>,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    report: &mut Report,
+) -> Result<(), BillingError> {
+    let mut square = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = gateway
+            .list_refunds(since, until, cursor.as_deref())
+            .await?;
+        square.extend(page.items);
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let named: Vec<String> = square.iter().filter_map(|r| r.payment_id.clone()).collect();
+    let charges = charges::ids_by_payment(pool, &named).await?;
+    let mut local = refunds::in_window(pool, since, until).await?;
+    for r in refunds::of_payments(pool, &named).await? {
+        if !local.iter().any(|l| l.id == r.id) {
+            local.push(r);
+        }
+    }
+    report.square_refunds = square.len();
+    let (findings, repairs) = compare_refunds(&square, &local, &charges);
+    report.findings.extend(findings);
+    if let Some(engine) = engine {
+        for repair in repairs {
+            let done = match repair {
+                RefundRepair::Settle { refund, found } => {
+                    engine.repair_refund(&refund, found).await?
+                }
+                RefundRepair::Record { charge_id, found } => {
+                    engine.record_found_refund(charge_id, &found).await?
+                }
+            };
+            report.repaired += usize::from(done);
+        }
+    }
+    Ok(())
 }

@@ -218,4 +218,59 @@ impl Engine {
             }
         }
     }
+
+    /// Settles a refund of paycron's that Square settled (reconcile's repair), through the
+    /// normal checks; true when it was settled now.
+    ///
+    /// # Errors
+    /// [`BillingError`].
+    pub async fn repair_refund(&self, refund: &RefundRow, found: ProviderRefund) -> Result<bool> {
+        Ok(matches!(
+            self.take_answer(refund, found).await?,
+            Step::Settled(_)
+        ))
+    }
+
+    /// Records a refund Square made of a paycron payment that paycron does not hold (made in
+    /// Square's dashboard, say): written under the database's cap and settled as completed in
+    /// one transaction, with its ledger entry and event. False when the cap refuses it (it
+    /// stays a finding for an operator).
+    ///
+    /// # Errors
+    /// [`BillingError`].
+    pub async fn record_found_refund(
+        &self,
+        charge: crate::domain::ChargeId,
+        found: &ProviderRefund,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let new = refunds::NewRefund {
+            charge_id: Some(charge),
+            amount_minor: Some(found.amount_minor),
+            reason: Some("made at Square outside paycron; recorded by reconcile".into()),
+            cancel: None,
+        };
+        let id = match refunds::create(&mut tx, charge, &new).await {
+            Ok(id) => id,
+            Err(StoreError::Rejected(why)) => {
+                tracing::warn!(charge_id = %charge, provider_refund_id = %found.id, %why,
+                    "refund made at Square cannot be recorded against its charge");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        refunds::settle(
+            &mut tx,
+            id,
+            RefundStatus::Completed,
+            Some(&found.id),
+            None,
+            self.clock.now(),
+        )
+        .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(refund_id = %id, charge_id = %charge, provider_refund_id = %found.id,
+            "reconcile: recorded a refund made at Square");
+        Ok(true)
+    }
 }

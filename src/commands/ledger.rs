@@ -148,6 +148,7 @@ pub async fn reconcile(app: &App, args: ReconcileArgs) -> Result<()> {
         since = %since.to_rfc3339(),
         until = %until.to_rfc3339(),
         square_payments = report.square_payments,
+        square_refunds = report.square_refunds,
         charges = report.charges,
         findings = report.findings.len(),
         repaired = report.repaired,
@@ -156,8 +157,8 @@ pub async fn reconcile(app: &App, args: ReconcileArgs) -> Result<()> {
     if report.findings.is_empty() {
         if format == Format::Text {
             println!(
-                "reconciled: {} Square payments, {} charges, no differences",
-                report.square_payments, report.charges
+                "reconciled: {} Square payments, {} charges, {} Square refunds, no differences",
+                report.square_payments, report.charges, report.square_refunds
             );
         }
         Ok(())

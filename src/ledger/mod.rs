@@ -2,10 +2,11 @@
 //! charge attempt with exactly the contract's keys, and the monthly figures the demo prints.
 //! Writing happens in `store::ledger`, inside the billing engine's record transaction.
 //! [`reconcile`] proves the ledger equals Square's payments over a window, or names every
-//! difference.
+//! difference; [`refunds`] does the same for money going back.
 
 pub mod audit;
 pub mod reconcile;
+pub mod refunds;
 
 use std::io::Write;
 

@@ -20,7 +20,8 @@ use crate::store::charges::ChargeRow;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// missing_in_ledger | missing_at_square | amount_mismatch | currency_mismatch |
-    /// unknown_charge | pending.
+    /// unknown_charge | pending | refund_pending | refund_missing_in_ledger |
+    /// refund_missing_at_square | refund_amount_mismatch.
     pub kind: &'static str,
     /// The paycron charge, when known.
     pub charge_id: Option<ChargeId>,
@@ -39,6 +40,8 @@ pub struct Finding {
 pub struct Report {
     /// Payments Square listed in the window.
     pub square_payments: usize,
+    /// Refunds Square listed in the window.
+    pub square_refunds: usize,
     /// Charges paycron created in the window.
     pub charges: usize,
     /// Differences.

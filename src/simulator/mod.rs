@@ -188,7 +188,11 @@ async fn list_refunds(
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
-    json_reply(lock(&state).list_refunds(q.get("cursor").map(String::as_str)))
+    json_reply(lock(&state).list_refunds(
+        q.get("begin_time").map(String::as_str),
+        q.get("end_time").map(String::as_str),
+        q.get("cursor").map(String::as_str),
+    ))
 }
 
 async fn list_customers(

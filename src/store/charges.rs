@@ -578,3 +578,20 @@ pub async fn take_review(
     .rows_affected()
         == 1)
 }
+
+/// The charges the given Square payments paid (payments paycron did not take are absent).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn ids_by_payment(
+    pool: &PgPool,
+    payment_ids: &[String],
+) -> Result<std::collections::HashMap<String, ChargeId>> {
+    let rows: Vec<(String, ChargeId)> = sqlx::query_as(
+        "SELECT provider_payment_id, id FROM paycron.charges WHERE provider_payment_id = ANY($1)",
+    )
+    .bind(payment_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -20,7 +20,7 @@ use crate::domain::{ChargeId, CustomerId, RefundId, SubscriptionId};
 pub const ACCOUNT_REFUNDS: &str = "revenue:refunds";
 
 /// A refund with what its charge says about it.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct RefundRow {
     /// paycron's id.
     pub id: RefundId,
@@ -334,5 +334,24 @@ pub async fn unmatched(
     .bind(payment_id)
     .bind(amount_minor)
     .fetch_optional(conn)
+    .await?)
+}
+
+/// Refunds asked for in `[since, until)`.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn in_window(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<RefundRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.refunds r JOIN paycron.charges c ON c.id = r.charge_id
+          WHERE r.created_at >= $1 AND r.created_at < $2 ORDER BY r.created_at, r.id"
+    ))
+    .bind(since)
+    .bind(until)
+    .fetch_all(pool)
     .await?)
 }

@@ -276,3 +276,79 @@ async fn a_refund_killed_mid_call_is_made_exactly_once() {
     assert_eq!(sends, 2, "sent once, killed, sent again with the same key");
     h.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_refunds_square_settled_or_made_alone_and_repair_books_them() {
+    let h = Harness::start().await;
+    let charge = paid(&h).await;
+    let payment: String =
+        sqlx::query_scalar("SELECT provider_payment_id FROM paycron.charges WHERE id = $1::uuid")
+            .bind(&charge)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    // A refund whose every answer is lost: pending here, made at Square.
+    h.sim.with(|st| {
+        st.faults = Faults {
+            lose_response_rate: 1.0,
+            ..Faults::default()
+        }
+    });
+    let (code, _, err) = crate::helpers::run(
+        paycron(Some(&h.db.url), Some(&h.sim.base_url()))
+            .env("SQUARE_RETRY_DEADLINE_MS", "500")
+            .args(["refund", &charge, "--amount", "250"]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    h.sim.with(|st| st.faults = Faults::default());
+    // And one made in Square's dashboard, outside paycron.
+    let body = serde_json::json!({
+        "idempotency_key": "dashboard-1",
+        "amount_money": {"amount": 100, "currency": "USD"},
+        "payment_id": payment,
+    });
+    let made = reqwest::Client::new()
+        .post(format!("{}/v2/refunds", h.sim.base_url()))
+        .bearer_auth("any")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 200);
+
+    let found = h.cli(["reconcile", "--format", "jsonl"]).await;
+
+    assert_eq!(found.code, 1, "{}", found.stderr);
+    let mut kinds: Vec<String> = found
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["refund_missing_in_ledger", "refund_pending"]);
+    let repaired = h.cli(["reconcile", "--repair"]).await;
+    assert_eq!(repaired.code, 0, "{}\n{}", repaired.stdout, repaired.stderr);
+    let clean = h.cli(["reconcile"]).await;
+    assert_eq!(clean.code, 0, "{}", clean.stdout);
+    assert!(
+        clean.stdout.contains("2 Square refunds"),
+        "{}",
+        clean.stdout
+    );
+    let lines = export_refunds(&h).await;
+    let mut amounts: Vec<i64> = lines
+        .iter()
+        .filter(|l| l["status"] == "succeeded")
+        .map(|l| l["amount_minor"].as_i64().unwrap())
+        .collect();
+    amounts.sort();
+    assert_eq!(amounts, [100, 250]);
+    assert_eq!(sim_refunds(&h).len(), 2, "nothing sent by the repair");
+    h.sim.shutdown().await;
+}

@@ -186,19 +186,48 @@ impl SimState {
         }
     }
 
-    /// `GET /v2/refunds`, oldest first, 100 a page (reading settles what was pending).
-    pub fn list_refunds(&mut self, cursor: Option<&str>) -> Reply {
+    /// `GET /v2/refunds` created in `[begin, end)`, oldest first, 100 a page (reading settles
+    /// what was pending).
+    pub fn list_refunds(
+        &mut self,
+        begin: Option<&str>,
+        end: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Reply {
         self.settle_refunds();
         let start = match super::parse_cursor(cursor) {
             Ok(s) => s,
             Err(reply) => return reply,
         };
-        let page: Vec<&PaymentRefund> = self.refunds.iter().skip(start).take(100).collect();
+        let parse = |s: Option<&str>| s.map(chrono::DateTime::parse_from_rfc3339).transpose();
+        let (Ok(b), Ok(e)) = (parse(begin), parse(end)) else {
+            return error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "INVALID_TIME",
+                "Invalid time.",
+                Some("begin_time"),
+            );
+        };
+        let matching: Vec<&PaymentRefund> = self
+            .refunds
+            .iter()
+            .filter(|r| {
+                let t = r
+                    .created_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                b.is_none_or(|b| t.is_some_and(|t| t >= b))
+                    && e.is_none_or(|e| t.is_some_and(|t| t < e))
+            })
+            .collect();
+        let total = matching.len();
+        let page: Vec<&PaymentRefund> = matching.into_iter().skip(start).take(100).collect();
         let mut body = serde_json::json!({});
         if !page.is_empty() {
             body["refunds"] = serde_json::to_value(&page).unwrap_or_default();
         }
-        if start + 100 < self.refunds.len() {
+        if start + 100 < total {
             body["cursor"] = (start + 100).to_string().into();
         }
         Reply { status: 200, body }

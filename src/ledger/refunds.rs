@@ -21,7 +21,7 @@ pub enum RefundRepair {
     /// Settle a refund of paycron's that Square settled.
     Settle {
         /// The refund here.
-        refund: RefundRow,
+        refund: Box<RefundRow>,
         /// Square's refund.
         found: ProviderRefund,
     },
@@ -96,7 +96,7 @@ pub fn compare_refunds(
                         ),
                     ));
                     repairs.push(RefundRepair::Settle {
-                        refund: r.clone(),
+                        refund: Box::new(r.clone()),
                         found: s.clone(),
                     });
                 }

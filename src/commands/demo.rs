@@ -75,6 +75,7 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
     let ids = subscribe(&app, start).await?;
     let engine = app.engine(gateway).await?;
     let total = bill(&app, &engine, &ids, start, months).await?;
+    money_back(&app, &engine, &sim).await?;
     print_months(&app).await?;
 
     // Invariant 3, proven against the simulator's own record.
@@ -230,12 +231,105 @@ async fn bill(
     Ok(total)
 }
 
+/// A few customers get money back (two partial refunds, one full) and one opens a dispute,
+/// as Square would tell it: the refunds settle and the dispute arrives through the same
+/// webhook handling the daemon runs.
+async fn money_back(app: &App, engine: &Engine, sim: &Simulator) -> Result<()> {
+    // Every charge of the demo database (written seconds ago, by the wall clock).
+    let since = Utc::now() - Duration::days(1);
+    let paid: Vec<_> = store::charges::in_window(&app.pool, since, Utc::now() + Duration::days(1))
+        .await?
+        .into_iter()
+        .filter(|c| c.status == crate::domain::ChargeStatus::Succeeded)
+        .step_by(97)
+        .take(4)
+        .collect();
+    let hooks = crate::ops::square_webhooks::WebhookState {
+        pool: app.pool.clone(),
+        key: None,
+        url: None,
+        dispute_lost_cancels: app.config.billing.dispute_lost_cancels,
+    };
+    let mut refunded = 0;
+    for (i, c) in paid.iter().take(3).enumerate() {
+        let new = store::refunds::NewRefund {
+            charge_id: Some(c.id),
+            amount_minor: (i < 2).then(|| c.money.minor() / 2),
+            reason: Some(
+                if i < 2 {
+                    "goodwill credit"
+                } else {
+                    "canceled within the first week"
+                }
+                .into(),
+            ),
+            cancel: (i == 2).then_some("now"),
+        };
+        let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
+        store::refunds::create(&mut tx, c.id, &new).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        refunded += 1;
+    }
+    engine.drive_refunds(None).await?;
+    // Square settles them and says so.
+    let notes: Vec<String> = sim.with(|st| {
+        st.settle_refunds();
+        let ids: Vec<String> = st.refunds().iter().map(|r| r.id.clone()).collect();
+        ids.iter()
+            .filter_map(|id| st.refund_notification(id))
+            .collect()
+    });
+    let mut dispute = None;
+    if let Some(c) = paid.get(3)
+        && let Some(payment) = c.provider_payment_id.as_deref()
+    {
+        dispute = sim.with(|st| st.open_dispute(payment));
+    }
+    for body in notes.iter().chain(dispute.as_ref().map(|(_, b)| b)) {
+        let payload: serde_json::Value = serde_json::from_str(body)
+            .map_err(|e| CommandError::Failed(format!("simulator notification: {e}")))?;
+        crate::ops::square_webhooks::apply_trusted(&hooks, &payload).await?;
+    }
+    println!(
+        "money back: {refunded} refunds (two partial, one in full with its subscription canceled), {} dispute opened",
+        usize::from(dispute.is_some())
+    );
+    Ok(())
+}
+
 /// The month-by-month table and the subscriptions' statuses.
 async fn print_months(app: &App) -> Result<()> {
     let usd: Currency = "USD"
         .parse()
         .map_err(|e| CommandError::Failed(format!("{e}")))?;
     let rows = ledger::monthly(&app.pool).await?;
+    let money = |minor: i64, cur: &str| format_minor(minor, cur.parse().unwrap_or(usd));
+    let mut lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.month.clone(),
+                r.succeeded.to_string(),
+                r.declined.to_string(),
+                r.recovered.to_string(),
+                r.ended.to_string(),
+                money(r.revenue_minor, &r.currency),
+                money(r.refunded_minor, &r.currency),
+                r.disputes.to_string(),
+            ]
+        })
+        .collect();
+    let sum = |f: fn(&ledger::MonthRow) -> i64| rows.iter().map(f).sum::<i64>();
+    lines.push(vec![
+        "TOTAL".into(),
+        sum(|r| r.succeeded).to_string(),
+        sum(|r| r.declined).to_string(),
+        sum(|r| r.recovered).to_string(),
+        sum(|r| r.ended).to_string(),
+        format_minor(sum(|r| r.revenue_minor), usd),
+        format_minor(sum(|r| r.refunded_minor), usd),
+        sum(|r| r.disputes).to_string(),
+    ]);
     println!();
     print!(
         "{}",
@@ -246,31 +340,12 @@ async fn print_months(app: &App) -> Result<()> {
                 "DECLINED",
                 "RECOVERED",
                 "DUNNING ENDED",
-                "REVENUE"
+                "REVENUE",
+                "REFUNDED",
+                "DISPUTES",
             ],
-            rows.iter()
-                .map(|r| {
-                    vec![
-                        r.month.clone(),
-                        r.succeeded.to_string(),
-                        r.declined.to_string(),
-                        r.recovered.to_string(),
-                        r.ended.to_string(),
-                        format_minor(r.revenue_minor, r.currency.parse().unwrap_or(usd)),
-                    ]
-                })
-                .collect(),
+            lines,
         )
-    );
-    let revenue: i64 = rows.iter().map(|r| r.revenue_minor).sum();
-    println!(
-        "{:<7}  {:<7}  {:<8}  {:<9}  {:<13}  {}",
-        "TOTAL",
-        rows.iter().map(|r| r.succeeded).sum::<i64>(),
-        rows.iter().map(|r| r.declined).sum::<i64>(),
-        rows.iter().map(|r| r.recovered).sum::<i64>(),
-        rows.iter().map(|r| r.ended).sum::<i64>(),
-        format_minor(revenue, usd)
     );
     let statuses = subscriptions::count_by_status(&app.pool).await?;
     println!(

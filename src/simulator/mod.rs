@@ -1,7 +1,8 @@
 //! A Square-compatible simulator: the HTTP endpoints paycron uses (ListCustomers, ListCards,
-//! DisableCard, CreatePayment, ListPayments, GetPayment) with Square's JSON shapes, validation
-//! and idempotency, test cards that decline on purpose, and fault injection (latency, 5xx,
-//! 429 with or without Retry-After, answers lost after the payment was taken, slow and
+//! DisableCard, CreatePayment, ListPayments, GetPayment, RefundPayment, GetPaymentRefund,
+//! ListPaymentRefunds) with Square's JSON shapes, validation and idempotency, test cards that
+//! decline on purpose, refunds that settle asynchronously, and fault injection (latency, 5xx,
+//! 429 with or without Retry-After, answers lost after the payment or refund was made, slow and
 //! truncated answers).
 //!
 //! It runs in-process (demo, tests, benchmark) or as `paycron simulator --port P`. Admin
@@ -11,6 +12,10 @@
 //! - `GET /_sim/requests`: every CreatePayment request received, raw
 //! - `POST /_sim/faults`: replace the faults (JSON, see [`state::Faults`])
 //! - `POST /_sim/cards`: add a card `{customer_id, card_id, card_brand?, enabled?}`
+//! - `POST /_sim/disputes {payment_id}`, `POST /_sim/disputes/{id} {state}`: open or move a
+//!   dispute; the answer carries the notification Square would send (`dispute.created`,
+//!   `dispute.state.updated`), to sign and POST to paycron's receiver
+//! - `GET /_sim/refunds/{id}/notification`: the `refund.updated` notification of a refund
 
 pub mod state;
 
@@ -119,6 +124,12 @@ fn router(state: Shared) -> Router {
         .route("/_sim/requests", get(admin_requests))
         .route("/_sim/faults", post(admin_faults).get(admin_get_faults))
         .route("/_sim/cards", post(admin_add_card))
+        .route("/_sim/disputes", post(admin_open_dispute))
+        .route("/_sim/disputes/{dispute_id}", post(admin_move_dispute))
+        .route(
+            "/_sim/refunds/{refund_id}/notification",
+            get(admin_refund_notification),
+        )
         .with_state(state)
 }
 
@@ -392,6 +403,70 @@ struct NewCard {
     card_brand: Option<String>,
     #[serde(default)]
     enabled: Option<bool>,
+}
+
+/// `POST /_sim/disputes {"payment_id": ...}`: opens a dispute; answers its id and the
+/// `dispute.created` notification Square would send (sign and POST it to paycron's receiver).
+async fn admin_open_dispute(State(state): State<Shared>, body: Bytes) -> Response {
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let payment = v["payment_id"].as_str().unwrap_or("");
+    match lock(&state).open_dispute(payment) {
+        Some((id, note)) => json_reply(Reply {
+            status: 200,
+            body: serde_json::json!({"dispute_id": id, "notification": note}),
+        }),
+        None => json_reply(SimState::error_reply(
+            404,
+            "INVALID_REQUEST_ERROR",
+            "NOT_FOUND",
+            "Payment not found.",
+        )),
+    }
+}
+
+/// `POST /_sim/disputes/{id} {"state": "WON"}`: moves a dispute; answers the
+/// `dispute.state.updated` notification.
+async fn admin_move_dispute(
+    State(state): State<Shared>,
+    Path(dispute_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let to = v["state"].as_str().unwrap_or("");
+    match lock(&state).move_dispute(&dispute_id, to) {
+        Some(note) if !to.is_empty() => json_reply(Reply {
+            status: 200,
+            body: serde_json::json!({"notification": note}),
+        }),
+        _ => json_reply(SimState::error_reply(
+            404,
+            "INVALID_REQUEST_ERROR",
+            "NOT_FOUND",
+            "Dispute not found, or no state given.",
+        )),
+    }
+}
+
+/// `GET /_sim/refunds/{id}/notification`: the `refund.updated` notification for a refund
+/// as it stands (settled first, as reading does).
+async fn admin_refund_notification(
+    State(state): State<Shared>,
+    Path(refund_id): Path<String>,
+) -> Response {
+    let mut s = lock(&state);
+    s.settle_refunds();
+    match s.refund_notification(&refund_id) {
+        Some(note) => json_reply(Reply {
+            status: 200,
+            body: serde_json::json!({"notification": note}),
+        }),
+        None => json_reply(SimState::error_reply(
+            404,
+            "INVALID_REQUEST_ERROR",
+            "NOT_FOUND",
+            "Refund not found.",
+        )),
+    }
 }
 
 async fn admin_add_card(State(state): State<Shared>, body: Bytes) -> Response {

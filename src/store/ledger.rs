@@ -201,6 +201,10 @@ pub struct MonthRow {
     pub ended: i64,
     /// Minor units taken.
     pub revenue_minor: i64,
+    /// Minor units given back by completed refunds of this month's periods.
+    pub refunded_minor: i64,
+    /// Disputes opened (money held) against this month's periods.
+    pub disputes: i64,
 }
 
 /// Monthly figures by period start.
@@ -210,17 +214,19 @@ pub struct MonthRow {
 pub async fn monthly(pool: &PgPool) -> Result<Vec<MonthRow>> {
     Ok(sqlx::query_as(
         "WITH m AS (
-           SELECT to_char(e.period_start AT TIME ZONE 'UTC', 'YYYY-MM') AS month, e.currency, e.status, e.attempt, e.amount_minor, e.charge_id
-             FROM paycron.ledger_entries e WHERE e.kind = 'charge')
+           SELECT to_char(e.period_start AT TIME ZONE 'UTC', 'YYYY-MM') AS month, e.currency, e.status, e.attempt, e.amount_minor, e.charge_id, e.kind
+             FROM paycron.ledger_entries e)
          SELECT month, currency,
-                count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-                count(*) FILTER (WHERE status = 'declined') AS declined,
-                count(*) FILTER (WHERE status = 'failed') AS failed,
-                count(*) FILTER (WHERE status = 'succeeded' AND attempt > 1) AS recovered,
+                count(*) FILTER (WHERE kind = 'charge' AND status = 'succeeded') AS succeeded,
+                count(*) FILTER (WHERE kind = 'charge' AND status = 'declined') AS declined,
+                count(*) FILTER (WHERE kind = 'charge' AND status = 'failed') AS failed,
+                count(*) FILTER (WHERE kind = 'charge' AND status = 'succeeded' AND attempt > 1) AS recovered,
                 (SELECT count(*) FROM paycron.events v JOIN paycron.charges c ON c.id = v.charge_id
                   WHERE v.type IN ('subscription_unpaid', 'subscription_canceled')
                     AND to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM') = m.month) AS ended,
-                coalesce(sum(amount_minor) FILTER (WHERE status = 'succeeded'), 0)::int8 AS revenue_minor
+                coalesce(sum(amount_minor) FILTER (WHERE kind = 'charge' AND status = 'succeeded'), 0)::int8 AS revenue_minor,
+                coalesce(sum(amount_minor) FILTER (WHERE kind = 'refund' AND status = 'succeeded'), 0)::int8 AS refunded_minor,
+                count(*) FILTER (WHERE kind = 'dispute_hold') AS disputes
            FROM m GROUP BY month, currency ORDER BY month, currency",
     )
     .fetch_all(pool)

@@ -103,13 +103,22 @@ async fn a_partial_refund_goes_back_once_settles_and_is_booked() {
     assert!(over.stderr.contains("600"), "{}", over.stderr);
     assert_eq!(count(&h.db, "refunds").await, 1);
     assert_eq!(sim_refunds(&h).len(), 1);
-    // The rest (no --amount) is refunded, and then nothing is left.
-    let rest = h.cli(["refund", &charge, "--format", "json"]).await;
+    // The rest (no --amount) is refunded with the subscription canceled at period end, and
+    // then nothing is left.
+    let rest = h
+        .cli(["refund", &charge, "--at-period-end", "--format", "json"])
+        .await;
     assert_eq!(rest.code, 0, "{}", rest.stderr);
     let v: serde_json::Value = serde_json::from_str(&rest.stdout).unwrap();
     assert_eq!(v[0]["amount_minor"], 600);
     let none_left = h.cli(["refund", &charge]).await;
     assert_eq!(none_left.code, 2, "{}", none_left.stderr);
+    let canceling = count_where(
+        &h.db,
+        "SELECT count(*) FROM paycron.subscriptions WHERE cancel_at_period_end",
+    )
+    .await;
+    assert_eq!(canceling, 1, "the refund canceled at period end");
     assert_eq!(sim_refunds(&h).len(), 2);
     h.sim.shutdown().await;
 }

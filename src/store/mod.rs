@@ -254,18 +254,11 @@ pub async fn open_unmigrated(opts: PgConnectOptions, max: u32) -> Result<PgPool>
 /// DELETE on the ledger, its postings, the events or the feed.
 pub const RUNTIME_ROLE: &str = "paycron_runtime";
 
-/// Applies pending migrations, fills the reference lists and grants the runtime role what it
-/// needs (as the schema owner).
-///
-/// # Errors
-/// [`StoreError`].
-pub async fn migrate(pool: &PgPool) -> Result<()> {
-    MIGRATOR.run(pool).await?;
-    fill_reference_lists(pool).await?;
-    // One statement list, one implicit transaction; the lock keeps concurrent starts from
-    // updating the same catalog rows at once ("tuple concurrently updated").
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        "SELECT pg_advisory_xact_lock(hashtext('paycron:roles'));
+/// The runtime role and its grants, applied by every `migrate` (roles are cluster-wide, so they
+/// are not a migration of one database). One statement list, one implicit transaction; the lock
+/// keeps concurrent starts from updating the same catalog rows at once ("tuple concurrently
+/// updated").
+pub const ROLE_GRANTS: &str = "SELECT pg_advisory_xact_lock(hashtext('paycron:roles'));
          DO $$
          BEGIN
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'paycron_runtime') THEN
@@ -283,14 +276,24 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA paycron TO paycron_runtime;
              REVOKE UPDATE, DELETE ON paycron.ledger_entries, paycron.ledger_postings, paycron.events,
                                       paycron.event_feed FROM paycron_runtime;
+             REVOKE DELETE ON paycron.refunds, paycron.disputes FROM paycron_runtime;
              GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA paycron TO paycron_runtime;
              GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA paycron TO paycron_runtime;
              GRANT SELECT ON public._sqlx_migrations TO paycron_runtime;
            END IF;
-         END $$;",
-    ))
-    .execute(pool)
-    .await?;
+         END $$;";
+
+/// Applies pending migrations, fills the reference lists and grants the runtime role what it
+/// needs (as the schema owner).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await?;
+    fill_reference_lists(pool).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ROLE_GRANTS))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

@@ -135,8 +135,16 @@ async fn template() -> &'static str {
                 .map(|m| m.version)
                 .max()
                 .unwrap_or(0);
+            // The grants are applied by `migrate` outside any migration: a change to them
+            // makes a new template too.
+            let grants = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                paycron::store::ROLE_GRANTS.hash(&mut h);
+                h.finish() % 1_000_000
+            };
             let name = format!(
-                "paycron_test_template_{latest}_{}",
+                "paycron_test_template_{latest}_{}_{grants}",
                 paycron::store::MIGRATOR.iter().count()
             );
             let mut admin = sqlx::PgConnection::connect(&base)
@@ -149,12 +157,32 @@ async fn template() -> &'static str {
             .fetch_one(&mut admin)
             .await
             .expect("look up the template");
-            if !exists {
+            // Templates of other builds' schemas are of no more use here.
+            let stale: Vec<String> = sqlx::query_scalar(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'paycron\\_test\\_template\\_%' AND datname <> $1",
+            )
+            .bind(&name)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap_or_default();
+            let doomed: Vec<&String> = if exists {
+                stale.iter().collect()
+            } else {
+                stale.iter().chain([&name]).collect()
+            };
+            for old in doomed {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    "ALTER DATABASE \"{old}\" IS_TEMPLATE false"
                 )))
                 .execute(&mut admin)
                 .await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+            if !exists {
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
                     .execute(&mut admin)
                     .await

@@ -361,3 +361,90 @@ async fn reconcile_finds_refunds_square_settled_or_made_alone_and_repair_books_t
     assert_eq!(sim_refunds(&h).len(), 2, "nothing sent by the repair");
     h.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_refund_is_looked_up_at_square_before_any_resend() {
+    let h = Harness::start().await;
+    let charge = paid(&h).await;
+    // Sent once, every answer lost: pending here without Square's id, made at Square.
+    h.sim.with(|st| {
+        st.faults = Faults {
+            lose_response_rate: 1.0,
+            ..Faults::default()
+        }
+    });
+    let (code, _, err) = crate::helpers::run(
+        paycron(Some(&h.db.url), Some(&h.sim.base_url()))
+            .env("SQUARE_RETRY_DEADLINE_MS", "300")
+            .args(["refund", &charge, "--amount", "700"]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    h.sim.with(|st| st.faults = Faults::default());
+    let hits_before = h.sim.with(|st| st.hits);
+
+    // Two days later (past PAYCRON_STALE_LOOKUP_HOURS), recovery finds it at Square.
+    let clock = paycron::billing::clock::Clock::system();
+    clock.advance(chrono::Duration::days(2));
+    let engine = h.engine().await.with_clock(clock);
+    let done = engine.drive_refunds(None).await.unwrap();
+
+    assert_eq!((done.handled, done.completed), (1, 1), "{done:?}");
+    let (status, sends): (String, i32) =
+        sqlx::query_as("SELECT status, sends FROM paycron.refunds")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), sends),
+        ("completed", 1),
+        "found, not re-sent"
+    );
+    let posts = h.sim.with(|st| st.hits) - hits_before;
+    assert_eq!(posts, 1, "one ListPaymentRefunds, no RefundPayment");
+    assert_eq!(sim_refunds(&h), [(700, "COMPLETED".to_owned())]);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_refund_is_booked_as_failed_and_frees_its_amount() {
+    let h = Harness::start().await;
+    let charge = paid(&h).await;
+    h.sim.with(|st| {
+        st.faults = Faults {
+            reject_refunds: true,
+            ..Faults::default()
+        }
+    });
+    let out = h.cli(["refund", &charge]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    sqlx::query("UPDATE paycron.refunds SET locked_until = now() - interval '1 second'")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+
+    let rec = h.cli(["run-once", "--task", "recover"]).await;
+
+    assert_eq!(rec.code, 0, "{}", rec.stderr);
+    let lines = export_refunds(&h).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["status"], "failed");
+    assert_eq!(
+        count_where(
+            &h.db,
+            "SELECT count(*) FROM paycron.events WHERE type = 'refund_failed'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count_where(&h.db, "SELECT count(*) FROM paycron.ledger_postings").await,
+        2,
+        "the charge's postings only: nothing went back"
+    );
+    // The rejected 1000 does not count against the charge: it can be refunded again.
+    h.sim.with(|st| st.faults = Faults::default());
+    let again = h.cli(["refund", &charge]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    h.sim.shutdown().await;
+}

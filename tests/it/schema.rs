@@ -405,6 +405,8 @@ async fn the_runtime_role_has_its_dml_and_nothing_more() {
         "DELETE FROM paycron.ledger_postings",
         "UPDATE paycron.events SET type = 'x'",
         "DELETE FROM paycron.event_feed",
+        "DELETE FROM paycron.refunds",
+        "DELETE FROM paycron.disputes",
         "CREATE TABLE public.intruder (a int)",
     ] {
         let mut tx = as_role(&db, "paycron_runtime").await;

@@ -208,14 +208,8 @@ async fn concurrent_partial_refunds_never_exceed_the_charge() {
     assert!(key.len() <= 45);
     let req: paycron::gateway::wire::RefundPaymentRequest = serde_json::from_str(&body).unwrap();
     assert_eq!((req.idempotency_key, req.amount_money.amount), (key, 600));
-    let spec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/square-openapi-more.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/square-openapi-refunds.json")).unwrap();
     let schema = &spec["components"]["schemas"]["RefundPaymentRequest"];
     let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
     for field in schema["required"].as_array().unwrap() {

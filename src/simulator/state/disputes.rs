@@ -22,6 +22,8 @@ pub struct SimDispute {
     pub amount: i64,
     /// Currency.
     pub currency: String,
+    /// When it was opened (RFC 3339).
+    pub created_at: String,
 }
 
 impl SimState {
@@ -40,6 +42,7 @@ impl SimState {
             version: 1,
             amount: p.amount_money.amount,
             currency: p.amount_money.currency.clone(),
+            created_at: rfc3339(Utc::now() + self.clock_offset),
         };
         let body = self.dispute_notification("dispute.created", &d);
         let id = d.id.clone();
@@ -86,6 +89,7 @@ impl SimState {
                 "id": d.id,
                 "amount_money": {"amount": d.amount, "currency": d.currency},
                 "card_brand": "VISA",
+                "created_at": d.created_at,
                 "disputed_payment": {"payment_id": d.payment_id},
                 "due_at": rfc3339(Utc::now() + self.clock_offset + chrono::Duration::days(14)),
                 "location_id": self.config.location_id,

@@ -10,6 +10,7 @@ pub mod decline;
 pub mod ids;
 pub mod lifecycle;
 pub mod money;
+pub mod pos;
 pub mod refund;
 pub mod schedule;
 pub mod subscription;

@@ -448,6 +448,7 @@ mod tests {
         );
     }
 
+    /// Long on purpose: one table of callbacks and the readings expected of them.
     #[test]
     fn callbacks_from_both_platforms_are_read_and_errors_put_in_words() {
         let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {

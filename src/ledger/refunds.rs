@@ -37,6 +37,9 @@ pub enum RefundRepair {
 /// Compares `square` (Square's refunds of the window) with `local` (paycron's refunds of the
 /// window and of the payments Square's refunds name); `charges` maps paycron's payment ids to
 /// their charges (a refund of any other payment is not paycron's business). Pure.
+///
+/// Long on purpose: one pass over Square's refunds and one over paycron's, a finding per kind
+/// of difference; the table of findings reads best in one place.
 pub fn compare_refunds(
     square: &[ProviderRefund],
     local: &[RefundRow],

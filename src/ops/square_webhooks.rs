@@ -139,6 +139,9 @@ async fn handle(
 }
 
 /// A card created, updated, disabled or forgotten at Square (older versions ignored).
+///
+/// Long on purpose: one card event read top to bottom (its stamp, staleness, then one arm per
+/// kind), in the webhook's transaction.
 async fn card_event(
     tx: &mut sqlx::PgConnection,
     event_id: &str,
@@ -279,17 +282,10 @@ async fn refund_event(
     Ok(())
 }
 
-/// A dispute opened or moved: recorded (older versions ignored), the money it moves booked
-/// once each, `dispute_opened` / `dispute_closed` announced, and a lost one cancels its
-/// subscription when configured to.
-async fn dispute_event(
-    tx: &mut sqlx::PgConnection,
-    event_id: &str,
-    payload: &serde_json::Value,
-    lost_cancels: bool,
-) -> Result<(), StoreError> {
+/// The dispute a notification describes, in paycron's terms (missing fields empty).
+fn dispute_report(payload: &serde_json::Value) -> DisputeReport {
     let d = &payload["data"]["object"]["dispute"];
-    let report = DisputeReport {
+    DisputeReport {
         id: d["id"]
             .as_str()
             .or_else(|| d["dispute_id"].as_str())
@@ -312,7 +308,19 @@ async fn dispute_event(
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&chrono::Utc)),
         version: d["version"].as_i64(),
-    };
+    }
+}
+
+/// A dispute opened or moved: recorded (older versions ignored), the money it moves booked
+/// once each, `dispute_opened` / `dispute_closed` announced, and a lost one cancels its
+/// subscription when configured to.
+async fn dispute_event(
+    tx: &mut sqlx::PgConnection,
+    event_id: &str,
+    payload: &serde_json::Value,
+    lost_cancels: bool,
+) -> Result<(), StoreError> {
+    let report = dispute_report(payload);
     if report.id.is_empty() || report.state.is_empty() || report.provider_payment_id.is_empty() {
         tracing::warn!(
             event_id,

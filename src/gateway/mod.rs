@@ -259,6 +259,71 @@ impl From<wire::Customer> for ProviderCustomer {
     }
 }
 
+/// An order Square holds, as read to confirm a Point of Sale sale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderOrder {
+    /// The order id.
+    pub id: String,
+    /// The customer it is attached to.
+    pub customer_id: Option<String>,
+    /// OPEN | COMPLETED | CANCELED.
+    pub state: Option<String>,
+    /// Its card tenders: (payment id, amount, currency, customer).
+    pub card_payments: Vec<OrderPayment>,
+}
+
+/// One card tender of an order: the payment it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderPayment {
+    /// The payment's id (a tender's id is its payment's).
+    pub payment_id: String,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The customer of the tender.
+    pub customer_id: Option<String>,
+}
+
+impl From<wire::Order> for ProviderOrder {
+    fn from(o: wire::Order) -> Self {
+        ProviderOrder {
+            id: o.id,
+            customer_id: o.customer_id,
+            state: o.state,
+            card_payments: o
+                .tenders
+                .into_iter()
+                .filter(|t| t.tender_type == "CARD")
+                .filter_map(|t| {
+                    let money = t.amount_money?;
+                    Some(OrderPayment {
+                        payment_id: t.payment_id.or(t.id)?,
+                        amount_minor: money.amount,
+                        currency: money.currency,
+                        customer_id: t.customer_id,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Who to create at Square: a customer enrolled at the counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewCustomer {
+    /// Makes a retried creation return the same customer.
+    pub idempotency_key: String,
+    /// Given name.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Phone.
+    pub phone: Option<String>,
+}
+
 /// A card on file Square holds: display fields only (Square never returns a number).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderCard {
@@ -392,6 +457,12 @@ pub trait PaymentGateway: Send + Sync {
 
     /// One refund by Square's id (GetPaymentRefund); `None` if Square does not know it.
     async fn get_refund(&self, refund_id: &str) -> Result<Option<ProviderRefund>>;
+
+    /// Creates a customer (CreateCustomer), idempotently under `customer.idempotency_key`.
+    async fn create_customer(&self, customer: &NewCustomer) -> Result<ProviderCustomer>;
+
+    /// One order by id (RetrieveOrder); `None` if Square does not know it.
+    async fn retrieve_order(&self, order_id: &str) -> Result<Option<ProviderOrder>>;
 
     /// One page of refunds created in `[begin, end)` (ListPaymentRefunds), oldest first.
     async fn list_refunds(

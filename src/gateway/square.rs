@@ -21,12 +21,13 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+mod counter;
 mod refunds;
 
 use super::wire::{self, PaymentResponse};
 use super::{
-    GatewayError, Page, PaymentGateway, PaymentOutcome, PreparedPayment, PreparedRefund,
-    ProviderCard, ProviderCustomer, RefundOutcome, Result,
+    GatewayError, NewCustomer, Page, PaymentGateway, PaymentOutcome, PreparedPayment,
+    PreparedRefund, ProviderCard, ProviderCustomer, ProviderOrder, RefundOutcome, Result,
 };
 use crate::config::SquareConfig;
 use crate::domain::answer::ProviderPayment;
@@ -395,7 +396,8 @@ has_errors!(
     wire::ListPaymentsResponse,
     wire::PaymentResponse,
     wire::RefundResponse,
-    wire::ListPaymentRefundsResponse
+    wire::ListPaymentRefundsResponse,
+    wire::OrderResponse
 );
 
 #[async_trait]
@@ -498,6 +500,22 @@ impl PaymentGateway for SquareClient {
             items: r.payments.iter().map(Into::into).collect(),
             cursor: r.cursor.filter(|c| !c.is_empty()),
         })
+    }
+
+    async fn create_customer(&self, customer: &NewCustomer) -> Result<ProviderCustomer> {
+        self.post_customer(&wire::CreateCustomerRequest {
+            idempotency_key: Some(customer.idempotency_key.clone()),
+            given_name: customer.given_name.clone(),
+            family_name: customer.family_name.clone(),
+            email_address: customer.email.clone(),
+            phone_number: customer.phone.clone(),
+            reference_id: None,
+        })
+        .await
+    }
+
+    async fn retrieve_order(&self, order_id: &str) -> Result<Option<ProviderOrder>> {
+        self.get_order(order_id).await
     }
 
     async fn refund_payment(&self, refund: &PreparedRefund) -> RefundOutcome {

@@ -112,7 +112,8 @@ fn json_reply(r: Reply) -> Response {
 
 fn router(state: Shared) -> Router {
     Router::new()
-        .route("/v2/customers", get(list_customers))
+        .route("/v2/customers", get(list_customers).post(create_customer))
+        .route("/v2/orders/{order_id}", get(retrieve_order))
         .route("/v2/cards", get(list_cards))
         .route("/v2/cards/{card_id}/disable", post(disable_card))
         .route("/v2/payments", post(create_payment).get(list_payments))
@@ -178,6 +179,25 @@ async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
         return Some(resp);
     }
     None
+}
+
+async fn create_customer(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    let raw = String::from_utf8_lossy(&body).into_owned();
+    answer_with_faults(&state, |s| s.create_customer(&raw)).await
+}
+
+async fn retrieve_order(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(order_id): Path<String>,
+) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).retrieve_order(&order_id))
 }
 
 async fn get_refund(

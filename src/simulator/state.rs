@@ -26,9 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::gateway::wire::{self, Card, Customer, Payment};
 
+mod counter;
 mod disputes;
 mod refunds;
 
+pub use counter::PosSale;
 pub use disputes::SimDispute;
 
 /// Decline codes that test-card prefixes map to (lower-case, dashes).
@@ -186,6 +188,7 @@ pub struct SimState {
     by_id: HashMap<String, usize>,
     refunds: Vec<wire::PaymentRefund>,
     disputes: Vec<SimDispute>,
+    orders: Vec<wire::Order>,
     keys: HashMap<String, KeyRecord>,
     attempts_per_card: HashMap<String, u32>,
     requests: Vec<ReceivedRequest>,
@@ -253,6 +256,7 @@ impl SimState {
             customer_lists: 0,
             refunds: Vec::new(),
             disputes: Vec::new(),
+            orders: Vec::new(),
             clock_offset: Duration::zero(),
         };
         s.seed();

@@ -662,3 +662,71 @@ async fn simulator_refunds_like_square_never_beyond_what_was_taken() {
     assert_eq!(all, [600, 400]);
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_are_created_once_and_a_counter_sale_is_found_through_its_order() {
+    let s = sim(SimConfig::default()).await;
+    let c = client(&config(&s.base_url()));
+    let new = paycron::gateway::NewCustomer {
+        idempotency_key: "enroll-1".into(),
+        given_name: Some("Ada".into()),
+        family_name: Some("Lovelace".into()),
+        email: Some("ada@example.com".into()),
+        phone: None,
+    };
+    let first = c.create_customer(&new).await.unwrap();
+    // The same key: the same customer, not a second one.
+    assert_eq!(c.create_customer(&new).await.unwrap(), first);
+    // Square's rules: a name, email or phone; a well-formed email.
+    let nameless = paycron::gateway::NewCustomer {
+        idempotency_key: "enroll-2".into(),
+        ..Default::default()
+    };
+    let err = c.create_customer(&nameless).await.unwrap_err();
+    assert!(
+        err.to_string().contains("MISSING_REQUIRED_PARAMETER"),
+        "{err}"
+    );
+    let bad_email = paycron::gateway::NewCustomer {
+        idempotency_key: "enroll-3".into(),
+        email: Some("not-an-email".into()),
+        ..Default::default()
+    };
+    let err = c.create_customer(&bad_email).await.unwrap_err();
+    assert!(err.to_string().contains("INVALID_EMAIL_ADDRESS"), "{err}");
+
+    // A sale at the counter, the card saved after checkout.
+    let sale = s
+        .with(|st| st.pos_sale(&first.id, 1999, "USD", true))
+        .unwrap();
+    let order = c.retrieve_order(&sale.order_id).await.unwrap().unwrap();
+    assert_eq!(order.customer_id.as_deref(), Some(first.id.as_str()));
+    assert_eq!(order.card_payments.len(), 1);
+    let paid = &order.card_payments[0];
+    assert_eq!(
+        (paid.payment_id.as_str(), paid.amount_minor),
+        (sale.payment_id.as_str(), 1999)
+    );
+    let payment = c.get_payment(&paid.payment_id).await.unwrap().unwrap();
+    assert!(payment.taken);
+    assert_eq!(
+        payment.answer.customer_id.as_deref(),
+        Some(first.id.as_str())
+    );
+    assert_eq!(
+        payment.charge_id(),
+        None,
+        "a counter sale names no paycron charge"
+    );
+    let cards = c.list_cards(&first.id, None, false).await.unwrap();
+    assert_eq!(cards.items.len(), 1);
+    assert_eq!(cards.items[0].id, sale.saved_card);
+    let note: serde_json::Value = serde_json::from_str(&sale.card_created.unwrap()).unwrap();
+    assert_eq!(note["type"], "card.created");
+    assert_eq!(
+        note["data"]["object"]["card"]["customer_id"],
+        first.id.as_str()
+    );
+    assert!(c.retrieve_order("NOPE").await.unwrap().is_none());
+    s.shutdown().await;
+}

@@ -50,6 +50,12 @@ impl PaymentGateway for Hooked {
     async fn get_payment(&self, id: &str) -> gateway::Result<Option<ProviderPayment>> {
         self.inner.get_payment(id).await
     }
+    async fn create_customer(&self, c: &gateway::NewCustomer) -> gateway::Result<ProviderCustomer> {
+        self.inner.create_customer(c).await
+    }
+    async fn retrieve_order(&self, id: &str) -> gateway::Result<Option<gateway::ProviderOrder>> {
+        self.inner.retrieve_order(id).await
+    }
     async fn refund_payment(&self, r: &gateway::PreparedRefund) -> gateway::RefundOutcome {
         self.inner.refund_payment(r).await
     }

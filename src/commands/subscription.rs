@@ -144,7 +144,8 @@ pub struct CreateArgs {
     /// Free days before the first charge.
     #[arg(long)]
     pub trial_days: Option<String>,
-    /// Your own reference: creating again with it returns the same subscription.
+    /// Your own reference: creating again with it and the same terms returns the same
+    /// subscription; with other terms it is refused.
     #[arg(long)]
     pub external_ref: Option<String>,
     /// Bill no period starting at or after this instant (RFC 3339).

@@ -290,6 +290,26 @@ async fn an_external_ref_makes_create_idempotent() {
     let b: Uuid = sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap();
     assert_eq!(a, b);
     assert_eq!(count(&db, "subscriptions").await, 1);
+    // The same reference for another customer, amount or interval is refused, naming it.
+    seed_card(&db, "CUST2", "ccof:card2").await;
+    for other in [
+        "SELECT paycron.create_subscription('CUST2', 77700, 'EUR', 'year', 1, p_external_ref => 'order-42')",
+        "SELECT paycron.create_subscription('CUST1', 701, 'USD', 'month', 1, p_external_ref => 'order-42')",
+        "SELECT paycron.create_subscription('CUST1', 700, 'USD', 'week', 1, p_external_ref => 'order-42')",
+    ] {
+        let err = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(other))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_err();
+        let db_err = err.as_database_error().unwrap();
+        assert_eq!(db_err.code().as_deref(), Some("22023"), "{other}");
+        assert!(
+            db_err.message().contains("order-42"),
+            "{}",
+            db_err.message()
+        );
+    }
+    assert_eq!(count(&db, "subscriptions").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

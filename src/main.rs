@@ -56,6 +56,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.command, config, signals)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.exit_code() == 0 => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("paycron: {e}");
             ExitCode::from(e.exit_code())

@@ -186,10 +186,10 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
             100.0 * rate / ideal
         );
     }
-    println!(
+    crate::out!(
         "bench: charges={} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={:.1}",
         summary.succeeded,
         peak_rss_mb()
-    );
+    )?;
     Ok(())
 }

@@ -47,7 +47,7 @@ impl CardsCmd {
         match self {
             CardsCmd::Import { file } => import_cards(app, &file)
                 .await
-                .map(|n| println!("imported {n} cards")),
+                .and_then(|n| crate::out!("imported {n} cards")),
             CardsCmd::List { format } => list_cards(app, format).await,
         }
     }

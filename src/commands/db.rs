@@ -54,11 +54,11 @@ fn cluster(config: &Config) -> Result<LocalCluster> {
 pub fn status(config: &Config) -> Result<()> {
     let c = cluster(config)?;
     let running = c.is_running().map_err(crate::store::StoreError::from)?;
-    println!(
+    crate::out!(
         "{} ({})",
         if running { "running" } else { "stopped" },
         c.describe()
-    );
+    )?;
     Ok(())
 }
 
@@ -69,7 +69,7 @@ pub fn status(config: &Config) -> Result<()> {
 pub fn stop(config: &Config) -> Result<()> {
     let c = cluster(config)?;
     let stopped = c.stop().map_err(crate::store::StoreError::from)?;
-    println!("{}", if stopped { "stopped" } else { "not running" });
+    crate::out!("{}", if stopped { "stopped" } else { "not running" })?;
     Ok(())
 }
 
@@ -97,14 +97,14 @@ pub async fn url(config: Config, database: Option<&str>, owner: bool) -> Result<
             "paycron: the owner's URL (superuser {}: migrations, administration)",
             embedded::SUPERUSER
         );
-        println!("{}", c.url(database));
+        crate::out!("{}", c.url(database))?;
     } else {
         eprintln!(
             "paycron: the runtime role's URL (login {}, granted {}: what every command uses); --owner for the owner's",
             embedded::RUNTIME_LOGIN,
             crate::store::RUNTIME_ROLE
         );
-        println!("{}", c.runtime_url(database));
+        crate::out!("{}", c.runtime_url(database))?;
     }
     Ok(())
 }

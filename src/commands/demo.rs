@@ -59,16 +59,17 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
     let wall = Instant::now();
     let (cluster, sim, app) = start(config, customers).await?;
     let gateway = app.square()?;
-    println!(
+    crate::out!(
         "paycron demo: {customers} customers, {months} months of billing, embedded Postgres ({}), simulated Square at {}",
         cluster.data_dir().display(),
         sim.base_url()
-    );
+    )?;
     let synced = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
-    println!(
+    crate::out!(
         "synced {} customers and {} cards from Square",
-        synced.customers, synced.cards
-    );
+        synced.customers,
+        synced.cards
+    )?;
     let start: DateTime<Utc> = "2027-01-01T00:00:00Z"
         .parse()
         .map_err(|e| CommandError::Failed(format!("{e}")))?;
@@ -82,7 +83,7 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
     let taken: Vec<crate::domain::answer::ProviderPayment> =
         sim.with(|st| st.completed().iter().map(Into::into).collect());
     let audit = crate::ledger::audit::exactly_once(&app.pool, &taken).await?;
-    println!(
+    crate::out!(
         "check: {} payments taken at Square, {} successes in the ledger, {} pending: {}",
         audit.payments,
         audit.ledger_successes,
@@ -92,12 +93,12 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
         } else {
             format!("MISMATCH ({})", audit.problems.join("; "))
         }
-    );
-    println!(
+    )?;
+    crate::out!(
         "done in {:.1}s; explore it with: DATABASE_URL=\"$(paycron db url --database {})\" paycron ledger export --format jsonl",
         wall.elapsed().as_secs_f64(),
         DEMO_DATABASE
-    );
+    )?;
     tracing::info!(
         attempted = total.attempted,
         succeeded = total.succeeded,
@@ -188,10 +189,10 @@ async fn subscribe(app: &App, start: DateTime<Utc>) -> Result<Vec<SubscriptionId
         ids.push(subscriptions::create(&mut conn, &new, Some(start)).await?);
     }
     drop(conn);
-    println!(
+    crate::out!(
         "created {} monthly subscriptions (9.00, 19.00 and 49.00 USD; four time zones; some with trials)",
         ids.len()
-    );
+    )?;
 
     Ok(ids)
 }
@@ -290,10 +291,10 @@ async fn money_back(app: &App, engine: &Engine, sim: &Simulator) -> Result<()> {
             .map_err(|e| CommandError::Failed(format!("simulator notification: {e}")))?;
         crate::ops::square_webhooks::apply_trusted(&hooks, &payload).await?;
     }
-    println!(
+    crate::out!(
         "money back: {refunded} refunds (two partial, one in full with its subscription canceled), {} dispute opened",
         usize::from(dispute.is_some())
-    );
+    )?;
     Ok(())
 }
 
@@ -330,32 +331,30 @@ async fn print_months(app: &App) -> Result<()> {
         format_minor(sum(|r| r.refunded_minor), usd),
         sum(|r| r.disputes).to_string(),
     ]);
-    println!();
-    print!(
-        "{}",
-        table(
-            &[
-                "MONTH",
-                "CHARGED",
-                "DECLINED",
-                "RECOVERED",
-                "DUNNING ENDED",
-                "REVENUE",
-                "REFUNDED",
-                "DISPUTES",
-            ],
-            lines,
-        )
+    crate::out!()?;
+    let months = table(
+        &[
+            "MONTH",
+            "CHARGED",
+            "DECLINED",
+            "RECOVERED",
+            "DUNNING ENDED",
+            "REVENUE",
+            "REFUNDED",
+            "DISPUTES",
+        ],
+        lines,
     );
+    crate::out!("{}", months.trim_end())?;
     let statuses = subscriptions::count_by_status(&app.pool).await?;
-    println!(
+    crate::out!(
         "\nsubscriptions now: {}",
         statuses
             .iter()
             .map(|(s, n)| format!("{s} {n}"))
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
 
     Ok(())
 }

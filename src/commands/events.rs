@@ -64,18 +64,18 @@ async fn tail(
         for f in &rows {
             let r = &f.event;
             match format {
-                Format::Text => println!(
+                Format::Text => crate::out!(
                     "{:>8}  {}  {:<28} {}  {}",
                     f.position,
                     r.created_at.to_rfc3339(),
                     r.kind,
                     r.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
                     r.payload
-                ),
-                _ => println!(
+                )?,
+                _ => crate::out!(
                     "{}",
                     serde_json::to_string(f).map_err(|e| CommandError::Io(e.to_string()))?
-                ),
+                )?,
             }
             last = f.position;
         }

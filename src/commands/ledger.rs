@@ -156,10 +156,12 @@ pub async fn reconcile(app: &App, args: ReconcileArgs) -> Result<()> {
     );
     if report.findings.is_empty() {
         if format == Format::Text {
-            println!(
+            crate::out!(
                 "reconciled: {} Square payments, {} charges, {} Square refunds, no differences",
-                report.square_payments, report.charges, report.square_refunds
-            );
+                report.square_payments,
+                report.charges,
+                report.square_refunds
+            )?;
         }
         Ok(())
     } else {

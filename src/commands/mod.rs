@@ -49,12 +49,36 @@ pub enum CommandError {
     /// I/O (exit 1).
     #[error("{0}")]
     Io(String),
+    /// Whoever read the output stopped reading (`paycron ... | head`): not a failure, exit 0
+    /// with nothing more said.
+    #[error("output closed by the reader")]
+    OutputClosed,
+}
+
+/// An error writing the output: a reader that went away ends the command quietly; anything
+/// else is an I/O failure.
+pub fn output_error(e: std::io::Error) -> CommandError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CommandError::OutputClosed
+    } else {
+        CommandError::Io(format!("cannot write the output: {e}"))
+    }
+}
+
+/// `println!` for commands: a closed pipe ends the command quietly instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::commands::output_error)
+    }};
 }
 
 impl CommandError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CommandError::OutputClosed | CommandError::Store(StoreError::OutputClosed) => 0,
             CommandError::BadInput(_) | CommandError::Config(_) => 2,
             CommandError::Store(e) if e.is_bad_input() => 2,
             CommandError::Gateway(GatewayError::Unauthorized { .. } | GatewayError::Config(_)) => 2,
@@ -91,12 +115,12 @@ pub fn print_rows<T: serde::Serialize>(
     match format {
         Format::Json => serde_json::to_string_pretty(rows)
             .map_err(|e| CommandError::Io(e.to_string()))
-            .and_then(|s| writeln!(out, "{s}").map_err(|e| CommandError::Io(e.to_string()))),
+            .and_then(|s| writeln!(out, "{s}").map_err(output_error)),
         Format::Jsonl => rows.iter().try_for_each(|r| {
             let s = serde_json::to_string(r).map_err(|e| CommandError::Io(e.to_string()))?;
-            writeln!(out, "{s}").map_err(|e| CommandError::Io(e.to_string()))
+            writeln!(out, "{s}").map_err(output_error)
         }),
-        Format::Text => write!(out, "{}", text(rows)).map_err(|e| CommandError::Io(e.to_string())),
+        Format::Text => write!(out, "{}", text(rows)).map_err(output_error),
     }
 }
 

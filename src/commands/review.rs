@@ -158,8 +158,8 @@ pub async fn resolve(
         )));
     }
     match paid {
-        Some(pid) => println!("{id} paid {pid}"),
-        None => println!("{id} unpaid"),
+        Some(pid) => crate::out!("{id} paid {pid}")?,
+        None => crate::out!("{id} unpaid")?,
     }
     Ok(())
 }

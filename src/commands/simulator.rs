@@ -112,7 +112,7 @@ pub async fn run(args: SimulatorArgs, shutdown: Shutdown) -> Result<()> {
         CommandError::BadInput(format!("--port {port}: cannot listen on {addr}: {e}"))
     })?;
     tracing::info!(url = %sim.base_url(), customers = config.customers, "Square simulator listening");
-    println!("{}", sim.base_url());
+    crate::out!("{}", sim.base_url())?;
     shutdown.drain.cancelled().await;
     sim.shutdown().await;
     Ok(())

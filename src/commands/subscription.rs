@@ -246,7 +246,7 @@ pub async fn create_subscription(app: &App, args: &CreateArgs) -> Result<Subscri
     let id = subscriptions::create(&mut tx, &new, now).await?;
     settle(app, &mut tx, id, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    println!("{id}");
+    crate::out!("{id}")?;
     Ok(id)
 }
 
@@ -346,20 +346,20 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
                         serde_json::Value::Null => "-".into(),
                         other => other.to_string(),
                     };
-                    println!("{k:<22} {shown}");
+                    crate::out!("{k:<22} {shown}")?;
                 }
             }
-            println!();
-            println!("history (latest {SHOW_EVENTS} events, oldest first):");
+            crate::out!()?;
+            crate::out!("history (latest {SHOW_EVENTS} events, oldest first):")?;
             for e in &history {
-                println!(
+                crate::out!(
                     "  {} #{:<8} {:<26} {}",
                     e.created_at
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     e.id,
                     e.kind,
                     event_summary(&e.kind, &e.payload)
-                );
+                )?;
             }
             Ok(())
         }
@@ -370,10 +370,10 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
                     serde_json::to_value(&history).map_err(|e| CommandError::Io(e.to_string()))?,
                 );
             }
-            println!(
+            crate::out!(
                 "{}",
                 serde_json::to_string_pretty(&v).map_err(|e| CommandError::Io(e.to_string()))?
-            );
+            )?;
             Ok(())
         }
     }
@@ -458,7 +458,7 @@ pub async fn release(app: &App, id: &str) -> Result<()> {
     }
     subscriptions::release(&mut tx, id).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    println!("{id} released");
+    crate::out!("{id} released")?;
     Ok(())
 }
 
@@ -474,7 +474,7 @@ pub async fn change_card(app: &App, id: &str, card: &str, now: Option<&str>) -> 
     let result = subscriptions::change_card(&mut tx, id, &card, now).await?;
     settle(app, &mut tx, id, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    println!("{id} {result}");
+    crate::out!("{id} {result}")?;
     Ok(())
 }
 
@@ -491,6 +491,6 @@ pub async fn act(app: &App, id: &str, action: Action, now: Option<&str>) -> Resu
         settle(app, &mut tx, id, now).await?;
     }
     tx.commit().await.map_err(StoreError::from)?;
-    println!("{id} {result}");
+    crate::out!("{id} {result}")?;
     Ok(())
 }

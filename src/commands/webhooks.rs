@@ -147,7 +147,7 @@ pub async fn add(app: &App, url: &str, secret_file: Option<&std::path::Path>) ->
         return Err(CommandError::BadInput(format!("--url {url:?}: {why}")));
     }
     let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret).await?;
-    println!("{id} {secret}");
+    crate::out!("{id} {secret}")?;
     Ok(())
 }
 
@@ -221,6 +221,6 @@ fn verify(secret_file: &std::path::Path, header: &str, body_file: &std::path::Pa
         Utc::now(),
     )
     .map_err(|e| CommandError::Failed(e.to_string()))?;
-    println!("valid");
+    crate::out!("valid")?;
     Ok(())
 }

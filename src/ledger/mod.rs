@@ -23,8 +23,10 @@ pub async fn export_jsonl(pool: &PgPool, out: &mut dyn Write) -> Result<usize, S
     for row in &rows {
         let line = serde_json::to_string(row)
             .map_err(|e| StoreError::Output(format!("cannot encode ledger row: {e}")))?;
-        writeln!(out, "{line}")
-            .map_err(|e| StoreError::Output(format!("cannot write the export: {e}")))?;
+        writeln!(out, "{line}").map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => StoreError::OutputClosed,
+            _ => StoreError::Output(format!("cannot write the export: {e}")),
+        })?;
     }
     Ok(rows.len())
 }

@@ -96,9 +96,12 @@ pub enum StoreError {
         /// This binary's latest migration.
         binary: i64,
     },
-    /// Writing the output failed (a closed pipe, a full disk; exit 1, not bad input).
+    /// Writing the output failed (a full disk; exit 1, not bad input).
     #[error("{0}")]
     Output(String),
+    /// The reader of the output went away (`| head`): the command ends quietly, exit 0.
+    #[error("output closed by the reader")]
+    OutputClosed,
     /// A background task of the start-up failed (a bug; exit 1, not bad input).
     #[error("start-up task failed: {0}")]
     Task(String),

@@ -492,3 +492,46 @@ async fn only_migrate_changes_the_schema_and_a_runtime_login_runs_everything_els
     assert!(err.contains("newer than this paycron"), "{err}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_early_ends_the_command_quietly() {
+    use tokio::io::AsyncBufReadExt;
+    let db = fresh_db().await;
+    sqlx::query(
+        "SELECT paycron.emit('probe', NULL, NULL, NULL, '{}'::jsonb) FROM generate_series(1, 3000)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for _ in 0..50 {
+        sqlx::query("SELECT paycron.publish_events()")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let published: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.events_feed")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if published == 3000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // `paycron events tail | head -1`: far more output than a pipe holds, read one line, close.
+    let mut child = paycron(Some(&db.url), None)
+        .args(["events", "tail", "--format", "jsonl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next_line().await.unwrap().is_some());
+    drop(lines);
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+}

@@ -455,3 +455,41 @@ async fn the_runtime_role_has_its_dml_and_nothing_more() {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_with_one_external_ref_take_turns() {
+    let db = fresh_db().await;
+    seed_card(&db, "CUST1", "ccof:card1").await;
+    seed_card(&db, "CUST2", "ccof:card2").await;
+    let same = "SELECT paycron.create_subscription('CUST1', 700, 'USD', 'month', 1, p_external_ref => 'race-1')";
+    let other = "SELECT paycron.create_subscription('CUST2', 900, 'USD', 'month', 1, p_external_ref => 'race-1')";
+    // The first holds its transaction open; the others wait on the reference.
+    let mut first = db.pool.begin().await.unwrap();
+    let a: Uuid = sqlx::query_scalar(same)
+        .fetch_one(&mut *first)
+        .await
+        .unwrap();
+    let (p1, p2) = (db.pool.clone(), db.pool.clone());
+    let again =
+        tokio::spawn(async move { sqlx::query_scalar::<_, Uuid>(same).fetch_one(&p1).await });
+    let clash =
+        tokio::spawn(async move { sqlx::query_scalar::<_, Uuid>(other).fetch_one(&p2).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !again.is_finished() && !clash.is_finished(),
+        "both wait for the first"
+    );
+    first.commit().await.unwrap();
+    assert_eq!(
+        again.await.unwrap().unwrap(),
+        a,
+        "same terms: the same subscription"
+    );
+    let err = clash.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("22023"),
+        "other terms: refused, never a raw unique violation"
+    );
+    assert_eq!(count(&db, "subscriptions").await, 1);
+}

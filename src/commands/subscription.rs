@@ -337,6 +337,16 @@ pub async fn show_subscription(app: &App, id: &str, format: Format) -> Result<()
     let row = subscriptions::get(&mut conn, id).await?;
     let history = crate::store::events::for_subscription(&mut conn, id, SHOW_EVENTS).await?;
     let mut v = serde_json::to_value(&row).map_err(|e| CommandError::Io(e.to_string()))?;
+    // Everything the app's `paycron.subscription()` answers, too (card display fields, the
+    // current period, the dunning step), without changing the keys already shown.
+    if let (Some(obj), Some(serde_json::Value::Object(app))) = (
+        v.as_object_mut(),
+        subscriptions::app_view(&mut conn, id).await?,
+    ) {
+        for (k, val) in app {
+            obj.entry(k).or_insert(val);
+        }
+    }
     match format {
         Format::Text => {
             if let Some(obj) = v.as_object() {

@@ -627,3 +627,20 @@ pub async fn close_charges(
     .await?;
     Ok(())
 }
+
+/// What `paycron.subscription()` (the app's read function) says about a subscription, as JSON
+/// (the CLI prints the same fields the business's app reads).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn app_view(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+) -> Result<Option<serde_json::Value>> {
+    Ok(
+        sqlx::query_scalar("SELECT to_jsonb(s) FROM paycron.subscription($1) s")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}

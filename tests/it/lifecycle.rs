@@ -278,6 +278,10 @@ async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three(
         .collect();
     assert!(kinds.contains(&"period_skipped"), "{kinds:?}");
     assert_eq!(v["amount_minor"], 1000, "the row's keys keep their names");
+    // And what the app's paycron.subscription() reads, the same fields.
+    assert_eq!(v["card_last_4"], "1111");
+    assert_eq!(v["current_period"], 8);
+    assert_eq!(v["dunning_step"], 0);
     h.sim.shutdown().await;
 }
 

@@ -493,3 +493,82 @@ async fn concurrent_creates_with_one_external_ref_take_turns() {
     );
     assert_eq!(count(&db, "subscriptions").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_reads_its_subscriptions_and_charges_through_functions_only() {
+    let h = crate::helpers::Harness::start().await;
+    let (sub, charge) = h.paid_charge("RD", 1500).await;
+    sqlx::query("UPDATE paycron.subscriptions SET external_ref = 'user-7-pro' WHERE id = $1")
+        .bind(sub.0)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let mut app = crate::helpers::as_role(&h.db, "paycron_app").await;
+    let row: (Uuid, String, i64, String, Option<String>, Option<String>, Option<i32>, i32, i32, Option<chrono::DateTime<chrono::Utc>>, String) = sqlx::query_as(
+        "SELECT id, status, amount_minor, currency, card_id, card_last_4, current_period, next_period, dunning_step, next_charge_at, external_ref FROM paycron.subscription($1)",
+    )
+    .bind(sub.0)
+    .fetch_one(&mut *app)
+    .await
+    .unwrap();
+    assert_eq!(row.0, sub.0);
+    assert_eq!(
+        (row.1.as_str(), row.2, row.3.as_str()),
+        ("active", 1500, "USD")
+    );
+    assert_eq!(row.4.as_deref(), Some("ccof:sim-ok-rd"));
+    assert_eq!(row.5.as_deref(), Some("1111"));
+    assert_eq!(
+        (row.6, row.7, row.8),
+        (Some(0), 1, 0),
+        "period 0 paid, period 1 next"
+    );
+    assert_eq!(row.9, Some("2027-02-01T00:00:00Z".parse().unwrap()));
+    assert_eq!(row.10, "user-7-pro");
+    let by_ref: Uuid =
+        sqlx::query_scalar("SELECT id FROM paycron.subscription_by_ref('user-7-pro')")
+            .fetch_one(&mut *app)
+            .await
+            .unwrap();
+    assert_eq!(by_ref, sub.0);
+    let mine: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.customer_subscriptions('RD')")
+        .fetch_one(&mut *app)
+        .await
+        .unwrap();
+    assert_eq!(mine, 1);
+    let charges: Vec<(Uuid, i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT charge_id, period, status, provider_payment_id FROM paycron.subscription_charges($1)",
+    )
+    .bind(sub.0)
+    .fetch_all(&mut *app)
+    .await
+    .unwrap();
+    assert_eq!(charges.len(), 1);
+    assert_eq!(
+        (charges[0].0, charges[0].1, charges[0].2.as_str()),
+        (charge, 0, "succeeded")
+    );
+    assert!(charges[0].3.is_some());
+    // Unknown ids and references answer no row, not an error.
+    let none: i64 = sqlx::query_scalar("SELECT count(*) FROM paycron.subscription_by_ref('nope')")
+        .fetch_one(&mut *app)
+        .await
+        .unwrap();
+    assert_eq!(none, 0);
+    app.rollback().await.unwrap();
+    // No table, and not the internal helper.
+    for sql in [
+        "SELECT * FROM paycron.subscriptions",
+        "SELECT * FROM paycron.charges",
+        "SELECT * FROM paycron.subscription_states(ARRAY[gen_random_uuid()])",
+    ] {
+        let mut app = crate::helpers::as_role(&h.db, "paycron_app").await;
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *app)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(err.contains("permission denied"), "{sql}: {err}");
+    }
+    h.sim.shutdown().await;
+}

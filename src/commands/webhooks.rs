@@ -44,6 +44,10 @@ pub enum WebhooksAppCmd {
         /// on the command line, where other local users can read it.
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// How deliveries are signed: paycron (Paycron-Signature, Stripe's scheme) or standard
+        /// (Standard Webhooks; the secret is whsec_ and base64).
+        #[arg(long, value_enum, default_value = "paycron")]
+        format: crate::outbound::SignatureFormat,
     },
     /// List endpoints.
     List {
@@ -74,9 +78,11 @@ impl WebhooksCmd {
             WebhooksCmd::App(command) => {
                 let app = App::build(config).await?;
                 match command {
-                    WebhooksAppCmd::Add { url, secret_file } => {
-                        add(&app, &url, secret_file.as_deref()).await
-                    }
+                    WebhooksAppCmd::Add {
+                        url,
+                        secret_file,
+                        format,
+                    } => add(&app, &url, secret_file.as_deref(), format).await,
                     WebhooksAppCmd::List { format } => list(&app, format).await,
                     WebhooksAppCmd::Deliveries { format } => deliveries(&app, format).await,
                 }
@@ -126,11 +132,17 @@ pub async fn deliver_due(app: &App) -> Result<()> {
     Ok(())
 }
 
-/// `webhooks add --url URL [--secret S]`: prints the endpoint id and its signing secret.
+/// `webhooks add --url URL [--secret-file F] [--format paycron|standard]`: prints the endpoint
+/// id and its signing secret.
 ///
 /// # Errors
 /// [`CommandError`].
-pub async fn add(app: &App, url: &str, secret_file: Option<&std::path::Path>) -> Result<()> {
+pub async fn add(
+    app: &App,
+    url: &str,
+    secret_file: Option<&std::path::Path>,
+    format: crate::outbound::SignatureFormat,
+) -> Result<()> {
     let secret = match secret_file {
         Some(path) => {
             let s = read_secret_file("--secret-file", path)?;
@@ -141,12 +153,19 @@ pub async fn add(app: &App, url: &str, secret_file: Option<&std::path::Path>) ->
             }
             s
         }
-        None => format!("whsec_{}", uuid::Uuid::new_v4().simple()),
+        None => crate::outbound::new_secret(format),
     };
+    if format == crate::outbound::SignatureFormat::Standard
+        && crate::outbound::sign_standard(&secret, "probe", 0, b"").is_none()
+    {
+        return Err(CommandError::BadInput(
+            "--secret-file: a standard endpoint's secret is whsec_ followed by base64 (at least 24 bytes)".into(),
+        ));
+    }
     if let Some(why) = crate::outbound::refuse_destination(url, &app.config.webhook_delivery) {
         return Err(CommandError::BadInput(format!("--url {url:?}: {why}")));
     }
-    let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret).await?;
+    let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret, format.as_str()).await?;
     crate::out!("{id} {secret}")?;
     Ok(())
 }
@@ -159,12 +178,13 @@ pub async fn list(app: &App, format: Format) -> Result<()> {
     let rows = crate::store::outbound::endpoints(&app.pool).await?;
     print_rows(&rows, format, |rows| {
         table(
-            &["ENDPOINT", "URL", "ENABLED", "AFTER EVENT"],
+            &["ENDPOINT", "URL", "FORMAT", "ENABLED", "AFTER EVENT"],
             rows.iter()
                 .map(|r| {
                     vec![
                         r.id.to_string(),
                         r.url.clone(),
+                        r.signature_format.clone(),
                         r.enabled.to_string(),
                         r.last_position.to_string(),
                     ]
@@ -183,12 +203,13 @@ pub async fn deliveries(app: &App, format: Format) -> Result<()> {
     print_rows(&rows, format, |rows| {
         table(
             &[
-                "DELIVERY", "EVENT", "TYPE", "STATUS", "ATTEMPTS", "LAST", "NEXT",
+                "DELIVERY", "ENDPOINT", "EVENT", "TYPE", "STATUS", "ATTEMPTS", "LAST", "NEXT",
             ],
             rows.iter()
                 .map(|r| {
                     vec![
                         r.id.to_string(),
+                        r.endpoint_id.to_string(),
                         r.event_id.to_string(),
                         r.event_type.clone(),
                         r.status.clone(),

@@ -2,9 +2,16 @@
 //! with exponential backoff until a 2xx or until the delivery is older than the maximum age
 //! (3 days by default). At least once: a receiver de-duplicates by the event id.
 //!
-//! Signature (as Stripe's scheme): header `Paycron-Signature: t=<unix seconds>,v1=<hex>`, where
-//! `v1` = `HMAC-SHA256(endpoint secret, "<t>.<raw body>")`. Each attempt of a delivery carries the
-//! same `Paycron-Delivery-Id` and `Paycron-Event-Id`. Ordering per endpoint is not guaranteed:
+//! Each endpoint signs in one of two formats:
+//! - `paycron` (Stripe's scheme, so Stripe's libraries verify it): header
+//!   `Paycron-Signature: t=<unix seconds>,v1=<hex>`, where `v1` =
+//!   `HMAC-SHA256(endpoint secret, "<t>.<raw body>")`;
+//! - `standard` ([Standard Webhooks](https://www.standardwebhooks.com), verified by its libraries
+//!   in about ten languages): `webhook-id` (the delivery id), `webhook-timestamp`, and
+//!   `webhook-signature: v1,<base64>` = base64(HMAC-SHA256(base64-decoded `whsec_` secret,
+//!   "<id>.<timestamp>.<raw body>")).
+//!
+//! Each attempt of a delivery carries the same `Paycron-Delivery-Id` and `Paycron-Event-Id`. Ordering per endpoint is not guaranteed:
 //! order by the event id. Delivery runs as its own task, so a dead endpoint never blocks billing.
 
 use std::net::IpAddr;
@@ -27,6 +34,54 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
         "t={timestamp},v1={}",
         hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
     )
+}
+
+/// A new secret for `format`: `whsec_` and 32 random bytes, base64 for Standard Webhooks (its
+/// libraries decode the part after the prefix), hex for paycron's own format.
+pub fn new_secret(format: SignatureFormat) -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    match format {
+        SignatureFormat::Paycron => format!("whsec_{}", hex::encode(bytes)),
+        SignatureFormat::Standard => format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    }
+}
+
+/// How an endpoint's deliveries are signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureFormat {
+    /// `Paycron-Signature: t=…,v1=<hex>` (Stripe's scheme).
+    Paycron,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    Standard,
+}
+
+impl SignatureFormat {
+    /// As stored.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SignatureFormat::Paycron => "paycron",
+            SignatureFormat::Standard => "standard",
+        }
+    }
+}
+
+/// The Standard Webhooks signature header value for message `id` at `timestamp`, or `None`
+/// when `secret` is not `whsec_<base64>`.
+pub fn sign_standard(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(secret.strip_prefix("whsec_")?).ok()?;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).ok()?;
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Some(format!("v1,{}", b64.encode(mac.finalize().into_bytes())))
 }
 
 /// HMAC-SHA256 keyed by `secret` over "<timestamp>.<body>": the one definition both signing
@@ -267,16 +322,22 @@ pub async fn deliver_due(
                     tracing::warn!(delivery_id = %d.id, event_id = d.event_id, %error, "webhook delivery refused");
                     return Ok(status);
                 }
-                let sent = http
+                let ts = attempted_at.timestamp();
+                let mut req = http
                     .post(&d.url)
                     .timeout(cfg.timeout)
                     .header("Content-Type", "application/json")
-                    .header("Paycron-Signature", sign(&d.secret, attempted_at.timestamp(), body.as_bytes()))
                     .header("Paycron-Delivery-Id", d.id.to_string())
-                    .header("Paycron-Event-Id", d.event_id.to_string())
-                    .body(body)
-                    .send()
-                    .await;
+                    .header("Paycron-Event-Id", d.event_id.to_string());
+                req = if d.signature_format == "standard" {
+                    let id = d.id.to_string();
+                    req.header("webhook-id", &id)
+                        .header("webhook-timestamp", ts.to_string())
+                        .header("webhook-signature", sign_standard(&d.secret, &id, ts, body.as_bytes()).unwrap_or_default())
+                } else {
+                    req.header("Paycron-Signature", sign(&d.secret, ts, body.as_bytes()))
+                };
+                let sent = req.body(body).send().await;
                 let ms = started.elapsed().as_millis() as i32;
                 let (code, error) = match &sent {
                     Ok(r) => (Some(i32::from(r.status().as_u16())), (!r.status().is_success()).then(|| format!("HTTP {}", r.status()))),

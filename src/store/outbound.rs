@@ -18,6 +18,8 @@ pub struct EndpointRow {
     pub url: String,
     /// Whether deliveries are made.
     pub enabled: bool,
+    /// `paycron` or `standard` (Standard Webhooks).
+    pub signature_format: String,
     /// Fan-out position.
     pub last_position: i64,
     /// Created.
@@ -28,15 +30,21 @@ pub struct EndpointRow {
 ///
 /// # Errors
 /// [`super::StoreError::Rejected`] for a bad URL or a short secret.
-pub async fn add_endpoint(pool: &PgPool, url: &str, secret: &str) -> Result<Uuid> {
+pub async fn add_endpoint(
+    pool: &PgPool,
+    url: &str,
+    secret: &str,
+    signature_format: &str,
+) -> Result<Uuid> {
     let id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO paycron.webhook_endpoints (id, url, secret, last_position)
-         VALUES ($1, $2, $3, (SELECT coalesce(max(position), 0) FROM paycron.event_feed))",
+        "INSERT INTO paycron.webhook_endpoints (id, url, secret, signature_format, last_position)
+         VALUES ($1, $2, $3, $4, (SELECT coalesce(max(position), 0) FROM paycron.event_feed))",
     )
     .bind(id)
     .bind(url)
     .bind(secret)
+    .bind(signature_format)
     .execute(pool)
     .await?;
     Ok(id)
@@ -47,7 +55,7 @@ pub async fn add_endpoint(pool: &PgPool, url: &str, secret: &str) -> Result<Uuid
 /// # Errors
 /// [`super::StoreError`].
 pub async fn endpoints(pool: &PgPool) -> Result<Vec<EndpointRow>> {
-    Ok(sqlx::query_as("SELECT id, url, enabled, last_position, created_at FROM paycron.webhook_endpoints ORDER BY created_at")
+    Ok(sqlx::query_as("SELECT id, url, enabled, signature_format, last_position, created_at FROM paycron.webhook_endpoints ORDER BY created_at")
         .fetch_all(pool)
         .await?)
 }
@@ -96,6 +104,8 @@ pub struct DueDelivery {
     pub url: String,
     /// Signing secret.
     pub secret: String,
+    /// `paycron` or `standard`.
+    pub signature_format: String,
     /// The event id.
     pub event_id: i64,
 }
@@ -119,7 +129,7 @@ pub async fn claim_due(
          UPDATE paycron.webhook_deliveries d SET next_attempt_at = $2
            FROM due, paycron.webhook_endpoints w
           WHERE d.id = due.id AND w.id = d.endpoint_id
-          RETURNING d.id, d.attempts, d.created_at, w.url, w.secret, d.event_id",
+          RETURNING d.id, d.attempts, d.created_at, w.url, w.secret, w.signature_format, d.event_id",
     )
     .bind(now)
     .bind(lease_until)

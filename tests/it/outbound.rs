@@ -449,3 +449,94 @@ async fn an_event_that_commits_late_is_delivered_once_everywhere() {
         "{feed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_endpoints_are_verified_by_the_standardwebhooks_library() {
+    let db = fresh_db().await;
+    let (url, rx) = receiver(0).await;
+    let (code, out, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
+        .args(["webhooks", "add", "--url", &url, "--format", "standard"]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let secret = out.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let listed =
+        run(paycron(Some(&db.url), None).args(["webhooks", "list", "--format", "json"])).await;
+    assert!(
+        listed.1.contains("\"signature_format\": \"standard\""),
+        "{}",
+        listed.1
+    );
+    sqlx::query("SELECT paycron.emit('probe_event', NULL, 'C1', NULL, '{\"x\": 1}'::jsonb)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let cfg = DeliveryConfig {
+        allow_private: true,
+        ..DeliveryConfig::default()
+    };
+    let http = paycron::outbound::client(&cfg).unwrap();
+    for _ in 0..100 {
+        deliver_due(&db.pool, &http, &cfg, Utc::now())
+            .await
+            .unwrap();
+        if rx.calls.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (headers, body) = rx.got.lock().unwrap()[0].clone();
+    assert!(headers.get("paycron-signature").is_none());
+    let header = |k: &str| headers.get(k).unwrap().to_str().unwrap().to_owned();
+    // Verified by the Standard Webhooks reference library, as a receiver would.
+    let script = "import json, sys\n\
+        from standardwebhooks.webhooks import Webhook\n\
+        secret, wid, ts, sig = sys.argv[1:5]\n\
+        body = sys.stdin.read()\n\
+        msg = Webhook(secret).verify(body, {'webhook-id': wid, 'webhook-timestamp': ts, 'webhook-signature': sig})\n\
+        print(msg['type'])\n";
+    let verified = |body: String, sig: String| {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            script,
+            &secret,
+            &header("webhook-id"),
+            &header("webhook-timestamp"),
+            &sig,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = cmd
+                .spawn()
+                .expect("python3 with standardwebhooks (see .ci/run)");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .await
+                .unwrap();
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let ok = verified(body.clone(), header("webhook-signature")).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "probe_event");
+    // A tampered body is refused by the same library.
+    let bad = verified(
+        body.replacen("probe", "prob3", 1),
+        header("webhook-signature"),
+    )
+    .await;
+    assert!(!bad.status.success(), "a tampered body must not verify");
+    assert_eq!(header("webhook-id"), header("paycron-delivery-id"));
+}

@@ -10,6 +10,7 @@ use chrono::Utc;
 use super::{CommandError, Format, Result, print_rows, table};
 use crate::app::App;
 use crate::config::Config;
+use crate::store::outbound::Managed;
 
 /// `paycron webhooks ...`.
 #[derive(clap::Subcommand)]
@@ -48,6 +49,42 @@ pub enum WebhooksAppCmd {
         /// (Standard Webhooks; the secret is whsec_ and base64).
         #[arg(long, value_enum, default_value = "paycron")]
         format: crate::outbound::SignatureFormat,
+        /// Only these event types, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+    },
+    /// Stop delivering to an endpoint (its history stays); pending deliveries fail.
+    Remove {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Pause deliveries to an endpoint; `enable` picks up where it stopped.
+    Disable {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Resume deliveries to an endpoint.
+    Enable {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Send a `webhook_ping` event to one endpoint, now.
+    Test {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Deliver an event again to every endpoint that had it.
+    Resend {
+        /// Event id (`id` in the payload, `Paycron-Event-Id`).
+        event_id: i64,
+    },
+    /// Give an endpoint a new secret (printed); the old one also signs until the overlap ends.
+    RotateSecret {
+        /// Endpoint id.
+        id: String,
+        /// Hours both secrets sign.
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u32,
     },
     /// List endpoints.
     List {
@@ -82,9 +119,18 @@ impl WebhooksCmd {
                         url,
                         secret_file,
                         format,
-                    } => add(&app, &url, secret_file.as_deref(), format).await,
+                        events,
+                    } => add(&app, &url, secret_file.as_deref(), format, events).await,
                     WebhooksAppCmd::List { format } => list(&app, format).await,
                     WebhooksAppCmd::Deliveries { format } => deliveries(&app, format).await,
+                    WebhooksAppCmd::Remove { id } => remove(&app, &id).await,
+                    WebhooksAppCmd::Disable { id } => set_enabled(&app, &id, false).await,
+                    WebhooksAppCmd::Enable { id } => set_enabled(&app, &id, true).await,
+                    WebhooksAppCmd::Test { id } => ping(&app, &id).await,
+                    WebhooksAppCmd::Resend { event_id } => resend(&app, event_id).await,
+                    WebhooksAppCmd::RotateSecret { id, overlap_hours } => {
+                        rotate_secret(&app, &id, overlap_hours).await
+                    }
                 }
             }
         }
@@ -142,7 +188,23 @@ pub async fn add(
     url: &str,
     secret_file: Option<&std::path::Path>,
     format: crate::outbound::SignatureFormat,
+    events: Option<Vec<String>>,
 ) -> Result<()> {
+    let events: Option<Vec<String>> = events.map(|v| {
+        v.into_iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    });
+    if let Some(bad) = events.iter().flatten().find(|t| {
+        !t.chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+    }) {
+        return Err(CommandError::BadInput(format!(
+            "--events: {bad:?} is not an event type (lower_case_with_underscores, e.g. payment_succeeded)"
+        )));
+    }
+    let events = events.filter(|v| !v.is_empty());
     let secret = match secret_file {
         Some(path) => {
             let s = read_secret_file("--secret-file", path)?;
@@ -165,9 +227,87 @@ pub async fn add(
     if let Some(why) = crate::outbound::refuse_destination(url, &app.config.webhook_delivery) {
         return Err(CommandError::BadInput(format!("--url {url:?}: {why}")));
     }
-    let id = crate::store::outbound::add_endpoint(&app.pool, url, &secret, format.as_str()).await?;
+    let id = crate::store::outbound::add_endpoint(
+        &app.pool,
+        url,
+        &secret,
+        format.as_str(),
+        events.as_deref(),
+    )
+    .await?;
     crate::out!("{id} {secret}")?;
     Ok(())
+}
+
+fn endpoint_id(id: &str) -> Result<uuid::Uuid> {
+    id.trim().parse().map_err(|_| {
+        CommandError::BadInput(format!(
+            "ID: {id:?} is not an endpoint id (see `webhooks list`)"
+        ))
+    })
+}
+
+fn unknown(id: &str) -> CommandError {
+    CommandError::BadInput(format!("no endpoint {id} (see `webhooks list`)"))
+}
+
+/// `webhooks remove ID`.
+async fn remove(app: &App, id: &str) -> Result<()> {
+    match crate::store::outbound::remove(&app.pool, endpoint_id(id)?, Utc::now()).await? {
+        Managed::Changed => crate::out!("{id} removed"),
+        Managed::Unknown => Err(unknown(id)),
+    }
+}
+
+/// `webhooks disable|enable ID`.
+async fn set_enabled(app: &App, id: &str, enabled: bool) -> Result<()> {
+    match crate::store::outbound::set_enabled(&app.pool, endpoint_id(id)?, enabled).await? {
+        Managed::Changed => crate::out!("{id} {}", if enabled { "enabled" } else { "disabled" }),
+        Managed::Unknown => Err(unknown(id)),
+    }
+}
+
+/// `webhooks test ID`.
+async fn ping(app: &App, id: &str) -> Result<()> {
+    match crate::store::outbound::ping(&app.pool, endpoint_id(id)?, Utc::now()).await? {
+        Some(event) => {
+            crate::out!("{id} ping event {event} queued; `webhooks deliveries` shows how it went")
+        }
+        None => Err(unknown(id)),
+    }
+}
+
+/// `webhooks resend EVENT_ID`.
+async fn resend(app: &App, event_id: i64) -> Result<()> {
+    let n = crate::store::outbound::resend(&app.pool, event_id, Utc::now()).await?;
+    if n == 0 {
+        return Err(CommandError::BadInput(format!(
+            "EVENT_ID: event {event_id} was never delivered to an endpoint still in use"
+        )));
+    }
+    crate::out!("event {event_id} queued again for {n} endpoint(s)")
+}
+
+/// `webhooks rotate-secret ID [--overlap-hours H]`: prints the new secret.
+async fn rotate_secret(app: &App, id: &str, overlap_hours: u32) -> Result<()> {
+    let eid = endpoint_id(id)?;
+    let format = match crate::store::outbound::format_of(&app.pool, eid)
+        .await?
+        .as_deref()
+    {
+        Some("standard") => crate::outbound::SignatureFormat::Standard,
+        Some(_) => crate::outbound::SignatureFormat::Paycron,
+        None => return Err(unknown(id)),
+    };
+    let secret = crate::outbound::new_secret(format);
+    let until = Utc::now() + chrono::Duration::hours(i64::from(overlap_hours));
+    match crate::store::outbound::rotate_secret(&app.pool, eid, &secret, until).await? {
+        Managed::Changed => crate::out!(
+            "{id} {secret} (the old secret also signs until {})",
+            until.to_rfc3339()
+        ),
+        Managed::Unknown => Err(unknown(id)),
+    }
 }
 
 /// `webhooks list`.
@@ -178,13 +318,24 @@ pub async fn list(app: &App, format: Format) -> Result<()> {
     let rows = crate::store::outbound::endpoints(&app.pool).await?;
     print_rows(&rows, format, |rows| {
         table(
-            &["ENDPOINT", "URL", "FORMAT", "ENABLED", "AFTER EVENT"],
+            &[
+                "ENDPOINT",
+                "URL",
+                "FORMAT",
+                "EVENTS",
+                "ENABLED",
+                "AFTER EVENT",
+            ],
             rows.iter()
                 .map(|r| {
                     vec![
                         r.id.to_string(),
                         r.url.clone(),
                         r.signature_format.clone(),
+                        r.event_types
+                            .as_ref()
+                            .map(|t| t.join(","))
+                            .unwrap_or_else(|| "all".into()),
                         r.enabled.to_string(),
                         r.last_position.to_string(),
                     ]

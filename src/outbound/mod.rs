@@ -329,13 +329,26 @@ pub async fn deliver_due(
                     .header("Content-Type", "application/json")
                     .header("Paycron-Delivery-Id", d.id.to_string())
                     .header("Paycron-Event-Id", d.event_id.to_string());
+                // During a rotation's overlap both secrets sign, so a receiver that still has the
+                // old one keeps verifying.
+                let secrets: Vec<&str> = std::iter::once(d.secret.as_str()).chain(d.previous_secret.as_deref()).collect();
                 req = if d.signature_format == "standard" {
                     let id = d.id.to_string();
+                    let sigs: Vec<String> = secrets.iter().filter_map(|s| sign_standard(s, &id, ts, body.as_bytes())).collect();
                     req.header("webhook-id", &id)
                         .header("webhook-timestamp", ts.to_string())
-                        .header("webhook-signature", sign_standard(&d.secret, &id, ts, body.as_bytes()).unwrap_or_default())
+                        .header("webhook-signature", sigs.join(" "))
                 } else {
-                    req.header("Paycron-Signature", sign(&d.secret, ts, body.as_bytes()))
+                    let v1: Vec<String> = secrets.iter().map(|s| sign(s, ts, body.as_bytes())).collect();
+                    // `t=…,v1=…` for each secret, folded into one header: `t=…,v1=new,v1=old`.
+                    let mut header = format!("t={ts}");
+                    for one in &v1 {
+                        if let Some((_, sig)) = one.split_once(",v1=") {
+                            header.push_str(",v1=");
+                            header.push_str(sig);
+                        }
+                    }
+                    req.header("Paycron-Signature", header)
                 };
                 let sent = req.body(body).send().await;
                 let ms = started.elapsed().as_millis() as i32;

@@ -20,6 +20,10 @@ pub struct EndpointRow {
     pub enabled: bool,
     /// `paycron` or `standard` (Standard Webhooks).
     pub signature_format: String,
+    /// The event types it takes; `None`: all.
+    pub event_types: Option<Vec<String>>,
+    /// Until when the secret it had before its last rotation still signs.
+    pub previous_secret_until: Option<DateTime<Utc>>,
     /// Fan-out position.
     pub last_position: i64,
     /// Created.
@@ -35,16 +39,18 @@ pub async fn add_endpoint(
     url: &str,
     secret: &str,
     signature_format: &str,
+    event_types: Option<&[String]>,
 ) -> Result<Uuid> {
     let id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO paycron.webhook_endpoints (id, url, secret, signature_format, last_position)
-         VALUES ($1, $2, $3, $4, (SELECT coalesce(max(position), 0) FROM paycron.event_feed))",
+        "INSERT INTO paycron.webhook_endpoints (id, url, secret, signature_format, event_types, last_position)
+         VALUES ($1, $2, $3, $4, $5, (SELECT coalesce(max(position), 0) FROM paycron.event_feed))",
     )
     .bind(id)
     .bind(url)
     .bind(secret)
     .bind(signature_format)
+    .bind(event_types)
     .execute(pool)
     .await?;
     Ok(id)
@@ -55,7 +61,8 @@ pub async fn add_endpoint(
 /// # Errors
 /// [`super::StoreError`].
 pub async fn endpoints(pool: &PgPool) -> Result<Vec<EndpointRow>> {
-    Ok(sqlx::query_as("SELECT id, url, enabled, signature_format, last_position, created_at FROM paycron.webhook_endpoints ORDER BY created_at")
+    Ok(sqlx::query_as("SELECT id, url, enabled, signature_format, event_types, previous_secret_until, last_position, created_at
+           FROM paycron.webhook_endpoints WHERE removed_at IS NULL ORDER BY created_at")
         .fetch_all(pool)
         .await?)
 }
@@ -68,13 +75,18 @@ pub async fn fan_out(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<u64>
     super::events::publish(conn).await?;
     // One snapshot for both halves: the endpoint moves to the last position it was given.
     let n = sqlx::query(
-        "WITH ep AS (SELECT id, last_position FROM paycron.webhook_endpoints WHERE enabled FOR UPDATE SKIP LOCKED),
+        "WITH ep AS (SELECT id, last_position, event_types FROM paycron.webhook_endpoints
+                      WHERE enabled AND removed_at IS NULL FOR UPDATE SKIP LOCKED),
               top AS (SELECT coalesce(max(position), 0) AS p FROM paycron.event_feed),
               ins AS (
                 INSERT INTO paycron.webhook_deliveries (id, endpoint_id, event_id, status, next_attempt_at)
                 SELECT gen_random_uuid(), ep.id, f.event_id, 'pending', $1
-                  FROM ep JOIN paycron.event_feed f ON f.position > ep.last_position, top
+                  FROM ep JOIN paycron.event_feed f ON f.position > ep.last_position
+                  JOIN paycron.events e ON e.id = f.event_id, top
                  WHERE f.position <= top.p
+                   -- A ping goes only where `webhooks test` sent it; a filter keeps the rest.
+                   AND e.type <> 'webhook_ping'
+                   AND (ep.event_types IS NULL OR e.type = ANY(ep.event_types))
                 ON CONFLICT (endpoint_id, event_id) DO NOTHING
                 RETURNING endpoint_id, event_id),
               upd AS (
@@ -106,6 +118,8 @@ pub struct DueDelivery {
     pub secret: String,
     /// `paycron` or `standard`.
     pub signature_format: String,
+    /// The secret before the last rotation, while it still signs.
+    pub previous_secret: Option<String>,
     /// The event id.
     pub event_id: i64,
 }
@@ -129,7 +143,9 @@ pub async fn claim_due(
          UPDATE paycron.webhook_deliveries d SET next_attempt_at = $2
            FROM due, paycron.webhook_endpoints w
           WHERE d.id = due.id AND w.id = d.endpoint_id
-          RETURNING d.id, d.attempts, d.created_at, w.url, w.secret, w.signature_format, d.event_id",
+          RETURNING d.id, d.attempts, d.created_at, w.url, w.secret, w.signature_format,
+                    CASE WHEN w.previous_secret_until > $1 THEN w.previous_secret END AS previous_secret,
+                    d.event_id",
     )
     .bind(now)
     .bind(lease_until)
@@ -243,4 +259,154 @@ pub async fn attempts(pool: &PgPool, delivery: Uuid) -> Result<Vec<(DateTime<Utc
         .bind(delivery)
         .fetch_all(pool)
         .await?)
+}
+
+/// What a management command changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Managed {
+    /// Done.
+    Changed,
+    /// No endpoint with that id (or it was removed).
+    Unknown,
+}
+
+fn managed(rows: u64) -> Managed {
+    if rows == 1 {
+        Managed::Changed
+    } else {
+        Managed::Unknown
+    }
+}
+
+/// Enables or disables an endpoint (a disabled one is not fanned out to; it picks up from where
+/// it stopped when enabled again).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn set_enabled(pool: &PgPool, id: Uuid, enabled: bool) -> Result<Managed> {
+    let r = sqlx::query(
+        "UPDATE paycron.webhook_endpoints SET enabled = $2 WHERE id = $1 AND removed_at IS NULL",
+    )
+    .bind(id)
+    .bind(enabled)
+    .execute(pool)
+    .await?;
+    Ok(managed(r.rows_affected()))
+}
+
+/// Removes an endpoint: never delivered to again, its pending deliveries failed; its history
+/// stays for `webhooks deliveries`.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn remove(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Managed> {
+    let mut tx = pool.begin().await?;
+    let r = sqlx::query(
+        "UPDATE paycron.webhook_endpoints SET removed_at = $2, enabled = false
+          WHERE id = $1 AND removed_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE paycron.webhook_deliveries SET status = 'failed', last_error = 'endpoint removed'
+          WHERE endpoint_id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(managed(r.rows_affected()))
+}
+
+/// Replaces an endpoint's secret; the old one keeps signing beside it until `overlap_until`.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn rotate_secret(
+    pool: &PgPool,
+    id: Uuid,
+    secret: &str,
+    overlap_until: DateTime<Utc>,
+) -> Result<Managed> {
+    let r = sqlx::query(
+        "UPDATE paycron.webhook_endpoints
+            SET previous_secret = secret, previous_secret_until = $3, secret = $2
+          WHERE id = $1 AND removed_at IS NULL",
+    )
+    .bind(id)
+    .bind(secret)
+    .bind(overlap_until)
+    .execute(pool)
+    .await?;
+    Ok(managed(r.rows_affected()))
+}
+
+/// The signature format of an endpoint still in use.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn format_of(pool: &PgPool, id: Uuid) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT signature_format FROM paycron.webhook_endpoints WHERE id = $1 AND removed_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Sends a `webhook_ping` event to one endpoint (and only there), due now; returns the event id.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn ping(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Option<i64>> {
+    let mut tx = pool.begin().await?;
+    let exists: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM paycron.webhook_endpoints WHERE id = $1 AND removed_at IS NULL FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let event = super::events::emit(
+        &mut tx,
+        "webhook_ping",
+        None,
+        None,
+        None,
+        serde_json::json!({ "endpoint_id": id }),
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO paycron.webhook_deliveries (id, endpoint_id, event_id, status, next_attempt_at)
+         VALUES (gen_random_uuid(), $1, $2, 'pending', $3)",
+    )
+    .bind(id)
+    .bind(event)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(event))
+}
+
+/// Delivers an event again to every endpoint that had it (delivered or failed), now; returns
+/// how many deliveries were queued.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn resend(pool: &PgPool, event_id: i64, now: DateTime<Utc>) -> Result<u64> {
+    let r = sqlx::query(
+        "UPDATE paycron.webhook_deliveries d SET status = 'pending', next_attempt_at = $2, created_at = $2
+           FROM paycron.webhook_endpoints w
+          WHERE d.event_id = $1 AND w.id = d.endpoint_id AND w.removed_at IS NULL",
+    )
+    .bind(event_id)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
 }

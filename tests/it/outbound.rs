@@ -540,3 +540,156 @@ async fn standard_webhooks_endpoints_are_verified_by_the_standardwebhooks_librar
     assert!(!bad.status.success(), "a tampered body must not verify");
     assert_eq!(header("webhook-id"), header("paycron-delivery-id"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_filter_pause_ping_resend_rotate_and_go_away() {
+    let db = fresh_db().await;
+    let (url, rx) = receiver(0).await;
+    let cli = |args: Vec<String>| {
+        let db_url = db.url.clone();
+        async move {
+            run(paycron(Some(&db_url), None)
+                .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
+                .args(&args))
+            .await
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let (code, out, err) = cli(s(&[
+        "webhooks",
+        "add",
+        "--url",
+        &url,
+        "--events",
+        "payment_succeeded,refund_succeeded",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let mut words = out.split_whitespace();
+    let (id, old_secret) = (
+        words.next().unwrap().to_owned(),
+        words.next().unwrap().to_owned(),
+    );
+    let cfg = DeliveryConfig {
+        allow_private: true,
+        ..DeliveryConfig::default()
+    };
+    let http = paycron::outbound::client(&cfg).unwrap();
+    let emit = |kind: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT paycron.emit($1, NULL, 'C1', NULL, '{}'::jsonb)")
+                .bind(kind)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let deliver_until = |n: usize| {
+        let (pool, http, cfg, rx) = (db.pool.clone(), http.clone(), cfg.clone(), rx.clone());
+        async move {
+            for _ in 0..100 {
+                deliver_due(&pool, &http, &cfg, Utc::now()).await.unwrap();
+                if rx.calls.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{n} deliveries never arrived");
+        }
+    };
+    let types = || -> Vec<String> {
+        rx.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_str::<serde_json::Value>(b).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+
+    // The filter: only the types asked for.
+    emit("payment_declined").await;
+    let paid = emit("payment_succeeded").await;
+    deliver_until(1).await;
+    assert_eq!(types(), ["payment_succeeded"]);
+    // A ping reaches this endpoint now.
+    let (code, _, err) = cli(s(&["webhooks", "test", &id])).await;
+    assert_eq!(code, 0, "{err}");
+    deliver_until(2).await;
+    assert_eq!(types()[1], "webhook_ping");
+    // Resend: the same event again.
+    let (code, _, err) = cli(vec!["webhooks".into(), "resend".into(), paid.to_string()]).await;
+    assert_eq!(code, 0, "{err}");
+    deliver_until(3).await;
+    assert_eq!(types()[2], "payment_succeeded");
+    // Rotation: both secrets sign during the overlap.
+    let (code, out, err) = cli(s(&["webhooks", "rotate-secret", &id])).await;
+    assert_eq!(code, 0, "{err}");
+    let new_secret = out.split_whitespace().nth(1).unwrap().to_owned();
+    assert_ne!(new_secret, old_secret);
+    emit("refund_succeeded").await;
+    deliver_until(4).await;
+    let (headers, body) = rx.got.lock().unwrap()[3].clone();
+    let sig = headers
+        .get("paycron-signature")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for secret in [&old_secret, &new_secret] {
+        verify(
+            secret,
+            &sig,
+            body.as_bytes(),
+            paycron::outbound::DEFAULT_TOLERANCE,
+            Utc::now(),
+        )
+        .unwrap_or_else(|e| panic!("{secret}: {e}"));
+    }
+    // Disabled: nothing more until enabled again; removed: never again, and gone from the list.
+    let (code, _, _) = cli(s(&["webhooks", "disable", &id])).await;
+    assert_eq!(code, 0);
+    emit("payment_succeeded").await;
+    for _ in 0..3 {
+        deliver_due(&db.pool, &http, &cfg, Utc::now())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        rx.calls.load(Ordering::SeqCst),
+        4,
+        "a disabled endpoint gets nothing"
+    );
+    let (code, _, _) = cli(s(&["webhooks", "enable", &id])).await;
+    assert_eq!(code, 0);
+    deliver_until(5).await;
+    let (code, _, _) = cli(s(&["webhooks", "remove", &id])).await;
+    assert_eq!(code, 0);
+    emit("payment_succeeded").await;
+    for _ in 0..3 {
+        deliver_due(&db.pool, &http, &cfg, Utc::now())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        rx.calls.load(Ordering::SeqCst),
+        5,
+        "a removed endpoint gets nothing"
+    );
+    let (_, listed, _) = cli(s(&["webhooks", "list", "--format", "json"])).await;
+    assert_eq!(listed.trim(), "[]");
+    // Unknown ids and bad input: exit 2 with one line.
+    for args in [
+        s(&["webhooks", "disable", &id]),
+        s(&["webhooks", "test", "nope"]),
+        s(&["webhooks", "add", "--url", &url, "--events", "Bad Type"]),
+    ] {
+        let (code, _, err) = cli(args.clone()).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}

@@ -693,3 +693,83 @@ async fn endpoints_filter_pause_ping_resend_rotate_and_go_away() {
         assert_eq!(code, 2, "{args:?}: {err}");
     }
 }
+
+/// The README's receiver snippet, run as written, verifies a real delivery and refuses a forged
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_check_verifies_a_real_delivery() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```python\nimport hmac, hashlib, time")
+        .expect("the README's verify snippet");
+    let snippet = &readme[start + "```python\n".len()..];
+    let snippet = &snippet[..snippet.find("```").unwrap()];
+    let db = fresh_db().await;
+    let (url, rx) = receiver(0).await;
+    let (code, out, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "true")
+        .args(["webhooks", "add", "--url", &url]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let secret = out.split_whitespace().nth(1).unwrap().to_owned();
+    sqlx::query("SELECT paycron.emit('probe_event', NULL, 'C1', NULL, '{}'::jsonb)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let cfg = DeliveryConfig {
+        allow_private: true,
+        ..DeliveryConfig::default()
+    };
+    let http = paycron::outbound::client(&cfg).unwrap();
+    for _ in 0..100 {
+        deliver_due(&db.pool, &http, &cfg, Utc::now())
+            .await
+            .unwrap();
+        if rx.calls.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (headers, body) = rx.got.lock().unwrap()[0].clone();
+    let header = headers
+        .get("paycron-signature")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let check = |body: String| {
+        let script = format!(
+            "{snippet}\nimport sys\nbody = sys.stdin.buffer.read()\nsys.exit(0 if verify(sys.argv[1], sys.argv[2], body) else 1)\n"
+        );
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.args(["-c", &script, &secret, &header])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = cmd.spawn().unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .await
+                .unwrap();
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let ok = check(body.clone()).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let forged = check(body.replacen("probe", "prob3", 1)).await;
+    assert_eq!(
+        forged.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
+}

@@ -71,6 +71,28 @@ pub enum SubscriptionCmd {
         #[arg(long)]
         now: Option<String>,
     },
+    /// Undo a cancel at period end: the subscription bills on.
+    Keep {
+        /// Subscription id.
+        id: String,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// A new price from the next period that begins after now (no proration).
+    ChangePrice {
+        /// Subscription id.
+        id: String,
+        /// New amount per period in minor units.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        /// New currency (default: the current one).
+        #[arg(long)]
+        currency: Option<String>,
+        /// Test clock, RFC 3339 (refused against Square production).
+        #[arg(long)]
+        now: Option<String>,
+    },
     /// Bill a quarantined subscription again, once its row is fixed.
     Release {
         /// Subscription id.
@@ -89,6 +111,13 @@ impl SubscriptionCmd {
             SubscriptionCmd::List { format } => list_subscriptions(app, format).await,
             SubscriptionCmd::Show { id, format } => show_subscription(app, &id, format).await,
             SubscriptionCmd::Release { id } => release(app, &id).await,
+            SubscriptionCmd::Keep { id, now } => act(app, &id, Action::Keep, now.as_deref()).await,
+            SubscriptionCmd::ChangePrice {
+                id,
+                amount,
+                currency,
+                now,
+            } => change_price(app, &id, &amount, currency.as_deref(), now.as_deref()).await,
             SubscriptionCmd::ChangeCard { id, card, now } => {
                 change_card(app, &id, &card, now.as_deref()).await
             }
@@ -500,6 +529,38 @@ pub async fn act(app: &App, id: &str, action: Action, now: Option<&str>) -> Resu
     if matches!(action, Action::Resume) {
         settle(app, &mut tx, id, now).await?;
     }
+    tx.commit().await.map_err(StoreError::from)?;
+    crate::out!("{id} {result}")?;
+    Ok(())
+}
+
+/// `subscription change-price ID --amount MINOR [--currency CUR]`: prints the id and status.
+///
+/// # Errors
+/// [`CommandError`].
+pub async fn change_price(
+    app: &App,
+    id: &str,
+    amount: &str,
+    currency: Option<&str>,
+    now: Option<&str>,
+) -> Result<()> {
+    let id = parse_id(id)?;
+    let now = test_clock(app, now)?;
+    let mut tx = app.pool.begin().await.map_err(StoreError::from)?;
+    let current = subscriptions::get(&mut tx, id).await?;
+    let currency: Currency = match currency {
+        Some(c) => c.parse().map_err(|e| bad("--currency", e))?,
+        None => current.money.currency(),
+    };
+    let minor: i64 = amount.trim().parse().map_err(|_| {
+        bad(
+            "--amount",
+            format!("{amount:?} is not a whole number of minor units"),
+        )
+    })?;
+    let money = Money::new(minor, currency).map_err(|e| bad("--amount", e))?;
+    let result = subscriptions::change_price(&mut tx, id, money, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     crate::out!("{id} {result}")?;
     Ok(())

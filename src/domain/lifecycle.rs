@@ -110,6 +110,8 @@ pub enum Notice {
     },
     /// A cancel at period end was scheduled.
     CancelScheduled,
+    /// A cancel at period end was undone.
+    CancelUnscheduled,
     /// Dunning ran out; nothing is billed until the card changes.
     Unpaid,
     /// The period's charge was declined; dunning retries are scheduled.
@@ -132,6 +134,7 @@ impl Notice {
             Notice::Completed => "subscription_completed",
             Notice::Canceled { .. } => "subscription_canceled",
             Notice::CancelScheduled => "subscription_cancel_scheduled",
+            Notice::CancelUnscheduled => "subscription_cancel_unscheduled",
             Notice::Unpaid => "subscription_unpaid",
             Notice::PastDue => "subscription_past_due",
             Notice::Recovered => "payment_recovered",
@@ -420,17 +423,20 @@ pub enum Command {
     ChangeCard,
     /// Square updated the card (new expiry or number).
     CardUpdated,
+    /// The business undid a cancel at period end: it bills on.
+    Keep,
 }
 
 impl Command {
     /// Every command, for exhaustive checks.
-    pub const ALL: [Command; 6] = [
+    pub const ALL: [Command; 7] = [
         Command::Pause,
         Command::Resume,
         Command::CancelNow,
         Command::CancelAtPeriodEnd,
         Command::ChangeCard,
         Command::CardUpdated,
+        Command::Keep,
     ];
 }
 
@@ -505,6 +511,16 @@ pub fn on_command(terms: &Terms, state: &State, cmd: Command, now: DateTime<Utc>
             }
             // Nothing paid to let run out: cancel now.
             _ => on_command(terms, state, Command::CancelNow, now),
+        },
+        Command::Keep => match state.status {
+            S::Canceled | S::Completed => {
+                refuse("a canceled or completed subscription cannot be kept")
+            }
+            _ if state.cancel_at_period_end => {
+                s.cancel_at_period_end = false;
+                Decision::Changed(s, vec![Notice::CancelUnscheduled])
+            }
+            _ => Decision::Unchanged,
         },
         Command::ChangeCard | Command::CardUpdated => {
             let notices = if cmd == Command::ChangeCard {

@@ -235,6 +235,8 @@ pub enum Action {
     CancelNow,
     /// `paycron.cancel_subscription(id, true)`.
     CancelAtPeriodEnd,
+    /// `paycron.keep_subscription`: undoes a cancel at period end.
+    Keep,
 }
 
 /// Runs a management action; returns the function's one-word result.
@@ -256,6 +258,7 @@ pub async fn act(
         Action::CancelAtPeriodEnd => {
             sqlx::query_scalar("SELECT paycron.cancel_subscription($1, true, $2)")
         }
+        Action::Keep => sqlx::query_scalar("SELECT paycron.keep_subscription($1, $2)"),
     };
     Ok(q.bind(id).bind(now).fetch_one(conn).await?)
 }
@@ -416,6 +419,12 @@ pub async fn set_position(
                 dunning_started_at = $7, skip_before = $8, cancel_at_period_end = $9,
                 uncounted_attempts = $10,
                 canceled_at = CASE WHEN $2 = 'canceled' THEN coalesce(canceled_at, now()) ELSE canceled_at END,
+                -- A price waiting for its period takes over once the subscription reaches it.
+                amount_minor = CASE WHEN $4 >= pending_from_period THEN pending_amount_minor ELSE amount_minor END,
+                currency = CASE WHEN $4 >= pending_from_period THEN pending_currency ELSE currency END,
+                pending_amount_minor = CASE WHEN $4 >= pending_from_period THEN NULL ELSE pending_amount_minor END,
+                pending_currency = CASE WHEN $4 >= pending_from_period THEN NULL ELSE pending_currency END,
+                pending_from_period = CASE WHEN $4 >= pending_from_period THEN NULL ELSE pending_from_period END,
                 updated_at = now()
           WHERE id = $1",
     )
@@ -549,6 +558,12 @@ pub async fn set_positions(
                 skip_before = u.skip_before, uncounted_attempts = u.uncounted,
                 canceled_at = CASE WHEN u.status = 'canceled' THEN coalesce(s.canceled_at, now()) ELSE s.canceled_at END,
                 open_charge_id = NULL,
+                -- A price waiting for its period takes over once the subscription reaches it.
+                amount_minor = CASE WHEN u.next_period >= s.pending_from_period THEN s.pending_amount_minor ELSE s.amount_minor END,
+                currency = CASE WHEN u.next_period >= s.pending_from_period THEN s.pending_currency ELSE s.currency END,
+                pending_amount_minor = CASE WHEN u.next_period >= s.pending_from_period THEN NULL ELSE s.pending_amount_minor END,
+                pending_currency = CASE WHEN u.next_period >= s.pending_from_period THEN NULL ELSE s.pending_currency END,
+                pending_from_period = CASE WHEN u.next_period >= s.pending_from_period THEN NULL ELSE s.pending_from_period END,
                 updated_at = now()
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::int[])
                 AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, skip_before, uncounted)
@@ -641,6 +656,28 @@ pub async fn app_view(
         sqlx::query_scalar("SELECT to_jsonb(s) FROM paycron.subscription($1) s")
             .bind(id)
             .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// Changes a subscription's price from the next period that begins after `now` (or the
+/// database's clock) through `paycron.change_price`; returns its status.
+///
+/// # Errors
+/// [`StoreError::Rejected`] / [`StoreError::NotFound`].
+pub async fn change_price(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    money: Money,
+    now: Option<DateTime<Utc>>,
+) -> Result<String> {
+    Ok(
+        sqlx::query_scalar("SELECT paycron.change_price($1, $2, $3, 'next_period', $4)")
+            .bind(id)
+            .bind(money.minor())
+            .bind(money.currency())
+            .bind(now)
+            .fetch_one(conn)
             .await?,
     )
 }

@@ -730,3 +730,154 @@ async fn a_rejected_token_stops_billing_and_withdraws_what_was_never_sent() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_price_applies_from_the_next_period_that_begins_after_the_change() {
+    let h = Harness::start().await;
+    h.card("PR1", "ccof:sim-ok-pr1").await;
+    h.card("PR2", "ccof:sim-decline-first-2-pr2").await;
+    let anchor = "2027-01-01T00:00:00Z";
+    let plain = h.subscribe("PR1", 1000, (1, "month"), anchor).await;
+    let dunned = h.subscribe("PR2", 1000, (1, "month"), anchor).await;
+    let e = h.engine().await;
+    e.bill_due(t("2027-01-01T01:00:00Z")).await.unwrap();
+    let amounts = |id: paycron::domain::SubscriptionId| {
+        let pool = h.db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i32, i32, String, i64)>(
+                "SELECT period, attempt, status, amount_minor FROM paycron.charges WHERE subscription_id = $1 ORDER BY period, attempt",
+            )
+            .bind(id.0)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    // Mid-January: the next period (February) has not begun: it takes the new price.
+    let out = h
+        .cli([
+            "subscription",
+            "change-price",
+            &plain.to_string(),
+            "--amount",
+            "1500",
+            "--now",
+            "2027-01-15T00:00:00Z",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.trim().ends_with(" active"), "{}", out.stdout);
+    // In dunning, January's retries keep January's price; February takes the new one.
+    let out = h
+        .cli([
+            "subscription",
+            "change-price",
+            &dunned.to_string(),
+            "--amount",
+            "2000",
+            "--now",
+            "2027-01-01T12:00:00Z",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let pending: (Option<i64>, Option<i32>) = sqlx::query_as(
+        "SELECT pending_amount_minor, pending_from_period FROM paycron.subscription($1)",
+    )
+    .bind(dunned.0)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, (Some(2000), Some(1)), "waiting for February");
+    for day in [
+        "2027-01-02T01:00:00Z",
+        "2027-01-04T01:00:00Z",
+        "2027-02-01T01:00:00Z",
+    ] {
+        e.bill_due(t(day)).await.unwrap();
+    }
+
+    assert_eq!(
+        amounts(plain).await,
+        [
+            (0, 1, "succeeded".into(), 1000),
+            (1, 1, "succeeded".into(), 1500)
+        ]
+    );
+    assert_eq!(
+        amounts(dunned).await,
+        [
+            (0, 1, "declined".into(), 1000),
+            (0, 2, "declined".into(), 1000),
+            (0, 3, "succeeded".into(), 1000),
+            (1, 1, "succeeded".into(), 2000),
+        ]
+    );
+    assert_eq!(h.subscription(dunned).await.money.minor(), 2000, "promoted");
+    // Bad input: exit 2, nothing changed.
+    for args in [
+        vec!["subscription", "change-price", "nope", "--amount", "5"],
+        vec![
+            "subscription",
+            "change-price",
+            &plain.to_string(),
+            "--amount",
+            "0",
+        ],
+        vec![
+            "subscription",
+            "change-price",
+            &plain.to_string(),
+            "--amount",
+            "5",
+            "--currency",
+            "XXQ",
+        ],
+    ] {
+        assert_eq!(h.cli(&args).await.code, 2, "{args:?}");
+    }
+    h.assert_exactly_once().await;
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_undoes_a_cancel_at_period_end() {
+    let h = Harness::start().await;
+    h.card("KP", "ccof:sim-ok-kp").await;
+    let id = h
+        .subscribe("KP", 1000, (1, "month"), "2027-01-01T00:00:00Z")
+        .await;
+    let sid = id.to_string();
+    let out = h
+        .cli(["subscription", "cancel", &sid, "--at-period-end"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(h.subscription(id).await.cancel_at_period_end);
+    let out = h.cli(["subscription", "keep", &sid]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.trim().ends_with(" active"), "{}", out.stdout);
+    assert!(!h.subscription(id).await.cancel_at_period_end);
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT type FROM paycron.events WHERE subscription_id = $1 ORDER BY id",
+    )
+    .bind(id.0)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "subscription_created",
+            "subscription_cancel_scheduled",
+            "subscription_cancel_unscheduled"
+        ]
+    );
+    let out = h.cli(["subscription", "cancel", &sid]).await;
+    assert_eq!(out.code, 0);
+    assert_eq!(
+        h.cli(["subscription", "keep", &sid]).await.code,
+        2,
+        "canceled is final"
+    );
+    h.sim.shutdown().await;
+}

@@ -89,7 +89,10 @@ async fn import_create_list_show_manage() {
     ]))
     .await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("changed"));
+    assert!(
+        out.trim().ends_with(" active"),
+        "the resulting status: {out}"
+    );
     let (code, _, err) = run(paycron(Some(&db.url), None).args([
         "subscription",
         "change-card",
@@ -102,7 +105,7 @@ async fn import_create_list_show_manage() {
     assert!(err.contains("belongs to customer CUST2"), "{err}");
     for (verb, expect) in [
         ("pause", "paused"),
-        ("resume", "resumed"),
+        ("resume", "active"),
         ("cancel", "canceled"),
     ] {
         let (code, out, err) =

@@ -306,7 +306,8 @@ async fn the_sql_api_follows_the_rust_lifecycle_for_every_status_and_command() {
                 sqlx::query(
                     "UPDATE paycron.subscriptions SET status = $2, next_period = 1, next_attempt = $3,
                             next_due_at = CASE WHEN $2 IN ('canceled', 'completed', 'unpaid') THEN NULL ELSE $4 END,
-                            dunning_started_at = $5, card_id = 'ccof:sim-ok-tt1'
+                            dunning_started_at = $5, card_id = 'ccof:sim-ok-tt1',
+                            cancel_at_period_end = ($2 IN ('active', 'trialing') AND $5 IS NULL)
                       WHERE id = $1",
                 )
                 .bind(id)
@@ -347,6 +348,7 @@ async fn the_sql_api_follows_the_rust_lifecycle_for_every_status_and_command() {
                     Command::CardUpdated => {
                         "SELECT paycron.card_updated(card_id, $2)::text FROM paycron.subscriptions WHERE id = $1"
                     }
+                    Command::Keep => "SELECT paycron.keep_subscription($1, $2)::text",
                 };
                 let result = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(id)
@@ -390,5 +392,5 @@ async fn the_sql_api_follows_the_rust_lifecycle_for_every_status_and_command() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 6);
+    assert_eq!(checked, 7 * 2 * 7);
 }

@@ -25,6 +25,9 @@ use sqlx::PgPool;
 
 use crate::store::{StoreError, outbound};
 
+/// The version of the delivered payload's shape, sent as `api_version` in every delivery.
+pub const API_VERSION: &str = "2026-11-26";
+
 /// Tolerance for the signature's timestamp in [`verify`].
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -298,8 +301,11 @@ pub async fn deliver_due(
                 .into_iter()
                 .map(|e| (e.id, e))
                 .collect();
+        let charge_ids: Vec<uuid::Uuid> = events.values().filter_map(|e| e.charge_id).collect();
+        let charges = outbound::charge_snapshots(pool, &charge_ids).await?;
         let results: Vec<Result<&'static str, StoreError>> = futures::stream::iter(due.into_iter().map(|d| {
             let event = events.get(&d.event_id).cloned();
+            let charge = event.as_ref().and_then(|e| e.charge_id).and_then(|c| charges.get(&c).cloned());
             async move {
                 let body = serde_json::json!({
                     "id": d.event_id,
@@ -309,6 +315,8 @@ pub async fn deliver_due(
                     "customer_id": event.as_ref().and_then(|e| e.customer_id.clone()),
                     "charge_id": event.as_ref().and_then(|e| e.charge_id),
                     "data": event.as_ref().map(|e| e.payload.clone()),
+                    "charge": charge,
+                    "api_version": API_VERSION,
                 })
                 .to_string();
                 let attempted_at = Utc::now();

@@ -410,3 +410,26 @@ pub async fn resend(pool: &PgPool, event_id: i64, now: DateTime<Utc>) -> Result<
     .await?;
     Ok(r.rows_affected())
 }
+
+/// The charges of the given ids as the read API shows them (`subscription_charges`), keyed by
+/// charge id: what a delivery about a charge carries.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn charge_snapshots(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, serde_json::Value>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(Uuid, serde_json::Value)> = sqlx::query_as(
+        "SELECT c.id, to_jsonb(x) FROM paycron.charges c
+           CROSS JOIN LATERAL paycron.subscription_charges(c.subscription_id) x
+          WHERE c.id = ANY($1) AND x.charge_id = c.id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}

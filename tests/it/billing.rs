@@ -789,6 +789,22 @@ async fn a_new_price_applies_from_the_next_period_that_begins_after_the_change()
     .await
     .unwrap();
     assert_eq!(pending, (Some(2000), Some(1)), "waiting for February");
+    // The change's event carries the subscription as it is after it.
+    let snapshot: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload->'subscription' FROM paycron.events WHERE subscription_id = $1 AND type = 'subscription_price_changed'",
+    )
+    .bind(dunned.0)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            &snapshot["amount_minor"],
+            &snapshot["pending_amount_minor"],
+            &snapshot["status"]
+        ),
+        (&1000.into(), &2000.into(), &"past_due".into())
+    );
     for day in [
         "2027-01-02T01:00:00Z",
         "2027-01-04T01:00:00Z",

@@ -127,6 +127,24 @@ async fn events_are_signed_retried_and_delivered() {
         })
         .collect();
     assert!(types.contains(&"payment_succeeded".to_owned()), "{types:?}");
+    // Each payload says its shape's version and carries what it is about: the charge as the read
+    // API shows it, and for a subscription's own events the subscription after the change.
+    for (_, b) in &got[2..] {
+        let v: serde_json::Value = serde_json::from_str(b).unwrap();
+        assert_eq!(v["api_version"], paycron::outbound::API_VERSION);
+        match v["type"].as_str().unwrap() {
+            "payment_succeeded" => {
+                assert_eq!(v["charge"]["status"], "succeeded", "{v}");
+                assert_eq!(v["charge"]["amount_minor"], 800, "{v}");
+                assert!(v["charge"]["provider_payment_id"].is_string(), "{v}");
+            }
+            "subscription_created" => {
+                assert_eq!(v["data"]["subscription"]["amount_minor"], 800, "{v}");
+                assert_eq!(v["data"]["subscription"]["customer_id"], "H1", "{v}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
     // Retries were spaced as configured: each retry no earlier than the backoff after the last.
     let deliveries: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM paycron.webhook_deliveries WHERE attempts > 1")

@@ -582,3 +582,57 @@ async fn the_app_reads_its_subscriptions_and_charges_through_functions_only() {
     }
     h.sim.shutdown().await;
 }
+
+/// The README's Python examples, as written, run by an app login granted `paycron_app`:
+/// creating in the app's transaction, then reading and changing the price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_app_examples_run_as_an_app_login() {
+    let db = fresh_db().await;
+    let login = format!("billing_app_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {login} LOGIN PASSWORD 'app-secret-1234'; GRANT paycron_app TO {login}"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut url = reqwest::Url::parse(&db.url).unwrap();
+    url.set_username(&login).unwrap();
+    url.set_password(Some("app-secret-1234")).unwrap();
+    let readme = include_str!("../../README.md");
+    let block = |start: &str| -> String {
+        let at = readme
+            .find(start)
+            .unwrap_or_else(|| panic!("README block {start:?}"));
+        let code = &readme[at + "```python\n".len()..];
+        code[..code.find("```").unwrap()].to_owned()
+    };
+    let create = block("```python\nimport psycopg\n");
+    let read = block("```python\nfrom psycopg.rows import dict_row");
+    let script = format!(
+        "import psycopg\nDATABASE_URL = {url:?}\nclass User:\n    id = 7\n    square_customer_id = 'PY1'\n    square_card_id = 'ccof:py1'\nuser = User()\n{create}\n{read}\nprint(status)\n",
+        url = url.to_string()
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .expect("python3 with psycopg (see .ci/run)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("next charge 1999 USD"), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("active"), "{stdout}");
+    let amount: i64 = sqlx::query_scalar(
+        "SELECT amount_minor FROM paycron.subscriptions WHERE external_ref = 'user-7-pro'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        amount, 2999,
+        "the new price (the first period has not begun)"
+    );
+}

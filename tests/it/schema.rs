@@ -625,14 +625,15 @@ async fn the_readmes_python_app_examples_run_as_an_app_login() {
     );
     assert!(stdout.contains("next charge 1999 USD"), "{stdout}");
     assert_eq!(stdout.lines().last(), Some("active"), "{stdout}");
-    let amount: i64 = sqlx::query_scalar(
-        "SELECT amount_minor FROM paycron.subscriptions WHERE external_ref = 'user-7-pro'",
+    let price: (i64, Option<i64>, Option<i32>) = sqlx::query_as(
+        "SELECT amount_minor, pending_amount_minor, pending_from_period FROM paycron.subscriptions WHERE external_ref = 'user-7-pro'",
     )
     .fetch_one(&db.pool)
     .await
     .unwrap();
     assert_eq!(
-        amount, 2999,
-        "the new price (the first period has not begun)"
+        price,
+        (1999, Some(2999), Some(1)),
+        "period 0 began at creation: the new price waits for period 1"
     );
 }

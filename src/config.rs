@@ -185,8 +185,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `PAYCRON_OPS_ADDR`: the ops HTTP server. Default `0.0.0.0:9090`.
     pub ops_addr: SocketAddr,
-    /// `PAYCRON_SCHEDULES`: schedule file or directory. Default `schedules/`.
-    pub schedules: PathBuf,
+    /// `PAYCRON_SCHEDULES`: schedule file or directory. Unset: `schedules/` when it exists,
+    /// else the built-in default schedule (the one shipped as `schedules/default.toml`).
+    pub schedules: Option<PathBuf>,
     /// `PAYCRON_DRAIN_TIMEOUT_SECONDS`: how long shutdown waits for in-flight charges; keep it
     /// below the pod's termination grace period. Default 20.
     pub drain_timeout: Duration,
@@ -349,10 +350,7 @@ impl Config {
             home: PathBuf::from(src.get("PAYCRON_HOME").unwrap_or_else(|| ".paycron".into())),
             log_format,
             ops_addr,
-            schedules: PathBuf::from(
-                src.get("PAYCRON_SCHEDULES")
-                    .unwrap_or_else(|| "schedules".into()),
-            ),
+            schedules: src.get("PAYCRON_SCHEDULES").map(PathBuf::from),
             drain_timeout: Duration::from_secs(src.positive(
                 "PAYCRON_DRAIN_TIMEOUT_SECONDS",
                 20,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use paycron::commands::cli::{Cli, dispatch, is_report};
-use paycron::config::Config;
+use paycron::config::{Config, LogFormat};
 use paycron::ops::shutdown::Shutdown;
 
 /// The one place signals are read: the first SIGTERM or SIGINT drains, a second one aborts.
@@ -34,8 +34,13 @@ fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("paycron: {e}");
-            return ExitCode::from(2);
+            // The configuration is unreadable, but an operator who asked for JSON logs (in the
+            // one setting that could still be read) gets this line as JSON too.
+            let json = std::env::var("PAYCRON_LOG_FORMAT").is_ok_and(|v| v.trim() == "json");
+            if json {
+                paycron::ops::logging::init(LogFormat::Json, "error");
+            }
+            return fail(json, &e.to_string(), 2);
         }
     };
     let default_level = if is_report(&cli.command) {
@@ -54,12 +59,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = config.log_format == LogFormat::Json;
     match runtime.block_on(dispatch(cli.command, config, signals)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.exit_code() == 0 => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("paycron: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => fail(json, &e.to_string(), e.exit_code()),
     }
+}
+
+/// The one line that ends a failed run: plain text, or a JSON log line when logs are JSON (so
+/// a collector sees why the process exited).
+fn fail(json: bool, message: &str, code: u8) -> ExitCode {
+    if json {
+        tracing::error!(exit_code = code, "{message}");
+    } else {
+        eprintln!("paycron: {message}");
+    }
+    ExitCode::from(code)
 }

@@ -11,10 +11,17 @@ use crate::app::App;
 pub enum LedgerCmd {
     /// Export every charge attempt and its outcome.
     Export {
-        /// Output format.
+        /// Output format (one JSON object a line; the only one, the contract's).
         #[arg(long, value_enum, default_value = "jsonl")]
-        format: Format,
+        format: ExportFormat,
     },
+}
+
+/// What `ledger export` writes: JSON lines only, so `--help` offers nothing it refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
 }
 
 impl LedgerCmd {
@@ -24,7 +31,9 @@ impl LedgerCmd {
     /// [`CommandError`].
     pub async fn execute(self, app: &App) -> Result<()> {
         match self {
-            LedgerCmd::Export { format } => export(app, format).await,
+            LedgerCmd::Export {
+                format: ExportFormat::Jsonl,
+            } => export(app).await,
         }
     }
 }
@@ -176,12 +185,7 @@ pub async fn reconcile(app: &App, args: ReconcileArgs) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError`].
-async fn export(app: &App, format: Format) -> Result<()> {
-    if format != Format::Jsonl {
-        return Err(CommandError::BadInput(
-            "--format: ledger export supports jsonl".into(),
-        ));
-    }
+async fn export(app: &App) -> Result<()> {
     let mut out = std::io::stdout().lock();
     crate::ledger::export_jsonl(&app.pool, &mut out).await?;
     Ok(())

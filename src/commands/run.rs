@@ -172,7 +172,7 @@ pub async fn daemon(
     config: crate::config::Config,
     shutdown: crate::ops::shutdown::Shutdown,
 ) -> Result<()> {
-    let jobs = crate::scheduler::load(&config.schedules)
+    let jobs = crate::scheduler::resolve(config.schedules.as_deref())
         .map_err(|e| CommandError::BadInput(format!("PAYCRON_SCHEDULES: {e}")))?;
     let drain = config.drain_timeout;
     let app = App::build(config).await?;

@@ -208,6 +208,31 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<JobSpec>, ScheduleFileError> 
     Ok(jobs)
 }
 
+/// The schedule shipped in `schedules/default.toml`, built in: what `paycron run` ticks when
+/// `PAYCRON_SCHEDULES` is unset and there is no `schedules/` where it runs.
+///
+/// # Errors
+/// Never for the shipped file (a test parses it); [`ScheduleFileError`] otherwise.
+pub fn built_in() -> Result<Vec<JobSpec>, ScheduleFileError> {
+    parse(
+        "built-in schedules/default.toml",
+        include_str!("../../schedules/default.toml"),
+    )
+}
+
+/// The schedules the daemon runs: `configured` when set (a file or a directory), else
+/// `schedules/` in the working directory when it exists, else [`built_in`].
+///
+/// # Errors
+/// [`ScheduleFileError`] naming the file and line.
+pub fn resolve(configured: Option<&Path>) -> Result<Vec<JobSpec>, ScheduleFileError> {
+    match configured {
+        Some(path) => load(path),
+        None if Path::new("schedules").exists() => load(Path::new("schedules")),
+        None => built_in(),
+    }
+}
+
 /// Loads a schedule file, or every `*.toml` in a directory (sorted), refusing duplicate names
 /// across files.
 ///

@@ -65,6 +65,14 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The server could not be reached or refused the login (exit 1).
+    #[error("cannot connect to Postgres at {target}: {cause}")]
+    Unreachable {
+        /// host:port/database or the socket (never the password).
+        target: String,
+        /// Why, as the driver said.
+        cause: String,
+    },
     /// `DATABASE_URL` does not parse.
     #[error("configuration: DATABASE_URL is not a valid postgres:// URL ({0})")]
     BadUrl(String),
@@ -244,6 +252,44 @@ pub async fn open_pool(opts: PgConnectOptions, max: u32) -> Result<PgPool> {
 /// # Errors
 /// [`StoreError`] if the server is unreachable.
 pub async fn open_unmigrated(opts: PgConnectOptions, max: u32) -> Result<PgPool> {
+    // One direct connection first, bounded: a wrong host, port, password or database is named
+    // in seconds, with the driver's reason, instead of a pool timing out after half a minute.
+    let target = match opts.get_socket() {
+        Some(dir) => format!(
+            "{} (socket) /{}",
+            dir.display(),
+            opts.get_database().unwrap_or("")
+        ),
+        None => format!(
+            "{}:{}/{}",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or("")
+        ),
+    };
+    use sqlx::Connection as _;
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::PgConnection::connect_with(&opts),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(e)) => {
+            return Err(StoreError::Unreachable {
+                target,
+                cause: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(StoreError::Unreachable {
+                target,
+                cause: "no answer within 10 s".into(),
+            });
+        }
+    }
     Ok(PgPoolOptions::new()
         .max_connections(max)
         .min_connections(0)

@@ -566,3 +566,41 @@ async fn the_daemon_runs_in_process_and_drains_on_an_injected_shutdown() {
     assert!(ended.is_ok(), "{ended:?}");
     s.shutdown().await;
 }
+
+/// `paycron run` started anywhere (no `schedules/` there, no PAYCRON_SCHEDULES) ticks the
+/// built-in default schedule: the shipped file's jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_outside_the_repository_on_the_built_in_schedule() {
+    let built_in = paycron::scheduler::built_in().unwrap();
+    let shipped = paycron::scheduler::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schedules/default.toml"
+    )))
+    .unwrap();
+    let names = |jobs: &[paycron::scheduler::JobSpec]| -> Vec<String> {
+        jobs.iter().map(|j| j.name.clone()).collect()
+    };
+    assert_eq!(names(&built_in), names(&shipped));
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = paycron(Some(&db.url), Some(&s.base_url()))
+        .current_dir(elsewhere.path())
+        .env("PAYCRON_OPS_ADDR", format!("127.0.0.1:{port}"))
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(port, "/readyz", 200).await;
+    sigterm(&child).await;
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.shutdown().await;
+}

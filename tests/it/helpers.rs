@@ -296,12 +296,25 @@ pub fn paycron(db_url: Option<&str>, sim_url: Option<&str>) -> Command {
 }
 
 /// Output of a finished command: (exit code, stdout, stderr).
+///
+/// Logs are JSON in tests (the binary is started with `PAYCRON_LOG_FORMAT=json`), so the final
+/// error is a JSON line too; its message is also given as text, as a person would read it.
 pub async fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().await.expect("paycron runs");
+    let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last = stderr
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("exit_code").is_some())
+        .and_then(|v| v["message"].as_str().map(str::to_owned));
+    if let Some(message) = last {
+        stderr.push_str(&format!("paycron: {message}\n"));
+    }
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr,
     )
 }
 

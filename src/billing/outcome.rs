@@ -91,7 +91,7 @@ impl Engine {
                 AttemptOutcome::Declined { hard },
             ),
             PaymentOutcome::Fatal { code, .. } => {
-                tracing::error!(subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+                tracing::error!(subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, charge_id = %charge.id, attempt = charge.attempt,
                     outcome = "unauthorized", code = %code, "Square rejected the access token; charge left pending");
                 Classified::Unauthorized(code)
             }
@@ -109,7 +109,7 @@ impl Engine {
                 detail,
             } => {
                 tracing::error!(
-                    subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+                    subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, charge_id = %charge.id, attempt = charge.attempt,
                     outcome = "misconfigured", code = %code, field = field.as_deref().unwrap_or(""),
                     setting = suspect_setting(&code, field.as_deref()), %detail,
                     "Square refused the request for a configuration reason, not the customer's: no dunning step, tried again later"
@@ -126,7 +126,7 @@ impl Engine {
             | PaymentOutcome::Unknown { reason }
             | PaymentOutcome::KeyReused { detail: reason } => {
                 tracing::warn!(
-                    subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+                    subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, charge_id = %charge.id, attempt = charge.attempt,
                     outcome = "pending", code = "", amount_minor = charge.money.minor(), currency = %charge.money.currency(),
                     duration_ms, %reason, "charge left pending for recovery"
                 );

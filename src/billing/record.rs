@@ -45,7 +45,7 @@ impl Attempted {
 fn report_recorded(charge: &ChargeRow, d: &Decided, recorded: bool, summary: &mut Summary) {
     if !recorded {
         summary.fenced += 1;
-        tracing::info!(subscription_id = %charge.subscription_id, charge_id = %charge.id, outcome = "fenced",
+        tracing::info!(subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, charge_id = %charge.id, outcome = "fenced",
             "charge was taken over by another worker; recording nothing");
         return;
     }
@@ -53,7 +53,7 @@ fn report_recorded(charge: &ChargeRow, d: &Decided, recorded: bool, summary: &mu
     if r.status == ChargeStatus::NeedsReview {
         summary.needs_review += 1;
         tracing::error!(
-            subscription_id = %charge.subscription_id, charge_id = %charge.id, attempt = charge.attempt,
+            subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, charge_id = %charge.id, attempt = charge.attempt,
             outcome = "needs_review", provider_payment_id = r.review_payment_id.as_deref().unwrap_or(""),
             reason = r.review_reason.as_deref().unwrap_or(""),
             "charge needs review: neither recorded as paid nor declined, never re-sent; `paycron charges review`"
@@ -64,6 +64,7 @@ fn report_recorded(charge: &ChargeRow, d: &Decided, recorded: bool, summary: &mu
     }
     tracing::info!(
         subscription_id = %charge.subscription_id,
+        customer_id = %charge.customer_id,
         charge_id = %charge.id,
         attempt = charge.attempt,
         outcome = %r.status,

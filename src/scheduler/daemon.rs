@@ -121,7 +121,7 @@ impl Ctx {
             match tasks::claim_singleton(&self.app.pool, task, tick, self.owner).await {
                 Ok(Some(g)) => Some(g),
                 Ok(None) => {
-                    tracing::info!(job = %job.name, task, "another replica runs this tick; skipped");
+                    tracing::debug!(job = %job.name, task, "another replica runs this tick; skipped");
                     metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "skipped")
                         .increment(1);
                     return;
@@ -137,21 +137,53 @@ impl Ctx {
             None
         };
         let now = Utc::now();
-        let result: Result<String, String> = match job.task {
-            TaskKind::BillDue => self.engine.bill_due(now).await.map(|s| {
-                format!(
-                    "attempted={} succeeded={} declined={} failed={} unresolved={} needs_review={} withdrawn={}",
-                    s.attempted, s.succeeded, s.declined, s.failed, s.unresolved, s.needs_review, s.withdrawn
-                )
-            })
-            .map_err(|e| e.to_string()),
-            TaskKind::Recover => self.engine.recover(now).await.map(|s| {
-                format!(
-                    "attempted={} succeeded={} declined={} unresolved={}",
-                    s.attempted, s.succeeded, s.declined, s.unresolved
-                )
-            })
-            .map_err(|e| e.to_string()),
+        let ms = || started.elapsed().as_millis() as u64;
+        let name = job.name.as_str();
+        // One line per run with its counts as fields; a run that found nothing to do is DEBUG,
+        // so an idle daemon does not write a line per tick.
+        macro_rules! ran {
+            ($idle:expr, $($fields:tt)*) => {
+                if $idle {
+                    tracing::debug!(job = name, task, $($fields)*, duration_ms = ms(), "task run")
+                } else {
+                    tracing::info!(job = name, task, $($fields)*, duration_ms = ms(), "task run")
+                }
+            };
+        }
+        let result: Result<(), String> = match job.task {
+            TaskKind::BillDue => self
+                .engine
+                .bill_due(now)
+                .await
+                .map(|s| {
+                    ran!(
+                        s.attempted == 0 && s.advanced_without_charge == 0 && s.withdrawn == 0,
+                        attempted = s.attempted,
+                        succeeded = s.succeeded,
+                        declined = s.declined,
+                        failed = s.failed,
+                        unresolved = s.unresolved,
+                        needs_review = s.needs_review,
+                        quarantined = s.quarantined,
+                        withdrawn = s.withdrawn,
+                        advanced = s.advanced_without_charge
+                    );
+                })
+                .map_err(|e| e.to_string()),
+            TaskKind::Recover => self
+                .engine
+                .recover(now)
+                .await
+                .map(|s| {
+                    ran!(
+                        s.attempted == 0,
+                        attempted = s.attempted,
+                        succeeded = s.succeeded,
+                        declined = s.declined,
+                        unresolved = s.unresolved
+                    );
+                })
+                .map_err(|e| e.to_string()),
             TaskKind::DeliverWebhooks => crate::outbound::deliver_due(
                 &self.app.pool,
                 &self.http,
@@ -159,7 +191,15 @@ impl Ctx {
                 now,
             )
             .await
-            .map(|s| format!("fanned_out={} delivered={} retrying={} failed={}", s.fanned_out, s.delivered, s.retrying, s.failed))
+            .map(|s| {
+                ran!(
+                    s.fanned_out == 0 && s.delivered == 0 && s.retrying == 0 && s.failed == 0,
+                    fanned_out = s.fanned_out,
+                    delivered = s.delivered,
+                    retrying = s.retrying,
+                    failed = s.failed
+                );
+            })
             .map_err(|e| e.to_string()),
             TaskKind::Reconcile => crate::billing::reconcile::reconcile(
                 &self.app.pool,
@@ -171,16 +211,31 @@ impl Ctx {
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| {
-                let summary = format!("square_payments={} charges={} findings={}", r.square_payments, r.charges, r.findings.len());
-                if r.findings.is_empty() { Ok(summary) } else { Err(format!("differences found: {summary}")) }
+                ran!(
+                    false,
+                    square_payments = r.square_payments,
+                    square_refunds = r.square_refunds,
+                    charges = r.charges,
+                    findings = r.findings.len()
+                );
+                if r.findings.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} difference(s) between Square and the ledger",
+                        r.findings.len()
+                    ))
+                }
             }),
             TaskKind::SyncCards => sync::sync_cards(&self.app.pool, self.gateway.as_ref())
                 .await
                 .map(|t| {
-                    format!(
-                        "customers={} cards={} cards_changed={}",
-                        t.customers, t.cards, t.cards_changed
-                    )
+                    ran!(
+                        false,
+                        customers = t.customers,
+                        cards = t.cards,
+                        cards_changed = t.cards_changed
+                    );
                 })
                 .map_err(|e| e.to_string()),
         };
@@ -201,7 +256,7 @@ impl Ctx {
         let seconds = started.elapsed().as_secs_f64();
         metrics::histogram!(m::TASK_SECONDS, "task" => task).record(seconds);
         match result {
-            Ok(summary) => {
+            Ok(()) => {
                 if job.task == TaskKind::BillDue
                     && let Some(p) = &self.progress
                 {
@@ -210,7 +265,6 @@ impl Ctx {
                 metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "ok").increment(1);
                 metrics::gauge!(m::TASK_LAST_SUCCESS, "task" => task)
                     .set(Utc::now().timestamp() as f64);
-                tracing::info!(job = %job.name, task, %summary, duration_ms = (seconds * 1000.0) as u64, "task run");
             }
             Err(error) => {
                 metrics::counter!(m::TASK_RUNS, "task" => task, "result" => "error").increment(1);

@@ -604,3 +604,71 @@ async fn the_daemon_runs_outside_the_repository_on_the_built_in_schedule() {
     );
     s.shutdown().await;
 }
+
+/// An idle daemon says nothing per tick at INFO: runs that found nothing to do are DEBUG, and a
+/// run that did something is one `task run` line with its counts as fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_is_quiet_and_a_busy_tick_logs_its_counts() {
+    use tokio::io::AsyncBufReadExt;
+    let s = sim(SimConfig::default()).await;
+    let db = fresh_db().await;
+    let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
+    let port = free_port();
+    let mut child = daemon(Some(&db.url), &s.base_url(), sched.path(), port);
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            got.push(l);
+        }
+        got
+    });
+    wait_for(port, "/readyz", 200).await;
+    // Three idle ticks, counted by the metric rather than by the log.
+    for _ in 0..100 {
+        let m = get(port, "/metrics").await.unwrap().1;
+        let ok_runs = m
+            .lines()
+            .find(|l| {
+                l.starts_with("paycron_task_runs_total")
+                    && l.contains("bill-due")
+                    && l.contains("\"ok\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if ok_runs >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then something to do.
+    seed_due(&db, &s, 2).await;
+    for _ in 0..100 {
+        if s.with(|st| st.completed().len()) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&child).await;
+    let _ = child.wait().await;
+    let log = reader.await.unwrap();
+    let runs: Vec<serde_json::Value> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "task run")
+        .collect();
+    // Only busy ticks are at INFO (one, or two if the seeding straddled a tick), each with its
+    // counts; the three idle ones before are not.
+    assert!(!runs.is_empty() && runs.len() <= 2, "{log:#?}");
+    for r in &runs {
+        assert!(
+            r["attempted"].as_u64().unwrap() > 0,
+            "an idle run at INFO: {r}"
+        );
+        assert!(r["duration_ms"].is_u64(), "{r}");
+    }
+    let succeeded: u64 = runs.iter().map(|r| r["succeeded"].as_u64().unwrap()).sum();
+    assert_eq!(succeeded, 2);
+    s.shutdown().await;
+}

@@ -670,5 +670,24 @@ async fn an_idle_daemon_is_quiet_and_a_busy_tick_logs_its_counts() {
     }
     let succeeded: u64 = runs.iter().map(|r| r["succeeded"].as_u64().unwrap()).sum();
     assert_eq!(succeeded, 2);
+    // Each charge's line names whom support would search for.
+    let charges: Vec<serde_json::Value> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "charge")
+        .collect();
+    assert_eq!(charges.len(), 2, "{log:#?}");
+    for c in &charges {
+        assert!(
+            c["customer_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("DC")),
+            "{c}"
+        );
+        assert!(
+            c["subscription_id"].is_string() && c["charge_id"].is_string(),
+            "{c}"
+        );
+    }
     s.shutdown().await;
 }

@@ -1,6 +1,6 @@
 //! `paycron events tail`: the events feed, in feed order, optionally following it.
 
-use super::{CommandError, Format, Result};
+use super::{CommandError, Result};
 use crate::app::App;
 use crate::ops::shutdown::Shutdown;
 use crate::store::{StoreError, events};
@@ -16,10 +16,20 @@ pub enum EventsCmd {
         /// Keep waiting for new events.
         #[arg(long)]
         follow: bool,
-        /// Output format.
+        /// Output format: a line per event, for people or as JSON (a feed has no end to close
+        /// a JSON array with).
         #[arg(long, value_enum, default_value = "text")]
-        format: Format,
+        format: TailFormat,
     },
+}
+
+/// How `events tail` prints: a line per event either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TailFormat {
+    /// Aligned text.
+    Text,
+    /// One JSON object per line.
+    Jsonl,
 }
 
 impl EventsCmd {
@@ -46,7 +56,7 @@ async fn tail(
     app: &App,
     after: i64,
     follow: bool,
-    format: Format,
+    format: TailFormat,
     shutdown: Shutdown,
 ) -> Result<()> {
     let mut last = after;
@@ -64,7 +74,7 @@ async fn tail(
         for f in &rows {
             let r = &f.event;
             match format {
-                Format::Text => crate::out!(
+                TailFormat::Text => crate::out!(
                     "{:>8}  {}  {:<28} {}  {}",
                     f.position,
                     r.created_at.to_rfc3339(),
@@ -72,7 +82,7 @@ async fn tail(
                     r.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
                     r.payload
                 )?,
-                _ => crate::out!(
+                TailFormat::Jsonl => crate::out!(
                     "{}",
                     serde_json::to_string(f).map_err(|e| CommandError::Io(e.to_string()))?
                 )?,

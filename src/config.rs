@@ -1,5 +1,6 @@
-//! Typed configuration: defaults, an optional file of `KEY = "value"` lines (`PAYCRON_CONFIG`), then the
-//! environment, which wins. Every field documents its default; [`Config::from_env`] validates
+//! Typed configuration: defaults, an optional file of `KEY = "value"` lines (`PAYCRON_CONFIG`;
+//! `#` comments, also after a value), then the environment, which wins. A `PAYCRON_*` or
+//! `SQUARE_*` key that no setting reads is refused (a typo would otherwise be ignored). Every field documents its default; [`Config::from_env`] validates
 //! everything at start-up and names the offending key. Secrets are `SecretString`s: their
 //! `Debug` output is redacted, so they cannot leak through a log line or an error.
 
@@ -32,6 +33,16 @@ pub enum ConfigError {
         key: &'static str,
         /// Why it is needed.
         reason: &'static str,
+    },
+    /// A key no setting reads (a typo, most likely).
+    #[error("configuration: {key} {origin} is not a setting paycron knows: {hint}")]
+    Unknown {
+        /// The key as given.
+        key: String,
+        /// Where it was found.
+        origin: &'static str,
+        /// The closest known key, or where the list is.
+        hint: String,
     },
     /// A file that could not be read.
     #[error("configuration: cannot read {key} file {path}: {source}")]
@@ -210,9 +221,56 @@ pub struct Config {
 }
 
 /// Where values come from: the environment first, then the optional file.
+#[derive(Default)]
 struct Source {
     file: HashMap<String, String>,
     use_env: bool,
+    // Every key asked for: read back to know which keys exist.
+    asked: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
+
+/// Variables of paycron's prefixes that are not settings and are allowed anyway.
+const NOT_SETTINGS: [&str; 3] = [
+    "PAYCRON_CONFIG",
+    "PAYCRON_TEST_KEEP_DATABASES",
+    "PAYCRON_MODEL_CASES",
+];
+
+/// A value without its quotes, or without a trailing `# comment` when unquoted.
+fn file_value(raw: &str) -> String {
+    let v = raw.trim();
+    if let Some(rest) = v.strip_prefix('"')
+        && let Some(end) = rest.find('"')
+    {
+        return rest[..end].to_owned();
+    }
+    match v.find(" #") {
+        Some(i) => v[..i].trim().to_owned(),
+        None => v.to_owned(),
+    }
+}
+
+/// The closest known key to `key` (for "did you mean"), when close enough to be a typo.
+fn closest<'a>(key: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    known
+        .map(|k| (distance(key, k), k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k)
 }
 
 impl Source {
@@ -236,17 +294,54 @@ impl Source {
                         reason: "expected KEY = \"value\"".into(),
                     });
                 };
-                let v = v.trim().trim_matches('"').to_owned();
-                file.insert(k.trim().to_ascii_uppercase(), v);
+                file.insert(k.trim().to_ascii_uppercase(), file_value(v));
             }
         }
         Ok(Source {
             file,
             use_env: true,
+            ..Source::default()
         })
     }
 
+    /// Refuses keys no setting reads: a misspelled `PAYCRON_*`/`SQUARE_*` variable or file key
+    /// would otherwise be ignored without a word.
+    fn refuse_unknown(&self) -> Result<()> {
+        let known = self.asked.borrow();
+        let env: Vec<String> = if self.use_env {
+            std::env::vars()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with("PAYCRON_") || k.starts_with("SQUARE_"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for (key, from_file) in env
+            .into_iter()
+            .map(|k| (k, false))
+            .chain(self.file.keys().cloned().map(|k| (k, true)))
+        {
+            if known.contains(&key) || NOT_SETTINGS.contains(&key.as_str()) {
+                continue;
+            }
+            return Err(ConfigError::Unknown {
+                hint: match closest(&key, known.iter()) {
+                    Some(k) => format!("did you mean {k}?"),
+                    None => "see the README's configuration table".into(),
+                },
+                origin: if from_file {
+                    "in the PAYCRON_CONFIG file"
+                } else {
+                    "in the environment"
+                },
+                key,
+            });
+        }
+        Ok(())
+    }
+
     fn get(&self, key: &str) -> Option<String> {
+        self.asked.borrow_mut().insert(key.to_owned());
         self.use_env
             .then(|| std::env::var(key).ok())
             .flatten()
@@ -309,21 +404,25 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the first bad key.
     pub fn from_env() -> Result<Self> {
-        Self::from_source(Source::load()?)
+        let src = Source::load()?;
+        let config = Self::from_source(&src)?;
+        // Every key, asked for by an empty pass (some are read only when others are absent).
+        let all = Source::default();
+        let _ = Self::from_source(&all);
+        src.asked.borrow_mut().extend(all.asked.take());
+        src.refuse_unknown()?;
+        Ok(config)
     }
 
     /// The defaults alone, ignoring the environment and any file (tests and embedding
     /// programs set fields directly).
     pub fn defaults() -> Self {
         // Defaults are valid by construction: from_source cannot fail on an empty source.
-        Self::from_source(Source {
-            file: HashMap::new(),
-            use_env: false,
-        })
-        .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+        Self::from_source(&Source::default())
+            .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
     }
 
-    fn from_source(src: Source) -> Result<Self> {
+    fn from_source(src: &Source) -> Result<Self> {
         let log_format = match src.get("PAYCRON_LOG_FORMAT").as_deref().map(str::trim) {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -340,7 +439,7 @@ impl Config {
             SocketAddr::from(([0, 0, 0, 0], 9090)),
             "expected HOST:PORT, e.g. 0.0.0.0:9090",
         )?;
-        let square = square_config(&src)?;
+        let square = square_config(src)?;
         Ok(Config {
             database_url: src.secret("DATABASE_URL", "DATABASE_URL_FILE")?,
             migrate_database_url: src.secret(
@@ -356,7 +455,7 @@ impl Config {
                 20,
                 3_600,
             )?),
-            webhook_delivery: delivery_config(&src, square.environment)?,
+            webhook_delivery: delivery_config(src, square.environment)?,
             webhook_addr: match src.get("PAYCRON_WEBHOOK_ADDR") {
                 None => None,
                 Some(v) => Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -379,7 +478,7 @@ impl Config {
                 }
             },
             square,
-            billing: billing_config(&src)?,
+            billing: billing_config(src)?,
         })
     }
 }

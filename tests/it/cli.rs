@@ -538,3 +538,36 @@ async fn a_reader_that_stops_early_ends_the_command_quietly() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelled_setting_is_refused_and_file_comments_are_comments() {
+    let db = fresh_db().await;
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_BATCH_SZE", "5")
+        .args(["customers", "list"]))
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("PAYCRON_BATCH_SZE") && err.contains("did you mean PAYCRON_BATCH_SIZE?"),
+        "{err}"
+    );
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    use std::io::Write;
+    writeln!(file, "# paycron settings\nPAYCRON_BATCH_SIZE = 50   # fifty\nSQUARE_ENVIRONMENT = \"sandbox\" # the default").unwrap();
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_CONFIG", file.path())
+        .args(["customers", "list"]))
+    .await;
+    assert_eq!(code, 0, "inline comments are not part of the value: {err}");
+    let mut typo = tempfile::NamedTempFile::new().unwrap();
+    writeln!(typo, "SQUARE_LOCATON_ID = \"L1\"").unwrap();
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_CONFIG", typo.path())
+        .args(["customers", "list"]))
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("in the PAYCRON_CONFIG file") && err.contains("SQUARE_LOCATION_ID"),
+        "{err}"
+    );
+}

@@ -37,6 +37,20 @@ pub const REFUNDS: &str = "paycron_refunds_total";
 /// Counter: dispute money movements recorded, label `kind` (dispute_hold|dispute_won|dispute_lost).
 pub const DISPUTES: &str = "paycron_dispute_movements_total";
 
+/// Counter: outbound webhook delivery attempts, label `result` (delivered|retrying|failed).
+pub const WEBHOOK_DELIVERIES: &str = "paycron_webhook_deliveries_total";
+/// Gauge: outbound deliveries waiting to be sent.
+pub const WEBHOOK_BACKLOG: &str = "paycron_webhook_backlog";
+/// Gauge: age of the oldest outbound delivery waiting, seconds (0 when none).
+pub const WEBHOOK_OLDEST_PENDING: &str = "paycron_webhook_oldest_pending_age_seconds";
+/// Counter: Square webhook notifications received, label `result`
+/// (accepted|duplicate|refused|error).
+pub const SQUARE_WEBHOOKS: &str = "paycron_square_webhooks_total";
+/// Gauge: differences the last reconcile found (0 when Square and the ledger agree).
+pub const RECONCILE_FINDINGS: &str = "paycron_reconcile_findings";
+/// Gauge: 1, labelled with the running `version`.
+pub const BUILD_INFO: &str = "paycron_build_info";
+
 /// Every metric name paycron exposes (the dashboard test checks against this list).
 pub const ALL: &[&str] = &[
     CHARGES,
@@ -53,6 +67,12 @@ pub const ALL: &[&str] = &[
     QUARANTINED,
     REFUNDS,
     DISPUTES,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_BACKLOG,
+    WEBHOOK_OLDEST_PENDING,
+    SQUARE_WEBHOOKS,
+    RECONCILE_FINDINGS,
+    BUILD_INFO,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -113,6 +133,25 @@ pub fn install() -> PrometheusHandle {
                 "Subscriptions quarantined: the engine could not read or move them"
             );
             metrics::counter!(QUARANTINED).absolute(0);
+            metrics::describe_counter!(REFUNDS, "Refunds settled, by outcome");
+            metrics::describe_counter!(DISPUTES, "Dispute money movements booked, by kind");
+            metrics::describe_counter!(
+                WEBHOOK_DELIVERIES,
+                "Outbound webhook delivery attempts, by result"
+            );
+            metrics::describe_gauge!(WEBHOOK_BACKLOG, "Outbound deliveries waiting to be sent");
+            metrics::describe_gauge!(
+                WEBHOOK_OLDEST_PENDING,
+                metrics::Unit::Seconds,
+                "Age of the oldest outbound delivery waiting"
+            );
+            metrics::describe_counter!(SQUARE_WEBHOOKS, "Square webhook notifications, by result");
+            metrics::describe_gauge!(RECONCILE_FINDINGS, "Differences the last reconcile found");
+            metrics::describe_gauge!(BUILD_INFO, "1, labelled with the running version");
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            for m in [WEBHOOK_BACKLOG, WEBHOOK_OLDEST_PENDING] {
+                metrics::gauge!(m).set(0.0);
+            }
             handle
         })
         .clone()

@@ -71,6 +71,7 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if signature.is_empty() || !verify(key.expose_secret(), url, &body, signature) {
+        metrics::counter!(crate::ops::metrics::SQUARE_WEBHOOKS, "result" => "refused").increment(1);
         tracing::warn!(
             bytes = body.len(),
             "webhook refused: bad or missing signature"
@@ -90,9 +91,19 @@ pub async fn receive(
         );
     }
     match handle(&s, &event_id, &kind, &payload).await {
-        Ok(true) => (StatusCode::OK, "ok\n".into()),
-        Ok(false) => (StatusCode::OK, "duplicate\n".into()),
+        Ok(true) => {
+            metrics::counter!(crate::ops::metrics::SQUARE_WEBHOOKS, "result" => "accepted")
+                .increment(1);
+            (StatusCode::OK, "ok\n".into())
+        }
+        Ok(false) => {
+            metrics::counter!(crate::ops::metrics::SQUARE_WEBHOOKS, "result" => "duplicate")
+                .increment(1);
+            (StatusCode::OK, "duplicate\n".into())
+        }
         Err(e) => {
+            metrics::counter!(crate::ops::metrics::SQUARE_WEBHOOKS, "result" => "error")
+                .increment(1);
             tracing::error!(event_id, kind, error = %e, "webhook not processed; Square will retry");
             (StatusCode::INTERNAL_SERVER_ERROR, "not processed\n".into())
         }

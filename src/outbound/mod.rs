@@ -373,6 +373,7 @@ pub async fn deliver_due(
                     (if too_old { "failed" } else { "pending" }, next)
                 };
                 outbound::record_attempt(pool, d.id, attempted_at, code, error.as_deref(), ms, status, next).await?;
+                metrics::counter!(crate::ops::metrics::WEBHOOK_DELIVERIES, "result" => if status == "pending" { "retrying" } else { status }).increment(1);
                 tracing::info!(delivery_id = %d.id, event_id = d.event_id, attempt = attempts, status, http_status = code.unwrap_or(0), "webhook delivery");
                 Ok(status)
             }
@@ -388,6 +389,13 @@ pub async fn deliver_due(
             }
         }
     }
+    let (backlog, oldest) = outbound::backlog(pool).await?;
+    metrics::gauge!(crate::ops::metrics::WEBHOOK_BACKLOG).set(backlog as f64);
+    metrics::gauge!(crate::ops::metrics::WEBHOOK_OLDEST_PENDING).set(
+        oldest
+            .map(|t| (Utc::now() - t).num_seconds().max(0) as f64)
+            .unwrap_or(0.0),
+    );
     Ok(summary)
 }
 

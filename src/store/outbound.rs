@@ -433,3 +433,15 @@ pub async fn charge_snapshots(
     .await?;
     Ok(rows.into_iter().collect())
 }
+
+/// Deliveries waiting to be sent, and when the oldest of them was created.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn backlog(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), min(created_at) FROM paycron.webhook_deliveries WHERE status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await?)
+}

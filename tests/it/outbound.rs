@@ -55,6 +55,7 @@ async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_signed_retried_and_delivered() {
+    let metrics = paycron::ops::metrics::install();
     let s = sim(SimConfig::default()).await;
     s.with(|st| st.add_card("H1", "ccof:sim-ok-h1", "VISA", true));
     let db = fresh_db().await;
@@ -127,6 +128,17 @@ async fn events_are_signed_retried_and_delivered() {
         })
         .collect();
     assert!(types.contains(&"payment_succeeded".to_owned()), "{types:?}");
+    // Operators see it in /metrics: attempts by result, and the backlog (empty now).
+    let text = metrics.render();
+    for line in [
+        "paycron_webhook_deliveries_total{result=\"retrying\"}",
+        "paycron_webhook_deliveries_total{result=\"delivered\"}",
+        "paycron_webhook_backlog ",
+        "paycron_webhook_oldest_pending_age_seconds ",
+        "paycron_build_info{version=",
+    ] {
+        assert!(text.contains(line), "{line} not in /metrics:\n{text}");
+    }
     // Each payload says its shape's version and carries what it is about: the charge as the read
     // API shows it, and for a subscription's own events the subscription after the change.
     for (_, b) in &got[2..] {

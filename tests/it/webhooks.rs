@@ -224,6 +224,21 @@ async fn webhooks_are_verified_deduplicated_and_applied() {
         .await
         .unwrap();
     assert_eq!(seen, 4);
+    // And in /metrics, by result.
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for result in ["accepted", "duplicate", "refused"] {
+        assert!(
+            text.contains(&format!(
+                "paycron_square_webhooks_total{{result=\"{result}\"}}"
+            )),
+            "{result} not counted:\n{text}"
+        );
+    }
     stop.cancel();
     let _ = server.await;
 }

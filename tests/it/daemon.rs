@@ -691,3 +691,27 @@ async fn an_idle_daemon_is_quiet_and_a_busy_tick_logs_its_counts() {
     }
     s.shutdown().await;
 }
+
+/// Every metric the shipped alert rules use is one paycron exposes.
+#[test]
+fn the_alert_rules_use_only_metrics_paycron_exposes() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/alerts.yaml"
+    ))
+    .unwrap();
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("paycron_"))
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 8, "{used:?}");
+    for name in used {
+        assert!(
+            paycron::ops::metrics::ALL.contains(&name),
+            "{name} is not a metric paycron exposes"
+        );
+    }
+    assert!(rules.contains("groups:") && rules.contains("- alert: PaycronBillingHalted"));
+}

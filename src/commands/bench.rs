@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::commands::{CommandError, Result};
 use crate::config::Config;
 use crate::store::embedded::{self, ClusterOptions, LocalCluster};
-use crate::store::{self, StoreError, subscriptions};
+use crate::store::{self, StoreError};
 
 const BENCH_DATABASE: &str = "paycron_bench";
 
@@ -141,7 +141,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
 
     let now = Utc::now();
     let seed_started = Instant::now();
-    subscriptions::bulk_seed(
+    crate::store::fixtures::bulk_seed(
         &pool,
         args.subscriptions,
         now - chrono::Duration::minutes(1),

@@ -29,6 +29,7 @@ mod codec;
 pub mod disputes;
 pub mod embedded;
 pub mod events;
+pub mod fixtures;
 pub mod ledger;
 pub mod outbound;
 pub mod refunds;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use super::{
     Result, bench, cards, db, demo, disputes, events, ledger, refunds, review, run, simulator,
-    subscription, webhooks,
+    status, subscription, webhooks,
 };
 use crate::app::App;
 use crate::config::Config;
@@ -53,6 +53,13 @@ pub enum Command {
 /// The commands that work on the database through the app.
 #[derive(Subcommand)]
 pub enum AppCommand {
+    /// How are we doing: subscriptions by status, what is due, charges waiting, last runs,
+    /// webhook backlog, refunds and disputes open.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::Format,
+    },
     /// Pull customers and their cards from Square into Postgres.
     SyncCards,
     /// Cards on file.
@@ -121,6 +128,7 @@ pub async fn dispatch(command: Command, config: Config, signals: fn() -> Shutdow
         Command::App(command) => {
             let app = App::build(config).await?;
             match command {
+                AppCommand::Status { format } => status::status(&app, format).await,
                 AppCommand::SyncCards => run::sync_cards(&app).await,
                 AppCommand::Cards { command } => command.execute(&app).await,
                 AppCommand::Customers { command } => command.execute(&app).await,

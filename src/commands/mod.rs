@@ -14,6 +14,7 @@ pub mod refunds;
 pub mod review;
 pub mod run;
 pub mod simulator;
+pub mod status;
 pub mod subscription;
 pub mod webhooks;
 

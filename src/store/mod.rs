@@ -34,6 +34,7 @@ pub mod ledger;
 pub mod outbound;
 pub mod refunds;
 pub mod square_webhooks;
+pub mod status;
 pub mod subscriptions;
 pub mod tasks;
 

@@ -571,3 +571,30 @@ async fn a_misspelled_setting_is_refused_and_file_comments_are_comments() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_how_billing_is_doing() {
+    let h = crate::helpers::Harness::start().await;
+    h.paid_charge("ST1", 1000).await;
+    crate::helpers::seed_due(&h.db, &h.sim, 2).await;
+    let out = h.cli(["status", "--format", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["subscriptions"]["active"], 3, "{v}");
+    assert_eq!(v["due_now"], 2, "{v}");
+    assert!(v["oldest_due_at"].is_string(), "{v}");
+    assert_eq!(v["charges_pending"], 0);
+    assert!(v["last_charge_recorded_at"].is_string(), "{v}");
+    assert_eq!(
+        (&v["webhook_backlog"], &v["disputes_open"]),
+        (&0.into(), &0.into())
+    );
+    let text = h.cli(["status"]).await;
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains("due now") && text.stdout.contains("2 (oldest due since"),
+        "{}",
+        text.stdout
+    );
+    h.sim.shutdown().await;
+}

@@ -43,7 +43,7 @@ mod record;
 mod recover;
 pub mod refunds;
 mod settle;
-pub use claim::{CARD_CHECK_CATEGORY, card_problem};
+pub use claim::{CARD_CHECK_CATEGORY, WouldCharge, card_problem};
 use progress::Progress;
 pub use settle::settle_subscription;
 

@@ -82,6 +82,12 @@ pub struct RunOnceArgs {
     /// The clock to bill at (RFC 3339); refused in the future against Square production.
     #[arg(long)]
     pub now: Option<String>,
+    /// Show what bill-due would charge now (at most 1,000), writing and sending nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of --dry-run.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: super::Format,
 }
 
 /// `run-once`: all due work of `task` as of `now`, then exit (1 when some charge errored or is
@@ -96,6 +102,14 @@ pub async fn run_once(
 ) -> Result<()> {
     let task = args.task;
     let now = parse_now(app, args.now.as_deref())?;
+    if args.dry_run {
+        if !matches!(task, Task::BillDue | Task::All) {
+            return Err(CommandError::BadInput(
+                "--dry-run: only bill-due has a dry run (--task bill-due or all)".into(),
+            ));
+        }
+        return dry_run(app, now, args.format).await;
+    }
     if task == Task::DeliverWebhooks {
         return super::webhooks::deliver_due(app).await;
     }
@@ -179,4 +193,53 @@ pub async fn daemon(
     let gateway = app.square()?;
     crate::scheduler::daemon::run(app, gateway, jobs, drain, shutdown).await?;
     Ok(())
+}
+
+/// `run-once --dry-run`: what bill-due would charge at `now`, and the total per currency.
+async fn dry_run(app: &App, now: DateTime<Utc>, format: super::Format) -> Result<()> {
+    let engine = app.engine(app.square()?).await?;
+    let would = engine.dry_run(now, 1_000).await?;
+    super::print_rows(&would, format, |rows| {
+        let mut totals: std::collections::BTreeMap<&str, i64> = Default::default();
+        for r in rows {
+            if r.card_problem.is_none() {
+                *totals.entry(r.currency.as_str()).or_default() += r.amount_minor;
+            }
+        }
+        let mut text = super::table(
+            &[
+                "SUBSCRIPTION",
+                "CUSTOMER",
+                "CARD",
+                "PERIOD",
+                "ATTEMPT",
+                "AMOUNT",
+                "CARD CHECK",
+            ],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.subscription_id.to_string(),
+                        r.customer_id.to_string(),
+                        r.card_id.to_string(),
+                        format!("{} ({})", r.period, r.period_start.date_naive()),
+                        r.attempt.to_string(),
+                        format!("{} {}", r.amount_minor, r.currency),
+                        r.card_problem.clone().unwrap_or_else(|| "ok".into()),
+                    ]
+                })
+                .collect(),
+        );
+        let sum: Vec<String> = totals.iter().map(|(c, v)| format!("{v} {c}")).collect();
+        text.push_str(&format!(
+            "dry run: {} charge(s) would be sent{}; nothing was written or sent\n",
+            rows.iter().filter(|r| r.card_problem.is_none()).count(),
+            if sum.is_empty() {
+                String::new()
+            } else {
+                format!(", {} in minor units", sum.join(", "))
+            }
+        ));
+        text
+    })
 }

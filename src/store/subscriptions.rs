@@ -307,6 +307,28 @@ pub async fn claim_due(
     .await?)
 }
 
+/// The subscriptions [`claim_due`] would take at `now`, read without locking (a dry run).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn peek_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<SubscriptionRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.subscriptions s
+          WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
+            AND s.open_charge_id IS NULL AND s.needs_attention IS NULL
+          ORDER BY s.next_due_at, s.id
+          LIMIT $2"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// The ids of the subscriptions [`claim_due`] would lock, locked the same way, without reading
 /// the rows: the slow path that finds a row that cannot be read.
 ///

@@ -598,3 +598,36 @@ async fn status_says_how_billing_is_doing() {
     );
     h.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_shows_what_would_be_charged_and_changes_nothing() {
+    let h = crate::helpers::Harness::start().await;
+    crate::helpers::seed_due(&h.db, &h.sim, 3).await;
+    let before = crate::helpers::count(&h.db, "charges").await;
+
+    let out = h.cli(["run-once", "--dry-run", "--format", "json"]).await;
+
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["amount_minor"] == 500 && r["attempt"] == 1 && r["card_problem"].is_null())
+    );
+    assert_eq!(
+        crate::helpers::count(&h.db, "charges").await,
+        before,
+        "nothing written"
+    );
+    assert!(h.sim.with(|st| st.completed().is_empty()), "nothing sent");
+    let text = h.cli(["run-once", "--dry-run"]).await;
+    assert!(
+        text.stdout
+            .contains("dry run: 3 charge(s) would be sent, 1500 USD"),
+        "{}",
+        text.stdout
+    );
+    let bad = h.cli(["run-once", "--dry-run", "--task", "recover"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    h.sim.shutdown().await;
+}

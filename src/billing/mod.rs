@@ -34,6 +34,7 @@ pub mod breaker;
 mod claim;
 pub mod clock;
 mod commit;
+mod dry_run;
 mod leases;
 mod outcome;
 mod pipeline;
@@ -43,7 +44,8 @@ mod record;
 mod recover;
 pub mod refunds;
 mod settle;
-pub use claim::{CARD_CHECK_CATEGORY, WouldCharge, card_problem};
+pub use claim::{CARD_CHECK_CATEGORY, card_problem};
+pub use dry_run::WouldCharge;
 use progress::Progress;
 pub use settle::settle_subscription;
 

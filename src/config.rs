@@ -1,6 +1,7 @@
-//! Typed configuration: defaults, an optional file of `KEY = "value"` lines (`PAYCRON_CONFIG`;
+//! Typed configuration: defaults, an optional TOML file of `KEY = "value"` lines (`PAYCRON_CONFIG`;
 //! `#` comments, also after a value), then the environment, which wins. A `PAYCRON_*` or
-//! `SQUARE_*` key that no setting reads is refused (a typo would otherwise be ignored). Every field documents its default; [`Config::from_env`] validates
+//! `SQUARE_*` key that no setting reads is refused in the file and warned about in the
+//! environment (a typo would otherwise be ignored). Every field documents its default; [`Config::from_env`] validates
 //! everything at start-up and names the offending key. Secrets are `SecretString`s: their
 //! `Debug` output is redacted, so they cannot leak through a log line or an error.
 
@@ -185,6 +186,9 @@ impl Default for DeliveryConfig {
 /// All of paycron's configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// What start-up should warn about (unknown `PAYCRON_*`/`SQUARE_*` variables), logged once
+    /// the logger runs.
+    pub warnings: Vec<String>,
     /// `DATABASE_URL`. Default unset: the embedded local cluster under `PAYCRON_HOME`.
     pub database_url: Option<SecretString>,
     /// `PAYCRON_MIGRATE_DATABASE_URL` (or `_FILE`): the schema owner's URL, used by
@@ -236,20 +240,6 @@ const NOT_SETTINGS: [&str; 3] = [
     "PAYCRON_MODEL_CASES",
 ];
 
-/// A value without its quotes, or without a trailing `# comment` when unquoted.
-fn file_value(raw: &str) -> String {
-    let v = raw.trim();
-    if let Some(rest) = v.strip_prefix('"')
-        && let Some(end) = rest.find('"')
-    {
-        return rest[..end].to_owned();
-    }
-    match v.find(" #") {
-        Some(i) => v[..i].trim().to_owned(),
-        None => v.to_owned(),
-    }
-}
-
 /// The closest known key to `key` (for "did you mean"), when close enough to be a typo.
 fn closest<'a>(key: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
     fn distance(a: &str, b: &str) -> usize {
@@ -282,19 +272,33 @@ impl Source {
                 path: path.clone(),
                 source,
             })?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let Some((k, v)) = line.split_once('=') else {
-                    return Err(ConfigError::Invalid {
+            // TOML (a real parser): `KEY = "value"`, numbers and booleans as themselves,
+            // `#` comments anywhere a comment may be.
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
                         key: "PAYCRON_CONFIG",
-                        value: format!("{path}:{}", n + 1),
-                        reason: "expected KEY = \"value\"".into(),
-                    });
+                        value: path.clone(),
+                        reason: format!("not TOML: {}", e.message().trim()),
+                    })?;
+            for (k, v) in table {
+                let value = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(ConfigError::Invalid {
+                            key: "PAYCRON_CONFIG",
+                            value: format!("{path}: {k}"),
+                            reason: format!(
+                                "expected a string, number or boolean, not {}",
+                                other.type_str()
+                            ),
+                        });
+                    }
                 };
-                file.insert(k.trim().to_ascii_uppercase(), file_value(v));
+                file.insert(k.trim().to_ascii_uppercase(), value);
             }
         }
         Ok(Source {
@@ -304,40 +308,40 @@ impl Source {
         })
     }
 
-    /// Refuses keys no setting reads: a misspelled `PAYCRON_*`/`SQUARE_*` variable or file key
-    /// would otherwise be ignored without a word.
-    fn refuse_unknown(&self) -> Result<()> {
+    /// Keys no setting reads: a file key is refused (the file is paycron's alone); a
+    /// `PAYCRON_*`/`SQUARE_*` variable is returned as a warning (the environment is shared, and
+    /// a misspelling would otherwise be ignored without a word).
+    fn unknown_keys(&self) -> Result<Vec<String>> {
         let known = self.asked.borrow();
-        let env: Vec<String> = if self.use_env {
-            std::env::vars()
-                .map(|(k, _)| k)
-                .filter(|k| k.starts_with("PAYCRON_") || k.starts_with("SQUARE_"))
-                .collect()
-        } else {
-            Vec::new()
+        let hint = |key: &str| match closest(key, known.iter()) {
+            Some(k) => format!("did you mean {k}?"),
+            None => "see the README's configuration table".into(),
         };
-        for (key, from_file) in env
-            .into_iter()
-            .map(|k| (k, false))
-            .chain(self.file.keys().cloned().map(|k| (k, true)))
-        {
-            if known.contains(&key) || NOT_SETTINGS.contains(&key.as_str()) {
-                continue;
-            }
+        let mut file_keys: Vec<&String> = self.file.keys().collect();
+        file_keys.sort();
+        if let Some(key) = file_keys.into_iter().find(|k| !known.contains(*k)) {
             return Err(ConfigError::Unknown {
-                hint: match closest(&key, known.iter()) {
-                    Some(k) => format!("did you mean {k}?"),
-                    None => "see the README's configuration table".into(),
-                },
-                origin: if from_file {
-                    "in the PAYCRON_CONFIG file"
-                } else {
-                    "in the environment"
-                },
-                key,
+                hint: hint(key),
+                origin: "in the PAYCRON_CONFIG file",
+                key: key.clone(),
             });
         }
-        Ok(())
+        let mut warnings = Vec::new();
+        if self.use_env {
+            let mut env: Vec<String> = std::env::vars()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with("PAYCRON_") || k.starts_with("SQUARE_"))
+                .filter(|k| !known.contains(k) && !NOT_SETTINGS.contains(&k.as_str()))
+                .collect();
+            env.sort();
+            for key in env {
+                warnings.push(format!(
+                    "{key} in the environment is not a setting paycron knows (ignored): {}",
+                    hint(&key)
+                ));
+            }
+        }
+        Ok(warnings)
     }
 
     fn get(&self, key: &str) -> Option<String> {
@@ -410,8 +414,8 @@ impl Config {
         let all = Source::default();
         let _ = Self::from_source(&all);
         src.asked.borrow_mut().extend(all.asked.take());
-        src.refuse_unknown()?;
-        Ok(config)
+        let warnings = src.unknown_keys()?;
+        Ok(Config { warnings, ..config })
     }
 
     /// The defaults alone, ignoring the environment and any file (tests and embedding
@@ -441,6 +445,7 @@ impl Config {
         )?;
         let square = square_config(src)?;
         Ok(Config {
+            warnings: Vec::new(),
             database_url: src.secret("DATABASE_URL", "DATABASE_URL_FILE")?,
             migrate_database_url: src.secret(
                 "PAYCRON_MIGRATE_DATABASE_URL",

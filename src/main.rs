@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         "info"
     };
     paycron::ops::logging::init(config.log_format, default_level);
+    for warning in &config.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -542,14 +542,19 @@ async fn a_reader_that_stops_early_ends_the_command_quietly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misspelled_setting_is_refused_and_file_comments_are_comments() {
     let db = fresh_db().await;
+    // In the environment (shared with other programs): a warning naming the closest setting.
     let (code, _, err) = run(paycron(Some(&db.url), None)
         .env("PAYCRON_BATCH_SZE", "5")
         .args(["customers", "list"]))
     .await;
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 0, "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("PAYCRON_BATCH_SZE"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
     assert!(
-        err.contains("PAYCRON_BATCH_SZE") && err.contains("did you mean PAYCRON_BATCH_SIZE?"),
-        "{err}"
+        warning.contains("WARN") && warning.contains("did you mean PAYCRON_BATCH_SIZE?"),
+        "{warning}"
     );
     let mut file = tempfile::NamedTempFile::new().unwrap();
     use std::io::Write;
@@ -570,6 +575,15 @@ async fn a_misspelled_setting_is_refused_and_file_comments_are_comments() {
         err.contains("in the PAYCRON_CONFIG file") && err.contains("SQUARE_LOCATION_ID"),
         "{err}"
     );
+    // Not TOML (an unquoted string): refused, saying so.
+    let mut broken = tempfile::NamedTempFile::new().unwrap();
+    writeln!(broken, "SQUARE_ENVIRONMENT = sandbox").unwrap();
+    let (code, _, err) = run(paycron(Some(&db.url), None)
+        .env("PAYCRON_CONFIG", broken.path())
+        .args(["customers", "list"]))
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("PAYCRON_CONFIG") && err.contains("not TOML"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

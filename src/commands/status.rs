@@ -1,6 +1,9 @@
-//! `paycron status`: how are we doing? Subscriptions by status, what is due and for how long,
-//! charges waiting (pending, in review), quarantined subscriptions, when billing, sync-cards
-//! and reconcile last ran, the outbound webhook backlog, refunds and disputes still open.
+//! `paycron status`: how are we doing? Subscriptions by status, what is due now and soon and for
+//! how long, charges waiting (pending, in review), quarantined subscriptions, when billing,
+//! sync-cards and reconcile last ran, the outbound webhook backlog, refunds and disputes still
+//! open, the schema against the binary. Exit 1 when something needs attention (a review queue,
+//! quarantined rows, a stale due backlog or webhook backlog, a dispute due soon, a schema
+//! mismatch), so it can back an alert or a CronJob check.
 
 use chrono::Utc;
 
@@ -14,9 +17,19 @@ use crate::store::status;
 /// [`CommandError`].
 pub async fn status(app: &App, format: Format) -> Result<()> {
     let o = status::overview(&app.pool, Utc::now()).await?;
+    let binary = crate::store::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let attention = attention(&o, binary);
     if format != Format::Text {
-        let json = serde_json::to_string_pretty(&o).map_err(|e| CommandError::Io(e.to_string()))?;
-        return crate::out!("{json}");
+        let mut v = serde_json::to_value(&o).map_err(|e| CommandError::Io(e.to_string()))?;
+        v["binary_schema_version"] = binary.into();
+        v["needs_attention"] = attention.clone().into();
+        let json = serde_json::to_string_pretty(&v).map_err(|e| CommandError::Io(e.to_string()))?;
+        crate::out!("{json}")?;
+        return verdict(attention);
     }
     let when = |t: Option<chrono::DateTime<Utc>>| match t {
         Some(t) => format!(
@@ -39,6 +52,17 @@ pub async fn status(app: &App, format: Format) -> Result<()> {
         .unwrap_or_else(|| "none".into());
     let lines = [
         ("subscriptions", by_status),
+        (
+            "due soon",
+            format!(
+                "{} in the next hour, {} in the next day",
+                o.due_next_hour, o.due_next_day
+            ),
+        ),
+        (
+            "schema",
+            format!("{} (this binary: {binary})", o.schema_version.unwrap_or(0)),
+        ),
         (
             "due now",
             match o.oldest_due_at {
@@ -75,7 +99,63 @@ pub async fn status(app: &App, format: Format) -> Result<()> {
     for (k, v) in lines {
         crate::out!("{k:<22} {v}")?;
     }
-    Ok(())
+    for a in &attention {
+        crate::out!("{:<22} {a}", "needs attention")?;
+    }
+    verdict(attention)
+}
+
+/// What an operator should look at now, in words; empty when all is well.
+fn attention(o: &status::Overview, binary: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    if o.schema_version != Some(binary) {
+        out.push(format!(
+            "the database's schema is {} and this binary's {binary}: run `paycron migrate` with the matching binary",
+            o.schema_version.unwrap_or(0)
+        ));
+    }
+    if o.charges_in_review > 0 {
+        out.push(format!(
+            "{} charge(s) in review: `paycron charges review`",
+            o.charges_in_review
+        ));
+    }
+    if o.quarantined > 0 {
+        out.push(format!(
+            "{} subscription(s) quarantined: `paycron subscription list`",
+            o.quarantined
+        ));
+    }
+    if o.oldest_due_at
+        .is_some_and(|t| Utc::now() - t > chrono::Duration::hours(1))
+    {
+        out.push("a subscription has been due for over an hour: is billing running?".into());
+    }
+    if o.webhook_oldest_pending_at
+        .is_some_and(|t| Utc::now() - t > chrono::Duration::hours(1))
+    {
+        out.push(
+            "an outbound webhook has waited over an hour: `paycron webhooks deliveries`".into(),
+        );
+    }
+    if o.next_dispute_due_at
+        .is_some_and(|t| t - Utc::now() < chrono::Duration::days(3))
+    {
+        out.push("a dispute is due within 3 days: `paycron disputes list`".into());
+    }
+    out
+}
+
+/// Exit 1 when something needs attention, so the command can back an alert or a check.
+fn verdict(attention: Vec<String>) -> Result<()> {
+    if attention.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::Failed(format!(
+            "{} thing(s) need attention",
+            attention.len()
+        )))
+    }
 }
 
 /// A duration in the largest unit that fits, for people.

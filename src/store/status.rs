@@ -15,6 +15,12 @@ pub struct Overview {
     pub due_now: i64,
     /// When the longest-waiting due subscription fell due.
     pub oldest_due_at: Option<DateTime<Utc>>,
+    /// Falling due within the next hour.
+    pub due_next_hour: i64,
+    /// Falling due within the next day.
+    pub due_next_day: i64,
+    /// The newest migration applied to this database.
+    pub schema_version: Option<i64>,
     /// Subscriptions set aside until an operator releases them.
     pub quarantined: i64,
     /// Charges written and not yet answered (in flight, or waiting for recovery).
@@ -52,6 +58,11 @@ pub async fn overview(pool: &PgPool, now: DateTime<Utc>) -> Result<Overview> {
              WHERE status IN ('trialing', 'active', 'past_due') AND next_due_at <= $1) AS due_now,
            (SELECT min(next_due_at) FROM paycron.subscriptions
              WHERE status IN ('trialing', 'active', 'past_due') AND next_due_at <= $1) AS oldest_due_at,
+           (SELECT count(*) FROM paycron.subscriptions WHERE status IN ('trialing', 'active', 'past_due')
+               AND next_due_at > $1 AND next_due_at <= $1 + interval '1 hour') AS due_next_hour,
+           (SELECT count(*) FROM paycron.subscriptions WHERE status IN ('trialing', 'active', 'past_due')
+               AND next_due_at > $1 AND next_due_at <= $1 + interval '1 day') AS due_next_day,
+           (SELECT max(version) FROM public._sqlx_migrations WHERE success) AS schema_version,
            (SELECT count(*) FROM paycron.subscriptions WHERE needs_attention IS NOT NULL) AS quarantined,
            (SELECT count(*) FROM paycron.charges WHERE status = 'pending') AS charges_pending,
            (SELECT count(*) FROM paycron.charges WHERE status = 'needs_review') AS charges_in_review,

@@ -583,30 +583,48 @@ async fn a_misspelled_setting_is_refused_and_file_comments_are_comments() {
         .args(["customers", "list"]))
     .await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("PAYCRON_CONFIG") && err.contains("not TOML"), "{err}");
+    assert!(
+        err.contains("PAYCRON_CONFIG") && err.contains("not TOML"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_says_how_billing_is_doing() {
     let h = crate::helpers::Harness::start().await;
     h.paid_charge("ST1", 1000).await;
+    // All well: exit 0.
+    let calm = h.cli(["status"]).await;
+    assert_eq!(calm.code, 0, "{}\n{}", calm.stdout, calm.stderr);
+    assert!(calm.stdout.contains("due soon"), "{}", calm.stdout);
+    // Two subscriptions due for an hour: said, and exit 1 (it can back an alert).
     crate::helpers::seed_due(&h.db, &h.sim, 2).await;
     let out = h.cli(["status", "--format", "json"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.code, 1, "{}", out.stderr);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["subscriptions"]["active"], 3, "{v}");
     assert_eq!(v["due_now"], 2, "{v}");
     assert!(v["oldest_due_at"].is_string(), "{v}");
     assert_eq!(v["charges_pending"], 0);
     assert!(v["last_charge_recorded_at"].is_string(), "{v}");
+    assert_eq!(v["schema_version"], v["binary_schema_version"], "{v}");
     assert_eq!(
         (&v["webhook_backlog"], &v["disputes_open"]),
         (&0.into(), &0.into())
     );
-    let text = h.cli(["status"]).await;
-    assert_eq!(text.code, 0, "{}", text.stderr);
+    let attention = v["needs_attention"].as_array().unwrap();
+    assert_eq!(attention.len(), 1, "{v}");
     assert!(
-        text.stdout.contains("due now") && text.stdout.contains("2 (oldest due since"),
+        attention[0]
+            .as_str()
+            .unwrap()
+            .contains("due for over an hour"),
+        "{v}"
+    );
+    let text = h.cli(["status"]).await;
+    assert_eq!(text.code, 1);
+    assert!(
+        text.stdout.contains("2 (oldest due since") && text.stdout.contains("needs attention"),
         "{}",
         text.stdout
     );

@@ -1,5 +1,5 @@
-//! A dry run of a billing pass: what would be charged now, through the claim's own plan and
-//! card check, with nothing written and nothing sent.
+//! Dry runs: what a billing pass would charge now (through the claim's own plan and card
+//! check) and what a recover pass would re-drive, with nothing written and nothing sent.
 
 use chrono::{DateTime, Utc};
 
@@ -67,4 +67,58 @@ impl Engine {
             })
             .collect())
     }
+
+    /// What a recover pass at `now` would re-drive, without taking or sending anything: the
+    /// pending charges whose lease ran out, each saying whether it would be looked up at Square
+    /// first (older than the stale age) or re-sent with its key.
+    ///
+    /// # Errors
+    /// [`super::BillingError`].
+    pub async fn dry_run_recover(&self, limit: i64) -> Result<Vec<WouldRecover>> {
+        let now = self.clock.now();
+        let stale = chrono::Duration::from_std(self.config.stale_lookup_after)
+            .unwrap_or(chrono::Duration::hours(24));
+        Ok(crate::store::charges::peek_orphans(&self.pool, now, limit)
+            .await?
+            .into_iter()
+            .map(|c| WouldRecover {
+                charge_id: c.id,
+                subscription_id: c.subscription_id,
+                customer_id: c.customer_id.clone(),
+                period: c.period,
+                attempt: c.attempt,
+                amount_minor: c.money.minor(),
+                currency: c.money.currency().as_str().to_owned(),
+                sends: c.sends,
+                action: if c.sends > 0 && now - c.created_at > stale {
+                    "look up at Square, then re-send"
+                } else {
+                    "re-send with its key"
+                },
+            })
+            .collect())
+    }
+}
+
+/// A pending charge a recover pass would re-drive (a dry run).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WouldRecover {
+    /// The charge.
+    pub charge_id: crate::domain::ChargeId,
+    /// Its subscription.
+    pub subscription_id: SubscriptionId,
+    /// Its customer.
+    pub customer_id: crate::domain::CustomerId,
+    /// The period.
+    pub period: i32,
+    /// The attempt.
+    pub attempt: i32,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// Sends so far.
+    pub sends: i32,
+    /// What recovery would do.
+    pub action: &'static str,
 }

@@ -45,7 +45,7 @@ mod recover;
 pub mod refunds;
 mod settle;
 pub use claim::{CARD_CHECK_CATEGORY, card_problem};
-pub use dry_run::WouldCharge;
+pub use dry_run::{WouldCharge, WouldRecover};
 use progress::Progress;
 pub use settle::settle_subscription;
 

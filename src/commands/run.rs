@@ -103,12 +103,14 @@ pub async fn run_once(
     let task = args.task;
     let now = parse_now(app, args.now.as_deref())?;
     if args.dry_run {
-        if !matches!(task, Task::BillDue | Task::All) {
-            return Err(CommandError::BadInput(
-                "--dry-run: only bill-due has a dry run (--task bill-due or all)".into(),
-            ));
-        }
-        return dry_run(app, now, args.format).await;
+        return match task {
+            Task::BillDue | Task::All => dry_run(app, now, args.format).await,
+            Task::Recover => dry_run_recover(app, args.format).await,
+            _ => Err(CommandError::BadInput(
+                "--dry-run: bill-due and recover have a dry run (--task bill-due, recover or all)"
+                    .into(),
+            )),
+        };
     }
     if task == Task::DeliverWebhooks {
         return super::webhooks::deliver_due(app).await;
@@ -239,6 +241,45 @@ async fn dry_run(app: &App, now: DateTime<Utc>, format: super::Format) -> Result
             } else {
                 format!(", {} in minor units", sum.join(", "))
             }
+        ));
+        text
+    })
+}
+
+/// `run-once --task recover --dry-run`: the pending charges recovery would re-drive.
+async fn dry_run_recover(app: &App, format: super::Format) -> Result<()> {
+    let engine = app.engine(app.square()?).await?;
+    let would = engine.dry_run_recover(1_000).await?;
+    super::print_rows(&would, format, |rows| {
+        let mut text = super::table(
+            &[
+                "CHARGE",
+                "SUBSCRIPTION",
+                "CUSTOMER",
+                "PERIOD",
+                "ATTEMPT",
+                "AMOUNT",
+                "SENDS",
+                "WOULD",
+            ],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.charge_id.to_string(),
+                        r.subscription_id.to_string(),
+                        r.customer_id.to_string(),
+                        r.period.to_string(),
+                        r.attempt.to_string(),
+                        format!("{} {}", r.amount_minor, r.currency),
+                        r.sends.to_string(),
+                        r.action.to_owned(),
+                    ]
+                })
+                .collect(),
+        );
+        text.push_str(&format!(
+            "dry run: {} pending charge(s) would be recovered; nothing was taken or sent\n",
+            rows.len()
         ));
         text
     })

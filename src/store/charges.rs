@@ -595,3 +595,24 @@ pub async fn ids_by_payment(
     .await?;
     Ok(rows.into_iter().collect())
 }
+
+/// The pending charges recovery would take at `wall_now` (lease run out, or never leased),
+/// read without locking (a dry run); a dead owner's unexpired lease is not seen here.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn peek_orphans(
+    pool: &PgPool,
+    wall_now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ChargeRow>> {
+    Ok(sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM paycron.charges
+          WHERE status = 'pending' AND (locked_until IS NULL OR locked_until < $1)
+          ORDER BY created_at, id LIMIT $2"
+    ))
+    .bind(wall_now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

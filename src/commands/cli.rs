@@ -8,8 +8,8 @@
 use clap::{Parser, Subcommand};
 
 use super::{
-    Result, bench, cards, db, demo, disputes, events, ledger, refunds, review, run, simulator,
-    status, subscription, webhooks,
+    Result, bench, cards, db, demo, disputes, events, healthcheck, ledger, refunds, review, run,
+    simulator, status, subscription, webhooks,
 };
 use crate::app::App;
 use crate::config::Config;
@@ -30,6 +30,8 @@ pub enum Command {
     Migrate,
     /// The daemon: ticks schedules/*.toml, serves /healthz /readyz /metrics, drains on SIGTERM.
     Run,
+    /// Exit 0 when the local daemon's /healthz answers 200 (a container's HEALTHCHECK).
+    Healthcheck,
     /// Outbound webhooks: endpoints and their deliveries.
     Webhooks {
         #[command(subcommand)]
@@ -120,6 +122,7 @@ pub async fn dispatch(command: Command, config: Config, signals: fn() -> Shutdow
     match command {
         Command::Migrate => db::migrate(config).await,
         Command::Run => run::daemon(config, signals()).await,
+        Command::Healthcheck => healthcheck::healthcheck(&config).await,
         Command::Webhooks { command } => command.execute(config).await,
         Command::Demo(args) => demo::run(config, args).await,
         Command::Bench(args) => bench::run(config, args).await,

@@ -95,7 +95,7 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
         }
     )?;
     crate::out!(
-        "done in {:.1}s; explore it with: DATABASE_URL=\"$(paycron db url --database {})\" paycron ledger export --format jsonl",
+        "done in {:.1}s; explore it with: DATABASE_URL=\"$(paycron db url --database {})\" paycron ledger export --format jsonl\nthe embedded Postgres keeps running for that; `paycron db stop` stops it",
         wall.elapsed().as_secs_f64(),
         DEMO_DATABASE
     )?;

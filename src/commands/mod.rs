@@ -9,6 +9,7 @@ pub mod db;
 pub mod demo;
 pub mod disputes;
 pub mod events;
+pub mod healthcheck;
 pub mod ledger;
 pub mod refunds;
 pub mod review;

@@ -715,3 +715,29 @@ fn the_alert_rules_use_only_metrics_paycron_exposes() {
     }
     assert!(rules.contains("groups:") && rules.contains("- alert: PaycronBillingHalted"));
 }
+
+/// `paycron healthcheck` (a container's HEALTHCHECK): exit 0 while the daemon's /healthz answers,
+/// 1 once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_follows_the_local_daemon() {
+    let h = Harness::start().await;
+    let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
+    let port = free_port();
+    let shutdown = paycron::ops::shutdown::Shutdown::new();
+    let daemon = in_process(&h, sched.path(), port, &shutdown);
+    wait_for(port, "/healthz", 200).await;
+    let check = async || {
+        run(paycron(None, None)
+            .env("PAYCRON_OPS_ADDR", format!("0.0.0.0:{port}"))
+            .arg("healthcheck"))
+        .await
+    };
+    let (code, out, err) = check().await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("healthy"), "{out}");
+    shutdown.drain.cancel();
+    daemon.await.unwrap().unwrap();
+    let (code, _, err) = check().await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unhealthy"), "{err}");
+}

@@ -430,6 +430,13 @@ impl LocalCluster {
         let password = self.password()?;
         let log = base.join("postgres.log");
         if !self.data.join("PG_VERSION").exists() {
+            // A new cluster is a new, empty database: say so and where, so that a command run
+            // from another directory (another PAYCRON_HOME) is not silently a different world.
+            tracing::info!(
+                home = %self.root.display(),
+                data = %self.data.display(),
+                "creating a new embedded Postgres cluster (PAYCRON_HOME); `paycron db stop` stops it"
+            );
             if self.data.exists() {
                 // A half-finished initdb from a killed process: start over.
                 fs::remove_dir_all(&self.data).map_err(io("cannot clear", &self.data))?;

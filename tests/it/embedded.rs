@@ -42,7 +42,10 @@ async fn the_embedded_cluster_is_private_and_holds_no_secret() {
     let (code, _, err) = run(cli().args(["customers", "list"])).await;
     assert_eq!(code, 0, "{err}");
     // A new cluster is announced, with where it lives; an existing one is not.
-    assert!(err.contains("creating a new embedded Postgres cluster"), "{err}");
+    assert!(
+        err.contains("creating a new embedded Postgres cluster"),
+        "{err}"
+    );
     let (code, _, err) = run(cli().args(["customers", "list"])).await;
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("creating a new embedded"), "{err}");

@@ -1,5 +1,7 @@
 -- A reused external_ref with other terms is refused instead of returning the subscription that
--- holds it (which may be another customer's). Same signature: only the body changes.
+-- holds it (which may be another customer's), and concurrent creates with one reference take
+-- turns on it, so the loser gets the winner's id (same terms) or 22023 (other terms), never a
+-- unique violation. Same signature: only the body changes.
 
 CREATE OR REPLACE FUNCTION paycron.create_subscription(
   p_customer_id text, p_amount_minor bigint, p_currency text, p_interval_unit text, p_interval_count int,
@@ -18,6 +20,9 @@ DECLARE
   v_existing paycron.subscriptions;
 BEGIN
   IF p_external_ref IS NOT NULL THEN
+    -- Concurrent creates with one reference take turns: the second sees the first's row once
+    -- it commits (same terms: its id; other terms: refused), never a raw unique violation.
+    PERFORM pg_advisory_xact_lock(hashtextextended('paycron:external_ref:' || p_external_ref, 0));
     SELECT * INTO v_existing FROM paycron.subscriptions WHERE external_ref = p_external_ref;
     IF FOUND THEN
       -- A retry with the same terms returns the same subscription; the same reference with

@@ -15,19 +15,18 @@ use crate::ledger::reconcile::{Report, compare};
 use crate::ledger::refunds::{RefundRepair, compare_refunds};
 use crate::store::{charges, refunds};
 
-async fn list_window(
-    gateway: &dyn PaymentGateway,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<Vec<ProviderPayment>, BillingError> {
+/// Every page of a cursor-driven list, gathered.
+async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, BillingError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = crate::gateway::Result<crate::gateway::Page<T>>>,
+{
     let mut cursor: Option<String> = None;
     let mut all = Vec::new();
     loop {
-        let page = gateway
-            .list_payments(since, until, cursor.as_deref())
-            .await?;
-        all.extend(page.items);
-        match page.cursor {
+        let p = page(cursor.take()).await?;
+        all.extend(p.items);
+        match p.cursor {
             Some(c) => cursor = Some(c),
             None => return Ok(all),
         }
@@ -46,7 +45,11 @@ pub async fn reconcile(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Report, BillingError> {
-    let payments = list_window(gateway, since, until).await?;
+    let payments: Vec<ProviderPayment> =
+        all_pages(
+            |cursor| async move { gateway.list_payments(since, until, cursor.as_deref()).await },
+        )
+        .await?;
     let window_charges = charges::in_window(pool, since, until).await?;
     let referenced: Vec<ChargeId> = payments
         .iter()
@@ -75,18 +78,11 @@ async fn reconcile_refunds(
     until: DateTime<Utc>,
     report: &mut Report,
 ) -> Result<(), BillingError> {
-    let mut square = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = gateway
-            .list_refunds(since, until, cursor.as_deref())
-            .await?;
-        square.extend(page.items);
-        match page.cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    let square =
+        all_pages(
+            |cursor| async move { gateway.list_refunds(since, until, cursor.as_deref()).await },
+        )
+        .await?;
     let named: Vec<String> = square.iter().filter_map(|r| r.payment_id.clone()).collect();
     let charges = charges::ids_by_payment(pool, &named).await?;
     let mut local = refunds::in_window(pool, since, until).await?;

@@ -128,6 +128,30 @@ impl SquareClient {
         &self.base_url
     }
 
+    /// The query of a list over `[begin, end)` at the configured location, oldest first, 100 a
+    /// page (ListPayments and ListPaymentRefunds take the same). RFC 3339 is Square's wire
+    /// format; the seam speaks instants.
+    fn window_query(
+        &self,
+        begin: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+        cursor: Option<&str>,
+    ) -> Vec<(&'static str, String)> {
+        let mut q = vec![
+            ("begin_time", begin.to_rfc3339()),
+            ("end_time", end.to_rfc3339()),
+            ("sort_order", "ASC".to_owned()),
+            ("limit", "100".to_owned()),
+        ];
+        if let Some(loc) = &self.location_id {
+            q.push(("location_id", loc.clone()));
+        }
+        if let Some(c) = cursor {
+            q.push(("cursor", c.to_owned()));
+        }
+        q
+    }
+
     fn backoff() -> impl Iterator<Item = Duration> {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
@@ -481,19 +505,7 @@ impl PaymentGateway for SquareClient {
         end: chrono::DateTime<chrono::Utc>,
         cursor: Option<&str>,
     ) -> Result<Page<ProviderPayment>> {
-        // RFC 3339 is Square's wire format; the seam speaks instants.
-        let mut q = vec![
-            ("begin_time", begin.to_rfc3339()),
-            ("end_time", end.to_rfc3339()),
-            ("sort_order", "ASC".to_owned()),
-            ("limit", "100".to_owned()),
-        ];
-        if let Some(loc) = &self.location_id {
-            q.push(("location_id", loc.clone()));
-        }
-        if let Some(c) = cursor {
-            q.push(("cursor", c.to_owned()));
-        }
+        let q = self.window_query(begin, end, cursor);
         let r: wire::ListPaymentsResponse =
             self.get_json("ListPayments", "/v2/payments", &q).await?;
         Ok(Page {

@@ -426,6 +426,24 @@ impl SimState {
         Reply { status: 200, body }
     }
 
+    /// Square's idempotency for a write under `slot` (the key, namespaced per endpoint): the
+    /// first answer again for the same request, `IDEMPOTENCY_KEY_REUSED` for another; `None`
+    /// for a key not seen yet.
+    fn replay(&self, slot: &str, request: &serde_json::Value) -> Option<Reply> {
+        let rec = self.keys.get(slot)?;
+        Some(if &rec.request == request {
+            rec.reply.clone()
+        } else {
+            error(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "IDEMPOTENCY_KEY_REUSED",
+                "The idempotency key can only be retried with the same request data.",
+                Some("idempotency_key"),
+            )
+        })
+    }
+
     /// `POST /v2/payments`: validation, idempotency, the card's behaviour.
     pub fn create_payment(&mut self, raw: &str) -> Reply {
         let value: serde_json::Value = match serde_json::from_str(raw) {
@@ -467,17 +485,8 @@ impl SimState {
                 Some("idempotency_key"),
             );
         }
-        if let Some(rec) = self.keys.get(&key) {
-            if rec.request == value {
-                return rec.reply.clone();
-            }
-            return error(
-                400,
-                "INVALID_REQUEST_ERROR",
-                "IDEMPOTENCY_KEY_REUSED",
-                "The idempotency key can only be retried with the same request data.",
-                Some("idempotency_key"),
-            );
+        if let Some(answer) = self.replay(&key, &value) {
+            return answer;
         }
         let reply = self.take_payment(&value);
         // Square keeps the answer to a key, whatever it was, unless the request was malformed.

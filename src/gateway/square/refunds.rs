@@ -152,18 +152,7 @@ impl Refunds for SquareClient {
         end: chrono::DateTime<chrono::Utc>,
         cursor: Option<&str>,
     ) -> Result<Page<ProviderRefund>> {
-        let mut q = vec![
-            ("begin_time", begin.to_rfc3339()),
-            ("end_time", end.to_rfc3339()),
-            ("sort_order", "ASC".to_owned()),
-            ("limit", "100".to_owned()),
-        ];
-        if let Some(loc) = &self.location_id {
-            q.push(("location_id", loc.clone()));
-        }
-        if let Some(c) = cursor {
-            q.push(("cursor", c.to_owned()));
-        }
+        let q = self.window_query(begin, end, cursor);
         let r: wire::ListPaymentRefundsResponse = self
             .get_json("ListPaymentRefunds", "/v2/refunds", &q)
             .await?;

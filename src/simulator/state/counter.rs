@@ -37,17 +37,8 @@ impl SimState {
         let key = value["idempotency_key"]
             .as_str()
             .map(|k| format!("customer:{k}"));
-        if let Some(rec) = key.as_ref().and_then(|k| self.keys.get(k)) {
-            if rec.request == value {
-                return rec.reply.clone();
-            }
-            return error(
-                400,
-                "INVALID_REQUEST_ERROR",
-                "IDEMPOTENCY_KEY_REUSED",
-                "The idempotency key can only be retried with the same request data.",
-                Some("idempotency_key"),
-            );
+        if let Some(answer) = key.as_deref().and_then(|k| self.replay(k, &value)) {
+            return answer;
         }
         let req: wire::CreateCustomerRequest = match serde_json::from_value(value.clone()) {
             Ok(r) => r,

@@ -42,17 +42,8 @@ impl SimState {
             );
         }
         let slot = format!("refund:{key}");
-        if let Some(rec) = self.keys.get(&slot) {
-            if rec.request == value {
-                return rec.reply.clone();
-            }
-            return error(
-                400,
-                "INVALID_REQUEST_ERROR",
-                "IDEMPOTENCY_KEY_REUSED",
-                "The idempotency key can only be retried with the same request data.",
-                Some("idempotency_key"),
-            );
+        if let Some(answer) = self.replay(&slot, &value) {
+            return answer;
         }
         let reply = self.make_refund(&value);
         if reply.status == 200 {

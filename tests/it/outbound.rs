@@ -53,6 +53,25 @@ async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
     (url, r)
 }
 
+/// Delivers until the receiver has had `n` calls (publication waits for older transactions
+/// anywhere in the cluster, so this polls); panics if they never come.
+async fn deliver_until(
+    pool: &sqlx::PgPool,
+    http: &reqwest::Client,
+    cfg: &DeliveryConfig,
+    rx: &Receiver,
+    n: usize,
+) {
+    for _ in 0..100 {
+        deliver_due(pool, http, cfg, Utc::now()).await.unwrap();
+        if rx.calls.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} deliveries never arrived");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_signed_retried_and_delivered() {
     let metrics = paycron::ops::metrics::install();
@@ -411,15 +430,7 @@ async fn an_event_that_commits_late_is_delivered_once_everywhere() {
         .unwrap();
     a.commit().await.unwrap();
     // Publication waits for older transactions anywhere in the cluster (other tests') to end.
-    for _ in 0..100 {
-        deliver_due(&db.pool, &http, &cfg, Utc::now())
-            .await
-            .unwrap();
-        if rx.calls.load(Ordering::SeqCst) >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    deliver_until(&db.pool, &http, &cfg, &rx, 2).await;
     deliver_due(&db.pool, &http, &cfg, Utc::now())
         .await
         .unwrap();
@@ -507,15 +518,7 @@ async fn standard_webhooks_endpoints_are_verified_by_the_standardwebhooks_librar
         ..DeliveryConfig::default()
     };
     let http = paycron::outbound::client(&cfg).unwrap();
-    for _ in 0..100 {
-        deliver_due(&db.pool, &http, &cfg, Utc::now())
-            .await
-            .unwrap();
-        if rx.calls.load(Ordering::SeqCst) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    deliver_until(&db.pool, &http, &cfg, &rx, 1).await;
     let (headers, body) = rx.got.lock().unwrap()[0].clone();
     assert!(headers.get("paycron-signature").is_none());
     let header = |k: &str| headers.get(k).unwrap().to_str().unwrap().to_owned();
@@ -615,19 +618,6 @@ async fn endpoints_filter_pause_ping_resend_rotate_and_go_away() {
                 .unwrap()
         }
     };
-    let deliver_until = |n: usize| {
-        let (pool, http, cfg, rx) = (db.pool.clone(), http.clone(), cfg.clone(), rx.clone());
-        async move {
-            for _ in 0..100 {
-                deliver_due(&pool, &http, &cfg, Utc::now()).await.unwrap();
-                if rx.calls.load(Ordering::SeqCst) >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("{n} deliveries never arrived");
-        }
-    };
     let types = || -> Vec<String> {
         rx.got
             .lock()
@@ -645,17 +635,17 @@ async fn endpoints_filter_pause_ping_resend_rotate_and_go_away() {
     // The filter: only the types asked for.
     emit("payment_declined").await;
     let paid = emit("payment_succeeded").await;
-    deliver_until(1).await;
+    deliver_until(&db.pool, &http, &cfg, &rx, 1).await;
     assert_eq!(types(), ["payment_succeeded"]);
     // A ping reaches this endpoint now.
     let (code, _, err) = cli(s(&["webhooks", "test", &id])).await;
     assert_eq!(code, 0, "{err}");
-    deliver_until(2).await;
+    deliver_until(&db.pool, &http, &cfg, &rx, 2).await;
     assert_eq!(types()[1], "webhook_ping");
     // Resend: the same event again.
     let (code, _, err) = cli(vec!["webhooks".into(), "resend".into(), paid.to_string()]).await;
     assert_eq!(code, 0, "{err}");
-    deliver_until(3).await;
+    deliver_until(&db.pool, &http, &cfg, &rx, 3).await;
     assert_eq!(types()[2], "payment_succeeded");
     // Rotation: both secrets sign during the overlap.
     let (code, out, err) = cli(s(&["webhooks", "rotate-secret", &id])).await;
@@ -663,7 +653,7 @@ async fn endpoints_filter_pause_ping_resend_rotate_and_go_away() {
     let new_secret = out.split_whitespace().nth(1).unwrap().to_owned();
     assert_ne!(new_secret, old_secret);
     emit("refund_succeeded").await;
-    deliver_until(4).await;
+    deliver_until(&db.pool, &http, &cfg, &rx, 4).await;
     let (headers, body) = rx.got.lock().unwrap()[3].clone();
     let sig = headers
         .get("paycron-signature")
@@ -697,7 +687,7 @@ async fn endpoints_filter_pause_ping_resend_rotate_and_go_away() {
     );
     let (code, _, _) = cli(s(&["webhooks", "enable", &id])).await;
     assert_eq!(code, 0);
-    deliver_until(5).await;
+    deliver_until(&db.pool, &http, &cfg, &rx, 5).await;
     let (code, _, _) = cli(s(&["webhooks", "remove", &id])).await;
     assert_eq!(code, 0);
     emit("payment_succeeded").await;
@@ -751,15 +741,7 @@ async fn the_readmes_python_check_verifies_a_real_delivery() {
         ..DeliveryConfig::default()
     };
     let http = paycron::outbound::client(&cfg).unwrap();
-    for _ in 0..100 {
-        deliver_due(&db.pool, &http, &cfg, Utc::now())
-            .await
-            .unwrap();
-        if rx.calls.load(Ordering::SeqCst) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    deliver_until(&db.pool, &http, &cfg, &rx, 1).await;
     let (headers, body) = rx.got.lock().unwrap()[0].clone();
     let header = headers
         .get("paycron-signature")

@@ -10,8 +10,9 @@
 //! - `initdb` refuses to run as root, so when paycron runs as root the server runs as the
 //!   unprivileged `postgres` user (setuid in the child process). That user must be able to
 //!   traverse every parent of the data directory; when it cannot (a checkout inside root's
-//!   private home), the data goes to `/var/tmp/paycron-<hash>` and `$PAYCRON_HOME/pg/location`
-//!   records where.
+//!   private home), the data goes to a new `/var/tmp/paycron-<hash>-<random>` and
+//!   `$PAYCRON_HOME/pg/location` records where. A new home never adopts a directory an
+//!   earlier home at the same path left behind: that cluster's password went with the old home.
 //! - The cluster is private to the user who runs paycron: its socket directory is 0700 and
 //!   owned by the server's user, there is no TCP listener, the superuser has a generated
 //!   password (SCRAM; kept 0600 in `$PAYCRON_HOME/pg/password`), and the server is started
@@ -128,6 +129,52 @@ fn private_dir(dir: &Path, owner: Option<u32>) -> Result<()> {
     Ok(())
 }
 
+/// Creates a new directory `<prefix>-<random>` (mode 0700) that did not exist before.
+fn fresh_dir(prefix: &str) -> Result<PathBuf> {
+    loop {
+        let dir = PathBuf::from(format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io("cannot create", &dir)(e)),
+        }
+    }
+}
+
+/// Writes `text` to `path` only if no file is there yet, whole (written aside, then linked in
+/// place). `Err` carries what is already recorded.
+fn record_once(root: &Path, path: &Path, text: &str) -> std::result::Result<(), Result<String>> {
+    let aside = root.join(format!(".record.{}", std::process::id()));
+    let _ = fs::remove_file(&aside);
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&aside)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&aside);
+        return Err(Err(io("cannot write", &aside)(e)));
+    }
+    let linked = fs::hard_link(&aside, path);
+    let _ = fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(fs::read_to_string(path).map_err(io("cannot read", path)))
+        }
+        Err(e) => Err(Err(io("cannot write", path)(e))),
+    }
+}
+
+/// A pg_hba.conf line that trusts without a password.
+fn trust_rule(line: &str) -> bool {
+    !line.trim_start().starts_with('#') && line.split_whitespace().any(|w| w == "trust")
+}
+
 /// The unprivileged user's uid and gid, from /etc/passwd.
 fn server_user() -> Option<(u32, u32)> {
     let passwd = fs::read_to_string("/etc/passwd").ok()?;
@@ -233,10 +280,17 @@ impl LocalCluster {
         } else if let Some((uid, gid)) = run_as
             && !traversable_by(&root.join("data"), uid, gid)
         {
-            base = PathBuf::from(format!("/var/tmp/paycron-{}", short_hash(&root)));
+            let fresh = fresh_dir(&format!("/var/tmp/paycron-{}", short_hash(&root)))?;
+            // Two processes starting in a new home at once: the first to record its directory
+            // wins, the other uses that one and removes its own (still empty).
+            match record_once(&root, &location_file, &fresh.display().to_string()) {
+                Ok(()) => base = fresh,
+                Err(recorded) => {
+                    let _ = fs::remove_dir(&fresh);
+                    base = PathBuf::from(recorded?.trim());
+                }
+            }
             private_dir(&base, Some(uid))?;
-            fs::write(&location_file, base.display().to_string())
-                .map_err(io("cannot write", &location_file))?;
         }
         let mut socket_dir = base.join("run");
         if socket_dir.as_os_str().len() + 16 > MAX_SOCKET_PATH {
@@ -287,39 +341,26 @@ impl LocalCluster {
     /// # Errors
     /// [`EmbeddedError::Io`].
     pub fn runtime_password(&self) -> Result<String> {
-        let path = self.root.join("runtime-password");
+        self.secret("runtime-password").map(|(pw, _)| pw)
+    }
+
+    /// The secret kept 0600 in `name` under the home, generated on first use; `true` when it was
+    /// generated just now.
+    fn secret(&self, name: &str) -> Result<(String, bool)> {
+        let path = self.root.join(name);
         if let Ok(pw) = fs::read_to_string(&path)
             && !pw.trim().is_empty()
         {
-            return Ok(pw.trim().to_owned());
+            return Ok((pw.trim().to_owned(), false));
         }
-        let aside = self
-            .root
-            .join(format!("runtime-password.{}", std::process::id()));
         let pw = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        {
-            let _ = fs::remove_file(&aside);
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&aside)
-                .map_err(io("cannot create", &aside))?;
-            std::io::Write::write_all(&mut f, pw.as_bytes()).map_err(io("cannot write", &aside))?;
-        }
-        let linked = fs::hard_link(&aside, &path);
-        let _ = fs::remove_file(&aside);
-        match linked {
-            Ok(()) => Ok(pw),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let pw = fs::read_to_string(&path).map_err(io("cannot read", &path))?;
-                Ok(pw.trim().to_owned())
-            }
-            Err(e) => Err(io("cannot create", &path)(e)),
+        match record_once(&self.root, &path, &pw) {
+            Ok(()) => Ok((pw, true)),
+            Err(recorded) => Ok((recorded?.trim().to_owned(), false)),
         }
     }
 
@@ -327,25 +368,10 @@ impl LocalCluster {
         self.root.join("password")
     }
 
-    /// The superuser's password, generated (and kept 0600) on first use.
-    fn password(&self) -> Result<String> {
-        let path = self.password_file();
-        if let Ok(pw) = fs::read_to_string(&path) {
-            return Ok(pw.trim().to_owned());
-        }
-        let pw = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io("cannot create", &path))?;
-        std::io::Write::write_all(&mut f, pw.as_bytes()).map_err(io("cannot write", &path))?;
-        Ok(pw)
+    /// The superuser's password, generated (and kept 0600) on first use; `true` when it was
+    /// generated just now.
+    fn password(&self) -> Result<(String, bool)> {
+        self.secret("password")
     }
 
     fn command(&self, bindir: &Path, tool: &str) -> Command {
@@ -427,8 +453,20 @@ impl LocalCluster {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .map_err(io("cannot set permissions on", dir))?;
         }
-        let password = self.password()?;
+        let (password, generated) = self.password()?;
         let log = base.join("postgres.log");
+        if generated && self.data.join("PG_VERSION").exists() && !self.uses_trust()? {
+            // A cluster whose password file is gone: a new one would not open it (and is not
+            // kept, so that the next start says the same).
+            let _ = fs::remove_file(self.password_file());
+            return Err(EmbeddedError::Io {
+                what: "the superuser's password is lost for",
+                path: self.data.display().to_string(),
+                source: std::io::Error::other(
+                    "its password file was removed: restore it, or move the data directory away to start a new cluster",
+                ),
+            });
+        }
         if !self.data.join("PG_VERSION").exists() {
             // A new cluster is a new, empty database: say so and where, so that a command run
             // from another directory (another PAYCRON_HOME) is not silently a different world.
@@ -525,14 +563,11 @@ impl LocalCluster {
     ///
     /// Long on purpose: one migration of an older cluster's layout, step by step, each step checked.
     fn secure_legacy(&self, bindir: &Path, password: &str) -> Result<()> {
-        let hba = self.data.join("pg_hba.conf");
-        let text = fs::read_to_string(&hba).map_err(io("cannot read", &hba))?;
-        let uses_trust = |l: &str| {
-            !l.trim_start().starts_with('#') && l.split_whitespace().any(|w| w == "trust")
-        };
-        if !text.lines().any(uses_trust) {
+        if !self.uses_trust()? {
             return Ok(());
         }
+        let hba = self.data.join("pg_hba.conf");
+        let text = fs::read_to_string(&hba).map_err(io("cannot read", &hba))?;
         let log = self.data.join("secure.log");
         let out = File::create(&log).map_err(io("cannot create", &log))?;
         // psql may live apart from the server binaries (a distribution's client package).
@@ -591,7 +626,7 @@ impl LocalCluster {
         let secured: String = text
             .lines()
             .map(|l| {
-                if uses_trust(l) {
+                if trust_rule(l) {
                     l.replace("trust", "scram-sha-256")
                 } else {
                     l.to_owned()
@@ -617,6 +652,13 @@ impl LocalCluster {
             });
         }
         Ok(())
+    }
+
+    /// True when an older paycron's `trust` rules are still in pg_hba.conf.
+    fn uses_trust(&self) -> Result<bool> {
+        let hba = self.data.join("pg_hba.conf");
+        let text = fs::read_to_string(&hba).map_err(io("cannot read", &hba))?;
+        Ok(text.lines().any(trust_rule))
     }
 
     /// Stops the cluster if it runs (fast shutdown: open sessions are ended).

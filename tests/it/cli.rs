@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::helpers::{count, fresh_db, paycron, run};
+use crate::helpers::{EmbeddedHome, count, fresh_db, paycron, run};
 
 fn csv(lines: &[&str]) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".csv").tempfile().unwrap();
@@ -326,10 +326,7 @@ async fn bad_configuration_exits_2_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_default_is_shared_by_concurrent_processes() {
-    let home = tempfile::Builder::new()
-        .prefix("paycron-home")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let home = EmbeddedHome::new("paycron-home");
     let file = csv(&[HEADER, "CUST1,ccof:one,VISA,1111,12,2030"]);
     let children: Vec<_> = (0..3)
         .map(|_| {

@@ -15,7 +15,8 @@ use tokio::process::Child;
 use paycron::simulator::{Faults, SimConfig};
 
 use crate::helpers::{
-    Harness, TestDb, count_where, fresh_db, paycron, run, seed_card, seed_due, sim, slow_sim,
+    EmbeddedHome, Harness, TestDb, count_where, fresh_db, paycron, run, seed_card, seed_due, sim,
+    slow_sim,
 };
 
 fn free_port() -> u16 {
@@ -241,10 +242,7 @@ async fn two_daemons_run_each_singleton_once_per_tick() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database_through_a_restart() {
-    let home = tempfile::Builder::new()
-        .prefix("paycron-ready")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let home = EmbeddedHome::new("paycron-ready");
     let s = sim(SimConfig::default()).await;
     let sched = schedule(&[("bill", "bill-due", "* * * * * *")]);
     let port = free_port();

@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
-use crate::helpers::{paycron, run};
+use crate::helpers::{EmbeddedHome, paycron, run};
 
 fn psql() -> PathBuf {
     std::env::var_os("PATH")
@@ -31,7 +31,7 @@ fn is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_cluster_is_private_and_holds_no_secret() {
-    let home = tempfile::tempdir().unwrap();
+    let home = EmbeddedHome::new("paycron-private");
     let cli = || {
         let mut c = paycron(None, None);
         c.env("PAYCRON_HOME", home.path())
@@ -130,5 +130,56 @@ async fn the_embedded_cluster_is_private_and_holds_no_secret() {
     assert_eq!(code, 0, "{err}");
     if let Err(e) = result {
         std::panic::resume_unwind(e);
+    }
+}
+
+/// A home removed and made again at the same path starts a new cluster (the old one's
+/// password went with the old home), and a cluster whose password file is gone is named as
+/// such, every time, instead of failing to log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_home_at_an_old_path_is_a_new_cluster_and_a_lost_password_is_named() {
+    let parent = tempfile::tempdir().unwrap();
+    let home = parent.path().join("home");
+    let cli = |args: &[&str]| {
+        let mut c = paycron(None, None);
+        c.env("PAYCRON_HOME", &home)
+            .env("PAYCRON_OPS_ADDR", "127.0.0.1:1")
+            .args(args);
+        c
+    };
+    let location = || std::fs::read_to_string(home.join("pg/location")).ok();
+    let mut made = Vec::new();
+
+    let (code, _, err) = run(&mut cli(&["customers", "list"])).await;
+    assert_eq!(code, 0, "{err}");
+    made.extend(location());
+    assert_eq!(run(&mut cli(&["db", "stop"])).await.0, 0);
+    std::fs::remove_dir_all(&home).unwrap();
+
+    let (code, _, err) = run(&mut cli(&["customers", "list"])).await;
+    made.extend(location());
+    let again = (code, err);
+    assert_eq!(run(&mut cli(&["db", "stop"])).await.0, 0);
+    std::fs::remove_file(home.join("pg/password")).unwrap();
+    let lost = [
+        run(&mut cli(&["customers", "list"])).await,
+        run(&mut cli(&["customers", "list"])).await,
+    ];
+    for dir in &made {
+        let _ = std::fs::remove_dir_all(dir.trim());
+    }
+
+    assert_eq!(again.0, 0, "{}", again.1);
+    assert!(again.1.contains("creating a new embedded"), "{}", again.1);
+    if made.len() == 2 {
+        assert_ne!(
+            made[0], made[1],
+            "the old home's data directory was adopted"
+        );
+    }
+    for (code, out, err) in lost {
+        assert_ne!(code, 0, "{out}");
+        assert_eq!(err.matches("\"level\":\"ERROR\"").count(), 1, "{err}");
+        assert!(err.contains("password is lost"), "{err}");
     }
 }

@@ -527,3 +527,33 @@ impl Harness {
         assert_exactly_once(&self.db, &self.sim).await
     }
 }
+
+/// A throw-away `PAYCRON_HOME` for commands that start their own embedded cluster. Its data
+/// directory may live outside the home (`/var/tmp`, when the server's user cannot reach the
+/// home): that goes too when the test ends. Tests stop their cluster before.
+pub struct EmbeddedHome(tempfile::TempDir);
+
+impl EmbeddedHome {
+    /// A new, empty home under the target directory.
+    pub fn new(prefix: &str) -> Self {
+        EmbeddedHome(
+            tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .expect("a home under the target directory"),
+        )
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for EmbeddedHome {
+    fn drop(&mut self) {
+        if let Ok(dir) = std::fs::read_to_string(self.0.path().join("pg/location")) {
+            let _ = std::fs::remove_dir_all(dir.trim());
+        }
+    }
+}

@@ -222,6 +222,43 @@ pub struct Config {
     pub square: SquareConfig,
     /// Billing.
     pub billing: BillingConfig,
+    /// Enrollment at the counter.
+    pub enrollment: EnrollmentConfig,
+}
+
+/// Enrollment at the counter (Square Point of Sale's mobile-web API).
+#[derive(Clone, Debug)]
+pub struct EnrollmentConfig {
+    /// `SQUARE_APPLICATION_ID`: the application whose Point of Sale API web callback is
+    /// registered (`sq0idp-…`; POS has no sandbox). No default: `paycron enroll` needs it.
+    pub application_id: Option<String>,
+    /// `PAYCRON_PUBLIC_URL`: where the daemon's enrollment pages are reached from the counter's
+    /// devices (https in production); the POS callback is `<it>/enroll/callback`. No default.
+    pub public_url: Option<String>,
+    /// `PAYCRON_BUSINESS_NAME`: the name the enrollment page shows. Default `Subscriptions`.
+    pub business_name: String,
+    /// `PAYCRON_ENROLLMENT_EXPIRY_MINUTES`: how long a link may start the sale. Default 1440
+    /// (24 h).
+    pub expires_in: Duration,
+    /// `PAYCRON_ENROLLMENT_CARD_WAIT_MINUTES`: how long after the sale the saved card may take
+    /// before `enrollment_card_missing`. Default 15.
+    pub card_wait: Duration,
+}
+
+impl EnrollmentConfig {
+    /// The callback URL registered with Square (`<PAYCRON_PUBLIC_URL>/enroll/callback`).
+    pub fn callback_url(&self) -> Option<String> {
+        self.public_url
+            .as_deref()
+            .map(|u| format!("{}/enroll/callback", u.trim_end_matches('/')))
+    }
+
+    /// A link's URL.
+    pub fn link(&self, token: &str) -> Option<String> {
+        self.public_url
+            .as_deref()
+            .map(|u| format!("{}/enroll/{token}", u.trim_end_matches('/')))
+    }
 }
 
 /// Where values come from: the environment first, then the optional file.
@@ -484,8 +521,67 @@ impl Config {
             },
             square,
             billing: billing_config(src)?,
+            enrollment: enrollment_config(src)?,
         })
     }
+}
+
+/// The enrollment settings: the public URL must be an absolute http(s) URL without a query,
+/// and https when Square is in production (the counter's browser carries the link's token).
+fn enrollment_config(src: &Source) -> Result<EnrollmentConfig> {
+    let production = src.get("SQUARE_ENVIRONMENT").as_deref().map(str::trim) == Some("production");
+    let public_url = src.get("PAYCRON_PUBLIC_URL").map(|u| u.trim().to_owned());
+    if let Some(url) = &public_url {
+        let bad = |reason: &str| ConfigError::Invalid {
+            key: "PAYCRON_PUBLIC_URL",
+            value: url.clone(),
+            reason: reason.to_owned(),
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| bad("expected an absolute URL, e.g. https://billing.example.com"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(bad("expected an http:// or https:// URL with a host"));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(bad("expected no query or fragment"));
+        }
+        if production && parsed.scheme() != "https" {
+            return Err(bad(
+                "SQUARE_ENVIRONMENT is production: the enrollment link carries a secret, use https://",
+            ));
+        }
+    }
+    let application_id = src
+        .get("SQUARE_APPLICATION_ID")
+        .map(|v| v.trim().to_owned());
+    if let Some(id) = &application_id
+        && (id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        return Err(ConfigError::Invalid {
+            key: "SQUARE_APPLICATION_ID",
+            value: id.clone(),
+            reason: "expected a Square application id such as sq0idp-…".into(),
+        });
+    }
+    let minutes = |key, default, max| {
+        src.positive(key, default, max)
+            .map(|m| Duration::from_secs(60 * m))
+    };
+    Ok(EnrollmentConfig {
+        application_id,
+        public_url,
+        business_name: src
+            .get("PAYCRON_BUSINESS_NAME")
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "Subscriptions".into()),
+        expires_in: minutes("PAYCRON_ENROLLMENT_EXPIRY_MINUTES", 1_440, 43_200)?,
+        card_wait: minutes("PAYCRON_ENROLLMENT_CARD_WAIT_MINUTES", 15, 10_080)?,
+    })
 }
 
 /// `SQUARE_*`: the environment, the base URL (https, or http on loopback only), and the

@@ -22,6 +22,9 @@
 //! - [`billing`]: the engine (claim, pipeline, record, recover, leases, the halt),
 //!   reconciliation's fetching and repair, and sync-cards; uses `store`, `gateway` and
 //!   `ledger`.
+//! - [`enroll`]: enrollment at the counter (Square Point of Sale): the link, its page and
+//!   callback, confirming the sale with Square, recording the first period, picking up the
+//!   saved card; uses `store`, `gateway`, `config` and `domain`.
 //! - [`ops`]: logging, metrics, the ops HTTP server with the Square webhook receiver, and the
 //!   injected shutdown.
 //! - [`scheduler`]: the daemon: schedule files, cron ticks, singletons, draining.
@@ -37,6 +40,7 @@ pub mod billing;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod enroll;
 pub mod gateway;
 pub mod ledger;
 pub mod ops;

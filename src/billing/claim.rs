@@ -60,12 +60,17 @@ impl Engine {
         let charge = match settled.bill {
             None => None,
             Some(bill) => {
+                // Only a subscription awaiting its counter card has none, and it is never due.
+                let card = sub
+                    .card_id
+                    .clone()
+                    .ok_or_else(|| build("no card on file".into()))?;
                 let key = IdempotencyKey::derive(sub.id, bill.period, bill.attempt)
                     .map_err(|e| build(e.to_string()))?;
                 let id = ChargeId::new();
                 let prepared = PreparedPayment::card_on_file(
                     key,
-                    &sub.card_id,
+                    &card,
                     &sub.customer_id,
                     sub.money,
                     id,
@@ -80,7 +85,7 @@ impl Engine {
                     period_start: bill.period_start,
                     attempt: int(bill.attempt)?,
                     customer_id: sub.customer_id.clone(),
-                    card_id: sub.card_id.clone(),
+                    card_id: card,
                     money: sub.money,
                     request_fingerprint: prepared.fingerprint(),
                     idempotency_key: prepared.key,
@@ -223,8 +228,12 @@ impl Engine {
                     .get(&charge.subscription_id)
                     .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
                     .unwrap_or(chrono_tz::Tz::UTC);
-                let problem = card_problem(health.get(&charge.card_id).copied(), now, zone)
-                    .map(str::to_owned);
+                let problem = card_problem(
+                    charge.card_id.as_ref().and_then(|c| health.get(c)).copied(),
+                    now,
+                    zone,
+                )
+                .map(str::to_owned);
                 Queued { charge, problem }
             })
             .collect();

@@ -85,7 +85,7 @@ impl Engine {
                     Some(AttemptOutcome::Declined { hard: true })
                 )
             })
-            .map(|c| (c.customer_id.clone(), c.card_id.clone()))
+            .filter_map(|c| Some((c.customer_id.clone(), c.card_id.clone()?)))
             .collect();
         let spares = cards::other_enabled_cards(tx, &hard_pairs, now).await?;
 
@@ -97,9 +97,10 @@ impl Engine {
             else {
                 continue;
             };
-            let spare = spares
-                .get(&(charge.customer_id.clone(), charge.card_id.clone()))
-                .cloned();
+            let spare = charge
+                .card_id
+                .clone()
+                .and_then(|card| spares.get(&(charge.customer_id.clone(), card)).cloned());
             match self.transition(sub, charge, d, spare, now, events) {
                 Ok(Some(u)) => updates.push((sub.id, u)),
                 Ok(None) => {}
@@ -204,7 +205,7 @@ impl Engine {
         Ok(decided.state.map(|state| PositionUpdate {
             state,
             card_id: match (decided.switch_card, spare) {
-                (true, Some(card)) => card,
+                (true, Some(card)) => Some(card),
                 _ => sub.card_id.clone(),
             },
         }))

@@ -59,7 +59,7 @@ impl Engine {
                         charge_id: charge.id,
                         money: charge.money,
                         customer_id: &charge.customer_id,
-                        card_id: &charge.card_id,
+                        card_id: charge.card_id.as_ref(),
                         location_id: self.location_id.as_deref(),
                     };
                     let diffs = differences(&asked, &answer);

@@ -164,7 +164,7 @@ impl Engine {
                     amount_minor: charge.money.minor(),
                     currency: charge.money.currency().as_str().to_owned(),
                     customer_id: Some(charge.customer_id.to_string()),
-                    card_id: Some(charge.card_id.to_string()),
+                    card_id: charge.card_id.as_ref().map(ToString::to_string),
                     location_id: self.location_id.clone(),
                     reference_id: Some(charge.id.to_string()),
                 }),

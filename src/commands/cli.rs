@@ -8,8 +8,8 @@
 use clap::{Parser, Subcommand};
 
 use super::{
-    Result, bench, cards, db, demo, disputes, events, healthcheck, ledger, refunds, review, run,
-    simulator, status, subscription, webhooks,
+    Result, bench, cards, db, demo, disputes, enroll, events, healthcheck, ledger, refunds, review,
+    run, simulator, status, subscription, webhooks,
 };
 use crate::app::App;
 use crate::config::Config;
@@ -79,6 +79,14 @@ pub enum AppCommand {
         #[command(subcommand)]
         command: subscription::SubscriptionCmd,
     },
+    /// Sign a customer up at the counter: prints a link that takes the first payment in Square
+    /// Point of Sale; the card saved there pays every later period.
+    Enroll(Box<enroll::EnrollArgs>),
+    /// Enrollments at the counter and where they stand.
+    Enrollments {
+        #[command(subcommand)]
+        command: enroll::EnrollmentsCmd,
+    },
     /// Do all due work as of now (or --now), then exit.
     RunOnce(run::RunOnceArgs),
     /// Square's payments vs the ledger; non-zero exit on any difference.
@@ -136,6 +144,8 @@ pub async fn dispatch(command: Command, config: Config, signals: fn() -> Shutdow
                 AppCommand::Cards { command } => command.execute(&app).await,
                 AppCommand::Customers { command } => command.execute(&app).await,
                 AppCommand::Subscription { command } => command.execute(&app).await,
+                AppCommand::Enroll(args) => enroll::enroll(&app, *args).await,
+                AppCommand::Enrollments { command } => command.execute(&app).await,
                 AppCommand::RunOnce(args) => run::run_once(&app, args, signals()).await,
                 AppCommand::Reconcile(args) => ledger::reconcile(&app, args).await,
                 AppCommand::Refund(args) => refunds::refund(&app, args).await,

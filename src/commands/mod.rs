@@ -8,6 +8,7 @@ pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod disputes;
+pub mod enroll;
 pub mod events;
 pub mod healthcheck;
 pub mod ledger;

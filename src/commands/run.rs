@@ -21,6 +21,8 @@ pub enum Task {
     Reconcile,
     /// Send due outbound webhook deliveries.
     DeliverWebhooks,
+    /// Expire unpaid enrollment links, announce late cards, look for lost sales and cards.
+    Enrollments,
     /// recover, bill-due, then deliver-webhooks.
     All,
 }
@@ -118,6 +120,27 @@ pub async fn run_once(
     let gateway = app.square()?;
     if task == Task::Reconcile {
         return super::ledger::reconcile(app, super::ledger::ReconcileArgs::default()).await;
+    }
+    if task == Task::Enrollments {
+        let started = Instant::now();
+        let (expired, card_missing, checked) = crate::enroll::Counter::new(
+            app.pool.clone(),
+            gateway,
+            app.config.enrollment.clone(),
+            app.config.square.location_id.clone(),
+        )
+        .sweep()
+        .await
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+        tracing::info!(
+            task = "enrollments",
+            expired,
+            card_missing,
+            checked,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "run summary"
+        );
+        return Ok(());
     }
     if task == Task::SyncCards {
         let started = Instant::now();

@@ -68,7 +68,8 @@ pub struct Asked<'a> {
     /// Customer.
     pub customer_id: &'a CustomerId,
     /// Card.
-    pub card_id: &'a CardId,
+    /// None for a counter charge (paid in Point of Sale, no card on file).
+    pub card_id: Option<&'a CardId>,
     /// The configured location, if one is (otherwise Square picks the main one and any
     /// location is accepted).
     pub location_id: Option<&'a str>,
@@ -103,10 +104,10 @@ pub fn differences(asked: &Asked<'_>, got: &Answer) -> Vec<String> {
             asked.customer_id
         )),
     }
-    if let Some(card) = got.card_id.as_deref()
-        && card != asked.card_id.as_str()
+    if let (Some(card), Some(mine)) = (got.card_id.as_deref(), asked.card_id)
+        && card != mine.as_str()
     {
-        out.push(format!("card {card} instead of {}", asked.card_id));
+        out.push(format!("card {card} instead of {mine}"));
     }
     if let (Some(want), Some(got)) = (asked.location_id, got.location_id.as_deref())
         && want != got
@@ -131,7 +132,7 @@ mod tests {
             charge_id: ChargeId::new(),
             money: Money::new(1999, "USD".parse().unwrap()).unwrap(),
             customer_id: &customer,
-            card_id: &card,
+            card_id: Some(&card),
             location_id: Some("LMINE"),
         };
         let example = Answer {

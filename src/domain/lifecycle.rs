@@ -532,6 +532,9 @@ pub fn on_command(terms: &Terms, state: &State, cmd: Command, now: DateTime<Utc>
                 S::Canceled | S::Completed if cmd == Command::ChangeCard => {
                     refuse("a canceled or completed subscription bills nothing")
                 }
+                S::AwaitingCard if cmd == Command::ChangeCard => refuse(
+                    "its card is the one saved at the counter (any new card of the customer completes it)",
+                ),
                 S::Unpaid => {
                     // Revived: a fresh dunning for the new card, due now; catch-up bounds what
                     // the months it was unpaid can bill.

@@ -257,6 +257,23 @@ impl PosError {
         }
     }
 
+    /// A code [`PosError::from_code`] reads back as this error (iOS spelling).
+    pub fn code(&self) -> &str {
+        match self {
+            PosError::Canceled => "payment_canceled",
+            PosError::CustomerManagementNotSupported => "customer_management_not_supported",
+            PosError::InvalidCustomerId => "invalid_customer_id",
+            PosError::CurrencyMismatch => "currency_code_mismatch",
+            PosError::LocationMismatch => "location_id_mismatch",
+            PosError::NotLoggedIn => "not_logged_in",
+            PosError::AmountOutOfRange => "amount_invalid_format",
+            PosError::AlreadyInProgress => "could_not_perform",
+            PosError::NoNetwork => "no_network_connection",
+            PosError::UnsupportedVersion => "unsupported_api_version",
+            PosError::Other(code) => code,
+        }
+    }
+
     /// What happened and what to do, in plain words for the person at the counter.
     pub fn advice(&self) -> String {
         match self {
@@ -338,6 +355,64 @@ pub fn parse_callback(query: &HashMap<String, String>) -> Result<PosResult, Call
         client_transaction_id: client,
         state,
     })
+}
+
+/// The sale an enrollment expects Square to hold: the first period, for its customer.
+#[derive(Clone, Debug)]
+pub struct ExpectedSale<'a> {
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: &'a str,
+    /// The enrollment's customer.
+    pub customer_id: &'a str,
+    /// The configured location, if any.
+    pub location_id: Option<&'a str>,
+    /// The enrollment began here: an older payment is not its sale.
+    pub not_before: chrono::DateTime<chrono::Utc>,
+}
+
+/// Why a payment Square reports is not the enrollment's sale (empty: it is). A counter sale
+/// took money, for the plan's amount and currency, from the enrollment's customer, at the
+/// configured location, after the enrollment began, and is not one of paycron's own charges
+/// (those carry a `reference_id`).
+pub fn sale_differences(
+    expected: &ExpectedSale<'_>,
+    p: &crate::domain::answer::ProviderPayment,
+) -> Vec<String> {
+    let a = &p.answer;
+    let mut out = Vec::new();
+    if !p.taken {
+        out.push(format!(
+            "payment {} took no money (status {})",
+            a.payment_id, a.status
+        ));
+    }
+    if (a.amount_minor, a.currency.as_str()) != (expected.amount_minor, expected.currency) {
+        out.push(format!(
+            "amount {} {} instead of {} {}",
+            a.amount_minor, a.currency, expected.amount_minor, expected.currency
+        ));
+    }
+    if a.customer_id.as_deref() != Some(expected.customer_id) {
+        out.push(format!(
+            "customer {} instead of {}",
+            a.customer_id.as_deref().unwrap_or("none"),
+            expected.customer_id
+        ));
+    }
+    if let (Some(want), Some(got)) = (expected.location_id, a.location_id.as_deref())
+        && want != got
+    {
+        out.push(format!("location {got} instead of {want}"));
+    }
+    if a.reference_id.is_some() {
+        out.push("a charge of paycron's, not a counter sale".into());
+    }
+    if p.created_at.is_some_and(|t| t < expected.not_before) {
+        out.push("made before the enrollment began".into());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -537,5 +612,73 @@ mod tests {
             Platform::Android
         );
         assert_eq!(platform("Mozilla/5.0 (X11; Linux x86_64)"), Platform::Other);
+    }
+
+    fn sale(
+        amount: i64,
+        customer: &str,
+        reference: Option<&str>,
+    ) -> crate::domain::answer::ProviderPayment {
+        crate::domain::answer::ProviderPayment {
+            answer: crate::domain::answer::Answer {
+                payment_id: "P1".into(),
+                status: "COMPLETED".into(),
+                amount_minor: amount,
+                currency: "USD".into(),
+                customer_id: Some(customer.into()),
+                card_id: None,
+                location_id: Some("L1".into()),
+                reference_id: reference.map(Into::into),
+            },
+            taken: true,
+            created_at: Some("2027-01-31T10:00:00Z".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_counter_sale_is_the_plans_amount_for_the_customer_after_the_enrollment_began() {
+        let expected = ExpectedSale {
+            amount_minor: 1999,
+            currency: "USD",
+            customer_id: "C1",
+            location_id: Some("L1"),
+            not_before: "2027-01-31T09:00:00Z".parse().unwrap(),
+        };
+        assert!(sale_differences(&expected, &sale(1999, "C1", None)).is_empty());
+        assert_eq!(
+            sale_differences(&expected, &sale(500, "C2", Some("charge"))),
+            vec![
+                "amount 500 USD instead of 1999 USD".to_owned(),
+                "customer C2 instead of C1".to_owned(),
+                "a charge of paycron's, not a counter sale".to_owned(),
+            ]
+        );
+        let late = ExpectedSale {
+            not_before: "2027-02-01T00:00:00Z".parse().unwrap(),
+            ..expected
+        };
+        assert_eq!(
+            sale_differences(&late, &sale(1999, "C1", None)),
+            vec!["made before the enrollment began".to_owned()]
+        );
+    }
+
+    #[test]
+    fn every_error_code_reads_back_as_its_error() {
+        for e in [
+            PosError::Canceled,
+            PosError::CustomerManagementNotSupported,
+            PosError::InvalidCustomerId,
+            PosError::CurrencyMismatch,
+            PosError::LocationMismatch,
+            PosError::NotLoggedIn,
+            PosError::AmountOutOfRange,
+            PosError::AlreadyInProgress,
+            PosError::NoNetwork,
+            PosError::UnsupportedVersion,
+            PosError::Other("something_new".into()),
+        ] {
+            assert_eq!(PosError::from_code(e.code()), e);
+        }
     }
 }

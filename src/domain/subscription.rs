@@ -16,6 +16,9 @@ use super::schedule::{Calendar, ScheduleError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
+    /// Enrolled at the counter: the first period is paid (or about to be) in Square Point of
+    /// Sale and the card the customer saves there is not on file yet; nothing is billed.
+    AwaitingCard,
     /// In its free trial; the first charge is due when the trial ends.
     Trialing,
     /// Paid up; the next period bills when due.
@@ -34,7 +37,8 @@ pub enum SubscriptionStatus {
 
 impl SubscriptionStatus {
     /// Every status, for exhaustive checks.
-    pub const ALL: [SubscriptionStatus; 7] = [
+    pub const ALL: [SubscriptionStatus; 8] = [
+        SubscriptionStatus::AwaitingCard,
         SubscriptionStatus::Trialing,
         SubscriptionStatus::Active,
         SubscriptionStatus::PastDue,
@@ -55,6 +59,7 @@ impl SubscriptionStatus {
     /// The status as stored.
     pub fn as_str(&self) -> &'static str {
         match self {
+            SubscriptionStatus::AwaitingCard => "awaiting_card",
             SubscriptionStatus::Trialing => "trialing",
             SubscriptionStatus::Active => "active",
             SubscriptionStatus::PastDue => "past_due",
@@ -70,6 +75,7 @@ impl FromStr for SubscriptionStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
+            "awaiting_card" => SubscriptionStatus::AwaitingCard,
             "trialing" => SubscriptionStatus::Trialing,
             "active" => SubscriptionStatus::Active,
             "past_due" => SubscriptionStatus::PastDue,

@@ -188,7 +188,7 @@ mod tests {
             attempt: 1,
             idempotency_key: IdempotencyKey::derive(sub, 0, 1).unwrap(),
             customer_id: "C1".parse().unwrap(),
-            card_id: "ccof:c1".parse().unwrap(),
+            card_id: Some("ccof:c1".parse().unwrap()),
             money: Money::new(1000, "USD".parse().unwrap()).unwrap(),
             status,
             request_body: "{}".into(),
@@ -197,6 +197,7 @@ mod tests {
             decline_code: None,
             sends: 0,
             created_at: chrono::Utc::now(),
+            source: "card_on_file".into(),
         }
     }
 

@@ -48,6 +48,8 @@ pub const WEBHOOK_OLDEST_PENDING: &str = "paycron_webhook_oldest_pending_age_sec
 pub const SQUARE_WEBHOOKS: &str = "paycron_square_webhooks_total";
 /// Gauge: differences the last reconcile found (0 when Square and the ledger agree).
 pub const RECONCILE_FINDINGS: &str = "paycron_reconcile_findings";
+/// Counter: enrollments at the counter reaching a stage, label `stage` (paid|completed).
+pub const ENROLLMENTS: &str = "paycron_enrollments_total";
 /// Gauge: 1, labelled with the running `version`.
 pub const BUILD_INFO: &str = "paycron_build_info";
 
@@ -72,6 +74,7 @@ pub const ALL: &[&str] = &[
     WEBHOOK_OLDEST_PENDING,
     SQUARE_WEBHOOKS,
     RECONCILE_FINDINGS,
+    ENROLLMENTS,
     BUILD_INFO,
 ];
 
@@ -147,6 +150,10 @@ pub fn install() -> PrometheusHandle {
             );
             metrics::describe_counter!(SQUARE_WEBHOOKS, "Square webhook notifications, by result");
             metrics::describe_gauge!(RECONCILE_FINDINGS, "Differences the last reconcile found");
+            metrics::describe_counter!(
+                ENROLLMENTS,
+                "Enrollments at the counter reaching a stage (paid, completed)"
+            );
             metrics::describe_gauge!(BUILD_INFO, "1, labelled with the running version");
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             for m in [WEBHOOK_BACKLOG, WEBHOOK_OLDEST_PENDING] {
@@ -155,4 +162,10 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// One enrollment reached `stage` (`paid`: first period paid at the counter; `completed`: its
+/// card is on file).
+pub fn count_enrollment(stage: &'static str) {
+    metrics::counter!(ENROLLMENTS, "stage" => stage).increment(1);
 }

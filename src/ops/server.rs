@@ -1,7 +1,7 @@
 //! The ops HTTP server: `/healthz` (the process is alive and billing makes progress),
 //! `/readyz` (database reachable, migrations applied, not draining) and `/metrics`
-//! (Prometheus text format); and the public Square webhook receiver, on the same address or on
-//! its own (`PAYCRON_WEBHOOK_ADDR`).
+//! (Prometheus text format); and the public routes — the Square webhook receiver and the
+//! enrollment pages — on the same address or on their own (`PAYCRON_WEBHOOK_ADDR`).
 //!
 //! It holds under abuse: at most [`MAX_CONNECTIONS`] connections (more are closed at once),
 //! [`HEADER_TIMEOUT`] to send the request head, [`REQUEST_TIMEOUT`] to send the body and be
@@ -86,6 +86,8 @@ pub struct OpsState {
     pub ready: Arc<AtomicBool>,
     /// bill-due's progress, when the daemon bills.
     pub progress: Option<Arc<Progress>>,
+    /// Enrollment at the counter, served beside the receiver when configured.
+    pub enroll: Option<crate::enroll::Counter>,
 }
 
 async fn healthz(State(s): State<OpsState>) -> impl IntoResponse {
@@ -164,7 +166,7 @@ fn timeout() -> tower_http::timeout::TimeoutLayer {
 /// The Square webhook receiver alone.
 pub fn webhook_router(state: &OpsState) -> Router {
     use crate::ops::square_webhooks;
-    Router::new()
+    let router = Router::new()
         .route(
             &state.webhook_path,
             axum::routing::post(square_webhooks::receive),
@@ -172,8 +174,16 @@ pub fn webhook_router(state: &OpsState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             square_webhooks::MAX_BODY,
         ))
-        .with_state(state.webhooks.clone())
-        .layer(timeout())
+        .with_state(state.webhooks.clone());
+    let router = match &state.enroll {
+        // Public like the receiver: the same body limit (the routes read none) and timeouts.
+        Some(counter) => router.merge(
+            crate::enroll::web::router(counter.clone())
+                .layer(axum::extract::DefaultBodyLimit::max(4096)),
+        ),
+        None => router,
+    };
+    router.layer(timeout())
 }
 
 /// Health, readiness and metrics alone (they read no request body).

@@ -30,6 +30,9 @@ pub enum TaskKind {
     Reconcile,
     /// Send due outbound webhook deliveries.
     DeliverWebhooks,
+    /// Move enrollments at the counter along: expire unpaid links, announce late cards, and
+    /// ask Square about sales whose callback was lost and cards whose webhook never came.
+    Enrollments,
 }
 
 impl TaskKind {
@@ -41,6 +44,7 @@ impl TaskKind {
             TaskKind::SyncCards => "sync-cards",
             TaskKind::Reconcile => "reconcile",
             TaskKind::DeliverWebhooks => "deliver-webhooks",
+            TaskKind::Enrollments => "enrollments",
         }
     }
 
@@ -59,8 +63,9 @@ impl FromStr for TaskKind {
             "sync-cards" => Ok(TaskKind::SyncCards),
             "reconcile" => Ok(TaskKind::Reconcile),
             "deliver-webhooks" => Ok(TaskKind::DeliverWebhooks),
+            "enrollments" => Ok(TaskKind::Enrollments),
             other => Err(format!(
-                "unknown task {other:?} (expected bill-due, recover, sync-cards, reconcile or deliver-webhooks)"
+                "unknown task {other:?} (expected bill-due, recover, sync-cards, reconcile, deliver-webhooks or enrollments)"
             )),
         }
     }
@@ -297,7 +302,8 @@ mod tests {
                 "recover",
                 "sync-cards",
                 "reconcile",
-                "deliver-webhooks"
+                "deliver-webhooks",
+                "enrollments"
             ]
         );
         assert_eq!(jobs[0].cron, "*/15 * * * * *");

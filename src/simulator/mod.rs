@@ -16,7 +16,15 @@
 //!   dispute; the answer carries the notification Square would send (`dispute.created`,
 //!   `dispute.state.updated`), to sign and POST to paycron's receiver
 //! - `GET /_sim/refunds/{id}/notification`: the `refund.updated` notification of a refund
+//! - `GET /_sim/pos/launch?url=<launch URL>&outcome=…`: Square Point of Sale completing a
+//!   counter enrollment's launch as the app would — the sale (order + payment for the customer),
+//!   the card saved after checkout with its signed `card.created` sent to the notification URL
+//!   set in [`SimState::notify`], and a redirect of the browser to the callback with the
+//!   platform's parameters. `outcome`: `ok` (default), `canceled`, `no_card` (sale, no card
+//!   saved), `late_card` (the card saved `late_ms` later, default 1500), `lost_callback` (sale
+//!   and card, but the app never returns to the browser)
 
+pub mod pos;
 pub mod state;
 
 use std::collections::HashMap;
@@ -131,6 +139,7 @@ fn router(state: Shared) -> Router {
             "/_sim/refunds/{refund_id}/notification",
             get(admin_refund_notification),
         )
+        .route("/_sim/pos/launch", get(pos_launch))
         .with_state(state)
 }
 
@@ -510,4 +519,139 @@ async fn admin_add_card(State(state): State<Shared>, body: Bytes) -> Response {
             &e.to_string(),
         )),
     }
+}
+
+/// Signs and sends a notification as Square does (`x-square-hmacsha256-signature`: base64
+/// HMAC-SHA256 of the notification URL and the body). Best effort, like a webhook.
+async fn notify(target: Option<(String, String)>, body: String) {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let Some((url, key)) = target else { return };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()) else {
+        return;
+    };
+    mac.update(url.as_bytes());
+    mac.update(body.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let _ = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-square-hmacsha256-signature", signature)
+        .body(body)
+        .send()
+        .await;
+}
+
+/// `GET /_sim/pos/launch`: Square Point of Sale completing a launch (see the module doc).
+async fn pos_launch(
+    State(state): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    use pos::PosAnswer;
+    let refuse = |why: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("Square Point of Sale cannot open this link: {why}\n"),
+        )
+            .into_response()
+    };
+    let Some(url) = q.get("url") else {
+        return refuse("no url parameter".into());
+    };
+    let req = match pos::parse_launch(url) {
+        Ok(r) => r,
+        Err(why) => return refuse(why),
+    };
+    let outcome = q.get("outcome").map_or("ok", String::as_str);
+    let late_ms: u64 = q
+        .get("late_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let (answer, note, target) = {
+        let mut st = lock(&state);
+        if req.client_id != st.application_id {
+            return refuse(format!(
+                "client id {} is not the registered application",
+                req.client_id
+            ));
+        }
+        let supported = match req.device {
+            pos::Device::Ios => req.version == "1.3",
+            pos::Device::Android => req.version == "v2.0" || req.version == "v2.1",
+        };
+        let card_only = req.tender_types.iter().all(|t| t.contains("CARD"));
+        let answer_error = if !supported {
+            Some("unsupported_api_version")
+        } else if outcome == "canceled" {
+            Some("payment_canceled")
+        } else if req.currency != st.config.currency {
+            Some("currency_code_mismatch")
+        } else if req
+            .location_id
+            .as_deref()
+            .is_some_and(|l| l != st.config.location_id)
+        {
+            Some("location_id_mismatch")
+        } else if !card_only || req.amount < 1 {
+            Some("invalid_tender_type")
+        } else {
+            None
+        };
+        let customer = req.customer_id.clone().unwrap_or_default();
+        let sale = match answer_error {
+            Some(_) => None,
+            None => st.pos_sale(
+                &customer,
+                req.amount,
+                &req.currency,
+                outcome != "no_card" && outcome != "late_card",
+            ),
+        };
+        match (answer_error, sale) {
+            (Some(code), _) => (PosAnswer::Error(code), None, None),
+            (None, None) => (PosAnswer::Error("invalid_customer_id"), None, None),
+            (None, Some(sale)) => {
+                let late = if outcome == "late_card" {
+                    Some(st.next_card_id(&customer))
+                } else {
+                    None
+                };
+                (
+                    PosAnswer::Sale {
+                        order_id: sale.order_id.clone(),
+                        client_id: format!("CLIENT-{}", sale.payment_id),
+                    },
+                    sale.card_created.or(late),
+                    st.notify.clone(),
+                )
+            }
+        }
+    };
+    if let Some(note) = note {
+        if outcome == "late_card" {
+            // The customer saves the card a little later: the card appears then.
+            let state = state.clone();
+            let customer = req.customer_id.clone().unwrap_or_default();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(late_ms)).await;
+                let body = lock(&state).save_card_now(&customer, &note);
+                notify(target, body).await;
+            });
+        } else {
+            notify(target, note).await;
+        }
+    }
+    if outcome == "lost_callback" {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<!doctype html><title>Square Point of Sale</title><p>Sale complete. The app did not return to the browser.</p>",
+        )
+            .into_response();
+    }
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, pos::callback(&req, &answer))],
+    )
+        .into_response()
 }

@@ -200,7 +200,16 @@ pub struct SimState {
     pub customer_lists: u64,
     /// Offset added to the wall clock for `created_at` (tests that bill "in the future").
     pub clock_offset: Duration,
+    /// The application whose Point of Sale web callback is registered (launches with another
+    /// client id are refused, as POS does).
+    pub application_id: String,
+    /// Where to send notifications (`card.created` after a counter sale), signed as Square
+    /// signs them: `(notification URL, signature key)`.
+    pub notify: Option<(String, String)>,
 }
+
+/// The Point of Sale application id the simulator accepts unless told otherwise.
+pub const APPLICATION_ID: &str = "sq0idp-paycron-simulator";
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -258,6 +267,8 @@ impl SimState {
             disputes: Vec::new(),
             orders: Vec::new(),
             clock_offset: Duration::zero(),
+            application_id: APPLICATION_ID.to_owned(),
+            notify: None,
         };
         s.seed();
         s

@@ -155,6 +155,18 @@ pub async fn upsert_customer(
     Ok(changed > 0)
 }
 
+/// Files a Square customer paycron has not seen yet (by id alone; sync-cards fills the rest).
+///
+/// # Errors
+/// [`super::StoreError`] (an id that is not a customer id is `Rejected` by the table's check).
+pub async fn file_customer(conn: &mut PgConnection, id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO paycron.customers (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Every customer with card and subscription counts, by id.
 ///
 /// # Errors

@@ -59,8 +59,8 @@ pub struct ChargeRow {
     pub idempotency_key: IdempotencyKey,
     /// Customer.
     pub customer_id: CustomerId,
-    /// Card.
-    pub card_id: CardId,
+    /// Card (none for the first period paid at the counter).
+    pub card_id: Option<CardId>,
     /// Amount (`amount_minor`, `currency`).
     #[sqlx(flatten)]
     #[serde(flatten)]
@@ -79,10 +79,12 @@ pub struct ChargeRow {
     pub sends: i32,
     /// Created.
     pub created_at: DateTime<Utc>,
+    /// `card_on_file` (sent by paycron) or `counter` (paid in Square Point of Sale).
+    pub source: String,
 }
 
-const COLUMNS: &str = "id, subscription_id, period, period_start, attempt, idempotency_key, customer_id, card_id,
-    amount_minor, currency, status, request_body, request_fingerprint, provider_payment_id, decline_code, sends, created_at";
+pub(crate) const COLUMNS: &str = "id, subscription_id, period, period_start, attempt, idempotency_key, customer_id, card_id,
+    amount_minor, currency, status, request_body, request_fingerprint, provider_payment_id, decline_code, sends, created_at, source";
 
 /// The advisory-lock key of a worker, derived from its owner id (first 64 bits).
 pub fn owner_lock_key(owner: Uuid) -> i64 {
@@ -488,6 +490,23 @@ pub async fn in_window(
     .bind(until)
     .fetch_all(pool)
     .await?)
+}
+
+/// The periods paid at the counter, by Square's payment id (a Point of Sale payment names no
+/// charge: it is matched by its id).
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn counter_payments(
+    pool: &PgPool,
+) -> Result<std::collections::HashMap<String, (SubscriptionId, i32)>> {
+    let rows: Vec<(String, SubscriptionId, i32)> = sqlx::query_as(
+        "SELECT provider_payment_id, subscription_id, period FROM paycron.charges
+          WHERE source = 'counter' AND provider_payment_id IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(p, s, n)| (p, (s, n))).collect())
 }
 
 /// Charges by id (those a payment's `reference_id` names), whatever their age.

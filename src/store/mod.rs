@@ -28,6 +28,7 @@ pub mod charges;
 mod codec;
 pub mod disputes;
 pub mod embedded;
+pub mod enrollments;
 pub mod events;
 pub mod fixtures;
 pub mod ledger;
@@ -327,7 +328,7 @@ pub const ROLE_GRANTS: &str = "SELECT pg_advisory_xact_lock(hashtext('paycron:ro
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA paycron TO paycron_runtime;
              REVOKE UPDATE, DELETE ON paycron.ledger_entries, paycron.ledger_postings, paycron.events,
                                       paycron.event_feed FROM paycron_runtime;
-             REVOKE DELETE ON paycron.refunds, paycron.disputes FROM paycron_runtime;
+             REVOKE DELETE ON paycron.refunds, paycron.disputes, paycron.enrollments FROM paycron_runtime;
              GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA paycron TO paycron_runtime;
              GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA paycron TO paycron_runtime;
              GRANT SELECT ON public._sqlx_migrations TO paycron_runtime;

@@ -43,8 +43,8 @@ pub struct SubscriptionRow {
     pub id: SubscriptionId,
     /// Square customer id.
     pub customer_id: CustomerId,
-    /// Square card id charged.
-    pub card_id: CardId,
+    /// Square card id charged (none while awaiting the card saved at the counter).
+    pub card_id: Option<CardId>,
     /// Amount per period (`amount_minor`, `currency`).
     #[sqlx(flatten)]
     #[serde(flatten)]
@@ -409,8 +409,8 @@ pub async fn lock(conn: &mut PgConnection, id: SubscriptionId) -> Result<Subscri
 pub struct PositionUpdate {
     /// The lifecycle state to store.
     pub state: State,
-    /// Card to charge.
-    pub card_id: CardId,
+    /// Card to charge (none while awaiting the card saved at the counter).
+    pub card_id: Option<CardId>,
 }
 
 fn position_params(p: &PositionUpdate) -> Result<(i32, i32, i32)> {

@@ -228,7 +228,10 @@ async fn dunning_recovers_soft_declines_and_ends_hard_ones() {
         l.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
         ["declined", "succeeded"]
     );
-    assert_eq!(sub(db, spare).await.card_id.as_str(), "ccof:sim-ok-b");
+    assert_eq!(
+        sub(db, spare).await.card_id.unwrap().as_str(),
+        "ccof:sim-ok-b"
+    );
     // Every attempt had its own key; the simulator took exactly the successes.
     let keys: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT idempotency_key) FROM paycron.charges")
@@ -542,7 +545,7 @@ async fn disabled_and_expired_cards_are_not_sent_to_square() {
         "fell back to the customer's other card"
     );
     assert_eq!(
-        sub(&db, expired).await.card_id.as_str(),
+        sub(&db, expired).await.card_id.unwrap().as_str(),
         "ccof:sim-ok-x2-spare"
     );
     // Square saw only the spare card's charge.

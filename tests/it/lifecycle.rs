@@ -392,5 +392,5 @@ async fn the_sql_api_follows_the_rust_lifecycle_for_every_status_and_command() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 7);
+    assert_eq!(checked, 8 * 2 * 7);
 }

@@ -7,6 +7,7 @@ mod billing;
 mod cli;
 mod daemon;
 mod embedded;
+mod enroll;
 mod faults;
 mod gateway;
 mod helpers;

@@ -54,6 +54,7 @@ async fn receiver(
         webhook_path: "/webhooks/square".into(),
         ready: Arc::new(AtomicBool::new(false)),
         progress: None,
+        enroll: None,
     };
     let server = serve(addr, state, stop.clone()).await.unwrap();
     (addr, stop, server)
@@ -375,6 +376,7 @@ fn state_for(
         webhook_path: "/webhooks/square".into(),
         ready: Arc::new(AtomicBool::new(false)),
         progress,
+        enroll: None,
     }
 }
 

@@ -191,17 +191,7 @@ impl SimState {
         });
         let (saved_card, card_created) = if save_card {
             let card_id = format!("ccof:sim-ok-pos-{n:010}");
-            self.add_card(customer_id, &card_id, "VISA", true);
-            let card = self.cards[self.card_index[&card_id]].clone();
-            self.next_id += 1;
-            let note = serde_json::json!({
-                "merchant_id": "SIMMERCHANT",
-                "type": "card.created",
-                "event_id": format!("sim-event-{}", self.next_id),
-                "created_at": now,
-                "data": {"type": "card", "id": card_id, "object": {"card": card}},
-            })
-            .to_string();
+            let note = self.save_card_now(customer_id, &card_id);
             (Some(card_id), Some(note))
         } else {
             (None, None)
@@ -212,5 +202,27 @@ impl SimState {
             saved_card,
             card_created,
         })
+    }
+
+    /// A card id for a card to be saved later (`late_card`): the id now, the card when
+    /// [`SimState::save_card_now`] is called.
+    pub fn next_card_id(&mut self, _customer_id: &str) -> String {
+        self.next_id += 1;
+        format!("ccof:sim-ok-pos-{:010}", self.next_id)
+    }
+
+    /// Saves the card `card_id` for `customer_id` now; returns its `card.created` notification.
+    pub fn save_card_now(&mut self, customer_id: &str, card_id: &str) -> String {
+        self.add_card(customer_id, card_id, "VISA", true);
+        let card = self.cards[self.card_index[card_id]].clone();
+        self.next_id += 1;
+        serde_json::json!({
+            "merchant_id": "SIMMERCHANT",
+            "type": "card.created",
+            "event_id": format!("sim-event-{}", self.next_id),
+            "created_at": rfc3339(Utc::now() + self.clock_offset),
+            "data": {"type": "card", "id": card_id, "object": {"card": card}},
+        })
+        .to_string()
     }
 }

@@ -4,6 +4,7 @@
 
 mod answers;
 mod billing;
+mod browser;
 mod cli;
 mod daemon;
 mod embedded;

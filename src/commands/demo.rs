@@ -73,7 +73,8 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<()> {
     let start: DateTime<Utc> = "2027-01-01T00:00:00Z"
         .parse()
         .map_err(|e| CommandError::Failed(format!("{e}")))?;
-    let ids = subscribe(&app, start).await?;
+    let mut ids = subscribe(&app, start).await?;
+    ids.extend(enroll_at_counter(&app, &sim, gateway.clone(), start).await?);
     let engine = app.engine(gateway).await?;
     let total = bill(&app, &engine, &ids, start, months).await?;
     money_back(&app, &engine, &sim).await?;
@@ -194,6 +195,125 @@ async fn subscribe(app: &App, start: DateTime<Utc>) -> Result<Vec<SubscriptionId
         ids.len()
     )?;
 
+    Ok(ids)
+}
+
+/// A few customers sign up at the counter, through the same routes the daemon serves: the
+/// enrollment link, Square Point of Sale (played by the simulator) taking the first month and
+/// saving the card, the callback confirmed with Square, and `card.created` signed and received.
+async fn enroll_at_counter(
+    app: &App,
+    sim: &Simulator,
+    gateway: std::sync::Arc<dyn crate::gateway::PaymentGateway>,
+    start: DateTime<Utc>,
+) -> Result<Vec<SubscriptionId>> {
+    use crate::enroll::{Counter, Customer};
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(|e| CommandError::Failed(format!("cannot serve the enrollment pages: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let public = format!("http://{addr}");
+    let hook = format!("{public}/webhooks/square");
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let mut config = app.config.enrollment.clone();
+    config.public_url = Some(public.clone());
+    config.application_id = Some(crate::simulator::state::APPLICATION_ID.into());
+    config.business_name = "paycron demo gym".into();
+    let counter = Counter::new(app.pool.clone(), gateway, config, None);
+    let state = crate::ops::server::OpsState {
+        pool: app.pool.clone(),
+        metrics: crate::ops::metrics::install(),
+        draining: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        webhooks: crate::ops::square_webhooks::WebhookState {
+            pool: app.pool.clone(),
+            key: Some(SecretString::from(key.clone())),
+            url: Some(hook.clone()),
+            dispute_lost_cancels: app.config.billing.dispute_lost_cancels,
+        },
+        webhook_path: "/webhooks/square".into(),
+        ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        progress: None,
+        enroll: Some(counter.clone()),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = crate::ops::server::serve_router(
+        listener,
+        crate::ops::server::webhook_router(&state),
+        stop.clone(),
+    );
+    sim.with(|st| st.notify = Some((hook, key)));
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for (i, (given, family)) in [("Ada", "Lovelace"), ("Alan", "Turing"), ("Grace", "Hopper")]
+        .into_iter()
+        .enumerate()
+    {
+        let enrolled = counter
+            .start(
+                Customer::New(crate::gateway::NewCustomer {
+                    idempotency_key: format!("paycron-demo-counter-{i}"),
+                    given_name: Some(given.into()),
+                    family_name: Some(family.into()),
+                    email: None,
+                    phone: None,
+                }),
+                store::enrollments::EnrollPlan {
+                    customer_id: String::new(),
+                    amount_minor: PRICES[i % PRICES.len()],
+                    currency: "USD".into(),
+                    interval_unit: "month".into(),
+                    interval_count: 1,
+                    anchor: Some(start + Duration::days(3 + i as i64) + Duration::hours(17)),
+                    time_zone: ZONES[0].into(),
+                    cycles: None,
+                    external_ref: Some(format!("demo-counter-{i}")),
+                    ends_at: None,
+                    expires_in: std::time::Duration::from_secs(3600),
+                    card_wait: std::time::Duration::from_secs(900),
+                    now: None,
+                },
+            )
+            .await
+            .map_err(|e| CommandError::Failed(format!("enrollment: {e}")))?;
+        let token = enrolled.link.rsplit('/').next().unwrap_or_default();
+        let view = store::enrollments::by_token(&app.pool, token)
+            .await?
+            .ok_or_else(|| CommandError::Failed("enrollment not found".into()))?;
+        let launch = counter
+            .launch(&view, token)
+            .ok_or_else(|| CommandError::Failed("enrollment is not configured".into()))?;
+        // The counter's phone: iOS for some, Android for others; POS returns to the callback.
+        let url = if i % 2 == 0 {
+            crate::domain::pos::ios_url(&launch)
+        } else {
+            crate::domain::pos::android_url(&launch, &enrolled.link)
+        };
+        let mut pos = reqwest::Url::parse(&format!("{}/_sim/pos/launch", sim.base_url()))
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
+        pos.query_pairs_mut().append_pair("url", &url);
+        let page = http
+            .get(pos)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| CommandError::Failed(format!("simulated Point of Sale: {e}")))?;
+        drop(page);
+        let done = store::enrollments::by_token(&app.pool, token).await?;
+        if done.as_ref().map(|d| d.status.as_str()) != Some("completed") {
+            return Err(CommandError::Failed(format!(
+                "enrollment of {given} {family} did not complete"
+            )));
+        }
+        ids.push(SubscriptionId(enrolled.subscription_id));
+    }
+    stop.cancel();
+    let _ = server.await;
+    crate::out!(
+        "enrolled {} customers at the counter: first month paid in Square Point of Sale, card saved there, billed on file after",
+        ids.len()
+    )?;
     Ok(ids)
 }
 

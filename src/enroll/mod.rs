@@ -119,9 +119,19 @@ impl Counter {
         &self.config
     }
 
-    /// The configured location, if any.
-    pub fn location_id(&self) -> Option<&str> {
-        self.location_id.as_deref()
+    /// What the page's buttons launch for `view` (opened with `token`): the first period, for
+    /// its customer, back to the callback; `None` without the application id or public URL.
+    pub fn launch(&self, view: &EnrollmentView, token: &str) -> Option<pos::Launch> {
+        Some(pos::Launch {
+            client_id: self.config.application_id.clone()?,
+            callback_url: self.config.callback_url()?,
+            amount_minor: view.amount_minor,
+            currency: view.currency.clone(),
+            customer_id: view.customer_id.clone(),
+            state: token.to_owned(),
+            location_id: self.location_id.clone(),
+            notes: Some(format!("{} subscription", self.config.business_name)),
+        })
     }
 
     /// Starts an enrollment: creates the Square customer if asked (idempotently), files it,

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 
 use super::Counter;
 use super::page::{self, PageModel};
-use crate::domain::pos::{self, Launch};
+use crate::domain::pos;
 
 /// The enrollment routes over `counter`.
 pub fn router(counter: Counter) -> Router {
@@ -89,22 +89,8 @@ async fn show(State(c): State<Counter>, Path(token): Path<String>, headers: Head
         }
     };
     let cfg = c.config();
-    let (Some(client_id), Some(callback_url), Some(link)) = (
-        cfg.application_id.clone(),
-        cfg.callback_url(),
-        cfg.link(&token),
-    ) else {
+    let (Some(launch), Some(link)) = (c.launch(&view, &token), cfg.link(&token)) else {
         return unavailable(&c);
-    };
-    let launch = Launch {
-        client_id,
-        callback_url,
-        amount_minor: view.amount_minor,
-        currency: view.currency.clone(),
-        customer_id: view.customer_id.clone(),
-        state: token.clone(),
-        location_id: c.location_id().map(str::to_owned),
-        notes: Some(format!("{} subscription", cfg.business_name)),
     };
     let agent = headers
         .get(header::USER_AGENT)

@@ -152,9 +152,15 @@ impl Counter {
         };
         let customer_id = match customer {
             Customer::Existing(id) => {
+                // Found at Square first: POS would refuse a customer of another account.
+                let Some(found) = self.gateway.retrieve_customer(&id).await? else {
+                    return Err(EnrollError::Config(format!(
+                        "--customer: {id} is not a customer of this Square account"
+                    )));
+                };
                 let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-                cards::file_customer(&mut conn, &id).await?;
-                id
+                cards::file_customer(&mut conn, &found.id).await?;
+                found.id
             }
             Customer::New(new) => {
                 let made = self.gateway.create_customer(&new).await?;

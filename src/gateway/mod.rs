@@ -461,6 +461,9 @@ pub trait PaymentGateway: Send + Sync {
     /// Creates a customer (CreateCustomer), idempotently under `customer.idempotency_key`.
     async fn create_customer(&self, customer: &NewCustomer) -> Result<ProviderCustomer>;
 
+    /// One customer by id (RetrieveCustomer); `None` if Square does not know it.
+    async fn retrieve_customer(&self, customer_id: &str) -> Result<Option<ProviderCustomer>>;
+
     /// One order by id (RetrieveOrder); `None` if Square does not know it.
     async fn retrieve_order(&self, order_id: &str) -> Result<Option<ProviderOrder>>;
 

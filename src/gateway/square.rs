@@ -421,7 +421,8 @@ has_errors!(
     wire::PaymentResponse,
     wire::RefundResponse,
     wire::ListPaymentRefundsResponse,
-    wire::OrderResponse
+    wire::OrderResponse,
+    wire::CustomerResponse
 );
 
 #[async_trait]
@@ -528,6 +529,10 @@ impl PaymentGateway for SquareClient {
 
     async fn retrieve_order(&self, order_id: &str) -> Result<Option<ProviderOrder>> {
         self.get_order(order_id).await
+    }
+
+    async fn retrieve_customer(&self, customer_id: &str) -> Result<Option<ProviderCustomer>> {
+        self.get_customer(customer_id).await
     }
 
     async fn refund_payment(&self, refund: &PreparedRefund) -> RefundOutcome {

@@ -121,6 +121,7 @@ fn json_reply(r: Reply) -> Response {
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/v2/customers", get(list_customers).post(create_customer))
+        .route("/v2/customers/{customer_id}", get(retrieve_customer))
         .route("/v2/orders/{order_id}", get(retrieve_order))
         .route("/v2/cards", get(list_cards))
         .route("/v2/cards/{card_id}/disable", post(disable_card))
@@ -196,6 +197,17 @@ async fn create_customer(State(state): State<Shared>, headers: HeaderMap, body: 
     }
     let raw = String::from_utf8_lossy(&body).into_owned();
     answer_with_faults(&state, |s| s.create_customer(&raw)).await
+}
+
+async fn retrieve_customer(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(customer_id): Path<String>,
+) -> Response {
+    if let Some(r) = gate(&state, &headers).await {
+        return r;
+    }
+    json_reply(lock(&state).retrieve_customer(&customer_id))
 }
 
 async fn retrieve_order(

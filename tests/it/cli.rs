@@ -273,6 +273,10 @@ async fn bad_configuration_exits_2_naming_the_key() {
         // The bearer token would travel in clear.
         ("SQUARE_BASE_URL", "http://square.example.com"),
         ("PAYCRON_WEBHOOK_ALLOW_PRIVATE", "sometimes"),
+        ("PAYCRON_PUBLIC_URL", "billing.example.com"),
+        ("PAYCRON_PUBLIC_URL", "https://billing.example.com/?x=1"),
+        ("SQUARE_APPLICATION_ID", "sq0idp app"),
+        ("PAYCRON_ENROLLMENT_EXPIRY_MINUTES", "0"),
     ] {
         let (code, _, err) = run(paycron(None, None)
             .env(key, value)
@@ -281,6 +285,17 @@ async fn bad_configuration_exits_2_naming_the_key() {
         assert_eq!(code, 2, "{key}");
         assert!(err.contains(key), "{key}: {err}");
     }
+    // The enrollment link carries a secret: https against Square production.
+    let (code, _, err) = run(paycron(None, None)
+        .env("SQUARE_ENVIRONMENT", "production")
+        .env("PAYCRON_PUBLIC_URL", "http://billing.example.com")
+        .args(["customers", "list"]))
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("PAYCRON_PUBLIC_URL") && err.contains("https"),
+        "{err}"
+    );
     // A half-configured Square webhook receiver, either half.
     for (key, missing) in [
         (

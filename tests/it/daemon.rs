@@ -739,3 +739,96 @@ async fn healthcheck_follows_the_local_daemon() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("unhealthy"), "{err}");
 }
+
+/// `paycron run` with `PAYCRON_PUBLIC_URL` serves the enrollment pages beside the receiver, and
+/// its `enrollments` task finds a sale whose callback never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_enrollment_pages_and_its_task_finds_lost_sales() {
+    let h = Harness::start().await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let sched = schedule(&[("enrollments", "enrollments", "* * * * * *")]);
+    let app_id = paycron::simulator::state::APPLICATION_ID;
+    let env = |c: &mut tokio::process::Command| {
+        c.env("PAYCRON_PUBLIC_URL", &public)
+            .env("SQUARE_APPLICATION_ID", app_id)
+            .env("PAYCRON_BUSINESS_NAME", "Daemon Gym");
+    };
+    let mut daemon = paycron(Some(&h.db.url), Some(&h.sim.base_url()));
+    env(&mut daemon);
+    let child = daemon
+        .env("PAYCRON_SCHEDULES", sched.path())
+        .env("PAYCRON_OPS_ADDR", format!("127.0.0.1:{port}"))
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(port, "/readyz", 200).await;
+    let customer = h.sim.with(|st| {
+        st.create_customer(r#"{"given_name":"Dee","idempotency_key":"dee"}"#)
+            .body["customer"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    let mut enroll = paycron(Some(&h.db.url), Some(&h.sim.base_url()));
+    env(&mut enroll);
+    let (code, out, err) = run(enroll.args([
+        "enroll",
+        "--customer",
+        &customer,
+        "--amount",
+        "4900",
+        "--currency",
+        "USD",
+        "--every",
+        "1year",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let link = out.lines().next().unwrap().to_owned();
+    assert!(link.starts_with(&public), "{link}");
+    let page = reqwest::get(&link).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("USD 49.00 every year") && page.contains("Daemon Gym"),
+        "{page}"
+    );
+    // The sale is made at the counter and POS never comes back: the task finds it.
+    let sub: uuid::Uuid = sqlx::query_scalar("SELECT subscription_id FROM paycron.enrollments")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    h.sim
+        .with(|st| st.pos_sale(&customer, 4900, "USD", true))
+        .unwrap();
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = sqlx::query_scalar("SELECT status FROM paycron.enrollments")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+        if state == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        state, "completed",
+        "the enrollments task found the sale and the card"
+    );
+    let sub_row = h.subscription(paycron::domain::SubscriptionId(sub)).await;
+    assert_eq!(sub_row.status.as_str(), "active");
+    sigterm(&child).await;
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.assert_exactly_once().await;
+    h.sim.shutdown().await;
+}

@@ -576,6 +576,10 @@ async fn an_unused_link_expires_and_bad_enrollments_are_refused_before_anything_
         (vec!["--new-customer"], "--new-customer"),
         (vec!["--new-customer", "--email", "nope"], "--email"),
         (vec!["--customer", "ccof:4111111111111111"], ""),
+        (
+            vec!["--customer", "NOBODY"],
+            "not a customer of this Square account",
+        ),
     ] {
         let (code, _, err) = run(shop
             .cli()

@@ -53,6 +53,9 @@ impl PaymentGateway for Hooked {
     async fn create_customer(&self, c: &gateway::NewCustomer) -> gateway::Result<ProviderCustomer> {
         self.inner.create_customer(c).await
     }
+    async fn retrieve_customer(&self, id: &str) -> gateway::Result<Option<ProviderCustomer>> {
+        self.inner.retrieve_customer(id).await
+    }
     async fn retrieve_order(&self, id: &str) -> gateway::Result<Option<gateway::ProviderOrder>> {
         self.inner.retrieve_order(id).await
     }

@@ -1,4 +1,4 @@
-//! CreateCustomer and RetrieveOrder: what enrolling a customer at the counter needs from
+//! CreateCustomer, RetrieveCustomer and RetrieveOrder: what enrolling a customer at the counter needs from
 //! Square. A customer is created with an idempotency key, so a retried creation returns the
 //! same customer; an order is read to confirm a Point of Sale sale (its card tender's id is the
 //! payment's id).
@@ -88,6 +88,19 @@ impl SquareClient {
                 });
             }
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// `GET /v2/customers/{id}`; `None` when Square does not know it.
+    pub(super) async fn get_customer(&self, customer_id: &str) -> Result<Option<ProviderCustomer>> {
+        let path = format!("/v2/customers/{customer_id}");
+        match self
+            .get_json::<wire::CustomerResponse>("RetrieveCustomer", &path, &[])
+            .await
+        {
+            Ok(r) => Ok(r.customer.map(Into::into)),
+            Err(GatewayError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

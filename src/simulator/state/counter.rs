@@ -109,6 +109,23 @@ impl SimState {
         reply
     }
 
+    /// `GET /v2/customers/{id}`.
+    pub fn retrieve_customer(&self, id: &str) -> Reply {
+        match self.customer_index.get(id) {
+            Some(&i) => Reply {
+                status: 200,
+                body: serde_json::json!({ "customer": self.customers[i] }),
+            },
+            None => error(
+                404,
+                "INVALID_REQUEST_ERROR",
+                "NOT_FOUND",
+                &format!("Customer with ID `{id}` not found."),
+                None,
+            ),
+        }
+    }
+
     /// `GET /v2/orders/{id}`.
     pub fn retrieve_order(&self, id: &str) -> Reply {
         match self.orders.iter().find(|o| o.id == id) {

@@ -1,9 +1,10 @@
 //! `paycron status`: how are we doing? Subscriptions by status, what is due now and soon and for
 //! how long, charges waiting (pending, in review), quarantined subscriptions, when billing,
 //! sync-cards and reconcile last ran, the outbound webhook backlog, refunds and disputes still
-//! open, the schema against the binary. Exit 1 when something needs attention (a review queue,
-//! quarantined rows, a stale due backlog or webhook backlog, a dispute due soon, a schema
-//! mismatch), so it can back an alert or a CronJob check.
+//! open, enrollments at the counter, the schema against the binary. Exit 1 when something needs
+//! attention (a review queue, quarantined rows, a stale due backlog or webhook backlog, a dispute
+//! due soon, a counter sale without its card, a schema mismatch), so it can back an alert or a
+//! CronJob check.
 
 use chrono::Utc;
 
@@ -95,6 +96,13 @@ pub async fn status(app: &App, format: Format) -> Result<()> {
                 None => o.disputes_open.to_string(),
             },
         ),
+        (
+            "enrollments",
+            format!(
+                "{} open, {} paid awaiting the card ({} past their wait)",
+                o.enrollments_open, o.enrollments_awaiting_card, o.enrollments_card_missing
+            ),
+        ),
     ];
     for (k, v) in lines {
         crate::out!("{k:<22} {v}")?;
@@ -142,6 +150,12 @@ fn attention(o: &status::Overview, binary: i64) -> Vec<String> {
         .is_some_and(|t| t - Utc::now() < chrono::Duration::days(3))
     {
         out.push("a dispute is due within 3 days: `paycron disputes list`".into());
+    }
+    if o.enrollments_card_missing > 0 {
+        out.push(format!(
+            "{} enrollment(s) paid at the counter without a saved card: `paycron enrollments list`",
+            o.enrollments_card_missing
+        ));
     }
     out
 }

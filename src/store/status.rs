@@ -43,6 +43,12 @@ pub struct Overview {
     pub disputes_open: i64,
     /// The soonest an open dispute must be answered.
     pub next_dispute_due_at: Option<DateTime<Utc>>,
+    /// Enrollments at the counter whose sale has not happened yet (links still valid).
+    pub enrollments_open: i64,
+    /// Enrollments paid at the counter whose saved card has not come.
+    pub enrollments_awaiting_card: i64,
+    /// Of those, the ones past their wait (`enrollment_card_missing` announced).
+    pub enrollments_card_missing: i64,
 }
 
 /// The overview as of `now`.
@@ -75,7 +81,11 @@ pub async fn overview(pool: &PgPool, now: DateTime<Utc>) -> Result<Overview> {
            (SELECT count(*) FROM paycron.disputes
              WHERE state NOT IN ('WON', 'LOST', 'ACCEPTED', 'INQUIRY_CLOSED')) AS disputes_open,
            (SELECT min(due_at) FROM paycron.disputes
-             WHERE state NOT IN ('WON', 'LOST', 'ACCEPTED', 'INQUIRY_CLOSED')) AS next_dispute_due_at",
+             WHERE state NOT IN ('WON', 'LOST', 'ACCEPTED', 'INQUIRY_CLOSED')) AS next_dispute_due_at,
+           (SELECT count(*) FROM paycron.enrollments WHERE status = 'open' AND expires_at > $1) AS enrollments_open,
+           (SELECT count(*) FROM paycron.enrollments WHERE status = 'paid') AS enrollments_awaiting_card,
+           (SELECT count(*) FROM paycron.enrollments WHERE status = 'paid' AND card_missing_at IS NOT NULL)
+             AS enrollments_card_missing",
     )
     .bind(now)
     .fetch_one(pool)

@@ -419,6 +419,12 @@ async fn a_lost_callback_a_late_card_and_a_missing_card_are_found_without_the_de
             .iter()
             .any(|(k, _)| k == "enrollment_card_missing")
     );
+    let (code, said, _) = run(shop.cli().arg("status")).await;
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("1 enrollment(s) paid at the counter without a saved card"),
+        "{said}"
+    );
     let (_, _, page) = shop.get(&link, IPHONE).await;
     assert!(page.contains("The card was not saved"), "{page}");
     assert!(page.contains(&format!(

@@ -46,6 +46,42 @@ pub fn parse_now(app: &App, now: Option<&str>) -> Result<DateTime<Utc>> {
     Ok(t)
 }
 
+/// Keeps a run-once task's outcome as the task's last result (`paycron status`), as the
+/// daemon does; a failure to keep it is logged, never the command's failure.
+async fn remember<T>(
+    app: &App,
+    task: &str,
+    started_at: DateTime<Utc>,
+    outcome: &Result<T>,
+    summary: serde_json::Value,
+) {
+    let finished_at = Utc::now();
+    let r = crate::store::tasks::TaskResult {
+        task: task.to_owned(),
+        job: format!("run-once {task}"),
+        owner: uuid::Uuid::new_v4(),
+        started_at,
+        finished_at,
+        ok: outcome.is_ok(),
+        error: outcome.as_ref().err().map(ToString::to_string),
+        summary,
+        runs: 1,
+        failures: i64::from(outcome.is_err()),
+        last_ok_at: outcome.is_ok().then_some(finished_at),
+    };
+    if let Err(e) = crate::store::tasks::record_result(&app.pool, &r).await {
+        tracing::warn!(task, error = %e, "cannot record the task's result for `paycron status`");
+    }
+}
+
+fn summary_json(s: &Summary) -> serde_json::Value {
+    serde_json::json!({
+        "attempted": s.attempted, "succeeded": s.succeeded, "declined": s.declined,
+        "failed": s.failed, "unresolved": s.unresolved, "needs_review": s.needs_review,
+        "quarantined": s.quarantined,
+    })
+}
+
 fn log_summary(task: &str, s: &Summary, started: Instant) {
     let revenue: Vec<String> = s.revenue.iter().map(|(c, v)| format!("{v} {c}")).collect();
     tracing::info!(
@@ -119,7 +155,10 @@ pub async fn run_once(
     }
     let gateway = app.square()?;
     if task == Task::Reconcile {
-        return super::ledger::reconcile(app, super::ledger::ReconcileArgs::default()).await;
+        let at = Utc::now();
+        let outcome = super::ledger::reconcile(app, super::ledger::ReconcileArgs::default()).await;
+        remember(app, "reconcile", at, &outcome, serde_json::json!({})).await;
+        return outcome;
     }
     if task == Task::Enrollments {
         let started = Instant::now();
@@ -175,13 +214,21 @@ async fn run_tasks(
     let mut total = Summary::default();
     if matches!(task, Task::Recover | Task::All) {
         let started = Instant::now();
-        let s = engine.recover(now).await?;
+        let at = Utc::now();
+        let outcome = engine.recover(now).await.map_err(CommandError::from);
+        let counts = outcome.as_ref().map(summary_json).unwrap_or_default();
+        remember(app, "recover", at, &outcome, counts).await;
+        let s = outcome?;
         log_summary("recover", &s, started);
         total = s;
     }
     if matches!(task, Task::BillDue | Task::All) {
         let started = Instant::now();
-        let s = engine.bill_due(now).await?;
+        let at = Utc::now();
+        let outcome = engine.bill_due(now).await.map_err(CommandError::from);
+        let counts = outcome.as_ref().map(summary_json).unwrap_or_default();
+        remember(app, "bill-due", at, &outcome, counts).await;
+        let s = outcome?;
         log_summary("bill-due", &s, started);
         total.failed += s.failed;
         total.unresolved += s.unresolved;

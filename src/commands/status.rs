@@ -4,7 +4,8 @@
 //! open, enrollments at the counter, the schema against the binary. Exit 1 when something needs
 //! attention (a review queue, quarantined rows, a stale due backlog or webhook backlog, a dispute
 //! due soon, a counter sale without its card, a schema mismatch), so it can back an alert or a
-//! CronJob check.
+//! CronJob check. Each task's last run (across replicas: when, ok or not, its counts — reconcile's
+//! findings among them) comes from `paycron.task_results`; a failed last run needs attention.
 
 use chrono::Utc;
 
@@ -23,9 +24,20 @@ pub async fn status(app: &App, format: Format) -> Result<()> {
         .map(|m| m.version)
         .max()
         .unwrap_or(0);
-    let attention = attention(&o, binary);
+    let runs = crate::store::tasks::results(&app.pool).await?;
+    let mut attention = attention(&o, binary);
+    for r in runs.iter().filter(|r| !r.ok) {
+        attention.push(format!(
+            "the last {} run failed ({}): {}",
+            r.task,
+            r.finished_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.error.as_deref().unwrap_or("")
+        ));
+    }
     if format != Format::Text {
         let mut v = serde_json::to_value(&o).map_err(|e| CommandError::Io(e.to_string()))?;
+        v["tasks"] = serde_json::to_value(&runs).map_err(|e| CommandError::Io(e.to_string()))?;
         v["binary_schema_version"] = binary.into();
         v["needs_attention"] = attention.clone().into();
         let json = serde_json::to_string_pretty(&v).map_err(|e| CommandError::Io(e.to_string()))?;
@@ -106,6 +118,35 @@ pub async fn status(app: &App, format: Format) -> Result<()> {
     ];
     for (k, v) in lines {
         crate::out!("{k:<22} {v}")?;
+    }
+    for r in &runs {
+        let counts = r
+            .summary
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        crate::out!(
+            "{:<22} {} {}{}{} ({} runs, {} failed)",
+            format!("task {}", r.task),
+            if r.ok { "ok" } else { "FAILED" },
+            when(Some(r.finished_at)),
+            if counts.is_empty() {
+                String::new()
+            } else {
+                format!(": {counts}")
+            },
+            r.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            r.runs,
+            r.failures
+        )?;
     }
     for a in &attention {
         crate::out!("{:<22} {a}", "needs attention")?;

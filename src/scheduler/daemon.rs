@@ -138,15 +138,18 @@ impl Ctx {
         };
         let now = Utc::now();
         let ms = || started.elapsed().as_millis() as u64;
+        // The run's counts, as logged: kept as the task's last result for `paycron status`.
+        let mut summary = serde_json::Value::Null;
         let name = job.name.as_str();
         // One line per run with its counts as fields; a run that found nothing to do is DEBUG,
         // so an idle daemon does not write a line per tick.
         macro_rules! ran {
-            ($idle:expr, $($fields:tt)*) => {
+            ($idle:expr, $($k:ident = $v:expr),* $(,)?) => {
+                summary = serde_json::json!({ $(stringify!($k): $v),* });
                 if $idle {
-                    tracing::debug!(job = name, task, $($fields)*, duration_ms = ms(), "task run")
+                    tracing::debug!(job = name, task, $($k = $v),*, duration_ms = ms(), "task run")
                 } else {
-                    tracing::info!(job = name, task, $($fields)*, duration_ms = ms(), "task run")
+                    tracing::info!(job = name, task, $($k = $v),*, duration_ms = ms(), "task run")
                 }
             };
         }
@@ -212,9 +215,9 @@ impl Ctx {
             .map(|(expired, card_missing, checked)| {
                 ran!(
                     expired == 0 && card_missing == 0 && checked == 0,
-                    expired,
-                    card_missing,
-                    checked
+                    expired = expired,
+                    card_missing = card_missing,
+                    checked = checked
                 );
             })
             .map_err(|e| e.to_string()),
@@ -272,6 +275,27 @@ impl Ctx {
         }
         let seconds = started.elapsed().as_secs_f64();
         metrics::histogram!(m::TASK_SECONDS, "task" => task).record(seconds);
+        let finished_at = Utc::now();
+        let record = tasks::TaskResult {
+            task: task.to_owned(),
+            job: job.name.clone(),
+            owner: self.owner,
+            started_at: now,
+            finished_at,
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+            summary: if summary.is_null() {
+                serde_json::json!({})
+            } else {
+                summary
+            },
+            runs: 1,
+            failures: i64::from(result.is_err()),
+            last_ok_at: result.is_ok().then_some(finished_at),
+        };
+        if let Err(e) = tasks::record_result(&self.app.pool, &record).await {
+            tracing::warn!(task, error = %e, "cannot record the task's result for `paycron status`");
+        }
         match result {
             Ok(()) => {
                 if job.task == TaskKind::BillDue

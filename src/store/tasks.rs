@@ -102,3 +102,71 @@ pub async fn runs(pool: &PgPool, task: &str) -> Result<Vec<(DateTime<Utc>, Uuid)
             .await?,
     )
 }
+
+/// The last run of one task, across replicas.
+#[derive(Clone, Debug, serde::Serialize, sqlx::FromRow)]
+pub struct TaskResult {
+    /// The task (`bill-due`, `reconcile`, ...).
+    pub task: String,
+    /// The job that ran it.
+    pub job: String,
+    /// The replica (worker id).
+    pub owner: Uuid,
+    /// When the run began.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// Its counts (the run's log line fields).
+    pub summary: serde_json::Value,
+    /// Runs recorded.
+    pub runs: i64,
+    /// Of which failed.
+    pub failures: i64,
+    /// The last success.
+    pub last_ok_at: Option<DateTime<Utc>>,
+}
+
+/// One finished run of `task`: replaces the task's last result.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn record_result(pool: &PgPool, r: &TaskResult) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO paycron.task_results (task, job, owner, started_at, finished_at, ok, error, summary,
+                runs, failures, last_ok_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, CASE WHEN $6 THEN 0 ELSE 1 END, CASE WHEN $6 THEN $5 END)
+         ON CONFLICT (task) DO UPDATE SET job = EXCLUDED.job, owner = EXCLUDED.owner,
+                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, ok = EXCLUDED.ok,
+                error = EXCLUDED.error, summary = EXCLUDED.summary, runs = task_results.runs + 1,
+                failures = task_results.failures + EXCLUDED.failures,
+                last_ok_at = coalesce(EXCLUDED.last_ok_at, task_results.last_ok_at)",
+    )
+    .bind(&r.task)
+    .bind(&r.job)
+    .bind(r.owner)
+    .bind(r.started_at)
+    .bind(r.finished_at)
+    .bind(r.ok)
+    .bind(&r.error)
+    .bind(&r.summary)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Every task's last run, by task.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn results(pool: &PgPool) -> Result<Vec<TaskResult>> {
+    Ok(sqlx::query_as(
+        "SELECT task, job, owner, started_at, finished_at, ok, error, summary, runs, failures, last_ok_at
+           FROM paycron.task_results ORDER BY task",
+    )
+    .fetch_all(pool)
+    .await?)
+}

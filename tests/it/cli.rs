@@ -640,6 +640,43 @@ async fn status_says_how_billing_is_doing() {
         "{}",
         text.stdout
     );
+    // Each task's last run, with its counts; a failed one needs attention.
+    assert_eq!(h.cli(["run-once", "--task", "bill-due"]).await.code, 0);
+    let text = h.cli(["status"]).await;
+    assert_eq!(text.code, 0, "{}", text.stdout);
+    assert!(
+        text.stdout.contains("task bill-due") && text.stdout.contains("attempted 2, "),
+        "{}",
+        text.stdout
+    );
+    // Square took a payment naming a charge this database does not know: reconcile finds it.
+    h.card("ST9", "ccof:sim-ok-st9").await;
+    let taken = reqwest::Client::new()
+        .post(format!("{}/v2/payments", h.sim.base_url()))
+        .bearer_auth("test-token-not-secret")
+        .json(&serde_json::json!({
+            "idempotency_key": "stray-1", "source_id": "ccof:sim-ok-st9", "customer_id": "ST9",
+            "amount_money": {"amount": 100, "currency": "USD"},
+            "reference_id": uuid::Uuid::new_v4().to_string(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 200);
+    assert_eq!(h.cli(["run-once", "--task", "reconcile"]).await.code, 1);
+    let out = h.cli(["status", "--format", "json"]).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let tasks = v["tasks"].as_array().unwrap();
+    let reconcile = tasks.iter().find(|t| t["task"] == "reconcile").unwrap();
+    assert_eq!(reconcile["ok"], false, "{v}");
+    assert!(
+        v["needs_attention"][0]
+            .as_str()
+            .unwrap()
+            .contains("the last reconcile run failed"),
+        "{v}"
+    );
     h.sim.shutdown().await;
 }
 

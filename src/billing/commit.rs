@@ -23,12 +23,13 @@ use crate::store::subscriptions::{self, PositionUpdate, SubscriptionRow};
 use crate::store::{StoreError, cards, ledger};
 
 impl Engine {
-    /// The transaction: returns the ids this call resolved (the rest were fenced).
+    /// The transaction: returns the ids this call resolved (the rest were fenced), and the
+    /// business's `external_ref` of their subscriptions (for the charge log lines).
     pub(super) async fn record_decided(
         &self,
         decided: &mut [(ChargeRow, Decided)],
         now: DateTime<Utc>,
-    ) -> Result<Vec<ChargeId>> {
+    ) -> Result<(Vec<ChargeId>, HashMap<SubscriptionId, String>)> {
         let wall = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let paid: Vec<String> = decided
@@ -42,23 +43,27 @@ impl Engine {
         let resolved = resolve_many(&mut tx, self.owner, &resolutions, wall).await?;
         if resolved.is_empty() {
             tx.rollback().await.map_err(StoreError::from)?;
-            return Ok(vec![]);
+            return Ok((vec![], HashMap::new()));
         }
         let (in_review, resolved): (Vec<ChargeRow>, Vec<ChargeRow>) = resolved
             .into_iter()
             .partition(|c| c.status == ChargeStatus::NeedsReview);
         let mut events = review_events(&in_review, decided);
         ledger::record_many(&mut tx, &resolved, wall).await?;
-        self.move_subscriptions(&mut tx, &resolved, decided, now, &mut events)
+        let refs = self
+            .move_subscriptions(&mut tx, &resolved, decided, now, &mut events)
             .await?;
         emit_many(&mut tx, &events).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(resolved.iter().chain(&in_review).map(|c| c.id).collect())
+        Ok((
+            resolved.iter().chain(&in_review).map(|c| c.id).collect(),
+            refs,
+        ))
     }
 
     /// Moves each resolved charge's subscription by the lifecycle (a hard decline may fall back
     /// to the customer's other card), quarantines the ones that cannot move, and closes every
-    /// resolved charge's open marker.
+    /// resolved charge's open marker. Returns the subscriptions' `external_ref`s.
     async fn move_subscriptions(
         &self,
         tx: &mut PgConnection,
@@ -66,7 +71,7 @@ impl Engine {
         decided: &[(ChargeRow, Decided)],
         now: DateTime<Utc>,
         events: &mut Vec<NewEvent>,
-    ) -> Result<()> {
+    ) -> Result<HashMap<SubscriptionId, String>> {
         let by_id: HashMap<ChargeId, &(ChargeRow, Decided)> =
             decided.iter().map(|x| (x.0.id, x)).collect();
         let mut sub_ids: Vec<SubscriptionId> = resolved.iter().map(|c| c.subscription_id).collect();
@@ -121,7 +126,10 @@ impl Engine {
             .collect();
         subscriptions::close_charges(tx, &closed).await?;
         subscriptions::set_positions(tx, &updates).await?;
-        Ok(())
+        Ok(subs
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, s.external_ref?)))
+            .collect())
     }
 
     /// The subscription's next position after one recorded outcome (decided by the lifecycle),

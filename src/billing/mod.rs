@@ -109,9 +109,32 @@ pub enum BillingError {
 /// Module result.
 pub type Result<T> = std::result::Result<T, BillingError>;
 
+tokio::task_local! {
+    /// The id of the billing or recovery pass running in this task.
+    static RUN_ID: uuid::Uuid;
+}
+
+/// The current pass's id, inside [`with_run_id`].
+pub(crate) fn run_id() -> Option<uuid::Uuid> {
+    RUN_ID.try_with(|id| *id).ok()
+}
+
+/// Runs a pass under a new run id, and puts it in the pass's summary.
+pub(crate) async fn with_run_id(
+    pass: impl std::future::Future<Output = Result<Summary>>,
+) -> Result<Summary> {
+    let id = uuid::Uuid::now_v7();
+    RUN_ID.scope(id, pass).await.map(|mut s| {
+        s.run_id = Some(id);
+        s
+    })
+}
+
 /// Counters for one run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// The pass's id: every charge line of the pass carries it, and so does its summary line.
+    pub run_id: Option<uuid::Uuid>,
     /// Charges attempted.
     pub attempted: u64,
     /// Succeeded.

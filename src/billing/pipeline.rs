@@ -12,6 +12,10 @@ impl Engine {
     /// # Errors
     /// [`BillingError`].
     pub async fn bill_due(&self, now: DateTime<Utc>) -> Result<Summary> {
+        with_run_id(self.bill_due_pass(now)).await
+    }
+
+    async fn bill_due_pass(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
         if self.breaker().still_halted(self.clock.now()) {
             tracing::debug!("billing halted; waiting for the next probe");

@@ -42,10 +42,18 @@ impl Attempted {
 
 /// The one log line and the metrics of a charge whose outcome was just recorded (or fenced:
 /// another worker took it over), added to `summary`.
-fn report_recorded(charge: &ChargeRow, d: &Decided, recorded: bool, summary: &mut Summary) {
+fn report_recorded(
+    charge: &ChargeRow,
+    d: &Decided,
+    recorded: bool,
+    external_ref: Option<&str>,
+    summary: &mut Summary,
+) {
+    let run_id = super::run_id().map(|r| r.to_string()).unwrap_or_default();
+    let external_ref = external_ref.unwrap_or("");
     if !recorded {
         summary.fenced += 1;
-        tracing::info!(subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, charge_id = %charge.id, outcome = "fenced",
+        tracing::info!(subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, external_ref, run_id, charge_id = %charge.id, outcome = "fenced",
             "charge was taken over by another worker; recording nothing");
         return;
     }
@@ -53,7 +61,7 @@ fn report_recorded(charge: &ChargeRow, d: &Decided, recorded: bool, summary: &mu
     if r.status == ChargeStatus::NeedsReview {
         summary.needs_review += 1;
         tracing::error!(
-            subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, charge_id = %charge.id, attempt = charge.attempt,
+            subscription_id = %charge.subscription_id, customer_id = %charge.customer_id, external_ref, run_id, charge_id = %charge.id, attempt = charge.attempt,
             outcome = "needs_review", provider_payment_id = r.review_payment_id.as_deref().unwrap_or(""),
             reason = r.review_reason.as_deref().unwrap_or(""),
             "charge needs review: neither recorded as paid nor declined, never re-sent; `paycron charges review`"
@@ -65,6 +73,8 @@ fn report_recorded(charge: &ChargeRow, d: &Decided, recorded: bool, summary: &mu
     tracing::info!(
         subscription_id = %charge.subscription_id,
         customer_id = %charge.customer_id,
+        external_ref,
+        run_id,
         charge_id = %charge.id,
         attempt = charge.attempt,
         outcome = %r.status,
@@ -196,7 +206,7 @@ impl Engine {
         }
         if !decided.is_empty() {
             let mut tries = 0;
-            let resolved = loop {
+            let (resolved, refs) = loop {
                 match self.record_decided(&mut decided, now).await {
                     Ok(r) => break r,
                     Err(BillingError::Store(e)) if is_retryable(&e) && tries < 3 => {
@@ -207,7 +217,13 @@ impl Engine {
                 }
             };
             for (charge, d) in &decided {
-                report_recorded(charge, d, resolved.contains(&charge.id), &mut summary);
+                report_recorded(
+                    charge,
+                    d,
+                    resolved.contains(&charge.id),
+                    refs.get(&charge.subscription_id).map(String::as_str),
+                    &mut summary,
+                );
             }
         }
         if let Some(code) = unauthorized {

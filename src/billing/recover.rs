@@ -34,8 +34,12 @@ impl Engine {
     ///
     /// # Errors
     /// [`BillingError`].
-    #[tracing::instrument(skip_all, fields(owner = %self.owner))]
     pub async fn recover(&self, now: DateTime<Utc>) -> Result<Summary> {
+        with_run_id(self.recover_pass(now)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %self.owner))]
+    async fn recover_pass(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
         loop {
             let busy = self.leased.ids();

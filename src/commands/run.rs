@@ -76,7 +76,7 @@ async fn remember<T>(
 
 fn summary_json(s: &Summary) -> serde_json::Value {
     serde_json::json!({
-        "attempted": s.attempted, "succeeded": s.succeeded, "declined": s.declined,
+        "run_id": s.run_id, "attempted": s.attempted, "succeeded": s.succeeded, "declined": s.declined,
         "failed": s.failed, "unresolved": s.unresolved, "needs_review": s.needs_review,
         "quarantined": s.quarantined,
     })
@@ -86,6 +86,7 @@ fn log_summary(task: &str, s: &Summary, started: Instant) {
     let revenue: Vec<String> = s.revenue.iter().map(|(c, v)| format!("{v} {c}")).collect();
     tracing::info!(
         task,
+        run_id = s.run_id.map(|r| r.to_string()).unwrap_or_default(),
         attempted = s.attempted,
         succeeded = s.succeeded,
         declined = s.declined,

@@ -161,6 +161,7 @@ impl Ctx {
                 .map(|s| {
                     ran!(
                         s.attempted == 0 && s.advanced_without_charge == 0 && s.withdrawn == 0,
+                        run_id = s.run_id.map(|r| r.to_string()).unwrap_or_default(),
                         attempted = s.attempted,
                         succeeded = s.succeeded,
                         declined = s.declined,
@@ -180,6 +181,7 @@ impl Ctx {
                 .map(|s| {
                     ran!(
                         s.attempted == 0,
+                        run_id = s.run_id.map(|r| r.to_string()).unwrap_or_default(),
                         attempted = s.attempted,
                         succeeded = s.succeeded,
                         declined = s.declined,

@@ -686,6 +686,11 @@ async fn an_idle_daemon_is_quiet_and_a_busy_tick_logs_its_counts() {
             c["subscription_id"].is_string() && c["charge_id"].is_string(),
             "{c}"
         );
+        assert!(c["external_ref"].is_string(), "{c}");
+        // And the run it belongs to, whose summary line carries the same id.
+        let run = c["run_id"].as_str().unwrap();
+        assert_eq!(run.len(), 36, "{c}");
+        assert!(runs.iter().any(|r| r["run_id"] == run), "{c} in {runs:?}");
     }
     s.shutdown().await;
 }

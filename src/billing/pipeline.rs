@@ -196,25 +196,35 @@ impl Engine {
                     }
                     // From here on the charge may reach Square: it is never withdrawn.
                     self.leased.mark_sent(charge.id);
-                    let started = Instant::now();
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).increment(1.0);
                     let prepared = PreparedPayment {
                         key: charge.idempotency_key.clone(),
                         body: charge.request_body.clone(),
                     };
                     // A task of its own: the call progresses while earlier outcomes are recorded.
-                    let outcome =
-                        tokio::spawn(async move { gateway.create_payment(&prepared).await })
-                            .await
-                            .unwrap_or_else(|e| PaymentOutcome::Unknown {
+                    // Its latency is the provider's, from the request leaving: the wait for
+                    // the rate limiter's turn is measured apart.
+                    let (outcome, elapsed) = tokio::spawn(async move {
+                        gateway.wait_turn().await;
+                        let started = Instant::now();
+                        let outcome = gateway.create_payment(&prepared).await;
+                        (outcome, started.elapsed())
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        (
+                            PaymentOutcome::Unknown {
                                 reason: format!("payment task failed: {e}"),
-                            });
+                            },
+                            std::time::Duration::ZERO,
+                        )
+                    });
                     metrics::gauge!(crate::ops::metrics::IN_FLIGHT).decrement(1.0);
                     self.heed(&outcome);
                     Attempted {
                         charge,
                         outcome: Some(outcome),
-                        duration_ms: started.elapsed().as_millis() as u64,
+                        duration_ms: elapsed.as_millis() as u64,
                         note: None,
                     }
                 }

@@ -425,8 +425,14 @@ pub struct Page<T> {
 /// What the billing engine needs from a payment provider.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
+    /// Waits for this process's turn to send a CreatePayment (`SQUARE_RATE_LIMIT_PER_SEC`), and
+    /// records how long it waited (`paycron_rate_limit_wait_seconds`). The engine calls it
+    /// before each [`PaymentGateway::create_payment`], so a charge's latency is Square's alone.
+    async fn wait_turn(&self) {}
+
     /// Charges a card on file; transient failures are retried inside with the same key and
-    /// the identical body, within the configured deadline.
+    /// the identical body, within the configured deadline. Takes no turn of the rate limiter:
+    /// callers wait with [`PaymentGateway::wait_turn`] first.
     async fn create_payment(&self, payment: &PreparedPayment) -> PaymentOutcome;
 
     /// One page of customers.

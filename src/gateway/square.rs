@@ -427,8 +427,14 @@ has_errors!(
 
 #[async_trait]
 impl PaymentGateway for SquareClient {
-    async fn create_payment(&self, payment: &PreparedPayment) -> PaymentOutcome {
+    async fn wait_turn(&self) {
+        let started = Instant::now();
         self.limiter.until_ready().await;
+        metrics::histogram!(crate::ops::metrics::RATE_LIMIT_WAIT)
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    async fn create_payment(&self, payment: &PreparedPayment) -> PaymentOutcome {
         let started = Instant::now();
         let mut delays = Self::backoff();
         let mut maybe_sent = false;

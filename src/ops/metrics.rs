@@ -48,6 +48,9 @@ pub const WEBHOOK_OLDEST_PENDING: &str = "paycron_webhook_oldest_pending_age_sec
 pub const SQUARE_WEBHOOKS: &str = "paycron_square_webhooks_total";
 /// Gauge: differences the last reconcile found (0 when Square and the ledger agree).
 pub const RECONCILE_FINDINGS: &str = "paycron_reconcile_findings";
+/// Histogram: time a CreatePayment waited for its turn under `SQUARE_RATE_LIMIT_PER_SEC`
+/// (apart from the charge's latency, which starts when the request leaves).
+pub const RATE_LIMIT_WAIT: &str = "paycron_rate_limit_wait_seconds";
 /// Counter: enrollments at the counter reaching a stage, label `stage` (paid|completed).
 pub const ENROLLMENTS: &str = "paycron_enrollments_total";
 /// Gauge: 1, labelled with the running `version`.
@@ -75,6 +78,7 @@ pub const ALL: &[&str] = &[
     SQUARE_WEBHOOKS,
     RECONCILE_FINDINGS,
     ENROLLMENTS,
+    RATE_LIMIT_WAIT,
     BUILD_INFO,
 ];
 
@@ -150,14 +154,36 @@ pub fn install() -> PrometheusHandle {
             );
             metrics::describe_counter!(SQUARE_WEBHOOKS, "Square webhook notifications, by result");
             metrics::describe_gauge!(RECONCILE_FINDINGS, "Differences the last reconcile found");
+            metrics::describe_histogram!(
+                RATE_LIMIT_WAIT,
+                metrics::Unit::Seconds,
+                "Time a CreatePayment waited for its rate-limit turn"
+            );
             metrics::describe_counter!(
                 ENROLLMENTS,
                 "Enrollments at the counter reaching a stage (paid, completed)"
             );
             metrics::describe_gauge!(BUILD_INFO, "1, labelled with the running version");
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            for m in [WEBHOOK_BACKLOG, WEBHOOK_OLDEST_PENDING] {
+            for m in [WEBHOOK_BACKLOG, WEBHOOK_OLDEST_PENDING, RECONCILE_FINDINGS] {
                 metrics::gauge!(m).set(0.0);
+            }
+            // Series that exist from the start, so a dashboard shows 0 rather than "no data"
+            // and a rate() has a starting point.
+            for outcome in ["completed", "rejected", "failed"] {
+                metrics::counter!(REFUNDS, "outcome" => outcome).absolute(0);
+            }
+            for kind in ["dispute_hold", "dispute_won", "dispute_lost"] {
+                metrics::counter!(DISPUTES, "kind" => kind).absolute(0);
+            }
+            for result in ["delivered", "retrying", "failed"] {
+                metrics::counter!(WEBHOOK_DELIVERIES, "result" => result).absolute(0);
+            }
+            for result in ["accepted", "duplicate", "refused", "error"] {
+                metrics::counter!(SQUARE_WEBHOOKS, "result" => result).absolute(0);
+            }
+            for stage in ["paid", "completed"] {
+                metrics::counter!(ENROLLMENTS, "stage" => stage).absolute(0);
             }
             handle
         })

@@ -9,19 +9,27 @@ use crate::app::App;
 /// `paycron ledger ...`.
 #[derive(clap::Subcommand)]
 pub enum LedgerCmd {
-    /// Export every charge attempt and its outcome.
+    /// Export every charge attempt and its outcome (and money going back).
     Export {
-        /// Output format (one JSON object a line; the only one, the contract's).
+        /// `jsonl` (one JSON object a line: the contract's) or `csv` (a header, for finance).
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
+        /// Only lines recorded at or after this instant (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only lines recorded before this instant (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
-/// What `ledger export` writes: JSON lines only, so `--help` offers nothing it refuses.
+/// What `ledger export` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
     /// One JSON object per line.
     Jsonl,
+    /// CSV with a header row.
+    Csv,
 }
 
 impl LedgerCmd {
@@ -32,8 +40,38 @@ impl LedgerCmd {
     pub async fn execute(self, app: &App) -> Result<()> {
         match self {
             LedgerCmd::Export {
-                format: ExportFormat::Jsonl,
-            } => export(app).await,
+                format,
+                since,
+                until,
+            } => {
+                let at = |flag: &str,
+                          v: Option<String>|
+                 -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+                    v.map(|v| {
+                        chrono::DateTime::parse_from_rfc3339(v.trim())
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .map_err(|e| {
+                                CommandError::BadInput(format!(
+                                    "{flag}: {v:?} is not an RFC 3339 time (e.g. 2027-01-01T00:00:00Z): {e}"
+                                ))
+                            })
+                    })
+                    .transpose()
+                };
+                let (since, until) = (at("--since", since)?, at("--until", until)?);
+                if let (Some(s), Some(u)) = (since, until)
+                    && s >= u
+                {
+                    return Err(CommandError::BadInput(format!(
+                        "--since {s} is not before --until {u}"
+                    )));
+                }
+                let format = match format {
+                    ExportFormat::Jsonl => crate::ledger::ExportFormat::Jsonl,
+                    ExportFormat::Csv => crate::ledger::ExportFormat::Csv,
+                };
+                export(app, format, since, until).await
+            }
         }
     }
 }
@@ -185,8 +223,13 @@ pub async fn reconcile(app: &App, args: ReconcileArgs) -> Result<()> {
 ///
 /// # Errors
 /// [`CommandError`].
-async fn export(app: &App) -> Result<()> {
+async fn export(
+    app: &App,
+    format: crate::ledger::ExportFormat,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    crate::ledger::export_jsonl(&app.pool, &mut out).await?;
+    crate::ledger::export(&app.pool, &mut out, format, since, until).await?;
     Ok(())
 }

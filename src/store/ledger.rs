@@ -117,7 +117,11 @@ pub struct ExportRow {
 ///
 /// # Errors
 /// [`super::StoreError`].
-pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
+pub async fn export(
+    pool: &PgPool,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<ExportRow>> {
     const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
     const DAY: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
     Ok(sqlx::query_as(sqlf!(
@@ -131,7 +135,8 @@ pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
                 c.amount_minor, c.currency, e.provider_payment_id,
                 to_char(coalesce(e.recorded_at, c.created_at) AT TIME ZONE 'UTC', {TS}) AS recorded_at,
                 NULL::uuid AS refund_id, NULL::text AS provider_refund_id, NULL::text AS dispute_id,
-                c.created_at AS sort_at, c.period_start AS sort_period, c.id::text AS sort_id
+                c.created_at AS sort_at, c.period_start AS sort_period, c.id::text AS sort_id,
+                coalesce(e.recorded_at, c.created_at) AS at
            FROM paycron.charges c LEFT JOIN paycron.ledger_entries e ON e.charge_id = c.id AND e.kind = 'charge'
          UNION ALL
          SELECT 'refund', c.id, c.subscription_id, c.customer_id,
@@ -140,7 +145,7 @@ pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
                 r.amount_minor, r.currency, r.provider_payment_id,
                 to_char(coalesce(e.recorded_at, r.created_at) AT TIME ZONE 'UTC', {TS}),
                 r.id, r.provider_refund_id, NULL,
-                r.created_at, c.period_start, r.id::text
+                r.created_at, c.period_start, r.id::text, coalesce(e.recorded_at, r.created_at)
            FROM paycron.refunds r JOIN paycron.charges c ON c.id = r.charge_id
            LEFT JOIN paycron.ledger_entries e ON e.refund_id = r.id
          UNION ALL
@@ -149,11 +154,14 @@ pub async fn export(pool: &PgPool) -> Result<Vec<ExportRow>> {
                 e.amount_minor, e.currency, d.provider_payment_id,
                 to_char(e.recorded_at AT TIME ZONE 'UTC', {TS}),
                 NULL, NULL, e.dispute_id,
-                e.recorded_at, e.period_start, e.id::text
+                e.recorded_at, e.period_start, e.id::text, e.recorded_at
            FROM paycron.ledger_entries e JOIN paycron.disputes d ON d.id = e.dispute_id
           WHERE e.kind LIKE 'dispute%') lines
+          WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
           ORDER BY sort_at, sort_period, attempt, sort_id"
     ))
+    .bind(since)
+    .bind(until)
     .fetch_all(pool)
     .await?)
 }

@@ -746,3 +746,59 @@ async fn a_dry_run_shows_what_would_be_charged_and_changes_nothing() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     h.sim.shutdown().await;
 }
+
+/// `ledger export` for finance: a window by when lines were recorded, and CSV with a header;
+/// the JSON lines keep the contract's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_exports_a_window_as_csv_or_json_lines() {
+    let h = crate::helpers::Harness::start().await;
+    h.paid_charge("EX1", 1000).await;
+    h.paid_charge("EX2", 2500).await;
+    let jsonl = h.cli(["ledger", "export"]).await;
+    assert_eq!(jsonl.code, 0, "{}", jsonl.stderr);
+    assert_eq!(jsonl.stdout.lines().count(), 2);
+    let csv = h.cli(["ledger", "export", "--format", "csv"]).await;
+    assert_eq!(csv.code, 0, "{}", csv.stderr);
+    let mut reader = ::csv::Reader::from_reader(csv.stdout.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(header[0], "kind");
+    assert!(header.contains(&"provider_payment_id".to_owned()));
+    let rows: Vec<::csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    let amount = header.iter().position(|h| h == "amount_minor").unwrap();
+    let mut amounts: Vec<&str> = rows.iter().map(|r| &r[amount]).collect();
+    amounts.sort();
+    assert_eq!(amounts, ["1000", "2500"]);
+    // A window: nothing recorded in the future, everything since yesterday.
+    let future = h
+        .cli(["ledger", "export", "--since", "2999-01-01T00:00:00Z"])
+        .await;
+    assert_eq!((future.code, future.stdout.as_str()), (0, ""));
+    let since = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let recent = h.cli(["ledger", "export", "--since", &since]).await;
+    assert_eq!(recent.stdout.lines().count(), 2, "{}", recent.stderr);
+    for (args, says) in [
+        (vec!["--since", "yesterday"], "--since"),
+        (
+            vec![
+                "--since",
+                "2027-02-01T00:00:00Z",
+                "--until",
+                "2027-01-01T00:00:00Z",
+            ],
+            "is not before --until",
+        ),
+    ] {
+        let out = h
+            .cli(["ledger", "export"].into_iter().chain(args.clone()))
+            .await;
+        assert_eq!(out.code, 2, "{args:?}");
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    h.sim.shutdown().await;
+}

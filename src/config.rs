@@ -455,6 +455,13 @@ impl Config {
         Ok(Config { warnings, ..config })
     }
 
+    /// Every setting's key (the variables and file keys paycron reads), sorted.
+    pub fn settings() -> Vec<String> {
+        let all = Source::default();
+        let _ = Self::from_source(&all);
+        all.asked.take().into_iter().collect()
+    }
+
     /// The defaults alone, ignoring the environment and any file (tests and embedding
     /// programs set fields directly).
     pub fn defaults() -> Self {

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use paycron::commands::cli::{Cli, dispatch, is_report};
 use paycron::config::{Config, LogFormat};
 use paycron::ops::shutdown::Shutdown;
@@ -30,7 +29,11 @@ fn signals() -> Shutdown {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = paycron::commands::env_help::annotate(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

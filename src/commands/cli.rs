@@ -48,6 +48,13 @@ pub enum Command {
         #[command(subcommand)]
         command: db::DbCmd,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `paycron man > /usr/local/share/man/man1/paycron.1`.
+    Man,
     #[command(flatten)]
     App(AppCommand),
 }
@@ -136,6 +143,22 @@ pub async fn dispatch(command: Command, config: Config, signals: fn() -> Shutdow
         Command::Bench(args) => bench::run(config, args).await,
         Command::Simulator(args) => simulator::run(args, signals()).await,
         Command::Db { command } => command.execute(config).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "paycron", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &out)
+                .map_err(super::output_error)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(super::env_help::annotate(Cli::command()))
+                .render(&mut out)
+                .map_err(super::output_error)?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &out)
+                .map_err(super::output_error)
+        }
         Command::App(command) => {
             let app = App::build(config).await?;
             match command {

@@ -9,6 +9,7 @@ pub mod db;
 pub mod demo;
 pub mod disputes;
 pub mod enroll;
+pub mod env_help;
 pub mod events;
 pub mod healthcheck;
 pub mod ledger;

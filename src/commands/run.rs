@@ -259,6 +259,10 @@ pub async fn daemon(
     config: crate::config::Config,
     shutdown: crate::ops::shutdown::Shutdown,
 ) -> Result<()> {
+    tracing::info!(
+        schedules = %crate::scheduler::source(config.schedules.as_deref()),
+        "schedules in use"
+    );
     let jobs = crate::scheduler::resolve(config.schedules.as_deref())
         .map_err(|e| CommandError::BadInput(format!("PAYCRON_SCHEDULES: {e}")))?;
     let drain = config.drain_timeout;

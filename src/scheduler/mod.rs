@@ -225,6 +225,15 @@ pub fn built_in() -> Result<Vec<JobSpec>, ScheduleFileError> {
     )
 }
 
+/// Where [`resolve`] takes the schedules from, in words for the start-up line.
+pub fn source(configured: Option<&Path>) -> String {
+    match configured {
+        Some(path) => format!("{} (PAYCRON_SCHEDULES)", path.display()),
+        None if Path::new("schedules").exists() => "schedules/ in the working directory".to_owned(),
+        None => "the built-in default (schedules/default.toml as shipped)".to_owned(),
+    }
+}
+
 /// The schedules the daemon runs: `configured` when set (a file or a directory), else
 /// `schedules/` in the working directory when it exists, else [`built_in`].
 ///

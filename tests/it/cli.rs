@@ -802,3 +802,42 @@ async fn the_ledger_exports_a_window_as_csv_or_json_lines() {
     }
     h.sim.shutdown().await;
 }
+
+/// Shell completions, the manual page, and each command's --help listing the environment it
+/// reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_man_page_and_the_environment_in_help() {
+    let (code, out, err) = run(paycron(None, None).args(["completions", "bash"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("_paycron()") && out.contains("enroll"),
+        "{out}"
+    );
+    let (code, out, _) = run(paycron(None, None).args(["completions", "zsh"])).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("#compdef paycron"), "{out}");
+    let (code, _, _) = run(paycron(None, None).args(["completions", "tcsh"])).await;
+    assert_eq!(code, 2);
+    let (code, man, _) = run(paycron(None, None).arg("man")).await;
+    assert_eq!(code, 0);
+    assert!(
+        man.contains(".TH paycron 1") && man.contains("reconcile"),
+        "{man}"
+    );
+    for (command, reads, not) in [
+        ("run", "PAYCRON_OPS_ADDR", "PAYCRON_MIGRATE_DATABASE_URL"),
+        ("enroll", "PAYCRON_PUBLIC_URL", "PAYCRON_OPS_ADDR"),
+        (
+            "migrate",
+            "PAYCRON_MIGRATE_DATABASE_URL",
+            "SQUARE_ACCESS_TOKEN",
+        ),
+        ("sync-cards", "SQUARE_ACCESS_TOKEN", "PAYCRON_PUBLIC_URL"),
+    ] {
+        let (code, help, _) = run(paycron(None, None).args([command, "--help"])).await;
+        assert_eq!(code, 0, "{command}");
+        assert!(help.contains("Environment"), "{command}: {help}");
+        assert!(help.contains(reads), "{command} reads {reads}: {help}");
+        assert!(!help.contains(not), "{command} does not read {not}: {help}");
+    }
+}

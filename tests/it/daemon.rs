@@ -594,11 +594,12 @@ async fn the_daemon_runs_outside_the_repository_on_the_built_in_schedule() {
     wait_for(port, "/readyz", 200).await;
     sigterm(&child).await;
     let out = child.wait_with_output().await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    // It says which schedules it runs.
+    assert!(
+        log.contains("schedules in use") && log.contains("the built-in default"),
+        "{log}"
     );
     s.shutdown().await;
 }

@@ -218,6 +218,9 @@ pub struct Config {
     /// `PAYCRON_HEALTH_STALE_INTERVALS`: `/healthz` fails when bill-due has not completed a pass
     /// for this many of its schedule's intervals (size it above your longest pass). Default 60.
     pub health_stale_intervals: u32,
+    /// `PAYCRON_PROGRESS_SECONDS`: how often a long command without a terminal logs its
+    /// progress ("n of N, rate, ETA"). Default 10.
+    pub progress_every: Duration,
     /// Square.
     pub square: SquareConfig,
     /// Billing.
@@ -515,6 +518,11 @@ impl Config {
             },
             health_stale_intervals: src.positive("PAYCRON_HEALTH_STALE_INTERVALS", 60, 100_000)?
                 as u32,
+            progress_every: Duration::from_secs(src.positive(
+                "PAYCRON_PROGRESS_SECONDS",
+                10,
+                3_600,
+            )?),
             webhook_path: match src.get("PAYCRON_WEBHOOK_PATH") {
                 None => "/webhooks/square".into(),
                 Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p,

@@ -241,6 +241,8 @@ pub struct Engine {
     breaker: std::sync::Mutex<breaker::Breaker>,
     // While the configuration is unproven, one charge at a time holds this.
     probe: Arc<tokio::sync::Semaphore>,
+    // Told how many charges each recorded batch attempted (a long command's progress).
+    progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 /// The payload of a lifecycle event.
@@ -294,6 +296,7 @@ impl Engine {
             clock: clock::Clock::system(),
             breaker: std::sync::Mutex::new(breaker::Breaker::new(probe_after)),
             probe: Arc::new(tokio::sync::Semaphore::new(1)),
+            progress: None,
         })
     }
 
@@ -302,6 +305,12 @@ impl Engine {
     /// withdrawn.
     pub fn with_cancel(mut self, token: CancellationToken) -> Self {
         self.cancel = token;
+        self
+    }
+
+    /// Calls `progress` with the number of charges each recorded batch attempted.
+    pub fn with_progress(mut self, progress: Arc<dyn Fn(u64) + Send + Sync>) -> Self {
+        self.progress = Some(progress);
         self
     }
 

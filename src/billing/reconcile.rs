@@ -16,16 +16,32 @@ use crate::ledger::refunds::{RefundRepair, compare_refunds};
 use crate::store::{charges, refunds};
 
 /// Every page of a cursor-driven list, gathered.
-async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, BillingError>
+async fn all_pages<T, F, Fut>(what: &'static str, mut page: F) -> Result<Vec<T>, BillingError>
 where
     F: FnMut(Option<String>) -> Fut,
     Fut: std::future::Future<Output = crate::gateway::Result<crate::gateway::Page<T>>>,
 {
     let mut cursor: Option<String> = None;
     let mut all = Vec::new();
+    let started = std::time::Instant::now();
+    let mut logged = started;
+    let mut pages = 0u64;
     loop {
         let p = page(cursor.take()).await?;
         all.extend(p.items);
+        pages += 1;
+        // A long listing (a busy seller's month) shows it is moving.
+        if logged.elapsed() >= std::time::Duration::from_secs(10) {
+            logged = std::time::Instant::now();
+            tracing::info!(
+                listing = what,
+                pages,
+                items = all.len(),
+                items_per_s =
+                    (all.len() as f64 / started.elapsed().as_secs_f64().max(0.001)).round(),
+                "reconcile progress"
+            );
+        }
         match p.cursor {
             Some(c) => cursor = Some(c),
             None => return Ok(all),
@@ -45,11 +61,10 @@ pub async fn reconcile(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Report, BillingError> {
-    let payments: Vec<ProviderPayment> =
-        all_pages(
-            |cursor| async move { gateway.list_payments(since, until, cursor.as_deref()).await },
-        )
-        .await?;
+    let payments: Vec<ProviderPayment> = all_pages("payments", |cursor| async move {
+        gateway.list_payments(since, until, cursor.as_deref()).await
+    })
+    .await?;
     let window_charges = charges::in_window(pool, since, until).await?;
     let referenced: Vec<ChargeId> = payments
         .iter()
@@ -78,11 +93,10 @@ async fn reconcile_refunds(
     until: DateTime<Utc>,
     report: &mut Report,
 ) -> Result<(), BillingError> {
-    let square =
-        all_pages(
-            |cursor| async move { gateway.list_refunds(since, until, cursor.as_deref()).await },
-        )
-        .await?;
+    let square = all_pages("refunds", |cursor| async move {
+        gateway.list_refunds(since, until, cursor.as_deref()).await
+    })
+    .await?;
     let named: Vec<String> = square.iter().filter_map(|r| r.payment_id.clone()).collect();
     let charges = charges::ids_by_payment(pool, &named).await?;
     let mut local = refunds::in_window(pool, since, until).await?;

@@ -229,6 +229,9 @@ impl Engine {
         if let Some(code) = unauthorized {
             return Err(BillingError::Unauthorized { code });
         }
+        if let Some(progress) = &self.progress {
+            progress(summary.attempted);
+        }
         Ok(summary)
     }
 

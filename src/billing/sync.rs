@@ -43,6 +43,19 @@ pub struct SyncTotals {
 /// [`super::BillingError`] when Square or the database fails; what was written stays.
 #[tracing::instrument(skip_all)]
 pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<SyncTotals> {
+    sync_cards_with(pool, gateway, &|_| {}).await
+}
+
+/// [`sync_cards`], telling `on_customers` how many customers each page brought (a long
+/// command's progress).
+///
+/// # Errors
+/// [`BillingError`].
+pub async fn sync_cards_with(
+    pool: &PgPool,
+    gateway: &dyn PaymentGateway,
+    on_customers: &(dyn Fn(u64) + Send + Sync),
+) -> Result<SyncTotals> {
     let started = Instant::now();
     let mut totals = SyncTotals::default();
     let mut cursor: Option<String> = None;
@@ -59,11 +72,12 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
             sync_customer(pool, gateway, customer, &mut totals).await?;
             totals.customers += 1;
         }
-        tracing::info!(
+        on_customers(page.items.len() as u64);
+        tracing::debug!(
             page = page_no,
             customers = totals.customers,
             cards = totals.cards,
-            "sync-cards progress"
+            "sync-cards page"
         );
         match page.cursor {
             Some(c) => cursor = Some(c),
@@ -79,6 +93,8 @@ pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<S
         cards_refused = totals.cards_refused,
         cards_stale = totals.cards_stale,
         customers_skipped = totals.customers_skipped,
+        customers_per_s =
+            (totals.customers as f64 / started.elapsed().as_secs_f64().max(0.001)).round(),
         duration_ms = started.elapsed().as_millis() as u64,
         "sync-cards done"
     );

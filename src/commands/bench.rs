@@ -164,11 +164,21 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     cfg.billing.concurrency = args.concurrency;
     cfg.billing.batch_size = args.batch_size;
     let app = App::from_pool(cfg, pool);
-    let engine = app.engine(app.square()?).await?;
+    let progress = std::sync::Arc::new(crate::ops::progress::Progress::new(
+        "bench",
+        args.subscriptions as u64,
+        app.config.progress_every,
+    ));
+    let counter = progress.clone();
+    let engine = app
+        .engine(app.square()?)
+        .await?
+        .with_progress(std::sync::Arc::new(move |n| counter.inc(n)));
 
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let summary = engine.bill_due(now).await?;
+    progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     drop(sim);

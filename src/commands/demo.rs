@@ -334,7 +334,14 @@ async fn bill(
     let mut now = start;
     let cancel_day = start + Duration::days(60);
     let mut canceled = false;
+    let steps = u64::try_from((end - start).num_hours() / 6 + 1).unwrap_or(0);
+    let progress = crate::ops::progress::Progress::new(
+        "demo: six-hour steps",
+        steps,
+        app.config.progress_every,
+    );
     while now <= end {
+        progress.inc(1);
         total.merge(&engine.recover(now).await?);
         total.merge(&engine.bill_due(now).await?);
         if !canceled && now >= cancel_day {
@@ -348,6 +355,7 @@ async fn bill(
         }
         now += Duration::hours(6);
     }
+    progress.finish();
 
     Ok(total)
 }

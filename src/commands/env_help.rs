@@ -8,6 +8,7 @@ const COMMON: &[&str] = &[
     "DATABASE_URL_FILE",
     "PAYCRON_HOME",
     "PAYCRON_LOG_FORMAT",
+    "PAYCRON_PROGRESS_SECONDS",
 ];
 /// Read by every command that talks to Square.
 const SQUARE: &[&str] = &[

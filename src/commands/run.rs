@@ -46,6 +46,15 @@ pub fn parse_now(app: &App, now: Option<&str>) -> Result<DateTime<Utc>> {
     Ok(t)
 }
 
+/// Clears a progress bar however the command ends.
+struct ClearOnDrop(std::sync::Arc<crate::ops::progress::Progress>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// Keeps a run-once task's outcome as the task's last result (`paycron status`), as the
 /// daemon does; a failure to keep it is logged, never the command's failure.
 async fn remember<T>(
@@ -108,7 +117,10 @@ fn log_summary(task: &str, s: &Summary, started: Instant) {
 /// [`CommandError`].
 pub async fn sync_cards(app: &App) -> Result<()> {
     let gateway = app.square()?;
-    sync::sync_cards(&app.pool, gateway.as_ref()).await?;
+    let progress = crate::ops::progress::Progress::new("sync-cards", 0, app.config.progress_every);
+    let result = sync::sync_cards_with(&app.pool, gateway.as_ref(), &|n| progress.inc(n)).await;
+    progress.finish();
+    result?;
     Ok(())
 }
 
@@ -197,7 +209,19 @@ pub async fn run_once(
     // A drain (SIGTERM: a CronJob pod evicted) stops claiming and sending; what is in flight
     // finishes. An abort (a second signal) leaves at once: leases make that safe.
     let cancel = shutdown.drain.clone();
-    let engine = app.engine(gateway).await?.with_cancel(cancel);
+    let (due, _) = crate::store::subscriptions::due_stats(&app.pool, now).await?;
+    let progress = std::sync::Arc::new(crate::ops::progress::Progress::new(
+        "charges",
+        u64::try_from(due).unwrap_or(0),
+        app.config.progress_every,
+    ));
+    let counter = progress.clone();
+    let engine = app
+        .engine(gateway)
+        .await?
+        .with_cancel(cancel)
+        .with_progress(std::sync::Arc::new(move |n| counter.inc(n)));
+    let _clear = ClearOnDrop(progress);
     tokio::select! {
         r = run_tasks(app, &engine, task, now) => r,
         () = shutdown.abort.cancelled() => Err(CommandError::Failed(

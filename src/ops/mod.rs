@@ -3,6 +3,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod progress;
 pub mod server;
 pub mod shutdown;
 pub mod square_webhooks;

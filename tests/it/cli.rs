@@ -841,3 +841,32 @@ async fn completions_man_page_and_the_environment_in_help() {
         assert!(!help.contains(not), "{command} does not read {not}: {help}");
     }
 }
+
+/// A long run-once without a terminal says how far it is: "n of N, rate, ETA" log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_logs_its_progress_without_a_terminal() {
+    let s = crate::helpers::slow_sim(400).await;
+    let db = fresh_db().await;
+    crate::helpers::seed_due(&db, &s, 6).await;
+    let (code, _, err) = run(paycron(Some(&db.url), Some(&s.base_url()))
+        .env("PAYCRON_CONCURRENCY", "1")
+        .env("PAYCRON_BATCH_SIZE", "1")
+        .env("PAYCRON_PROGRESS_SECONDS", "1")
+        .args(["run-once", "--task", "bill-due"]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "progress")
+        .collect();
+    assert!(!lines.is_empty(), "{err}");
+    for l in &lines {
+        assert_eq!(l["total"], 6, "{l}");
+        assert!(
+            l["done"].as_u64().unwrap() <= 6 && l["rate_per_s"].is_number(),
+            "{l}"
+        );
+    }
+    s.shutdown().await;
+}

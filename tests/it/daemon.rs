@@ -838,3 +838,67 @@ async fn the_daemon_serves_enrollment_pages_and_its_task_finds_lost_sales() {
     h.assert_exactly_once().await;
     h.sim.shutdown().await;
 }
+
+/// The Prometheus Operator's PrometheusRule carries exactly the shipped alert rules.
+#[test]
+fn the_prometheus_rule_resource_is_the_alert_rules_file() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yaml")).unwrap();
+    let resource =
+        std::fs::read_to_string(format!("{root}/deploy/k8s/monitoring/prometheusrule.yaml"))
+            .unwrap();
+    let groups: Vec<String> = rules
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .skip_while(|l| *l != "groups:")
+        .skip(1)
+        .map(|l| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("  {l}")
+            }
+        })
+        .collect();
+    let spec: Vec<String> = resource
+        .lines()
+        .skip_while(|l| *l != "  groups:")
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    assert!(groups.len() > 20);
+    assert_eq!(
+        spec, groups,
+        "deploy/k8s/monitoring/prometheusrule.yaml drifted from alerts.yaml"
+    );
+}
+
+/// Every manifest runs this version's image, and the migrate Job's name carries the version
+/// (so an upgrade makes a new Job instead of failing on the old one's immutable template).
+#[test]
+fn manifests_run_this_version_and_the_migrate_job_is_named_by_it() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let version = env!("CARGO_PKG_VERSION");
+    for file in ["deployment.yaml", "cronjob.yaml", "migrate-job.yaml"] {
+        let text = std::fs::read_to_string(format!("{root}/deploy/k8s/{file}")).unwrap();
+        for image in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("image:"))
+        {
+            assert!(
+                image.trim_end().ends_with(&format!(":{version}")),
+                "{file}: {image}"
+            );
+        }
+    }
+    let job = std::fs::read_to_string(format!("{root}/deploy/k8s/migrate-job.yaml")).unwrap();
+    assert!(
+        job.contains(&format!(
+            "name: paycron-migrate-{}",
+            version.replace('.', "-")
+        )),
+        "{job}"
+    );
+    let docker = std::fs::read_to_string(format!("{root}/deploy/Dockerfile")).unwrap();
+    assert!(docker.contains(&format!("ARG VERSION={version}")));
+}

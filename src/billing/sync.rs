@@ -84,6 +84,12 @@ pub async fn sync_cards_with(
             None => break,
         }
     }
+    crate::ops::metrics::count_synced(
+        totals.customers,
+        totals.cards,
+        totals.cards_changed,
+        totals.cards_refused,
+    );
     tracing::info!(
         customers = totals.customers,
         cards = totals.cards,

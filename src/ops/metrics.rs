@@ -53,6 +53,14 @@ pub const RECONCILE_FINDINGS: &str = "paycron_reconcile_findings";
 pub const RATE_LIMIT_WAIT: &str = "paycron_rate_limit_wait_seconds";
 /// Counter: enrollments at the counter reaching a stage, label `stage` (paid|completed).
 pub const ENROLLMENTS: &str = "paycron_enrollments_total";
+/// Counter: what sync-cards filed, label `kind` (customers|cards|cards_changed|cards_refused).
+pub const SYNCED: &str = "paycron_sync_cards_total";
+/// Gauge: the database pool's connections, label `state` (open|idle).
+pub const POOL: &str = "paycron_db_pool_connections";
+/// Gauge: CPU time this process used, seconds (user + system).
+pub const PROCESS_CPU: &str = "paycron_process_cpu_seconds_total";
+/// Gauge: this process's resident memory, bytes.
+pub const PROCESS_RSS: &str = "paycron_process_resident_memory_bytes";
 /// Gauge: 1, labelled with the running `version`.
 pub const BUILD_INFO: &str = "paycron_build_info";
 
@@ -79,6 +87,10 @@ pub const ALL: &[&str] = &[
     RECONCILE_FINDINGS,
     ENROLLMENTS,
     RATE_LIMIT_WAIT,
+    SYNCED,
+    POOL,
+    PROCESS_CPU,
+    PROCESS_RSS,
     BUILD_INFO,
 ];
 
@@ -185,6 +197,14 @@ pub fn install() -> PrometheusHandle {
             for stage in ["paid", "completed"] {
                 metrics::counter!(ENROLLMENTS, "stage" => stage).absolute(0);
             }
+            metrics::describe_counter!(SYNCED, "What sync-cards filed, by kind");
+            for kind in ["customers", "cards", "cards_changed", "cards_refused"] {
+                metrics::counter!(SYNCED, "kind" => kind).absolute(0);
+            }
+            metrics::describe_gauge!(POOL, "Database pool connections, by state");
+            metrics::describe_gauge!(PROCESS_CPU, metrics::Unit::Seconds, "CPU time used");
+            metrics::describe_gauge!(PROCESS_RSS, metrics::Unit::Bytes, "Resident memory");
+            sample_process();
             handle
         })
         .clone()
@@ -194,4 +214,42 @@ pub fn install() -> PrometheusHandle {
 /// card is on file).
 pub fn count_enrollment(stage: &'static str) {
     metrics::counter!(ENROLLMENTS, "stage" => stage).increment(1);
+}
+
+/// Samples this process's CPU time and resident memory (Linux `/proc/self`; elsewhere nothing).
+pub fn sample_process() {
+    // utime and stime are fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second
+    // on Linux); the command name (field 2) may hold spaces, so fields count from its ')'.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some((_, rest)) = stat.rsplit_once(')')
+    {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(u), Some(s)) = (
+            f.get(11).and_then(|v| v.parse::<f64>().ok()),
+            f.get(12).and_then(|v| v.parse::<f64>().ok()),
+        ) {
+            metrics::gauge!(PROCESS_CPU).set((u + s) / 100.0);
+        }
+    }
+    // Resident pages are field 2 of /proc/self/statm.
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+        && let Some(pages) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+    {
+        metrics::gauge!(PROCESS_RSS).set(pages * 4096.0);
+    }
+}
+
+/// What sync-cards filed in one run.
+pub fn count_synced(customers: u64, cards: u64, changed: u64, refused: u64) {
+    for (kind, n) in [
+        ("customers", customers),
+        ("cards", cards),
+        ("cards_changed", changed),
+        ("cards_refused", refused),
+    ] {
+        metrics::counter!(SYNCED, "kind" => kind).increment(n);
+    }
 }

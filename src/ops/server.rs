@@ -150,6 +150,10 @@ async fn watch_readiness(pool: PgPool, ready: Arc<AtomicBool>, stop: Cancellatio
 }
 
 async fn metrics(State(s): State<OpsState>) -> impl IntoResponse {
+    // Sampled at the scrape: the values are current whenever Prometheus asks.
+    crate::ops::metrics::sample_process();
+    metrics::gauge!(crate::ops::metrics::POOL, "state" => "open").set(f64::from(s.pool.size()));
+    metrics::gauge!(crate::ops::metrics::POOL, "state" => "idle").set(s.pool.num_idle() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

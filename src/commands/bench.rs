@@ -24,9 +24,13 @@ const BENCH_DATABASE: &str = "paycron_bench";
 /// Benchmark parameters.
 #[derive(Clone, Copy, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Due subscriptions to bill.
+    /// Subscriptions seeded.
     #[arg(long, default_value_t = 100_000)]
     pub subscriptions: i64,
+    /// Of them, how many are due now (default: all); the rest fall due over the next weeks, so
+    /// the claim's cost can be measured against the rows that are not due.
+    #[arg(long)]
+    pub due: Option<i64>,
     /// Simulated Square latency per request, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -80,6 +84,13 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
         return Err(CommandError::BadInput(
             "--subscriptions, --concurrency and --batch-size must be positive".into(),
         ));
+    }
+    let due = args.due.unwrap_or(args.subscriptions);
+    if due <= 0 || due > args.subscriptions {
+        return Err(CommandError::BadInput(format!(
+            "--due: {due} is not between 1 and --subscriptions ({})",
+            args.subscriptions
+        )));
     }
     let url = match &config.database_url {
         Some(u) => {
@@ -144,11 +155,12 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     crate::store::fixtures::bulk_seed(
         &pool,
         args.subscriptions,
+        due,
         now - chrono::Duration::minutes(1),
     )
     .await?;
     eprintln!(
-        "bench: seeded {} due subscriptions in {:.1}s; billing at latency {} ms, concurrency {}",
+        "bench: seeded {} subscriptions ({due} due) in {:.1}s; billing at latency {} ms, concurrency {}",
         args.subscriptions,
         seed_started.elapsed().as_secs_f64(),
         args.latency_ms,
@@ -166,7 +178,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     let app = App::from_pool(cfg, pool);
     let progress = std::sync::Arc::new(crate::ops::progress::Progress::new(
         "bench",
-        args.subscriptions as u64,
+        due as u64,
         app.config.progress_every,
     ));
     let counter = progress.clone();
@@ -182,10 +194,10 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     drop(sim);
-    if summary.succeeded != args.subscriptions as u64 {
+    if summary.succeeded != due as u64 {
         return Err(CommandError::Failed(format!(
-            "bench: {} of {} charges succeeded ({} unresolved)",
-            summary.succeeded, args.subscriptions, summary.unresolved
+            "bench: {} of {due} charges succeeded ({} unresolved)",
+            summary.succeeded, summary.unresolved
         )));
     }
     let rate = summary.succeeded as f64 / seconds;

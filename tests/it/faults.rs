@@ -105,6 +105,7 @@ async fn kill_rounds(kills: usize, seed: u64) {
     setup(&db, &s, 40).await;
     let mut seed = seed;
     for _ in 0..kills {
+        let before = s.with(|st| st.hits);
         let mut child = paycron(Some(&db.url), Some(&s.base_url()))
             .env("PAYCRON_CONCURRENCY", "8")
             .env("PAYCRON_BATCH_SIZE", "10")
@@ -113,7 +114,15 @@ async fn kill_rounds(kills: usize, seed: u64) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = 20 + pseudo_random(&mut seed) % 250;
+        // The kill lands once this process is talking to Square (however long its start-up
+        // takes on a busy machine), at a random instant within the next 250 ms.
+        for _ in 0..2500 {
+            if s.with(|st| st.hits) > before || child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let delay = pseudo_random(&mut seed) % 250;
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let _ = child.kill().await; // SIGKILL, then reaped
     }

@@ -215,6 +215,8 @@ pub fn resend_backoff(sends: i32, lease: std::time::Duration) -> chrono::Duratio
 const RECORD_BATCH: usize = 128;
 /// Batches recorded at once.
 const RECORD_PARALLEL: usize = 4;
+/// How long the first answer of a record batch waits for others to join it.
+const RECORD_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The billing engine of one worker.
 pub struct Engine {

@@ -229,18 +229,22 @@ impl Engine {
                     }
                 }
             })
-            .buffer_unordered(self.config.concurrency)
-            .ready_chunks(RECORD_BATCH)
-            .map(|chunk| async move {
-                let ids: Vec<ChargeId> = chunk.iter().map(|a| a.charge.id).collect();
-                let recorded = self.record_batch(chunk, now).await;
-                // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
-                self.leased.release(&ids);
-                recorded
-            })
-            // Batches touch disjoint charges and subscriptions (one open charge per subscription),
-            // so recording a few at once cannot deadlock.
-            .buffer_unordered(RECORD_PARALLEL);
+            .buffer_unordered(self.config.concurrency);
+        // Answers are recorded in batches: what arrives within RECORD_WINDOW of the first
+        // (at most RECORD_BATCH) shares one transaction, so a fast provider does not cost a
+        // commit per handful of charges.
+        let outcomes =
+            tokio_stream::StreamExt::chunks_timeout(outcomes, RECORD_BATCH, RECORD_WINDOW)
+                .map(|chunk| async move {
+                    let ids: Vec<ChargeId> = chunk.iter().map(|a| a.charge.id).collect();
+                    let recorded = self.record_batch(chunk, now).await;
+                    // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
+                    self.leased.release(&ids);
+                    recorded
+                })
+                // Batches touch disjoint charges and subscriptions (one open charge per subscription),
+                // so recording a few at once cannot deadlock.
+                .buffer_unordered(RECORD_PARALLEL);
         let mut outcomes = std::pin::pin!(outcomes);
         let work = async {
             while let Some(recorded) = outcomes.next().await {

@@ -148,6 +148,25 @@ pub struct Calendar {
 }
 
 impl Calendar {
+    /// A calendar from the terms as stored: `unit` (`day` … `year`), `count`, the IANA `zone`.
+    ///
+    /// # Errors
+    /// [`ScheduleError::Interval`] or [`ScheduleError::Zone`].
+    pub fn from_stored(
+        anchor: DateTime<Utc>,
+        unit: &str,
+        count: i32,
+        zone: &str,
+    ) -> Result<Self, ScheduleError> {
+        let count =
+            u32::try_from(count).map_err(|_| ScheduleError::Interval(format!("{count}{unit}")))?;
+        Ok(Calendar {
+            anchor,
+            interval: Interval::new(unit.parse()?, count)?,
+            zone: parse_zone(zone)?,
+        })
+    }
+
     /// The instant period `n` (0-based) starts. Period 0 starts at the anchor itself.
     ///
     /// # Errors

@@ -424,24 +424,14 @@ impl Counter {
     /// # Errors
     /// [`EnrollError::Calendar`].
     pub fn second_period_start(&self, e: &EnrollmentView) -> Result<DateTime<Utc>> {
-        let unit =
-            e.interval_unit
-                .parse()
-                .map_err(|err: crate::domain::schedule::ScheduleError| {
-                    EnrollError::Calendar(err.to_string())
-                })?;
-        let count = u32::try_from(e.interval_count)
-            .map_err(|err| EnrollError::Calendar(err.to_string()))?;
-        let calendar = crate::domain::Calendar {
-            anchor: e.anchor,
-            interval: crate::domain::schedule::Interval::new(unit, count)
-                .map_err(|err| EnrollError::Calendar(err.to_string()))?,
-            zone: crate::domain::schedule::parse_zone(&e.time_zone)
-                .map_err(|err| EnrollError::Calendar(err.to_string()))?,
-        };
-        calendar
-            .period_start(1)
-            .map_err(|err| EnrollError::Calendar(err.to_string()))
+        crate::domain::Calendar::from_stored(
+            e.anchor,
+            &e.interval_unit,
+            e.interval_count,
+            &e.time_zone,
+        )
+        .and_then(|c| c.period_start(1))
+        .map_err(|err| EnrollError::Calendar(err.to_string()))
     }
 
     /// ListCards for the enrollment's customer, filed: a new card completes it.

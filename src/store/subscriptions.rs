@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{Result, StoreError};
 use crate::domain::lifecycle::{State, Terms};
-use crate::domain::schedule::{Calendar, Interval, IntervalUnit, parse_zone};
+use crate::domain::schedule::{Calendar, Interval};
 use crate::domain::{CardId, ChargeId, CustomerId, Money, SubscriptionId, SubscriptionStatus};
 
 /// A new subscription as the CLI or an application asks for it.
@@ -97,21 +97,15 @@ impl SubscriptionRow {
     /// # Errors
     /// [`StoreError::Corrupt`] if the stored interval or zone does not parse.
     pub fn calendar(&self) -> Result<Calendar> {
-        let corrupt = |reason: String| StoreError::Corrupt {
+        Calendar::from_stored(
+            self.anchor,
+            &self.interval_unit,
+            self.interval_count,
+            &self.time_zone,
+        )
+        .map_err(|e| StoreError::Corrupt {
             table: "subscriptions",
-            reason,
-        };
-        let unit: IntervalUnit = self
-            .interval_unit
-            .parse()
-            .map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
-        let count =
-            u32::try_from(self.interval_count).map_err(|e| corrupt(format!("{}: {e}", self.id)))?;
-        Ok(Calendar {
-            anchor: self.anchor,
-            interval: Interval::new(unit, count)
-                .map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
-            zone: parse_zone(&self.time_zone).map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
+            reason: format!("{}: {e}", self.id),
         })
     }
 

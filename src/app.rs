@@ -23,6 +23,16 @@ pub struct App {
 }
 
 impl App {
+    /// Enrollment at the counter over `gateway`, with this app's settings.
+    pub fn counter(&self, gateway: Arc<dyn PaymentGateway>) -> crate::enroll::Counter {
+        crate::enroll::Counter::new(
+            self.pool.clone(),
+            gateway,
+            self.config.enrollment.clone(),
+            self.config.square.location_id.clone(),
+        )
+    }
+
     /// Connects to the configured database (starting the embedded cluster when
     /// `DATABASE_URL` is unset) and applies pending migrations.
     ///

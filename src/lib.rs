@@ -24,7 +24,7 @@
 //!   `ledger`.
 //! - [`enroll`]: enrollment at the counter (Square Point of Sale): the link, its page and
 //!   callback, confirming the sale with Square, recording the first period, picking up the
-//!   saved card; uses `store`, `gateway`, `config` and `domain`.
+//!   saved card; uses `store`, `gateway`, `config`, `domain` and `billing::sync`.
 //! - [`ops`]: logging, metrics, the ops HTTP server with the Square webhook receiver, and the
 //!   injected shutdown.
 //! - [`scheduler`]: the daemon: schedule files, cron ticks, singletons, draining.

@@ -107,6 +107,25 @@ pub async fn sync_cards_with(
     Ok(totals)
 }
 
+/// Syncs one customer, as sync-cards does for each: RetrieveCustomer, then its cards (an
+/// enrollment at the counter waiting for the card saved there). A customer Square does not
+/// know is left as it is.
+///
+/// # Errors
+/// [`BillingError`].
+pub async fn sync_one(
+    pool: &PgPool,
+    gateway: &dyn PaymentGateway,
+    customer_id: &str,
+) -> Result<SyncTotals> {
+    let mut totals = SyncTotals::default();
+    if let Some(customer) = gateway.retrieve_customer(customer_id).await? {
+        sync_customer(pool, gateway, &customer, &mut totals).await?;
+        totals.customers += 1;
+    }
+    Ok(totals)
+}
+
 /// Reads one customer's cards from Square, then files the customer and every card in one
 /// transaction (a savepoint per card, so one odd card does not lose the rest), disables the
 /// cards Square no longer lists, and announces the ones that stopped being chargeable.

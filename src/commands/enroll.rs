@@ -9,7 +9,7 @@
 use super::subscription::{CreateArgs, parse_create, test_clock};
 use super::{CommandError, Format, Result, print_rows, table};
 use crate::app::App;
-use crate::enroll::{Counter, Customer, EnrollError};
+use crate::enroll::{Customer, EnrollError};
 use crate::gateway::NewCustomer;
 use crate::store::enrollments::{self, EnrollPlan, EnrollmentView};
 
@@ -199,12 +199,7 @@ pub async fn enroll(app: &App, args: EnrollArgs) -> Result<()> {
     } else {
         Customer::Existing(plan.customer_id.to_string())
     };
-    let counter = Counter::new(
-        app.pool.clone(),
-        app.square()?,
-        app.config.enrollment.clone(),
-        app.config.square.location_id.clone(),
-    );
+    let counter = app.counter(app.square()?);
     let enrolled = counter
         .start(
             customer,
@@ -230,6 +225,7 @@ pub async fn enroll(app: &App, args: EnrollArgs) -> Result<()> {
             EnrollError::Store(s) => CommandError::Store(s),
             EnrollError::Gateway(g) => CommandError::Gateway(g),
             EnrollError::Calendar(m) => CommandError::Failed(m),
+            EnrollError::Sync(b) => CommandError::Billing(b),
         })?;
     match args.format {
         Format::Text => {

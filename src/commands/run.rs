@@ -175,15 +175,11 @@ pub async fn run_once(
     }
     if task == Task::Enrollments {
         let started = Instant::now();
-        let (expired, card_missing, checked) = crate::enroll::Counter::new(
-            app.pool.clone(),
-            gateway,
-            app.config.enrollment.clone(),
-            app.config.square.location_id.clone(),
-        )
-        .sweep()
-        .await
-        .map_err(|e| CommandError::Failed(e.to_string()))?;
+        let (expired, card_missing, checked) = app
+            .counter(gateway)
+            .sweep()
+            .await
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
         tracing::info!(
             task = "enrollments",
             expired,

@@ -10,8 +10,8 @@
 //!   [`domain::pos::sale_differences`](crate::domain::pos::sale_differences) must find nothing.
 //! - Recording is exactly once whatever is retried or reloaded (see `store::enrollments`).
 //! - The card comes by whatever files a new card of the customer: the `card.created` webhook,
-//!   ListCards polled here (throttled per enrollment), sync-cards; a database trigger completes
-//!   the enrollment.
+//!   the customer synced here as sync-cards does (`billing::sync::sync_one`, throttled per
+//!   enrollment), sync-cards itself; a database trigger completes the enrollment.
 //! - Square is asked at most once per [`CHECK_GAP`] per enrollment, however often the page
 //!   reloads.
 
@@ -30,7 +30,7 @@ use crate::config::EnrollmentConfig;
 use crate::domain::pos::{self, ExpectedSale, PosResult};
 use crate::gateway::{GatewayError, NewCustomer, PaymentGateway};
 use crate::store::StoreError;
-use crate::store::cards::{self, CardRecord};
+use crate::store::cards;
 use crate::store::enrollments::{self, ConfirmedSale, EnrollPlan, EnrollmentView, Recorded};
 
 /// The least time between two questions to Square about one enrollment.
@@ -47,6 +47,9 @@ pub enum EnrollError {
     /// Square.
     #[error(transparent)]
     Gateway(#[from] GatewayError),
+    /// Syncing the customer's cards.
+    #[error(transparent)]
+    Sync(#[from] crate::billing::BillingError),
     /// A setting enrollment needs is missing or wrong.
     #[error("{0}")]
     Config(String),
@@ -434,46 +437,10 @@ impl Counter {
         .map_err(|err| EnrollError::Calendar(err.to_string()))
     }
 
-    /// ListCards for the enrollment's customer, filed: a new card completes it.
+    /// The enrollment's customer synced as sync-cards does (its cards listed and filed in
+    /// Square's order, foreign and stale listings refused): a new card completes it.
     async fn poll_cards(&self, e: &EnrollmentView) -> Result<()> {
-        let mut cursor: Option<String> = None;
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        loop {
-            let page = self
-                .gateway
-                .list_cards(&e.customer_id, cursor.as_deref(), false)
-                .await?;
-            for card in page.items {
-                let Some(id) = card.id.clone() else { continue };
-                if card
-                    .customer_id
-                    .as_deref()
-                    .is_some_and(|c| c != e.customer_id)
-                {
-                    continue;
-                }
-                let record = CardRecord {
-                    customer_id: e.customer_id.clone(),
-                    card_id: id,
-                    card_brand: card.brand.clone(),
-                    last_4: card.last_4.clone(),
-                    exp_month: card.exp_month,
-                    exp_year: card.exp_year,
-                    enabled: card.enabled,
-                };
-                match cards::upsert_customer_card(&mut conn, &record).await {
-                    Ok(_) => {}
-                    Err(StoreError::Rejected(reason)) => {
-                        tracing::warn!(customer_id = %e.customer_id, reason, "enrollment: a listed card was not filed");
-                    }
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            match page.cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        crate::billing::sync::sync_one(&self.pool, self.gateway.as_ref(), &e.customer_id).await?;
         if let Some(now) = enrollments::get(&self.pool, e.id).await?
             && now.status == "completed"
         {

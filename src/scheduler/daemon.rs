@@ -206,23 +206,20 @@ impl Ctx {
                 );
             })
             .map_err(|e| e.to_string()),
-            TaskKind::Enrollments => crate::enroll::Counter::new(
-                self.app.pool.clone(),
-                self.gateway.clone(),
-                self.app.config.enrollment.clone(),
-                self.app.config.square.location_id.clone(),
-            )
-            .sweep()
-            .await
-            .map(|(expired, card_missing, checked)| {
-                ran!(
-                    expired == 0 && card_missing == 0 && checked == 0,
-                    expired = expired,
-                    card_missing = card_missing,
-                    checked = checked
-                );
-            })
-            .map_err(|e| e.to_string()),
+            TaskKind::Enrollments => self
+                .app
+                .counter(self.gateway.clone())
+                .sweep()
+                .await
+                .map(|(expired, card_missing, checked)| {
+                    ran!(
+                        expired == 0 && card_missing == 0 && checked == 0,
+                        expired = expired,
+                        card_missing = card_missing,
+                        checked = checked
+                    );
+                })
+                .map_err(|e| e.to_string()),
             TaskKind::Reconcile => crate::billing::reconcile::reconcile(
                 &self.app.pool,
                 self.gateway.as_ref(),
@@ -319,14 +316,11 @@ impl Ctx {
 
 /// Enrollment at the counter, when `PAYCRON_PUBLIC_URL` says where its pages are reached.
 pub fn counter(app: &App, gateway: &Arc<dyn PaymentGateway>) -> Option<crate::enroll::Counter> {
-    app.config.enrollment.public_url.as_ref().map(|_| {
-        crate::enroll::Counter::new(
-            app.pool.clone(),
-            gateway.clone(),
-            app.config.enrollment.clone(),
-            app.config.square.location_id.clone(),
-        )
-    })
+    app.config
+        .enrollment
+        .public_url
+        .as_ref()
+        .map(|_| app.counter(gateway.clone()))
 }
 
 /// Runs the daemon until `shutdown.drain` is cancelled, then drains (until

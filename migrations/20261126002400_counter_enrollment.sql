@@ -206,8 +206,10 @@ END $$;
 CREATE TRIGGER cards_complete_enrollments AFTER INSERT OR UPDATE OF enabled ON paycron.cards
   FOR EACH ROW WHEN (NEW.enabled) EXECUTE FUNCTION paycron.card_completes_enrollments();
 
--- Expires unpaid links (their subscription is canceled: nothing was sold) and announces paid
--- enrollments whose card has not come within their wait.
+-- Expires unpaid links (their subscription is canceled: nothing was sold) ten minutes after
+-- their expiry, so that a sale begun just before it is found first (the enrollments task keeps
+-- asking Square meanwhile), and announces paid enrollments whose card has not come within
+-- their wait.
 CREATE FUNCTION paycron.sweep_enrollments(p_now timestamptz DEFAULT NULL)
 RETURNS TABLE (expired int, card_missing int)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = paycron, pg_temp AS $$
@@ -218,7 +220,7 @@ DECLARE
   v_missing int := 0;
 BEGIN
   FOR e IN SELECT * FROM paycron.enrollments
-            WHERE status = 'open' AND enrollments.expires_at <= v_now
+            WHERE status = 'open' AND enrollments.expires_at + interval '10 minutes' <= v_now
             FOR UPDATE SKIP LOCKED LOOP
     UPDATE paycron.enrollments SET status = 'expired', updated_at = now() WHERE id = e.id;
     UPDATE paycron.subscriptions

@@ -458,7 +458,7 @@ impl Counter {
     /// # Errors
     /// [`EnrollError::Store`]; one enrollment's Square failure is logged and the rest go on.
     pub async fn sweep(&self) -> Result<(i32, i32, usize)> {
-        let (expired, missing) = enrollments::sweep(&self.pool, None).await?;
+        // Square first: a sale whose callback was lost is found before its link can expire.
         let waiting = enrollments::waiting(&self.pool).await?;
         let mut checked = 0;
         for e in &waiting {
@@ -468,6 +468,7 @@ impl Counter {
                     "enrollment: Square could not be asked; next pass tries again"),
             }
         }
+        let (expired, missing) = enrollments::sweep(&self.pool, None).await?;
         if expired > 0 || missing > 0 {
             tracing::info!(expired, card_missing = missing, "enrollments swept");
         }

@@ -556,6 +556,15 @@ async fn an_unused_link_expires_and_bad_enrollments_are_refused_before_anything_
     assert_eq!(same, sub);
     assert_ne!(again, link);
     assert_eq!(shop.get(&link, IPHONE).await.0, 404);
+    // Just past its expiry the link is kept a little longer: a sale begun before it may still
+    // be found at Square.
+    let (expired, _) = paycron::store::enrollments::sweep(
+        &shop.h.db.pool,
+        Some(chrono::Utc::now() + chrono::Duration::hours(24) + chrono::Duration::minutes(5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(expired, 0, "expired within the grace");
     let (expired, _) = paycron::store::enrollments::sweep(
         &shop.h.db.pool,
         Some(chrono::Utc::now() + chrono::Duration::hours(25)),

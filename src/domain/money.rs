@@ -25,6 +25,20 @@ RON RSD RUB RWF:0 SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL TH
 TOP TRY TTD TWD TZS UAH UGX:0 USD UYU UZS VES VND:0 VUV:0 WST XAF:0 XCD XCG XOF:0 XPF:0 YER ZAR \
 ZMW ZWG";
 
+/// The table above, parsed once: code → exponent. Currencies are decoded from every row billing
+/// reads, so the lookup is a hash probe rather than a scan of the text.
+static EXPONENTS: std::sync::LazyLock<std::collections::HashMap<[u8; 3], u32>> =
+    std::sync::LazyLock::new(|| {
+        ISO_4217
+            .split_whitespace()
+            .filter_map(|entry| {
+                let (code, exp) = entry.split_once(':').unwrap_or((entry, "2"));
+                let code: [u8; 3] = code.as_bytes().try_into().ok()?;
+                Some((code, exp.parse().unwrap_or(2)))
+            })
+            .collect()
+    });
+
 /// Every currency code paycron accepts (the SQL API's `paycron.currencies` is filled from it).
 pub fn currency_codes() -> impl Iterator<Item = &'static str> {
     ISO_4217
@@ -66,27 +80,17 @@ impl Currency {
 
     /// Digits after the decimal point in the currency's major unit (2 for USD, 0 for JPY).
     pub fn exponent(&self) -> u32 {
-        ISO_4217
-            .split_whitespace()
-            .find_map(|entry| {
-                let (code, exp) = entry.split_once(':').unwrap_or((entry, "2"));
-                (code == self.as_str()).then(|| exp.parse().unwrap_or(2))
-            })
-            .unwrap_or(2)
+        EXPONENTS.get(&self.0).copied().unwrap_or(2)
     }
 }
 
 impl FromStr for Currency {
     type Err = MoneyError;
     fn from_str(s: &str) -> Result<Self, MoneyError> {
-        let bytes = s.as_bytes();
-        let known = ISO_4217
-            .split_whitespace()
-            .any(|entry| entry.split(':').next() == Some(s));
-        if bytes.len() != 3 || !bytes.iter().all(u8::is_ascii_uppercase) || !known {
-            return Err(MoneyError::Currency(s.to_owned()));
+        match <[u8; 3]>::try_from(s.as_bytes()) {
+            Ok(code) if EXPONENTS.contains_key(&code) => Ok(Currency(code)),
+            _ => Err(MoneyError::Currency(s.to_owned())),
         }
-        Ok(Currency([bytes[0], bytes[1], bytes[2]]))
     }
 }
 

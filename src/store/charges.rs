@@ -224,7 +224,7 @@ pub async fn defer(
     sqlx::query(
         "UPDATE paycron.charges c SET locked_until = t.until
            FROM UNNEST($2::uuid[], $3::timestamptz[]) AS t(id, until)
-          WHERE c.id = t.id AND c.id = ANY($2) AND c.lease_owner = $1 AND c.status = 'pending'",
+          WHERE c.id = t.id AND c.lease_owner = $1 AND c.status = 'pending'",
     )
     .bind(owner)
     .bind(until.iter().map(|u| u.0).collect::<Vec<_>>())
@@ -408,7 +408,7 @@ pub async fn resolve_many(
            FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[],
                        $9::text[], $10::text[], $11::text[])
                 AS r(id, status, payment_id, code, category, expected, reason, review_payment, note)
-          WHERE c.id = ANY($2) AND c.id = r.id AND c.lease_owner = $1 AND c.status = r.expected
+          WHERE c.id = r.id AND c.lease_owner = $1 AND c.status = r.expected
           RETURNING {}",
         COLUMNS
             .split(',')

@@ -544,7 +544,7 @@ pub async fn set_positions(
                 updated_at = now()
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::int[])
                 AS u(id, status, card_id, next_period, next_attempt, next_due_at, dunning_started_at, skip_before, uncounted)
-          WHERE s.id = u.id AND s.id = ANY($1)",
+          WHERE s.id = u.id",
     )
     .bind(updates.iter().map(|(id, _)| *id).collect::<Vec<_>>())
     .bind(col!(state.status))
@@ -587,7 +587,7 @@ pub async fn open_charges(
     }
     sqlx::query(
         "UPDATE paycron.subscriptions s SET open_charge_id = t.charge
-           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge) WHERE s.id = t.sub AND s.id = ANY($1)",
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge) WHERE s.id = t.sub",
     )
     .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
     .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
@@ -611,7 +611,7 @@ pub async fn close_charges(
     sqlx::query(
         "UPDATE paycron.subscriptions s SET open_charge_id = NULL
            FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge)
-          WHERE s.id = t.sub AND s.open_charge_id = t.charge AND s.id = ANY($1)",
+          WHERE s.id = t.sub AND s.open_charge_id = t.charge",
     )
     .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
     .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())

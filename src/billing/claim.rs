@@ -117,7 +117,7 @@ impl Engine {
         {
             return Ok(None);
         }
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = crate::store::begin_batch(&self.pool).await?;
         let limit = i64::from(self.config.batch_size);
         let mut unreadable = 0;
         let due = loop {

@@ -31,7 +31,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<(Vec<ChargeId>, HashMap<SubscriptionId, String>)> {
         let wall = self.clock.now();
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = crate::store::begin_batch(&self.pool).await?;
         let paid: Vec<String> = decided
             .iter()
             .filter_map(|(_, d)| d.resolution.payment_id.clone())

@@ -239,6 +239,23 @@ impl StoreError {
     }
 }
 
+/// Begins one of billing's batch transactions (a claim, a record). Their statements join
+/// arrays of ids to the tables, one primary-key probe per element; at the default
+/// `random_page_cost` (4, a spinning disk's) the planner prices those probes above a scan of
+/// a table of up to some hundred thousand rows and scans it for every batch. The working set of
+/// billing is cached, so the transaction prices random reads as such (`SET LOCAL`: nothing
+/// outlives it, and it holds behind a transaction-pooling proxy).
+///
+/// # Errors
+/// [`StoreError::Db`].
+pub async fn begin_batch(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL random_page_cost = 1.1")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// A pool on `opts` with up to `max` connections, migrations applied (the schema owner's
 /// connection: tests, the demo, the benchmark, `paycron migrate`).
 ///

@@ -121,6 +121,19 @@ async fn unbalanced_postings_are_refused() {
         .await
         .expect_err("postings added later");
     assert!(err.to_string().contains("already has postings"), "{err}");
+    drop(tx);
+    // Nor can postings name an entry that does not exist, balanced or not.
+    let err = sqlx::query("INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency) VALUES (987654, 'a', 10, 'USD'), (987654, 'b', -10, 'USD')")
+        .execute(&db.pool)
+        .await
+        .expect_err("postings of no entry");
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23503"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert_eq!(count(&db, "ledger_postings").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

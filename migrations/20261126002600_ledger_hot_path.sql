@@ -14,9 +14,11 @@ DECLARE
   bad record;
 BEGIN
   -- Every posting names an entry that exists...
+  -- (A scalar subquery, one primary-key probe per entry: NOT EXISTS would be planned as an
+  -- anti-join, which for a transition table of unknown size hashes the whole ledger.)
   SELECT n.entry_id INTO bad
     FROM (SELECT DISTINCT entry_id FROM new_rows) n
-   WHERE NOT EXISTS (SELECT 1 FROM paycron.ledger_entries e WHERE e.id = n.entry_id)
+   WHERE (SELECT e.id FROM paycron.ledger_entries e WHERE e.id = n.entry_id) IS NULL
    LIMIT 1;
   IF FOUND THEN
     RAISE EXCEPTION 'ledger posting names entry %, which does not exist', bad.entry_id
@@ -58,3 +60,12 @@ DROP TRIGGER events_snapshot ON paycron.events;
 CREATE TRIGGER events_snapshot BEFORE INSERT ON paycron.events
   FOR EACH ROW WHEN (NEW.subscription_id IS NOT NULL AND NEW.type LIKE 'subscription\_%')
   EXECUTE FUNCTION paycron.snapshot_subscription();
+
+-- 4. Likewise unique where set: a pending charge has no Square payment yet, and a subscription
+--    often no external reference; those rows no longer add a NULL to a unique index.
+ALTER TABLE paycron.charges DROP CONSTRAINT charges_provider_payment_id_key;
+CREATE UNIQUE INDEX charges_one_per_payment ON paycron.charges (provider_payment_id)
+  WHERE provider_payment_id IS NOT NULL;
+ALTER TABLE paycron.subscriptions DROP CONSTRAINT subscriptions_external_ref_key;
+CREATE UNIQUE INDEX subscriptions_one_per_external_ref ON paycron.subscriptions (external_ref)
+  WHERE external_ref IS NOT NULL;

@@ -1,6 +1,7 @@
 //! `paycron bench`: bills N due subscriptions against the simulator (run as a separate
 //! process, so the figures are paycron's own) at a chosen latency and concurrency, and prints
-//! `bench: charges=N seconds=S charges_per_sec=R cpu_s=C peak_rss_mb=M` as its last line.
+//! `bench: charges=N seconds=S charges_per_sec=R cpu_s=C peak_rss_mb=M p50_ms=P p99_ms=Q` as its
+//! last line (the percentiles are of each charge's time from its claim to its record).
 //!
 //! It works in its own database, `paycron_bench`, recreated each run, on the embedded cluster
 //! (or on the server of `DATABASE_URL`). `cpu_s` and `peak_rss_mb` are this process's
@@ -201,6 +202,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
         )));
     }
     let rate = summary.succeeded as f64 / seconds;
+    let (p50, p99) = crate::store::fixtures::claim_to_record_ms(&app.pool).await?;
     if args.latency_ms > 0 {
         let ideal = args.concurrency as f64 * 1000.0 / args.latency_ms as f64;
         eprintln!(
@@ -209,7 +211,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
         );
     }
     crate::out!(
-        "bench: charges={} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={:.1}",
+        "bench: charges={} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={:.1} p50_ms={p50:.0} p99_ms={p99:.0}",
         summary.succeeded,
         peak_rss_mb()
     )?;

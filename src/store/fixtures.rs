@@ -48,3 +48,20 @@ pub async fn bulk_seed(pool: &PgPool, n: i64, due: i64, at: DateTime<Utc>) -> Re
         .await?;
     Ok(())
 }
+
+/// The 50th and 99th percentiles, in milliseconds, of how long the benchmark's charges took
+/// from their claim (the charge row's `created_at`, the claim transaction's start) to their
+/// record (`resolved_at`): what a charge waits in the queue, at Square and for its batch.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn claim_to_record_ms(pool: &PgPool) -> Result<(f64, f64)> {
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
+           FROM (SELECT extract(epoch FROM resolved_at - created_at)::float8 * 1000 AS d
+                   FROM paycron.charges WHERE resolved_at IS NOT NULL) t",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((p50.unwrap_or(0.0), p99.unwrap_or(0.0)))
+}

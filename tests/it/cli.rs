@@ -870,3 +870,41 @@ async fn a_long_run_logs_its_progress_without_a_terminal() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_bills_the_due_slice_and_prints_its_figures() {
+    let db = fresh_db().await;
+    let (code, stdout, stderr) = run(paycron(Some(&db.url), None).args([
+        "bench",
+        "--subscriptions",
+        "300",
+        "--due",
+        "120",
+        "--concurrency",
+        "8",
+        "--batch-size",
+        "50",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let figures: std::collections::HashMap<&str, &str> = last
+        .strip_prefix("bench: ")
+        .unwrap_or_else(|| panic!("not a bench line: {last}"))
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    // Only the due slice is billed, each exactly once.
+    assert_eq!(figures.get("charges"), Some(&"120"), "{last}");
+    let number = |k: &str| -> f64 {
+        figures
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} missing or not a number: {last}"))
+    };
+    for key in ["seconds", "charges_per_sec", "cpu_s", "peak_rss_mb"] {
+        assert!(number(key) > 0.0, "{key}: {last}");
+    }
+    assert!(number("p50_ms") <= number("p99_ms"), "{last}");
+    assert!(stderr.contains("seeded 300 subscriptions (120 due)"), "{stderr}");
+}

@@ -35,6 +35,16 @@ pub struct BenchArgs {
     /// Simulated Square latency per request, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// The simulated latency varies uniformly by up to this much either way, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// paycron's own limit on requests to Square per second (`SQUARE_RATE_LIMIT_PER_SEC`); none when
+    /// absent.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// The simulated Square's rate limit: requests beyond this many a second are answered 429.
+    #[arg(long)]
+    pub sim_rate_limit: Option<u64>,
     /// Charges in flight.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -72,6 +82,22 @@ fn peak_rss_mb() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// How many requests the simulator refused for going over its rate limit (0 when it cannot
+/// say: the figure is informative, the run's result stands on its own).
+async fn sim_rate_limited(base_url: &str) -> u64 {
+    let stats = async {
+        reqwest::get(format!("{base_url}/_sim/stats"))
+            .await?
+            .json::<serde_json::Value>()
+            .await
+    };
+    stats
+        .await
+        .ok()
+        .and_then(|v| v["rate_limited"].as_u64())
+        .unwrap_or(0)
 }
 
 /// Runs the benchmark.
@@ -130,6 +156,8 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
             "--latency-ms",
         ])
         .arg(args.latency_ms.to_string())
+        .args(["--jitter-ms", &args.jitter_ms.to_string()])
+        .args(["--rate-limit", &args.sim_rate_limit.unwrap_or(0).to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -169,10 +197,10 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     );
 
     let mut cfg = config;
-    cfg.square.base_url = Some(base_url);
+    cfg.square.base_url = Some(base_url.clone());
     cfg.square.access_token = Some(SecretString::from("bench-token".to_owned()));
     cfg.square.location_id = None;
-    cfg.square.rate_limit_per_sec = 1_000_000;
+    cfg.square.rate_limit_per_sec = args.rate_limit.unwrap_or(1_000_000);
     cfg.square.request_timeout = Duration::from_secs(30);
     cfg.billing.concurrency = args.concurrency;
     cfg.billing.batch_size = args.batch_size;
@@ -194,6 +222,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let sim_429 = sim_rate_limited(&base_url).await;
     drop(sim);
     if summary.succeeded != due as u64 {
         return Err(CommandError::Failed(format!(
@@ -202,6 +231,12 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
         )));
     }
     let rate = summary.succeeded as f64 / seconds;
+    if let Some(limit) = args.rate_limit {
+        eprintln!(
+            "bench: {:.1} % of the configured rate ({limit}/s)",
+            100.0 * rate / f64::from(limit)
+        );
+    }
     let (p50, p99) = crate::store::fixtures::claim_to_record_ms(&app.pool).await?;
     if args.latency_ms > 0 {
         let ideal = args.concurrency as f64 * 1000.0 / args.latency_ms as f64;
@@ -211,7 +246,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
         );
     }
     crate::out!(
-        "bench: charges={} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={:.1} p50_ms={p50:.0} p99_ms={p99:.0}",
+        "bench: charges={} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={:.1} p50_ms={p50:.0} p99_ms={p99:.0} sim_429={sim_429}",
         summary.succeeded,
         peak_rss_mb()
     )?;

@@ -34,6 +34,12 @@ pub struct SimulatorArgs {
     /// Added latency, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Latency varies uniformly by up to this much either way, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Square's rate limit: requests beyond this many a second are answered 429 (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u64,
     /// Share of requests answered 500.
     #[arg(long, default_value_t = 0.0)]
     pub error_5xx_rate: f64,
@@ -87,6 +93,8 @@ impl SimulatorArgs {
             mix: self.mix,
             faults: Faults {
                 latency_ms: self.latency_ms,
+                jitter_ms: self.jitter_ms,
+                rate_limit_per_sec: self.rate_limit,
                 error_5xx_rate: self.error_5xx_rate,
                 rate_429_rate: self.rate_429_rate,
                 retry_after_secs: self.retry_after_secs,

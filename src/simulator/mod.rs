@@ -133,6 +133,7 @@ fn router(state: Shared) -> Router {
         .route("/_sim/payments/all", get(admin_all_payments))
         .route("/_sim/requests", get(admin_requests))
         .route("/_sim/faults", post(admin_faults).get(admin_get_faults))
+        .route("/_sim/stats", get(admin_stats))
         .route("/_sim/cards", post(admin_add_card))
         .route("/_sim/disputes", post(admin_open_dispute))
         .route("/_sim/disputes/{dispute_id}", post(admin_move_dispute))
@@ -149,16 +150,29 @@ async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let (denied, faults) = {
+    let (denied, faults, latency, limited) = {
         let mut s = lock(state);
         s.hits += 1;
-        (s.check_token(auth), s.faults.clone())
+        let denied = s.check_token(auth);
+        let limited = denied.is_none() && s.over_rate_limit();
+        (denied, s.faults.clone(), s.latency(), limited)
     };
     if let Some(r) = denied {
         return Some(json_reply(r));
     }
-    if faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    if limited {
+        let mut resp = json_reply(SimState::error_reply(
+            429,
+            "RATE_LIMIT_ERROR",
+            "RATE_LIMITED",
+            "Rate limited.",
+        ));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Some(resp);
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let (five, four) = {
         let mut s = lock(state);
@@ -426,6 +440,18 @@ async fn admin_faults(State(state): State<Shared>, body: Bytes) -> Response {
             &e.to_string(),
         )),
     }
+}
+
+/// What the simulator counted: requests, and those refused by its rate limit.
+async fn admin_stats(State(state): State<Shared>) -> Response {
+    let s = lock(&state);
+    json_reply(Reply {
+        status: 200,
+        body: serde_json::json!({
+            "requests": s.hits,
+            "rate_limited": s.rate_limited,
+        }),
+    })
 }
 
 async fn admin_get_faults(State(state): State<Shared>) -> Response {

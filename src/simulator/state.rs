@@ -77,6 +77,13 @@ pub fn behaviour_of(card_id: &str) -> Behaviour {
 pub struct Faults {
     /// Added to every response, milliseconds.
     pub latency_ms: u64,
+    /// The latency varies by up to this much either way (uniformly), milliseconds.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Square's own rate limit: requests beyond this many in one second are answered 429
+    /// `RATE_LIMITED` (with `Retry-After: 1`) before doing anything; 0 for none.
+    #[serde(default)]
+    pub rate_limit_per_sec: u64,
     /// Share of requests answered 500 `INTERNAL_SERVER_ERROR` before doing anything (0-1).
     pub error_5xx_rate: f64,
     /// Share answered 429 `RATE_LIMITED` before doing anything (0-1).
@@ -196,6 +203,10 @@ pub struct SimState {
     next_id: u64,
     /// Requests that reached a Square endpoint (before faults), for tests counting retries.
     pub hits: u64,
+    /// Requests answered 429 because they went over `rate_limit_per_sec`.
+    pub rate_limited: u64,
+    /// The current one-second window of the rate limit: when it began, and requests in it.
+    window: (Option<std::time::Instant>, u64),
     /// ListCustomers calls answered (one per sync-cards run over a single page).
     pub customer_lists: u64,
     /// Offset added to the wall clock for `created_at` (tests that bill "in the future").
@@ -262,6 +273,8 @@ impl SimState {
             requests: vec![],
             next_id: 1,
             hits: 0,
+            rate_limited: 0,
+            window: (None, 0),
             customer_lists: 0,
             refunds: Vec::new(),
             disputes: Vec::new(),
@@ -355,6 +368,37 @@ impl SimState {
             }
             None => false,
         }
+    }
+
+    /// This request's added latency: the configured latency, moved by up to the jitter either
+    /// way.
+    pub fn latency(&mut self) -> std::time::Duration {
+        let base = self.faults.latency_ms as i64;
+        let jitter = self.faults.jitter_ms as i64;
+        let moved = if jitter > 0 {
+            base + self.rng.random_range(-jitter..=jitter)
+        } else {
+            base
+        };
+        std::time::Duration::from_millis(moved.max(0) as u64)
+    }
+
+    /// Whether this request goes over the rate limit (counted in one-second windows).
+    pub fn over_rate_limit(&mut self) -> bool {
+        let limit = self.faults.rate_limit_per_sec;
+        if limit == 0 {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        match self.window.0 {
+            Some(start) if now.duration_since(start) < std::time::Duration::from_secs(1) => {
+                self.window.1 += 1;
+            }
+            _ => self.window = (Some(now), 1),
+        }
+        let over = self.window.1 > limit;
+        self.rate_limited += u64::from(over);
+        over
     }
 
     /// Draws a fault with probability `rate`.

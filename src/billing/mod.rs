@@ -217,6 +217,8 @@ const RECORD_BATCH: usize = 128;
 const RECORD_PARALLEL: usize = 4;
 /// How long the first answer of a record batch waits for others to join it.
 const RECORD_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
+/// Answers waiting for the recorder at most: beyond it, calls wait for recording to catch up.
+const RECORD_BACKLOG: usize = 4096;
 
 /// The billing engine of one worker.
 pub struct Engine {

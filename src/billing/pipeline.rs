@@ -181,7 +181,16 @@ impl Engine {
                     let _probe = if self.breaker().proven() {
                         None
                     } else {
-                        self.probe.clone().acquire_owned().await.ok()
+                        let permit = self.probe.clone().acquire_owned().await.ok();
+                        // Proven while this charge waited its turn: it goes at once, and so,
+                        // one after another as the permit passes on, do the others that were
+                        // queued behind the probe (held, the permit would make every charge
+                        // queued before the proof wait for the one ahead of it).
+                        if self.breaker().proven() {
+                            None
+                        } else {
+                            permit
+                        }
                     };
                     if cancel.is_cancelled()
                         || self.breaker().halted().is_some()
@@ -230,30 +239,48 @@ impl Engine {
                 }
             })
             .buffer_unordered(self.config.concurrency);
-        // Answers are recorded in batches: what arrives within RECORD_WINDOW of the first
-        // (at most RECORD_BATCH) shares one transaction, so a fast provider does not cost a
-        // commit per handful of charges.
-        let outcomes =
-            tokio_stream::StreamExt::chunks_timeout(outcomes, RECORD_BATCH, RECORD_WINDOW)
-                .map(|chunk| async move {
-                    let ids: Vec<ChargeId> = chunk.iter().map(|a| a.charge.id).collect();
-                    let recorded = self.record_batch(chunk, now).await;
-                    // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
-                    self.leased.release(&ids);
-                    recorded
-                })
-                // Batches touch disjoint charges and subscriptions (one open charge per subscription),
-                // so recording a few at once cannot deadlock.
-                .buffer_unordered(RECORD_PARALLEL);
-        let mut outcomes = std::pin::pin!(outcomes);
-        let work = async {
-            while let Some(recorded) = outcomes.next().await {
-                summary.merge(&recorded?);
+        // The answers go to the recorder through a channel, so calls keep starting while a
+        // batch is being recorded: pulled straight from the recorder, the calls would wait for
+        // its transactions, and at a high latency fewer than `concurrency` would be in flight.
+        let (answered, answers) = tokio::sync::mpsc::channel::<Attempted>(RECORD_BACKLOG);
+        let send = async move {
+            let mut outcomes = std::pin::pin!(outcomes);
+            while let Some(attempted) = outcomes.next().await {
+                if answered.send(attempted).await.is_err() {
+                    break;
+                }
             }
             Ok::<_, BillingError>(())
         };
+        // Answers are recorded in batches: what arrives within RECORD_WINDOW of the first
+        // (at most RECORD_BATCH) shares one transaction, so a fast provider does not cost a
+        // commit per handful of charges.
+        let recorded = tokio_stream::StreamExt::chunks_timeout(
+            tokio_stream::wrappers::ReceiverStream::new(answers),
+            RECORD_BATCH,
+            RECORD_WINDOW,
+        )
+        .map(|chunk| async move {
+            let ids: Vec<ChargeId> = chunk.iter().map(|a| a.charge.id).collect();
+            let recorded = self.record_batch(chunk, now).await;
+            // Recorded, fenced, withdrawn or left open for recovery: no longer worked on.
+            self.leased.release(&ids);
+            recorded
+        })
+        // Batches touch disjoint charges and subscriptions (one open charge per subscription),
+        // so recording a few at once cannot deadlock.
+        .buffer_unordered(RECORD_PARALLEL);
+        let record = async {
+            let mut recorded = std::pin::pin!(recorded);
+            while let Some(batch) = recorded.next().await {
+                summary.merge(&batch?);
+            }
+            Ok::<_, BillingError>(())
+        };
+        // A recording error ends both at once: no call starts after it (what is in flight
+        // stays pending, for recovery).
         tokio::select! {
-            done = work => done?,
+            done = futures::future::try_join(send, record) => { done?; }
             () = self.heartbeat() => {}
         }
         Ok(summary)

@@ -157,7 +157,10 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
         ])
         .arg(args.latency_ms.to_string())
         .args(["--jitter-ms", &args.jitter_ms.to_string()])
-        .args(["--rate-limit", &args.sim_rate_limit.unwrap_or(0).to_string()])
+        .args([
+            "--rate-limit",
+            &args.sim_rate_limit.unwrap_or(0).to_string(),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -118,12 +118,9 @@ impl SquareClient {
             // window sees at most the rate and 5 %, so a provider that counts requests per
             // second is never sent more than it was told (the default burst, a whole second's
             // worth, doubles the rate in the window where it is spent).
-            limiter: RateLimiter::direct(
-                Quota::per_second(per_sec).allow_burst(
-                    std::num::NonZeroU32::new(per_sec.get() / 20)
-                        .unwrap_or(std::num::NonZeroU32::MIN),
-                ),
-            ),
+            limiter: RateLimiter::direct(Quota::per_second(per_sec).allow_burst(
+                std::num::NonZeroU32::new(per_sec.get() / 20).unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         })
     }
 

@@ -172,7 +172,13 @@ async fn gate(state: &Shared, headers: &HeaderMap) -> Option<Response> {
         return Some(resp);
     }
     if !latency.is_zero() {
+        {
+            let mut s = lock(state);
+            s.in_flight.0 += 1;
+            s.in_flight.1 = s.in_flight.1.max(s.in_flight.0);
+        }
         tokio::time::sleep(latency).await;
+        lock(state).in_flight.0 -= 1;
     }
     let (five, four) = {
         let mut s = lock(state);
@@ -450,6 +456,7 @@ async fn admin_stats(State(state): State<Shared>) -> Response {
         body: serde_json::json!({
             "requests": s.hits,
             "rate_limited": s.rate_limited,
+            "max_in_flight": s.max_in_flight(),
         }),
     })
 }

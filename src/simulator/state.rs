@@ -203,6 +203,8 @@ pub struct SimState {
     next_id: u64,
     /// Requests that reached a Square endpoint (before faults), for tests counting retries.
     pub hits: u64,
+    /// Requests inside their latency right now, and the most there ever were at once.
+    pub in_flight: (u64, u64),
     /// Requests answered 429 because they went over `rate_limit_per_sec`.
     pub rate_limited: u64,
     /// The current one-second window of the rate limit: when it began, and requests in it.
@@ -274,6 +276,7 @@ impl SimState {
             next_id: 1,
             hits: 0,
             rate_limited: 0,
+            in_flight: (0, 0),
             window: (None, 0),
             customer_lists: 0,
             refunds: Vec::new(),
@@ -399,6 +402,12 @@ impl SimState {
         let over = self.window.1 > limit;
         self.rate_limited += u64::from(over);
         over
+    }
+
+    /// The most requests that were inside their latency at once (how many calls a client
+    /// really had open together).
+    pub fn max_in_flight(&self) -> u64 {
+        self.in_flight.1
     }
 
     /// Draws a fault with probability `rate`.

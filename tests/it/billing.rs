@@ -643,6 +643,28 @@ async fn an_application_transaction_is_billed_only_once_committed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_queued_behind_the_first_go_together_once_it_proves_the_configuration() {
+    // A fresh engine sends one charge until Square has accepted one; the eight queued behind
+    // that probe must then go together, not one after another.
+    let s = slow_sim(100).await;
+    let db = fresh_db().await;
+    seed_due(&db, &s, 9).await;
+    let mut a = app(&db, &s.base_url());
+    a.config.billing.concurrency = 9;
+    let summary = a
+        .engine(client(&a.config))
+        .await
+        .unwrap()
+        .bill_due(Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(summary.succeeded, 9);
+    let most = s.with(|st| st.max_in_flight());
+    assert!(most >= 4, "at most {most} charges were at Square at once");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_keeps_the_leases_of_the_charges_it_is_working_on() {
     // Slow answers and two in flight: 60 charges take about 6 s, twice the 3 s lease. The
     // claimed batches wait their turn meanwhile; a peer recovering all along must find nothing

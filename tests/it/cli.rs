@@ -906,5 +906,8 @@ async fn bench_bills_the_due_slice_and_prints_its_figures() {
         assert!(number(key) > 0.0, "{key}: {last}");
     }
     assert!(number("p50_ms") <= number("p99_ms"), "{last}");
-    assert!(stderr.contains("seeded 300 subscriptions (120 due)"), "{stderr}");
+    assert!(
+        stderr.contains("seeded 300 subscriptions (120 due)"),
+        "{stderr}"
+    );
 }

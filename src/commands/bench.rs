@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// The simulated Square's rate limit: requests beyond this many a second are answered 429.
     #[arg(long)]
     pub sim_rate_limit: Option<u64>,
+    /// Bill with this many `paycron run-once --task bill-due` processes side by side on the
+    /// same database instead of in this process (replicas; `cpu_s` and `peak_rss_mb` are then
+    /// their sum and their largest).
+    #[arg(long)]
+    pub replicas: Option<u32>,
     /// Charges in flight.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -84,20 +89,97 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// How many requests the simulator refused for going over its rate limit (0 when it cannot
-/// say: the figure is informative, the run's result stands on its own).
-async fn sim_rate_limited(base_url: &str) -> u64 {
+/// What the simulator counted (zeros and unknowns when it cannot say: the figures are
+/// informative, the run's result stands on the ledger).
+struct SimStats {
+    rate_limited: u64,
+    payments: Option<u64>,
+}
+
+async fn sim_stats(base_url: &str) -> SimStats {
     let stats = async {
         reqwest::get(format!("{base_url}/_sim/stats"))
             .await?
             .json::<serde_json::Value>()
             .await
     };
-    stats
-        .await
-        .ok()
-        .and_then(|v| v["rate_limited"].as_u64())
-        .unwrap_or(0)
+    let v = stats.await.unwrap_or_default();
+    SimStats {
+        rate_limited: v["rate_limited"].as_u64().unwrap_or(0),
+        payments: v["payments"].as_u64(),
+    }
+}
+
+/// CPU seconds and resident memory (VmHWM, MiB) of a running process, from /proc.
+fn process_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0);
+    Some(((ticks(11) + ticks(12)) / 100.0, rss))
+}
+
+/// Runs `n` `paycron run-once --task bill-due` processes on the bench database and the
+/// simulator, side by side, and waits for all. Returns their CPU seconds (summed) and the
+/// largest peak RSS, sampled from /proc while they run.
+async fn run_replicas(n: u32, db_url: &str, sim_url: &str, args: &BenchArgs) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe().map_err(|e| CommandError::Io(e.to_string()))?;
+    let mut workers = Vec::new();
+    for _ in 0..n {
+        let child = tokio::process::Command::new(&exe)
+            .args(["run-once", "--task", "bill-due"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("SQUARE_BASE_URL", sim_url)
+            .env("SQUARE_ACCESS_TOKEN", "bench-token")
+            .env(
+                "SQUARE_RATE_LIMIT_PER_SEC",
+                args.rate_limit.unwrap_or(1_000_000).to_string(),
+            )
+            .env("SQUARE_REQUEST_TIMEOUT_MS", "30000")
+            .env("PAYCRON_CONCURRENCY", args.concurrency.to_string())
+            .env("PAYCRON_BATCH_SIZE", args.batch_size.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| CommandError::Io(format!("cannot start a replica: {e}")))?;
+        workers.push(child);
+    }
+    let mut usage: Vec<(f64, f64)> = vec![(0.0, 0.0); workers.len()];
+    let mut running = workers.len();
+    while running > 0 {
+        running = 0;
+        for (i, w) in workers.iter_mut().enumerate() {
+            match w.try_wait() {
+                Ok(None) => {
+                    running += 1;
+                    if let Some(u) = w.id().and_then(process_usage) {
+                        usage[i] = u;
+                    }
+                }
+                Ok(Some(status)) if !status.success() => {
+                    return Err(CommandError::Failed(format!(
+                        "bench: a replica exited with {status}"
+                    )));
+                }
+                Ok(Some(_)) => {}
+                Err(e) => return Err(CommandError::Io(e.to_string())),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((
+        usage.iter().map(|u| u.0).sum(),
+        usage.iter().map(|u| u.1).fold(0.0, f64::max),
+    ))
 }
 
 /// Runs the benchmark.
@@ -213,27 +295,44 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
         due as u64,
         app.config.progress_every,
     ));
-    let counter = progress.clone();
-    let engine = app
-        .engine(app.square()?)
-        .await?
-        .with_progress(std::sync::Arc::new(move |n| counter.inc(n)));
 
     let cpu0 = cpu_seconds();
     let started = Instant::now();
-    let summary = engine.bill_due(now).await?;
+    let (succeeded, cpu, rss) = match args.replicas {
+        None => {
+            let counter = progress.clone();
+            let engine = app
+                .engine(app.square()?)
+                .await?
+                .with_progress(std::sync::Arc::new(move |n| counter.inc(n)));
+            let summary = engine.bill_due(now).await?;
+            if summary.unresolved > 0 {
+                return Err(CommandError::Failed(format!(
+                    "bench: {} charges left unresolved",
+                    summary.unresolved
+                )));
+            }
+            (summary.succeeded, cpu_seconds() - cpu0, peak_rss_mb())
+        }
+        Some(n) => {
+            let (cpu, rss) = run_replicas(n, &url, &base_url, &args).await?;
+            let succeeded = crate::store::fixtures::succeeded_charges(&app.pool).await?;
+            (succeeded, cpu, rss)
+        }
+    };
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    let sim_429 = sim_rate_limited(&base_url).await;
+    let stats = sim_stats(&base_url).await;
     drop(sim);
-    if summary.succeeded != due as u64 {
+    // Exactly once, by both counts: paycron's ledger and the payments the simulator took.
+    if succeeded != due as u64 || stats.payments.is_some_and(|p| p != due as u64) {
         return Err(CommandError::Failed(format!(
-            "bench: {} of {due} charges succeeded ({} unresolved)",
-            summary.succeeded, summary.unresolved
+            "bench: {succeeded} of {due} charges succeeded, the simulator took {} payments",
+            stats.payments.map_or("?".to_owned(), |p| p.to_string())
         )));
     }
-    let rate = summary.succeeded as f64 / seconds;
+    let sim_429 = stats.rate_limited;
+    let rate = succeeded as f64 / seconds;
     if let Some(limit) = args.rate_limit {
         eprintln!(
             "bench: {:.1} % of the configured rate ({limit}/s)",
@@ -242,16 +341,15 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     }
     let (p50, p99) = crate::store::fixtures::claim_to_record_ms(&app.pool).await?;
     if args.latency_ms > 0 {
-        let ideal = args.concurrency as f64 * 1000.0 / args.latency_ms as f64;
+        let processes = f64::from(args.replicas.unwrap_or(1));
+        let ideal = processes * args.concurrency as f64 * 1000.0 / args.latency_ms as f64;
         eprintln!(
             "bench: {:.0} % of concurrency/latency ({ideal:.0} charges/s)",
             100.0 * rate / ideal
         );
     }
     crate::out!(
-        "bench: charges={} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={:.1} p50_ms={p50:.0} p99_ms={p99:.0} sim_429={sim_429}",
-        summary.succeeded,
-        peak_rss_mb()
+        "bench: charges={succeeded} seconds={seconds:.2} charges_per_sec={rate:.0} cpu_s={cpu:.2} peak_rss_mb={rss:.1} p50_ms={p50:.0} p99_ms={p99:.0} sim_429={sim_429}"
     )?;
     Ok(())
 }

@@ -457,6 +457,7 @@ async fn admin_stats(State(state): State<Shared>) -> Response {
             "requests": s.hits,
             "rate_limited": s.rate_limited,
             "max_in_flight": s.max_in_flight(),
+            "payments": s.completed().len(),
         }),
     })
 }

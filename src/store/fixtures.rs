@@ -65,3 +65,15 @@ pub async fn claim_to_record_ms(pool: &PgPool) -> Result<(f64, f64)> {
     .await?;
     Ok((p50.unwrap_or(0.0), p99.unwrap_or(0.0)))
 }
+
+/// How many of the benchmark's charges succeeded.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn succeeded_charges(pool: &PgPool) -> Result<u64> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paycron.charges WHERE status = 'succeeded'")
+            .fetch_one(pool)
+            .await?;
+    Ok(n as u64)
+}

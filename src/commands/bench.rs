@@ -67,26 +67,14 @@ impl Drop for Sim {
     }
 }
 
-/// This process's CPU seconds (user + system) from /proc.
+/// This process's CPU seconds (user + system).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based); here offset by the two before ')'.
-    (ticks(11) + ticks(12)) / 100.0
+    crate::ops::process::cpu_seconds("self").unwrap_or(0.0)
 }
 
-/// Peak resident memory (VmHWM) in MiB.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+/// Peak resident memory (VmHWM) of `pid`, MiB.
+fn peak_rss_mb(pid: &str) -> f64 {
+    crate::ops::process::memory_bytes(pid, "VmHWM").map_or(0.0, |b| b / (1024.0 * 1024.0))
 }
 
 /// What the simulator counted (zeros and unknowns when it cannot say: the figures are
@@ -108,21 +96,6 @@ async fn sim_stats(base_url: &str) -> SimStats {
         rate_limited: v["rate_limited"].as_u64().unwrap_or(0),
         payments: v["payments"].as_u64(),
     }
-}
-
-/// CPU seconds and resident memory (VmHWM, MiB) of a running process, from /proc.
-fn process_usage(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0);
-    Some(((ticks(11) + ticks(12)) / 100.0, rss))
 }
 
 /// Runs `n` `paycron run-once --task bill-due` processes on the bench database and the
@@ -161,8 +134,10 @@ async fn run_replicas(n: u32, db_url: &str, sim_url: &str, args: &BenchArgs) -> 
             match w.try_wait() {
                 Ok(None) => {
                     running += 1;
-                    if let Some(u) = w.id().and_then(process_usage) {
-                        usage[i] = u;
+                    if let Some(pid) = w.id().map(|p| p.to_string())
+                        && let Some(cpu) = crate::ops::process::cpu_seconds(&pid)
+                    {
+                        usage[i] = (cpu, peak_rss_mb(&pid));
                     }
                 }
                 Ok(Some(status)) if !status.success() => {
@@ -312,7 +287,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
                     summary.unresolved
                 )));
             }
-            (summary.succeeded, cpu_seconds() - cpu0, peak_rss_mb())
+            (summary.succeeded, cpu_seconds() - cpu0, peak_rss_mb("self"))
         }
         Some(n) => {
             let (cpu, rss) = run_replicas(n, &url, &base_url, &args).await?;

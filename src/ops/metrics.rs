@@ -218,27 +218,11 @@ pub fn count_enrollment(stage: &'static str) {
 
 /// Samples this process's CPU time and resident memory (Linux `/proc/self`; elsewhere nothing).
 pub fn sample_process() {
-    // utime and stime are fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second
-    // on Linux); the command name (field 2) may hold spaces, so fields count from its ')'.
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-        && let Some((_, rest)) = stat.rsplit_once(')')
-    {
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if let (Some(u), Some(s)) = (
-            f.get(11).and_then(|v| v.parse::<f64>().ok()),
-            f.get(12).and_then(|v| v.parse::<f64>().ok()),
-        ) {
-            metrics::gauge!(PROCESS_CPU).set((u + s) / 100.0);
-        }
+    if let Some(cpu) = super::process::cpu_seconds("self") {
+        metrics::gauge!(PROCESS_CPU).set(cpu);
     }
-    // Resident pages are field 2 of /proc/self/statm.
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
-        && let Some(pages) = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<f64>().ok())
-    {
-        metrics::gauge!(PROCESS_RSS).set(pages * 4096.0);
+    if let Some(rss) = super::process::memory_bytes("self", "VmRSS") {
+        metrics::gauge!(PROCESS_RSS).set(rss);
     }
 }
 

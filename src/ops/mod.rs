@@ -3,6 +3,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod progress;
 pub mod server;
 pub mod shutdown;

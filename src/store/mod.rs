@@ -244,16 +244,15 @@ impl StoreError {
 /// `random_page_cost` (4, a spinning disk's) the planner prices those probes above a scan of
 /// a table of up to some hundred thousand rows and scans it for every batch. The working set of
 /// billing is cached, so the transaction prices random reads as such (`SET LOCAL`: nothing
-/// outlives it, and it holds behind a transaction-pooling proxy).
+/// outlives it, and it holds behind a transaction-pooling proxy). Sent with the `BEGIN`, in
+/// one round trip.
 ///
 /// # Errors
 /// [`StoreError::Db`].
 pub async fn begin_batch(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL random_page_cost = 1.1")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    Ok(pool
+        .begin_with("BEGIN; SET LOCAL random_page_cost = 1.1")
+        .await?)
 }
 
 /// A pool on `opts` with up to `max` connections, migrations applied (the schema owner's

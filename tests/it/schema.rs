@@ -650,3 +650,22 @@ async fn the_readmes_python_app_examples_run_as_an_app_login() {
         "period 0 began at creation: the new price waits for period 1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_transactions_price_random_reads_as_cached_and_only_they_do() {
+    let db = fresh_db().await;
+    let mut tx = paycron::store::begin_batch(&db.pool).await.unwrap();
+    let inside: String = sqlx::query_scalar("SHOW random_page_cost")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(inside, "1.1");
+    // SET LOCAL: the pooled session goes back to the server's setting.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let after: String = sqlx::query_scalar("SHOW random_page_cost")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_ne!(after, "1.1");
+}

@@ -104,6 +104,22 @@ pub enum BillingError {
         .0.setting
     )]
     Halted(breaker::Halt),
+    /// sync-cards read every listing but would have disabled too many cards at once.
+    #[error(
+        "sync-cards: Square no longer lists {missing} of the {enabled} enabled cards on file; none were disabled, as that many at once looks like another seller's SQUARE_ACCESS_TOKEN (or SQUARE_ENVIRONMENT) rather than customers leaving: check them, or disable those cards by hand if it is true"
+    )]
+    SyncHeld {
+        /// Enabled cards no listing showed.
+        missing: i64,
+        /// Enabled cards on file.
+        enabled: i64,
+    },
+    /// Another process began a new sync-cards run while this one was idle past its limit.
+    #[error("sync-cards run {run_id} was superseded by a newer run; nothing more was filed by it")]
+    SyncSuperseded {
+        /// The run that stopped.
+        run_id: uuid::Uuid,
+    },
 }
 
 /// Module result.

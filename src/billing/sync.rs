@@ -1,26 +1,49 @@
-//! `sync-cards`: pages through Square's ListCustomers and, per customer, ListCards with
-//! `include_disabled=true`, and brings customers and cards into Postgres.
+//! `sync-cards`: brings Square's customers and cards on file into Postgres.
 //!
-//! Idempotent (an unchanged card is not rewritten) and safe to interrupt: each customer and
-//! its cards are written in one transaction, so what was synced stays consistent and a rerun
-//! picks up the rest. Cards Square no longer lists for a customer are marked disabled.
+//! A full sync reads three listings side by side: ListCustomers for profile fields, and
+//! ListCards without a customer filter (disabled cards included) from both ends at once, oldest
+//! first and newest first, each end stopping where it meets a card the other filed in this run.
+//! Square returns 25 cards a page, so the two ends halve the calls one listing would need, and a
+//! page is filed while the next one is on its way.
+//!
+//! Invariants:
+//! - idempotent: an unchanged card is not rewritten, and Square's older word on a card (by
+//!   version, then time) never overrides a newer one a webhook brought;
+//! - resumable: each page is filed in one transaction with its listing's cursor
+//!   (`store::card_sync`), so an interrupted run picks up after the last page it filed;
+//! - a card Square no longer lists is disabled only when the whole listing has been read, and
+//!   not at all when more than a tenth of the enabled cards would go at once (the signature of
+//!   another seller's token, not of customers leaving): the run then fails saying so;
+//! - a card Square lists under another customer than the one it is filed under here is never
+//!   moved: it is refused (logged) and, no longer being its customer's card at Square, disabled.
+//!
+//! [`sync_one`] syncs one customer through the customer-filtered listing (an enrollment at the
+//! counter waiting for the card saved there).
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use sqlx::PgPool;
 
-use super::Result;
+use super::{BillingError, Result};
 use crate::domain::card::{CardStamp, is_stale};
-use crate::gateway::{PaymentGateway, ProviderCustomer};
+use crate::gateway::{ListOrder, Page, PaymentGateway, ProviderCard, ProviderCustomer};
 use crate::store::StoreError;
+use crate::store::card_sync::{self, Listing, ListingState, SyncRun};
 use crate::store::cards::{self, CardRecord};
+
+/// A run idle this long is begun again rather than resumed (Square's cursors are short-lived).
+const RUN_MAX_IDLE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Cards that may vanish in one run without holding it, whatever the total.
+const VANISH_FLOOR: i64 = 10;
 
 /// Totals of one sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncTotals {
     /// Customers seen at Square.
     pub customers: u64,
-    /// Cards seen at Square.
+    /// Cards Square listed and paycron holds, each counted once per run.
     pub cards: u64,
     /// Customer rows inserted or changed.
     pub customers_changed: u64,
@@ -30,60 +53,67 @@ pub struct SyncTotals {
     pub customers_skipped: u64,
     /// Cards skipped because Square's data failed validation (logged each).
     pub cards_skipped: u64,
-    /// Cards refused because Square listed them under another customer than the one asked
-    /// about (logged each, never filed).
+    /// Cards refused because Square listed them under another customer than the one they are
+    /// filed under here (logged each, never moved).
     pub cards_refused: u64,
     /// Cards whose listing was older than what a webhook already said (left as they are).
     pub cards_stale: u64,
+    /// Cards disabled because Square no longer lists them.
+    pub cards_vanished: u64,
+    /// ListCards and ListCustomers pages read.
+    pub pages: u64,
+}
+
+impl std::ops::AddAssign for SyncTotals {
+    fn add_assign(&mut self, o: Self) {
+        self.customers += o.customers;
+        self.cards += o.cards;
+        self.customers_changed += o.customers_changed;
+        self.cards_changed += o.cards_changed;
+        self.customers_skipped += o.customers_skipped;
+        self.cards_skipped += o.cards_skipped;
+        self.cards_refused += o.cards_refused;
+        self.cards_stale += o.cards_stale;
+        self.cards_vanished += o.cards_vanished;
+        self.pages += o.pages;
+    }
 }
 
 /// Runs one full sync.
 ///
 /// # Errors
-/// [`super::BillingError`] when Square or the database fails; what was written stays.
+/// [`super::BillingError`] when Square or the database fails (what was filed stays, and the
+/// next run resumes after it), or [`BillingError::SyncHeld`].
 #[tracing::instrument(skip_all)]
 pub async fn sync_cards(pool: &PgPool, gateway: &dyn PaymentGateway) -> Result<SyncTotals> {
     sync_cards_with(pool, gateway, &|_| {}).await
 }
 
-/// [`sync_cards`], telling `on_customers` how many customers each page brought (a long
-/// command's progress).
+/// [`sync_cards`], telling `on_cards` how many cards each page brought (a long command's
+/// progress).
 ///
 /// # Errors
 /// [`BillingError`].
 pub async fn sync_cards_with(
     pool: &PgPool,
     gateway: &dyn PaymentGateway,
-    on_customers: &(dyn Fn(u64) + Send + Sync),
+    on_cards: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<SyncTotals> {
     let started = Instant::now();
-    let mut totals = SyncTotals::default();
-    let mut cursor: Option<String> = None;
-    let mut page_no = 0u64;
-    loop {
-        let page = gateway.list_customers(cursor.as_deref()).await?;
-        page_no += 1;
-        for customer in &page.items {
-            if let Err(e) = customer.id.parse::<crate::domain::CustomerId>() {
-                totals.customers_skipped += 1;
-                tracing::warn!(reason = %e, "customer skipped");
-                continue;
-            }
-            sync_customer(pool, gateway, customer, &mut totals).await?;
-            totals.customers += 1;
-        }
-        on_customers(page.items.len() as u64);
-        tracing::debug!(
-            page = page_no,
-            customers = totals.customers,
-            cards = totals.cards,
-            "sync-cards page"
-        );
-        match page.cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
+    let run = card_sync::begin_or_resume(pool, chrono::Utc::now(), RUN_MAX_IDLE).await?;
+    if run.resumed {
+        tracing::info!(run_id = %run.run_id, started_at = %run.started_at,
+            "sync-cards resumes the run stopped earlier");
     }
+    let (c, o, n) = tokio::try_join!(
+        customers_listing(pool, gateway, &run),
+        cards_listing(pool, gateway, &run, Listing::Oldest, on_cards),
+        cards_listing(pool, gateway, &run, Listing::Newest, on_cards),
+    )?;
+    let mut totals = c;
+    totals += o;
+    totals += n;
+    let finished = finish(pool, &run, &mut totals).await;
     crate::ops::metrics::count_synced(
         totals.customers,
         totals.cards,
@@ -91,20 +121,289 @@ pub async fn sync_cards_with(
         totals.cards_refused,
     );
     tracing::info!(
+        run_id = %run.run_id,
+        resumed = run.resumed,
         customers = totals.customers,
         cards = totals.cards,
+        pages = totals.pages,
         customers_changed = totals.customers_changed,
         cards_changed = totals.cards_changed,
+        cards_vanished = totals.cards_vanished,
         cards_skipped = totals.cards_skipped,
         cards_refused = totals.cards_refused,
         cards_stale = totals.cards_stale,
         customers_skipped = totals.customers_skipped,
-        customers_per_s =
-            (totals.customers as f64 / started.elapsed().as_secs_f64().max(0.001)).round(),
+        cards_per_s = (totals.cards as f64 / started.elapsed().as_secs_f64().max(0.001)).round(),
         duration_ms = started.elapsed().as_millis() as u64,
         "sync-cards done"
     );
+    finished.map(|()| totals)
+}
+
+/// ListCustomers to its end: profile fields, a page per transaction with its cursor.
+async fn customers_listing(
+    pool: &PgPool,
+    gateway: &dyn PaymentGateway,
+    run: &SyncRun,
+) -> Result<SyncTotals> {
+    let mut totals = SyncTotals::default();
+    let mut state = run.customers.clone();
+    while !state.done {
+        let page = gateway.list_customers(state.cursor.as_deref()).await?;
+        totals.pages += 1;
+        let mut customers: Vec<&ProviderCustomer> = Vec::with_capacity(page.items.len());
+        for customer in &page.items {
+            match customer.id.parse::<crate::domain::CustomerId>() {
+                Ok(_) => customers.push(customer),
+                Err(e) => {
+                    totals.customers_skipped += 1;
+                    tracing::warn!(reason = %e, "customer skipped");
+                }
+            }
+        }
+        // Ascending ids: the card listings take customer rows in the same order.
+        customers.sort_by(|a, b| a.id.cmp(&b.id));
+        state = ListingState {
+            done: page.cursor.is_none(),
+            cursor: page.cursor,
+        };
+        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        for customer in customers {
+            totals.customers += 1;
+            totals.customers_changed += u64::from(
+                cards::upsert_customer(
+                    &mut tx,
+                    &customer.id,
+                    customer.given_name.as_deref(),
+                    customer.family_name.as_deref(),
+                    customer.email.as_deref(),
+                )
+                .await?,
+            );
+        }
+        if !card_sync::save_listing(&mut tx, run.run_id, Listing::Customers, &state).await? {
+            return Err(superseded(run));
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+    }
     Ok(totals)
+}
+
+/// ListCards from one end until it runs out or meets the other end, filing each page while
+/// the next one is read.
+async fn cards_listing(
+    pool: &PgPool,
+    gateway: &dyn PaymentGateway,
+    run: &SyncRun,
+    from: Listing,
+    on_cards: &(dyn Fn(u64) + Send + Sync),
+) -> Result<SyncTotals> {
+    let order = match from {
+        Listing::Newest => ListOrder::NewestFirst,
+        _ => ListOrder::OldestFirst,
+    };
+    let mut totals = SyncTotals::default();
+    let start = run.listing(from);
+    if start.done {
+        return Ok(totals);
+    }
+    let mut page = gateway
+        .list_all_cards(start.cursor.as_deref(), order)
+        .await?;
+    loop {
+        totals.pages += 1;
+        let next_cursor = page.cursor.clone();
+        let read_next = async {
+            match next_cursor.as_deref() {
+                Some(c) => Some(gateway.list_all_cards(Some(c), order).await),
+                None => None,
+            }
+        };
+        let n = page.items.len() as u64;
+        let (filed, next) = tokio::join!(
+            file_cards_page(pool, run, from, page, &mut totals),
+            read_next
+        );
+        let met = filed?;
+        on_cards(n);
+        match next {
+            Some(next) if !met => page = next?,
+            _ => break,
+        }
+    }
+    Ok(totals)
+}
+
+/// Files one page of cards and saves the listing's cursor, in one transaction; true when the
+/// page met the other end (this end is done).
+///
+/// Long on purpose: one page's transaction read top to bottom (owners, meeting, each card under
+/// a savepoint, marks, cursor).
+async fn file_cards_page(
+    pool: &PgPool,
+    run: &SyncRun,
+    from: Listing,
+    page: Page<ProviderCard>,
+    totals: &mut SyncTotals,
+) -> Result<bool> {
+    let mut listed: Vec<(String, String, ProviderCard)> = Vec::with_capacity(page.items.len());
+    for card in page.items {
+        let Some(id) = card.id.clone() else {
+            totals.cards_skipped += 1;
+            tracing::warn!(reason = "no id", "card skipped");
+            continue;
+        };
+        match card
+            .customer_id
+            .as_deref()
+            .map(str::parse::<crate::domain::CustomerId>)
+        {
+            Some(Ok(owner)) => listed.push((id, owner.to_string(), card)),
+            Some(Err(e)) => {
+                totals.cards_skipped += 1;
+                tracing::warn!(card_id = %id, reason = %e, "card skipped");
+            }
+            None => {
+                totals.cards_skipped += 1;
+                tracing::warn!(card_id = %id, reason = "Square lists it under no customer", "card skipped");
+            }
+        }
+    }
+    // Ascending card ids, owners first: the two ends filing the same cards at once take their
+    // rows in one order (see `store::card_sync`).
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let owners: Vec<String> = listed
+        .iter()
+        .map(|(_, o, _)| o.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let ids: Vec<String> = listed.iter().map(|(id, _, _)| id.clone()).collect();
+
+    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    card_sync::take_customers(&mut tx, &owners).await?;
+    let met = card_sync::met_other_end(&mut tx, run.run_id, from, &ids).await?;
+    let listed_at = chrono::Utc::now();
+    let mut seen = Vec::with_capacity(listed.len());
+    let mut disabled = Vec::new();
+    for (id, owner, card) in listed {
+        let stored = card_sync::lock_card(&mut tx, &id).await?;
+        if let Some(s) = &stored
+            && s.customer_id != owner
+        {
+            totals.cards_refused += 1;
+            tracing::warn!(card_id = %id, customer_id = %s.customer_id, listed_owner = %owner,
+                "card refused: Square lists it under another customer; not moved");
+            continue;
+        }
+        let stamp = CardStamp {
+            version: card.version,
+            at: Some(listed_at),
+        };
+        if let Some(s) = &stored
+            && is_stale(s.stamp, stamp)
+        {
+            totals.cards_stale += 1;
+            seen.push(id);
+            continue;
+        }
+        let record = CardRecord {
+            customer_id: owner.clone(),
+            card_id: id.clone(),
+            card_brand: card.brand,
+            last_4: card.last_4,
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+            enabled: card.enabled,
+        };
+        // A savepoint per card: one card Square describes oddly must not lose the rest.
+        let mut sp = sqlx::Connection::begin(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        match cards::upsert_customer_card(&mut sp, &record).await {
+            Ok(changed) => {
+                cards::stamp(&mut sp, &id, stamp).await?;
+                if changed && record.enabled {
+                    // A card updated at Square: past-due subscriptions on it try again now.
+                    crate::store::square_webhooks::retry_now_for_card(&mut sp, &id).await?;
+                }
+                sp.commit().await.map_err(StoreError::from)?;
+                totals.cards_changed += u64::from(changed);
+                if changed && !record.enabled && stored.as_ref().is_some_and(|s| s.enabled) {
+                    disabled.push((id.clone(), owner));
+                }
+            }
+            Err(StoreError::Rejected(reason)) => {
+                sp.rollback().await.map_err(StoreError::from)?;
+                totals.cards_skipped += 1;
+                tracing::warn!(customer_id = %owner, card_id = %id, %reason, "card skipped");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Listed, so not gone, even when what Square says of it could not be filed.
+        seen.push(id);
+    }
+    totals.cards += card_sync::mark_listed(&mut tx, run.run_id, from, &seen).await?;
+    announce_disabled(&mut tx, &disabled, "sync-cards").await?;
+    let state = ListingState {
+        done: met || page.cursor.is_none(),
+        cursor: page.cursor,
+    };
+    if !card_sync::save_listing(&mut tx, run.run_id, from, &state).await? {
+        return Err(superseded(run));
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(state.done)
+}
+
+/// Once every listing is read: disables the cards no end saw (unless too many would go at
+/// once) and ends the run.
+async fn finish(pool: &PgPool, run: &SyncRun, totals: &mut SyncTotals) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let (missing, enabled) = card_sync::count_unlisted(&mut tx, run).await?;
+    let held = missing > VANISH_FLOOR.max(enabled / 10);
+    if !held {
+        let gone = card_sync::disable_unlisted(&mut tx, run).await?;
+        for (card_id, customer_id) in &gone {
+            tracing::info!(card_id = %card_id, customer_id = %customer_id,
+                "card disabled: Square no longer lists it");
+        }
+        totals.cards_vanished = gone.len() as u64;
+        totals.cards_changed += gone.len() as u64;
+        announce_disabled(&mut tx, &gone, "sync-cards: no longer listed").await?;
+    }
+    if !card_sync::finish(&mut tx, run.run_id).await? {
+        return Err(superseded(run));
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    if held {
+        return Err(BillingError::SyncHeld { missing, enabled });
+    }
+    Ok(())
+}
+
+/// `card_disabled` for each (card, customer), in the caller's transaction.
+async fn announce_disabled(
+    conn: &mut sqlx::PgConnection,
+    cards: &[(String, String)],
+    source: &str,
+) -> Result<()> {
+    for (card_id, customer_id) in cards {
+        crate::store::events::emit(
+            conn,
+            "card_disabled",
+            None,
+            Some(customer_id),
+            None,
+            serde_json::json!({"card_id": card_id, "source": source}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn superseded(run: &SyncRun) -> BillingError {
+    BillingError::SyncSuperseded { run_id: run.run_id }
 }
 
 /// Syncs one customer, as sync-cards does for each: RetrieveCustomer, then its cards (an
@@ -207,7 +506,6 @@ async fn sync_customer(
                     crate::store::square_webhooks::retry_now_for_card(&mut sp, &id).await?;
                 }
                 sp.commit().await.map_err(StoreError::from)?;
-                totals.cards += 1;
                 totals.cards_changed += u64::from(changed);
                 seen.push(id);
             }

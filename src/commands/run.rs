@@ -117,11 +117,30 @@ fn log_summary(task: &str, s: &Summary, started: Instant) {
 /// [`CommandError`].
 pub async fn sync_cards(app: &App) -> Result<()> {
     let gateway = app.square()?;
-    let progress = crate::ops::progress::Progress::new("sync-cards", 0, app.config.progress_every);
+    let guard = sync_lock(app).await?;
+    let progress = crate::ops::progress::Progress::new("cards", 0, app.config.progress_every);
     let result = sync::sync_cards_with(&app.pool, gateway.as_ref(), &|n| progress.inc(n)).await;
     progress.finish();
+    release(guard).await;
     result?;
     Ok(())
+}
+
+/// The lock the daemon's sync-cards ticks take: one sync at a time across every process.
+async fn sync_lock(app: &App) -> Result<crate::store::tasks::SingletonGuard> {
+    crate::store::tasks::lock_task(&app.pool, "sync-cards")
+        .await?
+        .ok_or_else(|| {
+            CommandError::Failed(
+                "sync-cards is already running in another process (a daemon or another sync-cards); it resumes from where any stopped run left off, so wait for it to finish".into(),
+            )
+        })
+}
+
+async fn release(guard: crate::store::tasks::SingletonGuard) {
+    if let Err(e) = guard.release().await {
+        tracing::warn!(error = %e, "cannot release the sync-cards lock; it ends with the connection");
+    }
 }
 
 /// `run-once` flags.
@@ -192,7 +211,10 @@ pub async fn run_once(
     }
     if task == Task::SyncCards {
         let started = Instant::now();
-        let t = sync::sync_cards(&app.pool, gateway.as_ref()).await?;
+        let guard = sync_lock(app).await?;
+        let result = sync::sync_cards(&app.pool, gateway.as_ref()).await;
+        release(guard).await;
+        let t = result?;
         tracing::info!(
             task = "sync-cards",
             customers = t.customers,

@@ -422,6 +422,25 @@ pub struct Page<T> {
     pub cursor: Option<String>,
 }
 
+/// Which end of a listing sorted by creation comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListOrder {
+    /// Oldest first (Square's `sort_order=ASC`, its default).
+    OldestFirst,
+    /// Newest first (`sort_order=DESC`).
+    NewestFirst,
+}
+
+impl ListOrder {
+    /// Square's `sort_order` value.
+    pub fn as_square(self) -> &'static str {
+        match self {
+            ListOrder::OldestFirst => "ASC",
+            ListOrder::NewestFirst => "DESC",
+        }
+    }
+}
+
 /// What the billing engine needs from a payment provider.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
@@ -444,6 +463,14 @@ pub trait PaymentGateway: Send + Sync {
         customer_id: &str,
         cursor: Option<&str>,
         include_disabled: bool,
+    ) -> Result<Page<ProviderCard>>;
+
+    /// One page of every card of the seller, disabled ones included (ListCards without a
+    /// customer filter), in creation order from the `order` end.
+    async fn list_all_cards(
+        &self,
+        cursor: Option<&str>,
+        order: ListOrder,
     ) -> Result<Page<ProviderCard>>;
 
     /// One page of payments created in `[begin, end)`, oldest first.

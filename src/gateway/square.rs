@@ -26,7 +26,7 @@ mod refunds;
 
 use super::wire::{self, PaymentResponse};
 use super::{
-    GatewayError, NewCustomer, Page, PaymentGateway, PaymentOutcome, PreparedPayment,
+    GatewayError, ListOrder, NewCustomer, Page, PaymentGateway, PaymentOutcome, PreparedPayment,
     PreparedRefund, ProviderCard, ProviderCustomer, ProviderOrder, RefundOutcome, Result,
 };
 use crate::config::SquareConfig;
@@ -501,6 +501,25 @@ impl PaymentGateway for SquareClient {
         let mut q = vec![
             ("customer_id", customer_id.to_owned()),
             ("include_disabled", include_disabled.to_string()),
+        ];
+        if let Some(c) = cursor {
+            q.push(("cursor", c.to_owned()));
+        }
+        let r: wire::ListCardsResponse = self.get_json("ListCards", "/v2/cards", &q).await?;
+        Ok(Page {
+            items: r.cards.into_iter().map(Into::into).collect(),
+            cursor: r.cursor.filter(|c| !c.is_empty()),
+        })
+    }
+
+    async fn list_all_cards(
+        &self,
+        cursor: Option<&str>,
+        order: ListOrder,
+    ) -> Result<Page<ProviderCard>> {
+        let mut q = vec![
+            ("include_disabled", "true".to_owned()),
+            ("sort_order", order.as_square().to_owned()),
         ];
         if let Some(c) = cursor {
             q.push(("cursor", c.to_owned()));

@@ -289,10 +289,23 @@ async fn list_cards(
         return r;
     }
     let include_disabled = q.get("include_disabled").is_some_and(|v| v == "true");
-    json_reply(lock(&state).list_cards(
+    let newest_first = match q.get("sort_order").map(String::as_str) {
+        None | Some("ASC") => false,
+        Some("DESC") => true,
+        Some(other) => {
+            return json_reply(SimState::error_reply(
+                400,
+                "INVALID_REQUEST_ERROR",
+                "INVALID_ENUM_VALUE",
+                &format!("Expected sort_order to be one of ASC, DESC; got {other:?}."),
+            ));
+        }
+    };
+    json_reply(lock(&state).list_cards_sorted(
         q.get("customer_id").map(String::as_str),
         q.get("cursor").map(String::as_str),
         include_disabled,
+        newest_first,
     ))
 }
 
@@ -313,11 +326,7 @@ async fn disable_card(
             "Card not found.",
         ));
     }
-    let reply = s.list_cards(None, None, true);
-    let card = reply.body["cards"]
-        .as_array()
-        .and_then(|cards| cards.iter().find(|c| c["id"] == card_id.as_str()).cloned())
-        .unwrap_or_default();
+    let card = s.card_json(&card_id).unwrap_or_default();
     json_reply(Reply {
         status: 200,
         body: serde_json::json!({ "card": card }),

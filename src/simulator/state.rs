@@ -357,7 +357,13 @@ impl SimState {
         });
     }
 
-    /// Disables a card (as DisableCard would). Returns false when unknown.
+    /// A card as Square's JSON shows it (RetrieveCard, DisableCard's answer).
+    pub fn card_json(&self, card_id: &str) -> Option<serde_json::Value> {
+        let card = self.cards.get(*self.card_index.get(card_id)?)?;
+        serde_json::to_value(card).ok()
+    }
+
+    /// Disables a card (DisableCard); false for a card it does not hold.
     pub fn disable_card(&mut self, card_id: &str) -> bool {
         match self
             .card_index
@@ -454,12 +460,25 @@ impl SimState {
         Reply { status: 200, body }
     }
 
-    /// `GET /v2/cards`.
+    /// `GET /v2/cards`, oldest first.
     pub fn list_cards(
         &self,
         customer_id: Option<&str>,
         cursor: Option<&str>,
         include_disabled: bool,
+    ) -> Reply {
+        self.list_cards_sorted(customer_id, cursor, include_disabled, false)
+    }
+
+    /// `GET /v2/cards` with `sort_order` (cards in creation order; `newest_first` for DESC).
+    /// The cursor is an offset into the sorted list, as stable as Square's while no card is
+    /// added at the end being walked from.
+    pub fn list_cards_sorted(
+        &self,
+        customer_id: Option<&str>,
+        cursor: Option<&str>,
+        include_disabled: bool,
+        newest_first: bool,
     ) -> Reply {
         let start = match parse_cursor(cursor) {
             Ok(s) => s,
@@ -475,9 +494,12 @@ impl SimState {
             ),
             None => Box::new(self.cards.iter()),
         };
-        let matching: Vec<&Card> = candidates
+        let mut matching: Vec<&Card> = candidates
             .filter(|c| include_disabled || c.enabled == Some(true))
             .collect();
+        if newest_first {
+            matching.reverse();
+        }
         let page = self.config.cards_page.max(1);
         let items: Vec<&&Card> = matching.iter().skip(start).take(page).collect();
         let mut body = serde_json::json!({});

@@ -23,6 +23,7 @@ macro_rules! sqlf {
     };
 }
 
+pub mod card_sync;
 pub mod cards;
 pub mod charges;
 mod codec;

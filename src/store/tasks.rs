@@ -51,6 +51,24 @@ impl Drop for SingletonGuard {
     }
 }
 
+/// Takes `task`'s lock alone (a command run by hand, outside the daemon's ticks); `None` when
+/// another process holds it.
+///
+/// # Errors
+/// [`super::StoreError`].
+pub async fn lock_task(pool: &PgPool, task: &str) -> Result<Option<SingletonGuard>> {
+    let key = format!("paycron:task:{task}");
+    let mut conn = pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(&key)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(locked.then_some(SingletonGuard {
+        conn: Some(conn),
+        key,
+    }))
+}
+
 /// Takes `task`'s lock and records this `tick` for it. `None` when another replica holds the
 /// lock or already ran this tick.
 ///

@@ -296,49 +296,19 @@ async fn file_cards_page(
                 "card refused: Square lists it under another customer; not moved");
             continue;
         }
-        let stamp = CardStamp {
-            version: card.version,
-            at: Some(listed_at),
-        };
-        if let Some(s) = &stored
-            && is_stale(s.stamp, stamp)
-        {
-            totals.cards_stale += 1;
-            seen.push(id);
-            continue;
-        }
-        let record = CardRecord {
-            customer_id: owner.clone(),
-            card_id: id.clone(),
-            card_brand: card.brand,
-            last_4: card.last_4,
-            exp_month: card.exp_month,
-            exp_year: card.exp_year,
-            enabled: card.enabled,
-        };
-        // A savepoint per card: one card Square describes oddly must not lose the rest.
-        let mut sp = sqlx::Connection::begin(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        match cards::upsert_customer_card(&mut sp, &record).await {
-            Ok(changed) => {
-                cards::stamp(&mut sp, &id, stamp).await?;
-                if changed && record.enabled {
-                    // A card updated at Square: past-due subscriptions on it try again now.
-                    crate::store::square_webhooks::retry_now_for_card(&mut sp, &id).await?;
-                }
-                sp.commit().await.map_err(StoreError::from)?;
-                totals.cards_changed += u64::from(changed);
-                if changed && !record.enabled && stored.as_ref().is_some_and(|s| s.enabled) {
-                    disabled.push((id.clone(), owner));
-                }
-            }
-            Err(StoreError::Rejected(reason)) => {
-                sp.rollback().await.map_err(StoreError::from)?;
-                totals.cards_skipped += 1;
-                tracing::warn!(customer_id = %owner, card_id = %id, %reason, "card skipped");
-            }
-            Err(e) => return Err(e.into()),
+        let was_enabled = stored.as_ref().is_some_and(|s| s.enabled);
+        let (version, listed_enabled) = (card.version, card.enabled);
+        let filed = file_card(
+            &mut tx,
+            record_of(&id, &owner, card),
+            version,
+            listed_at,
+            stored.map(|s| s.stamp),
+            totals,
+        )
+        .await?;
+        if filed == (Filed::Written { changed: true }) && was_enabled && !listed_enabled {
+            disabled.push((id.clone(), owner));
         }
         // Listed, so not gone, even when what Square says of it could not be filed.
         seen.push(id);
@@ -380,6 +350,80 @@ async fn finish(pool: &PgPool, run: &SyncRun, totals: &mut SyncTotals) -> Result
         return Err(BillingError::SyncHeld { missing, enabled });
     }
     Ok(())
+}
+
+/// What filing one listed card did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Filed {
+    /// Square's listing is older than what is stored (a webhook said something newer).
+    Stale,
+    /// Filed; `changed` when the stored card differs now.
+    Written {
+        /// The row changed.
+        changed: bool,
+    },
+    /// Square's data failed validation: logged, nothing written.
+    Skipped,
+}
+
+/// The card row a listing describes, filed under `owner`.
+fn record_of(id: &str, owner: &str, card: ProviderCard) -> CardRecord {
+    CardRecord {
+        customer_id: owner.to_owned(),
+        card_id: id.to_owned(),
+        card_brand: card.brand,
+        last_4: card.last_4,
+        exp_month: card.exp_month,
+        exp_year: card.exp_year,
+        enabled: card.enabled,
+    }
+}
+
+/// Files one listed card in the caller's transaction, whose row for it is locked (or absent):
+/// ignored when `stored` says something newer, otherwise written under a savepoint (one card
+/// Square describes oddly must not lose the rest), stamped, and, when it changed and can be
+/// charged, bringing its past-due subscriptions' next attempt forward to now.
+async fn file_card(
+    conn: &mut sqlx::PgConnection,
+    record: CardRecord,
+    version: Option<i64>,
+    listed_at: chrono::DateTime<chrono::Utc>,
+    stored: Option<CardStamp>,
+    totals: &mut SyncTotals,
+) -> Result<Filed> {
+    let stamp = CardStamp {
+        version,
+        at: Some(listed_at),
+    };
+    if let Some(stored) = stored
+        && is_stale(stored, stamp)
+    {
+        totals.cards_stale += 1;
+        return Ok(Filed::Stale);
+    }
+    let mut sp = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+    match cards::upsert_customer_card(&mut sp, &record).await {
+        Ok(changed) => {
+            cards::stamp(&mut sp, &record.card_id, stamp).await?;
+            if changed && record.enabled {
+                // A card updated at Square: past-due subscriptions on it try again now.
+                crate::store::square_webhooks::retry_now_for_card(&mut sp, &record.card_id).await?;
+            }
+            sp.commit().await.map_err(StoreError::from)?;
+            totals.cards_changed += u64::from(changed);
+            Ok(Filed::Written { changed })
+        }
+        Err(StoreError::Rejected(reason)) => {
+            sp.rollback().await.map_err(StoreError::from)?;
+            totals.cards_skipped += 1;
+            tracing::warn!(customer_id = %record.customer_id, card_id = %record.card_id, %reason,
+                "card skipped");
+            Ok(Filed::Skipped)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `card_disabled` for each (card, customer), in the caller's transaction.
@@ -474,48 +518,20 @@ async fn sync_customer(
                 "card refused: Square listed it for another customer; not filed");
             continue;
         }
-        let stamp = CardStamp {
-            version: card.version,
-            at: Some(listed_at),
-        };
-        if let Some(stored) = cards::lock_stamp(&mut tx, &id).await?
-            && is_stale(stored, stamp)
-        {
-            totals.cards_stale += 1;
-            seen.push(id);
-            continue;
-        }
-        let record = CardRecord {
-            customer_id: customer.id.clone(),
-            card_id: id.clone(),
-            card_brand: card.brand.clone(),
-            last_4: card.last_4.clone(),
-            exp_month: card.exp_month,
-            exp_year: card.exp_year,
-            enabled: card.enabled,
-        };
-        // A savepoint per card: one card Square describes oddly must not lose the rest.
-        let mut sp = sqlx::Connection::begin(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        match cards::upsert_customer_card(&mut sp, &record).await {
-            Ok(changed) => {
-                cards::stamp(&mut sp, &id, stamp).await?;
-                if changed && record.enabled {
-                    // A card updated at Square: past-due subscriptions on it try again now.
-                    crate::store::square_webhooks::retry_now_for_card(&mut sp, &id).await?;
-                }
-                sp.commit().await.map_err(StoreError::from)?;
-                totals.cards_changed += u64::from(changed);
-                seen.push(id);
-            }
-            Err(StoreError::Rejected(reason)) => {
-                sp.rollback().await.map_err(StoreError::from)?;
-                totals.cards_skipped += 1;
-                tracing::warn!(customer_id = %customer.id, card_id = %id, %reason, "card skipped");
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let stored = cards::lock_stamp(&mut tx, &id).await?;
+        let version = card.version;
+        let filed = file_card(
+            &mut tx,
+            record_of(&id, &customer.id, card),
+            version,
+            listed_at,
+            stored,
+            totals,
+        )
+        .await?;
+        totals.cards += u64::from(filed != Filed::Skipped);
+        // Listed, so not gone, even when what Square says of it could not be filed.
+        seen.push(id);
     }
     totals.cards_changed += cards::disable_missing(&mut tx, &customer.id, &seen).await?;
     // Announce cards that stopped being chargeable in this sync, in the same transaction.

@@ -3,8 +3,8 @@
 --
 -- One row per sync kind holds the run in progress: its id, when it began, and each listing's
 -- cursor, saved in the same transaction as the page it follows, so a run stopped anywhere
--- resumes after the last page it filed. A run idle for an hour is started over (Square's
--- cursors are not meant to live long).
+-- resumes after the last page it filed. A run that has filed no page for an hour is started
+-- over (Square's cursors are not meant to live long).
 CREATE TABLE paycron.sync_runs (
   name            text PRIMARY KEY CHECK (name IN ('cards')),
   run_id          uuid NOT NULL,

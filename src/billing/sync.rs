@@ -21,6 +21,7 @@
 //! counter waiting for the card saved there).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use sqlx::PgPool;
@@ -105,14 +106,24 @@ pub async fn sync_cards_with(
         tracing::info!(run_id = %run.run_id, started_at = %run.started_at,
             "sync-cards resumes the run stopped earlier");
     }
-    let (c, o, n) = tokio::try_join!(
-        customers_listing(pool, gateway, &run),
-        cards_listing(pool, gateway, &run, Listing::Oldest, on_cards),
-        cards_listing(pool, gateway, &run, Listing::Newest, on_cards),
-    )?;
-    let mut totals = c;
-    totals += o;
-    totals += n;
+    // When one listing fails the others stop at their next page, after committing the one
+    // they are filing: a listing is never dropped mid-transaction (a transaction cancelled
+    // while it begins can go back to the pool still open, holding its locks).
+    let stop = AtomicBool::new(false);
+    let (c, o, n) = tokio::join!(
+        halting(&stop, customers_listing(pool, gateway, &run, &stop)),
+        halting(
+            &stop,
+            cards_listing(pool, gateway, &run, Listing::Oldest, &stop, on_cards)
+        ),
+        halting(
+            &stop,
+            cards_listing(pool, gateway, &run, Listing::Newest, &stop, on_cards)
+        ),
+    );
+    let mut totals = c?;
+    totals += o?;
+    totals += n?;
     let finished = finish(pool, &run, &mut totals).await;
     crate::ops::metrics::count_synced(
         totals.customers,
@@ -140,15 +151,29 @@ pub async fn sync_cards_with(
     finished.map(|()| totals)
 }
 
-/// ListCustomers to its end: profile fields, a page per transaction with its cursor.
+/// `listing`'s result, raising `stop` for the others when it failed.
+async fn halting(
+    stop: &AtomicBool,
+    listing: impl std::future::Future<Output = Result<SyncTotals>>,
+) -> Result<SyncTotals> {
+    let result = listing.await;
+    if result.is_err() {
+        stop.store(true, Ordering::SeqCst);
+    }
+    result
+}
+
+/// ListCustomers to its end (or until `stop`): profile fields, a page per transaction with
+/// its cursor.
 async fn customers_listing(
     pool: &PgPool,
     gateway: &dyn PaymentGateway,
     run: &SyncRun,
+    stop: &AtomicBool,
 ) -> Result<SyncTotals> {
     let mut totals = SyncTotals::default();
     let mut state = run.customers.clone();
-    while !state.done {
+    while !state.done && !stop.load(Ordering::SeqCst) {
         let page = gateway.list_customers(state.cursor.as_deref()).await?;
         totals.pages += 1;
         let mut customers: Vec<&ProviderCustomer> = Vec::with_capacity(page.items.len());
@@ -189,13 +214,14 @@ async fn customers_listing(
     Ok(totals)
 }
 
-/// ListCards from one end until it runs out or meets the other end, filing each page while
-/// the next one is read.
+/// ListCards from one end until it runs out, meets the other end or is told to `stop`,
+/// filing each page while the next one is read.
 async fn cards_listing(
     pool: &PgPool,
     gateway: &dyn PaymentGateway,
     run: &SyncRun,
     from: Listing,
+    stop: &AtomicBool,
     on_cards: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<SyncTotals> {
     let order = match from {
@@ -204,7 +230,7 @@ async fn cards_listing(
     };
     let mut totals = SyncTotals::default();
     let start = run.listing(from);
-    if start.done {
+    if start.done || stop.load(Ordering::SeqCst) {
         return Ok(totals);
     }
     let mut page = gateway
@@ -227,7 +253,7 @@ async fn cards_listing(
         let met = filed?;
         on_cards(n);
         match next {
-            Some(next) if !met => page = next?,
+            Some(next) if !met && !stop.load(Ordering::SeqCst) => page = next?,
             _ => break,
         }
     }

@@ -92,7 +92,8 @@ type RunRow = (
     bool,
 );
 
-/// The unfinished run touched within `max_idle` of `now`, or a new one begun at `now`.
+/// The unfinished run that filed a page within `max_idle` of `now`, or a new one begun at
+/// `now`.
 ///
 /// # Errors
 /// [`super::StoreError`].
@@ -109,13 +110,12 @@ pub async fn begin_or_resume(
     )
     .fetch_optional(&mut *tx)
     .await?;
+    // Only a filed page touches the run: a run that cannot get past its cursor (Square no
+    // longer accepts it) stops being resumed an hour after its last progress, however often
+    // it is retried.
     if let Some((run_id, started_at, touched_at, None, cc, cd, oc, od, nc, nd)) = row
         && touched_at > now - max_idle
     {
-        sqlx::query("UPDATE paycron.sync_runs SET touched_at = $1 WHERE name = 'cards'")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         return Ok(SyncRun {
             run_id,

@@ -240,6 +240,42 @@ async fn both_ends_of_the_listing_meet_and_an_interrupted_run_resumes_where_it_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_square_refuses_stalls_a_run_only_until_it_has_been_idle_an_hour() {
+    let s = sim(SimConfig {
+        customers: 60,
+        mix: "all-ok".into(),
+        ..SimConfig::default()
+    })
+    .await;
+    let db = fresh_db().await;
+    let gw = client(&config(&s.base_url()));
+    let cut = interrupting(gw.clone(), 1);
+    assert!(sync_cards(&db.pool, &cut).await.is_err());
+    // Square no longer accepts the oldest end's saved cursor; the other listings are done.
+    sqlx::query("UPDATE paycron.sync_runs SET oldest_cursor = 'expired', oldest_done = false, customers_done = true, newest_done = true, touched_at = now() - interval '50 minutes'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let err = sync_cards(&db.pool, gw.as_ref()).await.unwrap_err();
+    assert!(err.to_string().contains("INVALID_CURSOR"), "{err}");
+    // Retrying does not keep the stalled run alive: only a filed page does.
+    let idle: bool = sqlx::query_scalar(
+        "SELECT touched_at < now() - interval '49 minutes' FROM paycron.sync_runs",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(idle, "a failed attempt does not touch the run");
+    sqlx::query("UPDATE paycron.sync_runs SET touched_at = touched_at - interval '11 minutes'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let t = sync_cards(&db.pool, gw.as_ref()).await.unwrap();
+    assert_eq!(count(&db, "cards").await, 60, "{t:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_square_no_longer_lists_is_disabled_unless_too_many_go_at_once() {
     let s = sim(SimConfig {
         customers: 40,

@@ -238,7 +238,7 @@ impl Engine {
     /// Withdraws charges of ours that were never sent, closing their subscriptions' open
     /// charge: the subscriptions stay due for the next claim. Returns how many.
     pub(crate) async fn withdraw_unsent(&self, ids: &[ChargeId]) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = crate::store::begin(&self.pool).await?;
         let withdrawn = crate::store::charges::withdraw_unsent(&mut tx, self.owner, ids).await?;
         subscriptions::close_charges(&mut tx, &withdrawn).await?;
         tx.commit().await.map_err(StoreError::from)?;

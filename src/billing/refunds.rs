@@ -148,7 +148,7 @@ impl Engine {
         provider_refund_id: Option<&str>,
         failure_code: Option<&str>,
     ) -> Result<Step> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = crate::store::begin(&self.pool).await?;
         let done = refunds::settle(
             &mut tx,
             r.id,
@@ -243,7 +243,7 @@ impl Engine {
         charge: crate::domain::ChargeId,
         found: &ProviderRefund,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = crate::store::begin(&self.pool).await?;
         let new = refunds::NewRefund {
             charge_id: Some(charge),
             amount_minor: Some(found.amount_minor),

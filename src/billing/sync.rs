@@ -107,8 +107,7 @@ pub async fn sync_cards_with(
             "sync-cards resumes the run stopped earlier");
     }
     // When one listing fails the others stop at their next page, after committing the one
-    // they are filing: a listing is never dropped mid-transaction (a transaction cancelled
-    // while it begins can go back to the pool still open, holding its locks).
+    // they are filing: what they read is kept, and the rerun resumes after it.
     let stop = AtomicBool::new(false);
     let (c, o, n) = tokio::join!(
         halting(&stop, customers_listing(pool, gateway, &run, &stop)),
@@ -192,7 +191,7 @@ async fn customers_listing(
             done: page.cursor.is_none(),
             cursor: page.cursor,
         };
-        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = crate::store::begin(pool).await?;
         for customer in customers {
             totals.customers += 1;
             totals.customers_changed += u64::from(
@@ -306,7 +305,7 @@ async fn file_cards_page(
         .collect();
     let ids: Vec<String> = listed.iter().map(|(id, _, _)| id.clone()).collect();
 
-    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let mut tx = crate::store::begin(pool).await?;
     card_sync::take_customers(&mut tx, &owners).await?;
     let met = card_sync::met_other_end(&mut tx, run.run_id, from, &ids).await?;
     let listed_at = chrono::Utc::now();
@@ -355,7 +354,7 @@ async fn file_cards_page(
 /// Once every listing is read: disables the cards no end saw (unless too many would go at
 /// once) and ends the run.
 async fn finish(pool: &PgPool, run: &SyncRun, totals: &mut SyncTotals) -> Result<()> {
-    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let mut tx = crate::store::begin(pool).await?;
     let (missing, enabled) = card_sync::count_unlisted(&mut tx, run).await?;
     let held = missing > VANISH_FLOOR.max(enabled / 10);
     if !held {
@@ -519,7 +518,7 @@ async fn sync_customer(
             None => break,
         }
     }
-    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let mut tx = crate::store::begin(pool).await?;
     let before = cards::enabled_states(&mut tx, &customer.id).await?;
     if cards::upsert_customer(
         &mut tx,

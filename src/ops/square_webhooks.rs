@@ -132,7 +132,7 @@ async fn handle(
     kind: &str,
     payload: &serde_json::Value,
 ) -> Result<bool, StoreError> {
-    let mut tx = s.pool.begin().await?;
+    let mut tx = crate::store::begin(&s.pool).await?;
     if !webhooks::record_event(&mut tx, event_id, kind, payload).await? {
         return Ok(false);
     }

@@ -102,7 +102,7 @@ pub async fn begin_or_resume(
     now: DateTime<Utc>,
     max_idle: chrono::Duration,
 ) -> Result<SyncRun> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     let row: Option<RunRow> = sqlx::query_as(
         "SELECT run_id, started_at, touched_at, finished_at, customers_cursor, customers_done,
                 oldest_cursor, oldest_done, newest_cursor, newest_done

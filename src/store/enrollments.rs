@@ -288,7 +288,7 @@ pub async fn record_sale(
     sale: &ConfirmedSale,
     next_due_at: DateTime<Utc>,
 ) -> Result<Recorded> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     let row: Option<(String, Option<String>, Uuid, String)> = sqlx::query_as(
         "SELECT status, provider_payment_id, subscription_id, customer_id
            FROM paycron.enrollments WHERE id = $1 FOR UPDATE",

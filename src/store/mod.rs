@@ -251,9 +251,38 @@ impl StoreError {
 /// # Errors
 /// [`StoreError::Db`].
 pub async fn begin_batch(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    Ok(pool
-        .begin_with("BEGIN; SET LOCAL random_page_cost = 1.1")
-        .await?)
+    begin_with(pool, "BEGIN; SET LOCAL random_page_cost = 1.1").await
+}
+
+/// Begins a transaction that is safe to abandon while it begins: what the worker, the
+/// webhook receiver and sync-cards begin, where a `select!`, a `try_join` or a client hanging
+/// up can drop the caller at any await.
+///
+/// sqlx 0.9 queues no ROLLBACK for a BEGIN whose answer has not arrived yet when its future is
+/// dropped, so the connection would go back to the pool inside an open transaction: every
+/// later statement on it would run uncommitted, holding its locks. The BEGIN therefore runs
+/// in a task of its own, which finishes it whatever happens to the caller; a transaction
+/// nobody takes is dropped there, which rolls it back before the connection is pooled again.
+///
+/// # Errors
+/// [`StoreError::Db`].
+pub async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    begin_with(pool, "BEGIN").await
+}
+
+/// [`begin`] with `statement` as the BEGIN (e.g. `BEGIN; SET LOCAL ...`).
+///
+/// # Errors
+/// [`StoreError::Db`].
+pub async fn begin_with(
+    pool: &PgPool,
+    statement: &'static str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))?
+        .map_err(StoreError::from)
 }
 
 /// A pool on `opts` with up to `max` connections, migrations applied (the schema owner's

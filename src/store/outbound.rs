@@ -182,7 +182,7 @@ pub async fn record_attempt(
     status: &str,
     next_attempt_at: DateTime<Utc>,
 ) -> Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     sqlx::query("INSERT INTO paycron.webhook_attempts (delivery_id, attempted_at, http_status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)")
         .bind(delivery)
         .bind(attempted_at)
@@ -300,7 +300,7 @@ pub async fn set_enabled(pool: &PgPool, id: Uuid, enabled: bool) -> Result<Manag
 /// # Errors
 /// [`super::StoreError`].
 pub async fn remove(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Managed> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     let r = sqlx::query(
         "UPDATE paycron.webhook_endpoints SET removed_at = $2, enabled = false
           WHERE id = $1 AND removed_at IS NULL",
@@ -361,7 +361,7 @@ pub async fn format_of(pool: &PgPool, id: Uuid) -> Result<Option<String>> {
 /// # Errors
 /// [`super::StoreError`].
 pub async fn ping(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Option<i64>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     let exists: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM paycron.webhook_endpoints WHERE id = $1 AND removed_at IS NULL FOR UPDATE",
     )

@@ -203,3 +203,32 @@ async fn five_hundreds_rate_limits_and_lost_answers() {
     assert!(n >= 50 * 3);
     s.shutdown().await;
 }
+
+/// Whether the pool's one connection is inside a transaction someone left open (a savepoint
+/// is refused outside a transaction block).
+async fn inside_an_open_transaction(pool: &sqlx::PgPool) -> bool {
+    sqlx::query("SAVEPOINT probe").execute(pool).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_abandoned_while_it_begins_is_rolled_back_not_pooled_open() {
+    let db = fresh_db().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    assert!(!inside_an_open_transaction(&pool).await);
+    // The caller gives up (a select! or try_join that ended elsewhere, a client hanging up)
+    // while the BEGIN is still on the wire.
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        paycron::store::begin_with(&pool, "BEGIN; SELECT pg_sleep(0.3)"),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the BEGIN was still on its way");
+    assert!(
+        !inside_an_open_transaction(&pool).await,
+        "the connection came back to the pool outside any transaction"
+    );
+}

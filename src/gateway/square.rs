@@ -293,6 +293,22 @@ impl SquareClient {
         }
     }
 
+    /// One ListCards page for the query `q` (plus `cursor`).
+    async fn cards_page(
+        &self,
+        mut q: Vec<(&'static str, String)>,
+        cursor: Option<&str>,
+    ) -> Result<Page<ProviderCard>> {
+        if let Some(c) = cursor {
+            q.push(("cursor", c.to_owned()));
+        }
+        let r: wire::ListCardsResponse = self.get_json("ListCards", "/v2/cards", &q).await?;
+        Ok(Page {
+            items: r.cards.into_iter().map(Into::into).collect(),
+            cursor: r.cursor.filter(|c| !c.is_empty()),
+        })
+    }
+
     /// GET with retries on transient failures, decoding Square's error model.
     ///
     /// Long on purpose: one read call with its retry loop; the transport, status and body branches share the backoff state.
@@ -498,18 +514,14 @@ impl PaymentGateway for SquareClient {
         cursor: Option<&str>,
         include_disabled: bool,
     ) -> Result<Page<ProviderCard>> {
-        let mut q = vec![
-            ("customer_id", customer_id.to_owned()),
-            ("include_disabled", include_disabled.to_string()),
-        ];
-        if let Some(c) = cursor {
-            q.push(("cursor", c.to_owned()));
-        }
-        let r: wire::ListCardsResponse = self.get_json("ListCards", "/v2/cards", &q).await?;
-        Ok(Page {
-            items: r.cards.into_iter().map(Into::into).collect(),
-            cursor: r.cursor.filter(|c| !c.is_empty()),
-        })
+        self.cards_page(
+            vec![
+                ("customer_id", customer_id.to_owned()),
+                ("include_disabled", include_disabled.to_string()),
+            ],
+            cursor,
+        )
+        .await
     }
 
     async fn list_all_cards(
@@ -517,18 +529,14 @@ impl PaymentGateway for SquareClient {
         cursor: Option<&str>,
         order: ListOrder,
     ) -> Result<Page<ProviderCard>> {
-        let mut q = vec![
-            ("include_disabled", "true".to_owned()),
-            ("sort_order", order.as_square().to_owned()),
-        ];
-        if let Some(c) = cursor {
-            q.push(("cursor", c.to_owned()));
-        }
-        let r: wire::ListCardsResponse = self.get_json("ListCards", "/v2/cards", &q).await?;
-        Ok(Page {
-            items: r.cards.into_iter().map(Into::into).collect(),
-            cursor: r.cursor.filter(|c| !c.is_empty()),
-        })
+        self.cards_page(
+            vec![
+                ("include_disabled", "true".to_owned()),
+                ("sort_order", order.as_square().to_owned()),
+            ],
+            cursor,
+        )
+        .await
     }
 
     async fn list_payments(

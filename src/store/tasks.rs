@@ -80,18 +80,8 @@ pub async fn claim_singleton(
     tick: DateTime<Utc>,
     owner: Uuid,
 ) -> Result<Option<SingletonGuard>> {
-    let key = format!("paycron:task:{task}");
-    let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-        .bind(&key)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !locked {
+    let Some(guard) = lock_task(pool, task).await? else {
         return Ok(None);
-    }
-    let guard = SingletonGuard {
-        conn: Some(conn),
-        key,
     };
     let mut conn = pool.acquire().await?;
     let inserted = sqlx::query("INSERT INTO paycron.task_runs (task, tick, owner) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")

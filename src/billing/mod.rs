@@ -104,6 +104,9 @@ pub enum BillingError {
         .0.setting
     )]
     Halted(breaker::Halt),
+    /// The billing task was cancelled with the runtime (the process is ending).
+    #[error("billing stopped: {0}")]
+    Stopped(String),
     /// sync-cards read every listing but would have disabled too many cards at once.
     #[error(
         "sync-cards: Square no longer lists {missing} of the {enabled} enabled cards on file; none were disabled, as that many at once looks like another seller's SQUARE_ACCESS_TOKEN (or SQUARE_ENVIRONMENT) rather than customers leaving: check them, or disable those cards by hand if it is true"

@@ -15,6 +15,29 @@ impl Engine {
         with_run_id(self.bill_due_pass(now)).await
     }
 
+    /// [`Engine::bill_due`] as a task of the runtime's own: the one-shot commands would
+    /// otherwise poll the whole pipeline on the thread that blocks on them, so every answer
+    /// from Square or Postgres woke it from a worker (a futex and a context switch each).
+    /// Dropping the returned future aborts the task, as dropping `bill_due` would.
+    ///
+    /// # Errors
+    /// [`BillingError`]; a panic in the task resumes here.
+    pub async fn bill_due_on_workers(
+        self: &std::sync::Arc<Self>,
+        now: DateTime<Utc>,
+    ) -> Result<Summary> {
+        let engine = std::sync::Arc::clone(self);
+        let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            engine.bill_due(now).await
+        }));
+        match task.await {
+            Ok(summary) => summary,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels it; the process is ending.
+            Err(e) => Err(BillingError::Stopped(e.to_string())),
+        }
+    }
+
     async fn bill_due_pass(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut total = Summary::default();
         if self.breaker().still_halted(self.clock.now()) {

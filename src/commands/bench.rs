@@ -276,11 +276,12 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<()> {
     let (succeeded, cpu, rss) = match args.replicas {
         None => {
             let counter = progress.clone();
-            let engine = app
-                .engine(app.square()?)
-                .await?
-                .with_progress(std::sync::Arc::new(move |n| counter.inc(n)));
-            let summary = engine.bill_due(now).await?;
+            let engine = std::sync::Arc::new(
+                app.engine(app.square()?)
+                    .await?
+                    .with_progress(std::sync::Arc::new(move |n| counter.inc(n))),
+            );
+            let summary = engine.bill_due_on_workers(now).await?;
             if summary.unresolved > 0 {
                 return Err(CommandError::Failed(format!(
                     "bench: {} charges left unresolved",

@@ -234,11 +234,12 @@ pub async fn run_once(
         app.config.progress_every,
     ));
     let counter = progress.clone();
-    let engine = app
-        .engine(gateway)
-        .await?
-        .with_cancel(cancel)
-        .with_progress(std::sync::Arc::new(move |n| counter.inc(n)));
+    let engine = std::sync::Arc::new(
+        app.engine(gateway)
+            .await?
+            .with_cancel(cancel)
+            .with_progress(std::sync::Arc::new(move |n| counter.inc(n))),
+    );
     let _clear = ClearOnDrop(progress);
     tokio::select! {
         r = run_tasks(app, &engine, task, now) => r,
@@ -250,7 +251,7 @@ pub async fn run_once(
 
 async fn run_tasks(
     app: &App,
-    engine: &crate::billing::Engine,
+    engine: &std::sync::Arc<crate::billing::Engine>,
     task: Task,
     now: chrono::DateTime<Utc>,
 ) -> Result<()> {
@@ -268,7 +269,10 @@ async fn run_tasks(
     if matches!(task, Task::BillDue | Task::All) {
         let started = Instant::now();
         let at = Utc::now();
-        let outcome = engine.bill_due(now).await.map_err(CommandError::from);
+        let outcome = engine
+            .bill_due_on_workers(now)
+            .await
+            .map_err(CommandError::from);
         let counts = outcome.as_ref().map(summary_json).unwrap_or_default();
         remember(app, "bill-due", at, &outcome, counts).await;
         let s = outcome?;

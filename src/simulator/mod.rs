@@ -109,6 +109,10 @@ impl Simulator {
 }
 
 fn json_reply(r: Reply) -> Response {
+    json_reply_ref(&r)
+}
+
+fn json_reply_ref(r: &Reply) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
@@ -215,7 +219,7 @@ async fn create_customer(State(state): State<Shared>, headers: HeaderMap, body: 
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
-    let raw = String::from_utf8_lossy(&body).into_owned();
+    let raw = String::from_utf8_lossy(&body);
     answer_with_faults(&state, |s| s.create_customer(&raw)).await
 }
 
@@ -337,7 +341,7 @@ async fn create_payment(State(state): State<Shared>, headers: HeaderMap, body: B
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
-    let raw = String::from_utf8_lossy(&body).into_owned();
+    let raw = String::from_utf8_lossy(&body);
     answer_with_faults(&state, |s| s.create_payment(&raw)).await
 }
 
@@ -345,13 +349,16 @@ async fn refund_payment(State(state): State<Shared>, headers: HeaderMap, body: B
     if let Some(r) = gate(&state, &headers).await {
         return r;
     }
-    let raw = String::from_utf8_lossy(&body).into_owned();
+    let raw = String::from_utf8_lossy(&body);
     answer_with_faults(&state, |s| s.refund_payment(&raw)).await
 }
 
 /// Does what a write call asks (the payment or refund is made), then applies the faults that
 /// strike after the work is done: a lost answer, a slow one, half an answer.
-async fn answer_with_faults(state: &Shared, work: impl FnOnce(&mut SimState) -> Reply) -> Response {
+async fn answer_with_faults(
+    state: &Shared,
+    work: impl FnOnce(&mut SimState) -> std::sync::Arc<Reply>,
+) -> Response {
     let (reply, lose, slow, garbage, faults) = {
         let mut s = lock(state);
         let reply = work(&mut s);
@@ -385,7 +392,7 @@ async fn answer_with_faults(state: &Shared, work: impl FnOnce(&mut SimState) -> 
         )
             .into_response();
     }
-    json_reply(reply)
+    json_reply_ref(&reply)
 }
 
 async fn list_payments(

@@ -18,6 +18,7 @@
 //! the same key with a different body gets `IDEMPOTENCY_KEY_REUSED`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rand::rngs::StdRng;
@@ -166,9 +167,11 @@ pub struct Reply {
     pub body: serde_json::Value,
 }
 
+/// The first answer to a key, kept as sent: the raw request (compared byte for byte, and as
+/// JSON only when the bytes differ) and the reply shared, never deep-copied, on a replay.
 struct KeyRecord {
-    request: serde_json::Value,
-    reply: Reply,
+    request: String,
+    reply: Arc<Reply>,
 }
 
 /// One CreatePayment request as received (for tests to audit retries).
@@ -515,86 +518,101 @@ impl SimState {
     /// Square's idempotency for a write under `slot` (the key, namespaced per endpoint): the
     /// first answer again for the same request, `IDEMPOTENCY_KEY_REUSED` for another; `None`
     /// for a key not seen yet.
-    fn replay(&self, slot: &str, request: &serde_json::Value) -> Option<Reply> {
+    fn replay(&self, slot: &str, raw: &str) -> Option<Arc<Reply>> {
         let rec = self.keys.get(slot)?;
-        Some(if &rec.request == request {
+        let same = rec.request == raw || {
+            let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
+            parse(&rec.request).is_some_and(|first| parse(raw) == Some(first))
+        };
+        Some(if same {
             rec.reply.clone()
         } else {
-            error(
+            Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "IDEMPOTENCY_KEY_REUSED",
                 "The idempotency key can only be retried with the same request data.",
                 Some("idempotency_key"),
-            )
+            ))
         })
     }
 
+    /// Keeps `reply` as the answer to `slot` for later replays, and returns it.
+    fn remember(&mut self, slot: String, raw: &str, reply: Reply) -> Arc<Reply> {
+        let reply = Arc::new(reply);
+        self.keys.insert(
+            slot,
+            KeyRecord {
+                request: raw.to_owned(),
+                reply: reply.clone(),
+            },
+        );
+        reply
+    }
+
     /// `POST /v2/payments`: validation, idempotency, the card's behaviour.
-    pub fn create_payment(&mut self, raw: &str) -> Reply {
-        let value: serde_json::Value = match serde_json::from_str(raw) {
-            Ok(v) => v,
-            Err(_) => {
-                return error(
-                    400,
-                    "INVALID_REQUEST_ERROR",
-                    "INVALID_CONTENT_TYPE",
-                    "Expected a JSON body.",
-                    None,
-                );
-            }
+    pub fn create_payment(&mut self, raw: &str) -> Arc<Reply> {
+        // Read straight into the request type; only a body that does not fit it is read as
+        // plain JSON, to find its key and say what is wrong (a tree per payment, and a deep
+        // copy of each answer, were most of the simulator's own time at full speed).
+        let typed = serde_json::from_str::<wire::CreatePaymentRequest>(raw);
+        let key = match &typed {
+            Ok(req) => req.idempotency_key.clone(),
+            Err(_) => match serde_json::from_str::<serde_json::Value>(raw) {
+                Ok(value) => value
+                    .get("idempotency_key")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+                Err(_) => {
+                    return Arc::new(error(
+                        400,
+                        "INVALID_REQUEST_ERROR",
+                        "INVALID_CONTENT_TYPE",
+                        "Expected a JSON body.",
+                        None,
+                    ));
+                }
+            },
         };
-        let key = value
-            .get("idempotency_key")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_owned();
         self.requests.push(ReceivedRequest {
             idempotency_key: key.clone(),
             body: raw.to_owned(),
         });
         if key.is_empty() {
-            return error(
+            return Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "MISSING_REQUIRED_PARAMETER",
                 "Missing idempotency_key.",
                 Some("idempotency_key"),
-            );
+            ));
         }
         if key.chars().count() > 45 {
-            return error(
+            return Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "VALUE_TOO_LONG",
                 "Field must not be greater than 45 length",
                 Some("idempotency_key"),
-            );
+            ));
         }
-        if let Some(answer) = self.replay(&key, &value) {
+        if let Some(answer) = self.replay(&key, raw) {
             return answer;
         }
-        let reply = self.take_payment(&value);
+        let reply = self.take_payment(typed);
         // Square keeps the answer to a key, whatever it was, unless the request was malformed.
         if reply.status == 200 || reply.body["errors"][0]["category"] == "PAYMENT_METHOD_ERROR" {
-            self.keys.insert(
-                key,
-                KeyRecord {
-                    request: value,
-                    reply: reply.clone(),
-                },
-            );
+            return self.remember(key, raw, reply);
         }
-        reply
+        Arc::new(reply)
     }
 
-    fn take_payment(&mut self, req: &serde_json::Value) -> Reply {
+    fn take_payment(&mut self, req: serde_json::Result<wire::CreatePaymentRequest>) -> Reply {
         if self.faults.answer_with_example {
             return example_reply();
         }
-        // Read through the parsed value in place: a clone of it per payment was most of the
-        // simulator's own time at full speed.
-        let req = match <wire::CreatePaymentRequest as serde::Deserialize>::deserialize(req) {
+        let req = match req {
             Ok(r) => r,
             Err(e) => {
                 return error(
@@ -611,9 +629,10 @@ impl SimState {
             Err(reply) => return reply,
         };
         let (payment, decline) = self.make_payment(&req, &card, &customer);
+        let reply = self.payment_reply(&payment, decline);
         self.by_id.insert(payment.id.clone(), self.payments.len());
-        self.payments.push(payment.clone());
-        self.payment_reply(payment, decline)
+        self.payments.push(payment);
+        reply
     }
 
     /// Square's request checks, in its order: the card on file and its customer, or the error
@@ -783,7 +802,7 @@ impl SimState {
     }
 
     /// The answer to a payment made: the payment, or the decline with it.
-    fn payment_reply(&self, payment: Payment, decline: Option<&'static str>) -> Reply {
+    fn payment_reply(&self, payment: &Payment, decline: Option<&'static str>) -> Reply {
         match decline {
             None if self.faults.errors_with_payment => Reply {
                 status: 200,
@@ -805,7 +824,7 @@ impl SimState {
                     &format!("Authorization error: '{code}'"),
                     None,
                 );
-                r.body["payment"] = serde_json::to_value(&payment).unwrap_or_default();
+                r.body["payment"] = serde_json::to_value(payment).unwrap_or_default();
                 r
             }
         }

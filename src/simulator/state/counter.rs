@@ -6,7 +6,9 @@
 
 use chrono::Utc;
 
-use super::{KeyRecord, Reply, SimState, error, rfc3339};
+use std::sync::Arc;
+
+use super::{Reply, SimState, error, rfc3339};
 use crate::gateway::wire::{self, Card, Customer, Money, Order, Payment, Tender};
 
 /// What a simulated Point of Sale sale made.
@@ -24,32 +26,32 @@ pub struct PosSale {
 
 impl SimState {
     /// `POST /v2/customers`.
-    pub fn create_customer(&mut self, raw: &str) -> Reply {
+    pub fn create_customer(&mut self, raw: &str) -> Arc<Reply> {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return error(
+            return Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_CONTENT_TYPE",
                 "Expected a JSON body.",
                 None,
-            );
+            ));
         };
         let key = value["idempotency_key"]
             .as_str()
             .map(|k| format!("customer:{k}"));
-        if let Some(answer) = key.as_deref().and_then(|k| self.replay(k, &value)) {
+        if let Some(answer) = key.as_deref().and_then(|k| self.replay(k, raw)) {
             return answer;
         }
         let req: wire::CreateCustomerRequest = match serde_json::from_value(value.clone()) {
             Ok(r) => r,
             Err(e) => {
-                return error(
+                return Arc::new(error(
                     400,
                     "INVALID_REQUEST_ERROR",
                     "BAD_REQUEST",
                     &e.to_string(),
                     None,
-                );
+                ));
             }
         };
         let named = [
@@ -61,26 +63,26 @@ impl SimState {
         .iter()
         .any(|v| v.as_deref().is_some_and(|s| !s.trim().is_empty()));
         if !named {
-            return error(
+            return Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "MISSING_REQUIRED_PARAMETER",
                 "At least one of given_name, family_name, company_name, email_address or phone_number is required.",
                 None,
-            );
+            ));
         }
         if req
             .email_address
             .as_deref()
             .is_some_and(|e| !e.contains('@'))
         {
-            return error(
+            return Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_EMAIL_ADDRESS",
                 "Expected email_address to be a valid email address.",
                 Some("email_address"),
-            );
+            ));
         }
         self.next_id += 1;
         let customer = Customer {
@@ -97,16 +99,10 @@ impl SimState {
             status: 200,
             body: serde_json::json!({ "customer": customer }),
         };
-        if let Some(k) = key {
-            self.keys.insert(
-                k,
-                KeyRecord {
-                    request: value,
-                    reply: reply.clone(),
-                },
-            );
+        match key {
+            Some(k) => self.remember(k, raw, reply),
+            None => Arc::new(reply),
         }
-        reply
     }
 
     /// `GET /v2/customers/{id}`.

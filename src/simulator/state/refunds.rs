@@ -8,20 +8,22 @@
 
 use chrono::Utc;
 
-use super::{KeyRecord, Reply, SimState, error, rfc3339};
+use std::sync::Arc;
+
+use super::{Reply, SimState, error, rfc3339};
 use crate::gateway::wire::{self, PaymentRefund};
 
 impl SimState {
     /// `POST /v2/refunds`.
-    pub fn refund_payment(&mut self, raw: &str) -> Reply {
+    pub fn refund_payment(&mut self, raw: &str) -> Arc<Reply> {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return error(
+            return Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_CONTENT_TYPE",
                 "Expected a JSON body.",
                 None,
-            );
+            ));
         };
         let key = value
             .get("idempotency_key")
@@ -29,7 +31,7 @@ impl SimState {
             .unwrap_or("")
             .to_owned();
         if key.is_empty() || key.chars().count() > 45 {
-            return error(
+            return Arc::new(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 if key.is_empty() {
@@ -39,23 +41,17 @@ impl SimState {
                 },
                 "idempotency_key must be 1 to 45 characters.",
                 Some("idempotency_key"),
-            );
+            ));
         }
         let slot = format!("refund:{key}");
-        if let Some(answer) = self.replay(&slot, &value) {
+        if let Some(answer) = self.replay(&slot, raw) {
             return answer;
         }
         let reply = self.make_refund(&value);
         if reply.status == 200 {
-            self.keys.insert(
-                slot,
-                KeyRecord {
-                    request: value,
-                    reply: reply.clone(),
-                },
-            );
+            return self.remember(slot, raw, reply);
         }
-        reply
+        Arc::new(reply)
     }
 
     fn make_refund(&mut self, value: &serde_json::Value) -> Reply {

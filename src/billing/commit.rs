@@ -25,18 +25,28 @@ use crate::store::{StoreError, cards, ledger};
 impl Engine {
     /// The transaction: returns the ids this call resolved (the rest were fenced), and the
     /// business's `external_ref` of their subscriptions (for the charge log lines).
+    ///
+    /// A payment id already recorded for another charge is looked up only when
+    /// `look_up_payments`: a first try leaves it to the unique index (whose violation the
+    /// caller retries with the lookup), sparing every batch a probe per payment for what a
+    /// misbehaving provider alone causes. A payment id twice in the batch is found either way.
     pub(super) async fn record_decided(
         &self,
         decided: &mut [(ChargeRow, Decided)],
         now: DateTime<Utc>,
+        look_up_payments: bool,
     ) -> Result<(Vec<ChargeId>, HashMap<SubscriptionId, String>)> {
         let wall = self.clock.now();
         let mut tx = crate::store::begin_batch(&self.pool).await?;
-        let paid: Vec<String> = decided
-            .iter()
-            .filter_map(|(_, d)| d.resolution.payment_id.clone())
-            .collect();
-        let recorded = crate::store::charges::payments_recorded(&mut tx, &paid).await?;
+        let recorded = if look_up_payments {
+            let paid: Vec<String> = decided
+                .iter()
+                .filter_map(|(_, d)| d.resolution.payment_id.clone())
+                .collect();
+            crate::store::charges::payments_recorded(&mut tx, &paid).await?
+        } else {
+            HashMap::new()
+        };
         review_reused_payments(decided, &recorded);
         let resolutions: Vec<OwnedResolution> =
             decided.iter().map(|(_, d)| d.resolution.clone()).collect();

@@ -207,7 +207,7 @@ impl Engine {
         if !decided.is_empty() {
             let mut tries = 0;
             let (resolved, refs) = loop {
-                match self.record_decided(&mut decided, now).await {
+                match self.record_decided(&mut decided, now, tries > 0).await {
                     Ok(r) => break r,
                     Err(BillingError::Store(e)) if is_retryable(&e) && tries < 3 => {
                         tries += 1;

@@ -46,7 +46,7 @@ pub async fn record_many(
                   $7::text[], $8::bigint[], $9::text[], $10::text[])
                   AS t(charge_id, subscription_id, customer_id, period_start, attempt, status, decline_code,
                        amount_minor, currency, provider_payment_id)
-           ON CONFLICT (charge_id) WHERE kind = 'charge' DO NOTHING
+           ON CONFLICT (charge_id, kind, refund_id, dispute_id) DO NOTHING
            RETURNING id, status, amount_minor, currency),
          p AS (
            INSERT INTO paycron.ledger_postings (entry_id, account, amount_minor, currency)

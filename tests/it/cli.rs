@@ -709,14 +709,15 @@ async fn a_dry_run_shows_what_would_be_charged_and_changes_nothing() {
         text.stdout
     );
     // Recover's dry run: a charge whose answer was lost, its lease run out.
-    sqlx::query(
+    let lost: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key,
                 customer_id, card_id, amount_minor, currency, status, request_body, request_fingerprint, sends, locked_until)
-         SELECT gen_random_uuid(), id, 0, next_due_at, 1, 'k-dry-run-1', customer_id, card_id, 500, 'USD',
+         SELECT gen_random_uuid(), id, 0, next_due_at, 1, replace(id::text, '-', '') || '-0-1', customer_id, card_id, 500, 'USD',
                 'pending', '{}', '', 1, now() - interval '1 minute'
-           FROM paycron.subscriptions LIMIT 1",
+           FROM paycron.subscriptions LIMIT 1
+         RETURNING id",
     )
-    .execute(&h.db.pool)
+    .fetch_one(&h.db.pool)
     .await
     .unwrap();
     let rec = h
@@ -733,12 +734,11 @@ async fn a_dry_run_shows_what_would_be_charged_and_changes_nothing() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&rec.stdout).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["action"], "re-send with its key");
-    let sends: i32 = sqlx::query_scalar(
-        "SELECT sends FROM paycron.charges WHERE idempotency_key = 'k-dry-run-1'",
-    )
-    .fetch_one(&h.db.pool)
-    .await
-    .unwrap();
+    let sends: i32 = sqlx::query_scalar("SELECT sends FROM paycron.charges WHERE id = $1")
+        .bind(lost)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
     assert_eq!(sends, 1, "nothing taken or sent");
     let bad = h
         .cli(["run-once", "--dry-run", "--task", "sync-cards"])

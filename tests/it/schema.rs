@@ -15,7 +15,7 @@ async fn insert_charge(
     db: &crate::helpers::TestDb,
     sub: Uuid,
     attempt: i32,
-    key: &str,
+    key: Option<&str>,
     status: &str,
     payment: Option<&str>,
 ) -> Result<Uuid, sqlx::Error> {
@@ -23,7 +23,8 @@ async fn insert_charge(
     sqlx::query(
         "INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key, customer_id,
              card_id, amount_minor, currency, status, request_body, request_fingerprint, provider_payment_id)
-         VALUES ($1, $2, 0, now(), $3, $4, 'CUST1', 'ccof:card1', 1500, 'USD', $5, '{}', 'x', $6)",
+         VALUES ($1, $2, 0, now(), $3, coalesce($4, replace($2::text, '-', '') || '-0-' || $3), 'CUST1', 'ccof:card1',
+                 1500, 'USD', $5, '{}', 'x', $6)",
     )
     .bind(id)
     .bind(sub)
@@ -53,7 +54,7 @@ async fn insert_entry(tx: &mut sqlx::PgConnection, charge: Uuid, sub: Uuid) -> i
 async fn ledger_refuses_update_delete_truncate() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
-    let charge = insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
+    let charge = insert_charge(&db, sub, 1, None, "succeeded", Some("PAY1"))
         .await
         .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
@@ -94,7 +95,7 @@ async fn ledger_refuses_update_delete_truncate() {
 async fn unbalanced_postings_are_refused() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
-    let charge = insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
+    let charge = insert_charge(&db, sub, 1, None, "succeeded", Some("PAY1"))
         .await
         .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
@@ -140,11 +141,11 @@ async fn unbalanced_postings_are_refused() {
 async fn one_success_and_one_open_charge_per_period() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;
-    insert_charge(&db, sub, 1, "k1", "succeeded", Some("PAY1"))
+    insert_charge(&db, sub, 1, None, "succeeded", Some("PAY1"))
         .await
         .unwrap();
     // A second success for the same period.
-    let err = insert_charge(&db, sub, 2, "k2", "succeeded", Some("PAY2"))
+    let err = insert_charge(&db, sub, 2, None, "succeeded", Some("PAY2"))
         .await
         .expect_err("second success");
     assert!(
@@ -152,7 +153,7 @@ async fn one_success_and_one_open_charge_per_period() {
         "{err}"
     );
     // A second charge for the same attempt.
-    let err = insert_charge(&db, sub, 1, "k3", "pending", None)
+    let err = insert_charge(&db, sub, 1, None, "pending", None)
         .await
         .expect_err("same attempt");
     assert!(
@@ -160,21 +161,22 @@ async fn one_success_and_one_open_charge_per_period() {
         "{err}"
     );
     // Two open charges for one period.
-    insert_charge(&db, sub, 3, "k4", "pending", None)
+    insert_charge(&db, sub, 3, None, "pending", None)
         .await
         .unwrap();
-    let err = insert_charge(&db, sub, 4, "k5", "pending", None)
+    let err = insert_charge(&db, sub, 4, None, "pending", None)
         .await
         .expect_err("two pending");
     assert!(
         err.to_string().contains("charges_one_open_per_period"),
         "{err}"
     );
-    // The same idempotency key twice.
-    let err = insert_charge(&db, sub, 5, "k1", "declined", None)
+    // A key other than the one derived from (subscription, period, attempt): with those unique,
+    // the derivation is what keeps keys unique.
+    let err = insert_charge(&db, sub, 5, Some("k1"), "declined", None)
         .await
-        .expect_err("same key");
-    assert!(err.to_string().contains("idempotency_key"), "{err}");
+        .expect_err("a key not derived");
+    assert!(err.to_string().contains("charges_key_derived"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

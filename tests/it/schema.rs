@@ -87,6 +87,36 @@ async fn ledger_refuses_update_delete_truncate() {
         let err = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
+    // The entry's charge stays: a charge in the ledger cannot be deleted.
+    let err = sqlx::query("DELETE FROM paycron.charges WHERE id = $1")
+        .bind(charge)
+        .execute(&db.pool)
+        .await
+        .expect_err("a booked charge deleted");
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23503"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("in the ledger"), "{err}");
+    // Nor can an entry name a charge that does not exist.
+    let mut tx = db.pool.begin().await.unwrap();
+    let err = sqlx::query(
+        "INSERT INTO paycron.ledger_entries (charge_id, subscription_id, customer_id, period_start, attempt, status,
+             amount_minor, currency) VALUES (gen_random_uuid(), $1, 'CUST1', now(), 1, 'declined', 1500, 'USD')",
+    )
+    .bind(sub)
+    .execute(&mut *tx)
+    .await
+    .expect_err("an entry of no charge");
+    drop(tx);
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23503"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert_eq!(count(&db, "charges").await, 1);
     assert_eq!(count(&db, "ledger_entries").await, 1);
     assert_eq!(count(&db, "ledger_postings").await, 2);
 }

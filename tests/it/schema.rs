@@ -122,6 +122,33 @@ async fn ledger_refuses_update_delete_truncate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_needs_its_subscription_and_a_subscription_is_never_deleted() {
+    let db = fresh_db().await;
+    let sub = subscription(&db).await;
+    let err = insert_charge(&db, Uuid::new_v4(), 1, None, "pending", None)
+        .await
+        .expect_err("a charge of no subscription");
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23503"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    insert_charge(&db, sub, 1, None, "pending", None)
+        .await
+        .unwrap();
+    for sql in [
+        "DELETE FROM paycron.subscriptions",
+        "TRUNCATE paycron.subscriptions CASCADE",
+    ] {
+        let err = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
+        assert!(err.to_string().contains("never deleted"), "{sql}: {err}");
+    }
+    assert_eq!(count(&db, "subscriptions").await, 1);
+    assert_eq!(count(&db, "charges").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbalanced_postings_are_refused() {
     let db = fresh_db().await;
     let sub = subscription(&db).await;

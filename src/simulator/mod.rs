@@ -109,10 +109,6 @@ impl Simulator {
 }
 
 fn json_reply(r: Reply) -> Response {
-    json_reply_ref(&r)
-}
-
-fn json_reply_ref(r: &Reply) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
@@ -357,7 +353,7 @@ async fn refund_payment(State(state): State<Shared>, headers: HeaderMap, body: B
 /// strike after the work is done: a lost answer, a slow one, half an answer.
 async fn answer_with_faults(
     state: &Shared,
-    work: impl FnOnce(&mut SimState) -> std::sync::Arc<Reply>,
+    work: impl FnOnce(&mut SimState) -> std::sync::Arc<state::Answer>,
 ) -> Response {
     let (reply, lose, slow, garbage, faults) = {
         let mut s = lock(state);
@@ -383,16 +379,21 @@ async fn answer_with_faults(
         tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
     }
     if garbage {
-        let text = reply.body.to_string();
-        let cut = &text[..text.len() / 2];
+        let cut = reply.text[..reply.text.len() / 2].to_owned();
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            cut.to_owned(),
+            cut,
         )
             .into_response();
     }
-    json_reply_ref(&reply)
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.text.clone(),
+    )
+        .into_response()
 }
 
 async fn list_payments(

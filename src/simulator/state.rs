@@ -170,11 +170,37 @@ pub struct Reply {
     pub body: serde_json::Value,
 }
 
+/// A write call's answer as sent: its status and JSON text, written once and shared by the
+/// response and every replay of its key.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body.
+    pub text: String,
+}
+
+impl Answer {
+    /// The body read back as JSON (for tests and the odd caller that looks inside).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_default()
+    }
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Self {
+        Answer {
+            status: r.status,
+            text: r.body.to_string(),
+        }
+    }
+}
+
 /// The first answer to a key, kept as sent: the raw request (compared byte for byte, and as
-/// JSON only when the bytes differ) and the reply shared, never deep-copied, on a replay.
+/// JSON only when the bytes differ) and the answer, shared on a replay.
 struct KeyRecord {
     request: String,
-    reply: Arc<Reply>,
+    reply: Arc<Answer>,
 }
 
 /// One CreatePayment request as received (for tests to audit retries).
@@ -521,7 +547,7 @@ impl SimState {
     /// Square's idempotency for a write under `slot` (the key, namespaced per endpoint): the
     /// first answer again for the same request, `IDEMPOTENCY_KEY_REUSED` for another; `None`
     /// for a key not seen yet.
-    fn replay(&self, slot: &str, raw: &str) -> Option<Arc<Reply>> {
+    fn replay(&self, slot: &str, raw: &str) -> Option<Arc<Answer>> {
         let rec = self.keys.get(slot)?;
         let same = rec.request == raw || {
             let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
@@ -530,18 +556,21 @@ impl SimState {
         Some(if same {
             rec.reply.clone()
         } else {
-            Arc::new(error(
-                400,
-                "INVALID_REQUEST_ERROR",
-                "IDEMPOTENCY_KEY_REUSED",
-                "The idempotency key can only be retried with the same request data.",
-                Some("idempotency_key"),
-            ))
+            Arc::new(
+                error(
+                    400,
+                    "INVALID_REQUEST_ERROR",
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "The idempotency key can only be retried with the same request data.",
+                    Some("idempotency_key"),
+                )
+                .into(),
+            )
         })
     }
 
     /// Keeps `reply` as the answer to `slot` for later replays, and returns it.
-    fn remember(&mut self, slot: String, raw: &str, reply: Reply) -> Arc<Reply> {
+    fn remember(&mut self, slot: String, raw: &str, reply: Answer) -> Arc<Answer> {
         let reply = Arc::new(reply);
         self.keys.insert(
             slot,
@@ -554,7 +583,7 @@ impl SimState {
     }
 
     /// `POST /v2/payments`: validation, idempotency, the card's behaviour.
-    pub fn create_payment(&mut self, raw: &str) -> Arc<Reply> {
+    pub fn create_payment(&mut self, raw: &str) -> Arc<Answer> {
         // Read straight into the request type; only a body that does not fit it is read as
         // plain JSON, to find its key and say what is wrong (a tree per payment, and a deep
         // copy of each answer, were most of the simulator's own time at full speed).
@@ -568,13 +597,13 @@ impl SimState {
                     .unwrap_or("")
                     .to_owned(),
                 Err(_) => {
-                    return Arc::new(error(
+                    return Arc::new(Answer::from(error(
                         400,
                         "INVALID_REQUEST_ERROR",
                         "INVALID_CONTENT_TYPE",
                         "Expected a JSON body.",
                         None,
-                    ));
+                    )));
                 }
             },
         };
@@ -583,59 +612,80 @@ impl SimState {
             body: raw.to_owned(),
         });
         if key.is_empty() {
-            return Arc::new(error(
+            return Arc::new(Answer::from(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "MISSING_REQUIRED_PARAMETER",
                 "Missing idempotency_key.",
                 Some("idempotency_key"),
-            ));
+            )));
         }
         if key.chars().count() > 45 {
-            return Arc::new(error(
+            return Arc::new(Answer::from(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "VALUE_TOO_LONG",
                 "Field must not be greater than 45 length",
                 Some("idempotency_key"),
-            ));
+            )));
         }
         if let Some(answer) = self.replay(&key, raw) {
             return answer;
         }
-        let reply = self.take_payment(typed);
+        let (reply, keep) = self.take_payment(typed);
         // Square keeps the answer to a key, whatever it was, unless the request was malformed.
-        if reply.status == 200 || reply.body["errors"][0]["category"] == "PAYMENT_METHOD_ERROR" {
+        if keep {
             return self.remember(key, raw, reply);
         }
         Arc::new(reply)
     }
 
-    fn take_payment(&mut self, req: serde_json::Result<wire::CreatePaymentRequest>) -> Reply {
+    /// The answer to a CreatePayment, and whether Square keeps it for the key (anything but a
+    /// malformed request).
+    fn take_payment(
+        &mut self,
+        req: serde_json::Result<wire::CreatePaymentRequest>,
+    ) -> (Answer, bool) {
+        let kept = |reply: Reply| {
+            let keep = reply.status == 200
+                || reply.body["errors"][0]["category"] == "PAYMENT_METHOD_ERROR";
+            (Answer::from(reply), keep)
+        };
         if self.faults.answer_with_example {
-            return example_reply();
+            return kept(example_reply());
         }
         let req = match req {
             Ok(r) => r,
             Err(e) => {
-                return error(
+                return kept(error(
                     400,
                     "INVALID_REQUEST_ERROR",
                     "BAD_REQUEST",
                     &e.to_string(),
                     None,
-                );
+                ));
             }
         };
         let (card, customer) = match self.validate(&req) {
             Ok(found) => found,
-            Err(reply) => return reply,
+            Err(reply) => return kept(reply),
         };
         let (payment, decline) = self.make_payment(&req, &card, &customer);
-        let reply = self.payment_reply(&payment, decline);
+        let answer = match decline {
+            // The common case is written straight from the payment, not through a JSON tree.
+            None if !self.faults.errors_with_payment => {
+                #[derive(Serialize)]
+                struct Taken<'a> {
+                    payment: &'a Payment,
+                }
+                let text = serde_json::to_string(&Taken { payment: &payment }).unwrap_or_default();
+                (Answer { status: 200, text }, true)
+            }
+            _ => kept(self.payment_reply(&payment, decline)),
+        };
         self.by_id.insert(payment.id.clone(), self.payments.len());
         self.payments.push(payment);
-        reply
+        answer
     }
 
     /// Square's request checks, in its order: the card on file and its customer, or the error

@@ -68,7 +68,7 @@ async fn the_enrollment_page_in_chromium_launches_point_of_sale_and_reaches_card
     let shop = Shop::open().await;
     let customer = shop.h.sim.with(|st| {
         st.create_customer(r#"{"given_name":"Grace","family_name":"Hopper","idempotency_key":"g"}"#)
-            .body["customer"]["id"]
+            .json()["customer"]["id"]
             .as_str()
             .unwrap()
             .to_owned()

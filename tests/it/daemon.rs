@@ -773,7 +773,7 @@ async fn the_daemon_serves_enrollment_pages_and_its_task_finds_lost_sales() {
     wait_for(port, "/readyz", 200).await;
     let customer = h.sim.with(|st| {
         st.create_customer(r#"{"given_name":"Dee","idempotency_key":"dee"}"#)
-            .body["customer"]["id"]
+            .json()["customer"]["id"]
             .as_str()
             .unwrap()
             .to_owned()

@@ -315,7 +315,7 @@ fn new_customer(shop: &Shop, name: &str) -> String {
             &serde_json::json!({"given_name": name, "idempotency_key": format!("k-{name}")})
                 .to_string(),
         )
-        .body["customer"]["id"]
+        .json()["customer"]["id"]
             .as_str()
             .unwrap()
             .to_owned()

@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use std::sync::Arc;
 
-use super::{Reply, SimState, error, rfc3339};
+use super::{Answer, Reply, SimState, error, rfc3339};
 use crate::gateway::wire::{self, Card, Customer, Money, Order, Payment, Tender};
 
 /// What a simulated Point of Sale sale made.
@@ -26,15 +26,15 @@ pub struct PosSale {
 
 impl SimState {
     /// `POST /v2/customers`.
-    pub fn create_customer(&mut self, raw: &str) -> Arc<Reply> {
+    pub fn create_customer(&mut self, raw: &str) -> Arc<Answer> {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return Arc::new(error(
+            return Arc::new(Answer::from(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_CONTENT_TYPE",
                 "Expected a JSON body.",
                 None,
-            ));
+            )));
         };
         let key = value["idempotency_key"]
             .as_str()
@@ -45,13 +45,13 @@ impl SimState {
         let req: wire::CreateCustomerRequest = match serde_json::from_value(value.clone()) {
             Ok(r) => r,
             Err(e) => {
-                return Arc::new(error(
+                return Arc::new(Answer::from(error(
                     400,
                     "INVALID_REQUEST_ERROR",
                     "BAD_REQUEST",
                     &e.to_string(),
                     None,
-                ));
+                )));
             }
         };
         let named = [
@@ -63,26 +63,26 @@ impl SimState {
         .iter()
         .any(|v| v.as_deref().is_some_and(|s| !s.trim().is_empty()));
         if !named {
-            return Arc::new(error(
+            return Arc::new(Answer::from(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "MISSING_REQUIRED_PARAMETER",
                 "At least one of given_name, family_name, company_name, email_address or phone_number is required.",
                 None,
-            ));
+            )));
         }
         if req
             .email_address
             .as_deref()
             .is_some_and(|e| !e.contains('@'))
         {
-            return Arc::new(error(
+            return Arc::new(Answer::from(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_EMAIL_ADDRESS",
                 "Expected email_address to be a valid email address.",
                 Some("email_address"),
-            ));
+            )));
         }
         self.next_id += 1;
         let customer = Customer {
@@ -100,8 +100,8 @@ impl SimState {
             body: serde_json::json!({ "customer": customer }),
         };
         match key {
-            Some(k) => self.remember(k, raw, reply),
-            None => Arc::new(reply),
+            Some(k) => self.remember(k, raw, reply.into()),
+            None => Arc::new(reply.into()),
         }
     }
 

@@ -10,20 +10,20 @@ use chrono::Utc;
 
 use std::sync::Arc;
 
-use super::{Reply, SimState, error, rfc3339};
+use super::{Answer, Reply, SimState, error, rfc3339};
 use crate::gateway::wire::{self, PaymentRefund};
 
 impl SimState {
     /// `POST /v2/refunds`.
-    pub fn refund_payment(&mut self, raw: &str) -> Arc<Reply> {
+    pub fn refund_payment(&mut self, raw: &str) -> Arc<Answer> {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return Arc::new(error(
+            return Arc::new(Answer::from(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 "INVALID_CONTENT_TYPE",
                 "Expected a JSON body.",
                 None,
-            ));
+            )));
         };
         let key = value
             .get("idempotency_key")
@@ -31,7 +31,7 @@ impl SimState {
             .unwrap_or("")
             .to_owned();
         if key.is_empty() || key.chars().count() > 45 {
-            return Arc::new(error(
+            return Arc::new(Answer::from(error(
                 400,
                 "INVALID_REQUEST_ERROR",
                 if key.is_empty() {
@@ -41,7 +41,7 @@ impl SimState {
                 },
                 "idempotency_key must be 1 to 45 characters.",
                 Some("idempotency_key"),
-            ));
+            )));
         }
         let slot = format!("refund:{key}");
         if let Some(answer) = self.replay(&slot, raw) {
@@ -49,9 +49,9 @@ impl SimState {
         }
         let reply = self.make_refund(&value);
         if reply.status == 200 {
-            return self.remember(slot, raw, reply);
+            return self.remember(slot, raw, reply.into());
         }
-        Arc::new(reply)
+        Arc::new(reply.into())
     }
 
     fn make_refund(&mut self, value: &serde_json::Value) -> Reply {

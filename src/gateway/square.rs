@@ -43,11 +43,12 @@ pub struct SquareClient {
     location_id: Option<String>,
     deadline: Duration,
     limiter: DefaultDirectRateLimiter,
-    /// CreatePayment's URL and the headers every call sends, built once: parsing the URL and
-    /// checking the header values again for every charge showed in profiles at full speed.
-    /// `None` when the URL or a value cannot be used as is; each request then builds its own
-    /// and fails the way it always did.
-    prepared: Option<(reqwest::Url, reqwest::header::HeaderMap)>,
+    /// The headers every call sends, and CreatePayment's URL, built once: checking the header
+    /// values and parsing the URL again for every charge showed in profiles at full speed.
+    /// `None` when a value cannot be used as is; each request then builds its own and fails
+    /// the way it always did.
+    headers: Option<reqwest::header::HeaderMap>,
+    payments_url: Option<reqwest::Url>,
 }
 
 impl std::fmt::Debug for SquareClient {
@@ -113,10 +114,12 @@ impl SquareClient {
         let per_sec = std::num::NonZeroU32::new(cfg.rate_limit_per_sec.max(1))
             .unwrap_or(std::num::NonZeroU32::MIN);
         let base_url = cfg.base_url();
-        let prepared = Self::prepare(&base_url, &token, &cfg.version);
+        let headers = Self::fixed_headers(&token, &cfg.version);
+        let payments_url = reqwest::Url::parse(&format!("{base_url}/v2/payments")).ok();
         Ok(SquareClient {
             http,
-            prepared,
+            headers,
+            payments_url,
             base_url,
             token,
             version: cfg.version.clone(),
@@ -176,44 +179,44 @@ impl SquareClient {
             .build()
     }
 
-    fn prepare(
-        base_url: &str,
-        token: &SecretString,
-        version: &str,
-    ) -> Option<(reqwest::Url, reqwest::header::HeaderMap)> {
-        use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
-        let url = reqwest::Url::parse(&format!("{base_url}/v2/payments")).ok()?;
+    fn fixed_headers(token: &SecretString, version: &str) -> Option<reqwest::header::HeaderMap> {
+        use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).ok()?;
         auth.set_sensitive(true);
-        let mut headers = HeaderMap::with_capacity(4);
+        let mut headers = HeaderMap::with_capacity(3);
         headers.insert(AUTHORIZATION, auth);
         headers.insert("Square-Version", HeaderValue::from_str(version).ok()?);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Some((url, headers))
+        Some(headers)
+    }
+
+    /// `builder` with the headers every call sends.
+    fn with_headers(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.headers {
+            Some(h) => builder.headers(h.clone()),
+            None => builder
+                .bearer_auth(self.token.expose_secret())
+                .header("Square-Version", &self.version)
+                .header(reqwest::header::ACCEPT, "application/json"),
+        }
     }
 
     /// A CreatePayment request carrying `body`.
     fn create_request(&self, body: &str) -> reqwest::RequestBuilder {
-        match &self.prepared {
-            Some((url, headers)) => self
-                .http
-                .post(url.clone())
-                .headers(headers.clone())
-                .body(body.to_owned()),
-            None => self
-                .request(reqwest::Method::POST, "/v2/payments")
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_owned()),
-        }
+        let builder = match &self.payments_url {
+            Some(url) => self.http.post(url.clone()),
+            None => self.http.post(format!("{}/v2/payments", self.base_url)),
+        };
+        self.with_headers(builder)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned())
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base_url))
-            .bearer_auth(self.token.expose_secret())
-            .header("Square-Version", &self.version)
-            .header(reqwest::header::ACCEPT, "application/json")
+        self.with_headers(
+            self.http
+                .request(method, format!("{}{path}", self.base_url)),
+        )
     }
 
     /// Long on purpose: the classification of one CreatePayment answer, in the order it must be read (transport, body, a taken payment, errors, payment status); one table.

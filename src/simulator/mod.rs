@@ -109,13 +109,12 @@ impl Simulator {
 }
 
 fn json_reply(r: Reply) -> Response {
-    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        r.body.to_string(),
-    )
-        .into_response()
+    text_reply(r.status, r.body.to_string())
+}
+
+fn text_reply(status: u16, text: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 fn router(state: Shared) -> Router {
@@ -387,13 +386,7 @@ async fn answer_with_faults(
         )
             .into_response();
     }
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        reply.text.clone(),
-    )
-        .into_response()
+    text_reply(reply.status, reply.text.clone())
 }
 
 async fn list_payments(

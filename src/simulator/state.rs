@@ -271,6 +271,17 @@ fn error(status: u16, category: &str, code: &str, detail: &str, field: Option<&s
     }
 }
 
+/// Square's answer to a body that is not JSON.
+fn not_json() -> Reply {
+    error(
+        400,
+        "INVALID_REQUEST_ERROR",
+        "INVALID_CONTENT_TYPE",
+        "Expected a JSON body.",
+        None,
+    )
+}
+
 /// A page cursor (the offset of the page's first item), or Square's INVALID_CURSOR reply.
 fn parse_cursor(cursor: Option<&str>) -> Result<usize, Reply> {
     cursor
@@ -596,15 +607,7 @@ impl SimState {
                     .and_then(|v| v.as_str())
                     .unwrap_or("")
                     .to_owned(),
-                Err(_) => {
-                    return Arc::new(Answer::from(error(
-                        400,
-                        "INVALID_REQUEST_ERROR",
-                        "INVALID_CONTENT_TYPE",
-                        "Expected a JSON body.",
-                        None,
-                    )));
-                }
+                Err(_) => return Arc::new(not_json().into()),
             },
         };
         self.requests.push(ReceivedRequest {

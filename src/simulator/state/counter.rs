@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use std::sync::Arc;
 
-use super::{Answer, Reply, SimState, error, rfc3339};
+use super::{Answer, Reply, SimState, error, not_json, rfc3339};
 use crate::gateway::wire::{self, Card, Customer, Money, Order, Payment, Tender};
 
 /// What a simulated Point of Sale sale made.
@@ -28,13 +28,7 @@ impl SimState {
     /// `POST /v2/customers`.
     pub fn create_customer(&mut self, raw: &str) -> Arc<Answer> {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return Arc::new(Answer::from(error(
-                400,
-                "INVALID_REQUEST_ERROR",
-                "INVALID_CONTENT_TYPE",
-                "Expected a JSON body.",
-                None,
-            )));
+            return Arc::new(not_json().into());
         };
         let key = value["idempotency_key"]
             .as_str()

@@ -10,20 +10,14 @@ use chrono::Utc;
 
 use std::sync::Arc;
 
-use super::{Answer, Reply, SimState, error, rfc3339};
+use super::{Answer, Reply, SimState, error, not_json, rfc3339};
 use crate::gateway::wire::{self, PaymentRefund};
 
 impl SimState {
     /// `POST /v2/refunds`.
     pub fn refund_payment(&mut self, raw: &str) -> Arc<Answer> {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return Arc::new(Answer::from(error(
-                400,
-                "INVALID_REQUEST_ERROR",
-                "INVALID_CONTENT_TYPE",
-                "Expected a JSON body.",
-                None,
-            )));
+            return Arc::new(not_json().into());
         };
         let key = value
             .get("idempotency_key")

@@ -117,17 +117,30 @@ impl Engine {
         {
             return Ok(None);
         }
-        let mut tx = crate::store::begin_batch(&self.pool).await?;
         let limit = i64::from(self.config.batch_size);
         let mut unreadable = 0;
-        let due = loop {
-            match subscriptions::claim_due(&mut tx, now, limit, &progress.excluded).await {
-                Ok(due) => break due,
-                // Some due row cannot be read at all: find it one row at a time, quarantine
-                // it, and claim again (the transaction is intact: decoding is client-side).
+        let (mut tx, due) = loop {
+            let mut tx = crate::store::begin_batch(&self.pool).await?;
+            let after = progress.after;
+            match subscriptions::claim_due(&mut tx, now, limit, &progress.excluded, after).await {
+                // Nothing due past the last row claimed: once more from the start, for rows
+                // skipped behind it, before the pass may end.
+                Ok(due) if due.is_empty() && after.is_some() => {
+                    tx.rollback().await.map_err(StoreError::from)?;
+                    progress.after = None;
+                }
+                Ok(due) => break (tx, due),
+                // Some due row cannot be read at all: find it one row at a time, quarantine it
+                // (committed on its own), and claim again.
                 Err(e) if e.is_unreadable_row() => {
-                    let ids = subscriptions::claim_due_ids(&mut tx, now, limit, &progress.excluded)
-                        .await?;
+                    let ids = subscriptions::claim_due_ids(
+                        &mut tx,
+                        now,
+                        limit,
+                        &progress.excluded,
+                        after,
+                    )
+                    .await?;
                     let mut found = 0;
                     for id in ids {
                         if let Err(why) = subscriptions::get(&mut tx, id).await
@@ -140,6 +153,7 @@ impl Engine {
                     if found == 0 {
                         return Err(e.into());
                     }
+                    tx.commit().await.map_err(StoreError::from)?;
                     unreadable += found;
                 }
                 Err(e) => return Err(e.into()),
@@ -150,20 +164,21 @@ impl Engine {
             ..Summary::default()
         };
         if due.is_empty() {
-            if unreadable > 0 {
-                tx.commit().await.map_err(StoreError::from)?;
-                return Ok(Some(Claimed {
-                    charges: vec![],
-                    summary,
-                }));
-            }
             tx.rollback().await.map_err(StoreError::from)?;
-            return Ok(None);
+            return Ok((unreadable > 0).then(|| Claimed {
+                charges: vec![],
+                summary,
+            }));
         }
+        progress.after = due
+            .iter()
+            .filter_map(|c| Some((c.row.next_due_at?, c.row.id)))
+            .max();
         let mut charges = Vec::with_capacity(due.len());
         let mut moved = std::collections::HashSet::new();
         let mut notices = Vec::new();
-        for sub in &due {
+        for claimed in &due {
+            let sub = &claimed.row;
             if sub.updated_at >= progress.counted_since {
                 let claims = progress.claims.entry(sub.id).or_default();
                 *claims += 1;
@@ -202,38 +217,32 @@ impl Engine {
             }
         }
         events::emit_many(&mut tx, &notices).await?;
-        let card_ids: Vec<CardId> = charges.iter().map(|c| c.card_id.clone()).collect();
-        let health = crate::store::cards::health(&mut tx, &card_ids).await?;
-        let zones: HashMap<SubscriptionId, String> =
-            due.iter().map(|s| (s.id, s.time_zone.clone())).collect();
+        // (charge, subscription) of each charge planned, for those the insert skips.
+        let planned: Vec<(ChargeId, SubscriptionId)> =
+            charges.iter().map(|c| (c.id, c.subscription_id)).collect();
         let inserted =
-            charges::insert_charges(&mut tx, &charges, self.owner, self.lease_until()).await?;
+            charges::insert_charges(&mut tx, charges, self.owner, self.lease_until()).await?;
         let ids: std::collections::HashSet<ChargeId> = inserted.iter().map(|c| c.id).collect();
-        let opened: Vec<(SubscriptionId, ChargeId)> =
-            inserted.iter().map(|c| (c.subscription_id, c.id)).collect();
-        subscriptions::open_charges(&mut tx, &opened).await?;
         tx.commit().await.map_err(StoreError::from)?;
         // A subscription that was due, had an attempt to make and neither got its charge nor
         // moved would be claimed again at once: set it aside so the run always ends.
-        for c in &charges {
-            if !ids.contains(&c.id) && !moved.contains(&c.subscription_id) {
-                progress.set_aside(c.subscription_id, "no_progress");
+        for (charge, sub) in planned {
+            if !ids.contains(&charge) && !moved.contains(&sub) {
+                progress.set_aside(sub, "no_progress");
             }
         }
-        // Each charge is the row the INSERT returned: built once, by the database.
+        let by_sub: HashMap<SubscriptionId, &subscriptions::ClaimedRow> =
+            due.iter().map(|c| (c.row.id, c)).collect();
+        // Each charge is the row as inserted, with its card's pre-check.
         let charges: Vec<Queued> = inserted
             .into_iter()
             .map(|charge| {
-                let zone = zones
-                    .get(&charge.subscription_id)
-                    .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+                let claimed = by_sub.get(&charge.subscription_id);
+                let zone = claimed
+                    .and_then(|c| c.row.time_zone.parse::<chrono_tz::Tz>().ok())
                     .unwrap_or(chrono_tz::Tz::UTC);
-                let problem = card_problem(
-                    charge.card_id.as_ref().and_then(|c| health.get(c)).copied(),
-                    now,
-                    zone,
-                )
-                .map(str::to_owned);
+                let problem = card_problem(claimed.and_then(|c| c.card_health()), now, zone)
+                    .map(str::to_owned);
                 Queued { charge, problem }
             })
             .collect();

@@ -50,13 +50,24 @@ impl Engine {
         review_reused_payments(decided, &recorded);
         let resolutions: Vec<OwnedResolution> =
             decided.iter().map(|(_, d)| d.resolution.clone()).collect();
-        let resolved = resolve_many(&mut tx, self.owner, &resolutions, wall).await?;
-        if resolved.is_empty() {
+        let ids: HashSet<ChargeId> = resolve_many(&mut tx, self.owner, &resolutions, wall)
+            .await?
+            .into_iter()
+            .collect();
+        if ids.is_empty() {
             tx.rollback().await.map_err(StoreError::from)?;
             return Ok((vec![], HashMap::new()));
         }
-        let (in_review, resolved): (Vec<ChargeRow>, Vec<ChargeRow>) = resolved
-            .into_iter()
+        for (charge, d) in decided.iter_mut() {
+            if ids.contains(&charge.id) {
+                d.resolution.apply(charge);
+            }
+        }
+        let decided: &[(ChargeRow, Decided)] = decided;
+        let (in_review, resolved): (Vec<&ChargeRow>, Vec<&ChargeRow>) = decided
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| ids.contains(&c.id))
             .partition(|c| c.status == ChargeStatus::NeedsReview);
         let mut events = review_events(&in_review, decided);
         ledger::record_many(&mut tx, &resolved, wall).await?;
@@ -77,7 +88,7 @@ impl Engine {
     async fn move_subscriptions(
         &self,
         tx: &mut PgConnection,
-        resolved: &[ChargeRow],
+        resolved: &[&ChargeRow],
         decided: &[(ChargeRow, Decided)],
         now: DateTime<Utc>,
         events: &mut Vec<NewEvent>,
@@ -258,7 +269,7 @@ fn review_reused_payments(
 }
 
 /// One `charge_needs_review` event per charge that went to review.
-fn review_events(in_review: &[ChargeRow], decided: &[(ChargeRow, Decided)]) -> Vec<NewEvent> {
+fn review_events(in_review: &[&ChargeRow], decided: &[(ChargeRow, Decided)]) -> Vec<NewEvent> {
     in_review
         .iter()
         .map(|c| {

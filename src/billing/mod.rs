@@ -65,7 +65,7 @@ use uuid::Uuid;
 
 use crate::config::BillingConfig;
 use crate::domain::lifecycle::{self, Notice};
-use crate::domain::{CardId, ChargeId, ChargeStatus, CustomerId, IdempotencyKey, SubscriptionId};
+use crate::domain::{ChargeId, ChargeStatus, CustomerId, IdempotencyKey, SubscriptionId};
 use crate::gateway::{PaymentGateway, PaymentOutcome, PreparedPayment};
 use crate::store::charges::{self, ChargeRow, NewCharge};
 use crate::store::events::NewEvent;

@@ -18,6 +18,11 @@ pub(super) struct Progress {
     // `updated_at`) are on their first claim of the run and are not counted, so the map holds
     // only subscriptions the run has already moved: memory stays flat however many are due.
     pub(super) counted_since: DateTime<Utc>,
+    /// Where the next claim starts in the due order (due time, id): past the last row claimed,
+    /// so a claim does not walk again over the rows earlier claims left open (in flight until
+    /// recorded). `None`: from the start, which a claim falls back to before the pass ends,
+    /// for rows skipped behind it (locked elsewhere, or moved to an earlier due time).
+    pub(super) after: Option<(DateTime<Utc>, SubscriptionId)>,
 }
 
 impl Progress {
@@ -32,6 +37,7 @@ impl Progress {
                 .saturating_add(1)
                 .saturating_mul(per_period),
             counted_since: started,
+            after: None,
         }
     }
 

@@ -122,36 +122,46 @@ fn text<'a, T>(rows: &'a [T], f: impl Fn(&'a T) -> &'a str) -> Vec<&'a str> {
     rows.iter().map(f).collect()
 }
 
-/// Inserts charges in one statement, leased to `owner` until `locked_until`, and returns the
-/// rows actually inserted (what the engine then sends): a pending charge that collides with one
-/// another worker already wrote (same attempt, or an open charge for the period) is skipped.
+/// Inserts charges in one statement, leased to `owner` until `locked_until`, and marks each
+/// one its subscription's open charge; returns the rows actually inserted (what the engine
+/// then sends): a pending charge that collides with one another worker already wrote (same
+/// attempt, or an open charge for the period) is skipped, and marks nothing.
+///
+/// The rows are the charges given, as written: the statement returns only the ids inserted and
+/// their creation time (the rest is what was sent, and defaults nothing else sets), so the
+/// bodies are not read back.
 ///
 /// # Errors
 /// [`super::StoreError`].
 pub async fn insert_charges(
     conn: &mut PgConnection,
-    charges: &[NewCharge],
+    new: Vec<NewCharge>,
     owner: Uuid,
     locked_until: DateTime<Utc>,
 ) -> Result<Vec<ChargeRow>> {
-    if charges.is_empty() {
+    if new.is_empty() {
         return Ok(Vec::new());
     }
+    let charges = new.as_slice();
     macro_rules! col {
         ($f:ident) => {
             charges.iter().map(|c| c.$f.clone()).collect::<Vec<_>>()
         };
     }
-    Ok(sqlx::query_as(sqlf!(
-        "INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key, customer_id,
+    let inserted: Vec<(ChargeId, DateTime<Utc>)> = sqlx::query_as(
+        "WITH i AS (
+         INSERT INTO paycron.charges (id, subscription_id, period, period_start, attempt, idempotency_key, customer_id,
                 card_id, amount_minor, currency, status, request_body, request_fingerprint, lease_owner, locked_until)
          SELECT t.id, t.sub, t.period, t.ps, t.attempt, t.key, t.cust, t.card, t.amount, t.cur, 'pending', t.body, t.fp, $13, $14
            FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::text[],
                        $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[])
                 AS t(id, sub, period, ps, attempt, key, cust, card, amount, cur, body, fp)
          ON CONFLICT DO NOTHING
-         RETURNING {COLUMNS}"
-    ))
+         RETURNING id, subscription_id, created_at),
+         opened AS (
+         UPDATE paycron.subscriptions s SET open_charge_id = i.id FROM i WHERE s.id = i.subscription_id)
+         SELECT id, created_at FROM i",
+    )
     .bind(col!(id))
     .bind(col!(subscription_id))
     .bind(col!(period))
@@ -169,7 +179,34 @@ pub async fn insert_charges(
     .bind(owner)
     .bind(locked_until)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    let created: std::collections::HashMap<ChargeId, DateTime<Utc>> =
+        inserted.into_iter().collect();
+    Ok(new
+        .into_iter()
+        .filter_map(|c| {
+            let created_at = *created.get(&c.id)?;
+            Some(ChargeRow {
+                id: c.id,
+                subscription_id: c.subscription_id,
+                period: c.period,
+                period_start: c.period_start,
+                attempt: c.attempt,
+                idempotency_key: c.idempotency_key,
+                customer_id: c.customer_id,
+                card_id: Some(c.card_id),
+                money: c.money,
+                status: crate::domain::ChargeStatus::Pending,
+                request_body: c.request_body,
+                request_fingerprint: c.request_fingerprint,
+                provider_payment_id: None,
+                decline_code: None,
+                sends: 0,
+                created_at,
+                source: "card_on_file".to_owned(),
+            })
+        })
+        .collect())
 }
 
 /// Takes over up to `limit` pending charges nobody is working on: another owner's whose lease
@@ -203,7 +240,7 @@ pub async fn claim_orphans(
          UPDATE paycron.charges c SET lease_owner = $2, locked_until = $3
            FROM orphan WHERE c.id = orphan.id
          RETURNING {}",
-        COLUMNS.split(',').map(|col| format!("c.{}", col.trim())).collect::<Vec<_>>().join(", ")
+        super::qualified(COLUMNS, "c")
     ))
     .bind(wall_now)
     .bind(owner)
@@ -348,6 +385,15 @@ pub struct OwnedResolution {
     pub note: Option<String>,
 }
 
+impl OwnedResolution {
+    /// `charge` as [`resolve_many`] left it, had this resolution been written.
+    pub fn apply(&self, charge: &mut ChargeRow) {
+        charge.status = self.status;
+        charge.provider_payment_id.clone_from(&self.payment_id);
+        charge.decline_code.clone_from(&self.code);
+    }
+}
+
 /// Of the given Square payment ids, those already recorded, with the charge that holds each.
 ///
 /// # Errors
@@ -368,9 +414,10 @@ pub async fn payments_recorded(
     Ok(rows.into_iter().collect())
 }
 
-/// Resolves many pending charges held by `owner` in one statement. Returns the rows this call
+/// Resolves many pending charges held by `owner` in one statement. Returns the ids this call
 /// resolved; the others were fenced (no longer ours or no longer pending) and must not be
-/// recorded.
+/// recorded. A resolved charge's row is the caller's with the resolution applied
+/// ([`OwnedResolution::apply`]): the statement writes nothing else a [`ChargeRow`] holds.
 ///
 /// The rows are visited in id order (the array is sorted, and the plan is a nested loop over
 /// it), so two recorders whose sets overlap (a worker and the one that took some of its
@@ -384,7 +431,7 @@ pub async fn resolve_many(
     owner: Uuid,
     items: &[OwnedResolution],
     wall_now: DateTime<Utc>,
-) -> Result<Vec<ChargeRow>> {
+) -> Result<Vec<ChargeId>> {
     if items.is_empty() {
         return Ok(vec![]);
     }
@@ -400,7 +447,7 @@ pub async fn resolve_many(
     let review_payments: Vec<Option<String>> =
         items.iter().map(|r| r.review_payment_id.clone()).collect();
     let notes: Vec<Option<String>> = items.iter().map(|r| r.note.clone()).collect();
-    Ok(sqlx::query_as(sqlf!(
+    Ok(sqlx::query_scalar(
         // The fence compares the status with the state each outcome expects to find
         // (`pending`, from the array) rather than with a constant: a constant would let the
         // planner read the pending-charges index, whose dead entries (every charge resolved
@@ -416,13 +463,8 @@ pub async fn resolve_many(
                        $9::text[], $10::text[], $11::text[])
                 AS r(id, status, payment_id, code, category, expected, reason, review_payment, note)
           WHERE c.id = r.id AND c.lease_owner = $1 AND c.status = r.expected
-          RETURNING {}",
-        COLUMNS
-            .split(',')
-            .map(|col| format!("c.{}", col.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
+          RETURNING c.id",
+    )
     .bind(owner)
     .bind(ids)
     .bind(statuses)

@@ -309,7 +309,7 @@ pub async fn record_sale(
         .parse()
         .map_err(|e: crate::domain::ids::IdError| super::StoreError::Rejected(e.to_string()))?;
     let charge = insert_counter_charge(&mut tx, SubscriptionId(subscription_id), sale).await?;
-    super::ledger::record_many(&mut tx, std::slice::from_ref(&charge), Utc::now()).await?;
+    super::ledger::record_many(&mut tx, &[&charge], Utc::now()).await?;
     sqlx::query(
         "UPDATE paycron.subscriptions SET next_period = 1, next_attempt = 1, next_due_at = $2,
                 updated_at = now()

@@ -25,7 +25,7 @@ pub const ACCOUNT_REVENUE: &str = "revenue:subscriptions";
 /// [`super::StoreError`].
 pub async fn record_many(
     conn: &mut PgConnection,
-    charges: &[ChargeRow],
+    charges: &[&ChargeRow],
     recorded_at: DateTime<Utc>,
 ) -> Result<usize> {
     if charges.is_empty() {

@@ -23,6 +23,16 @@ macro_rules! sqlf {
     };
 }
 
+/// `columns` (a comma-separated list) with each name qualified by `alias`, for statements that
+/// join another table with columns of the same names.
+pub(crate) fn qualified(columns: &str, alias: &str) -> String {
+    columns
+        .split(',')
+        .map(|col| format!("{alias}.{}", col.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub mod card_sync;
 pub mod cards;
 pub mod charges;
@@ -241,17 +251,24 @@ impl StoreError {
 }
 
 /// Begins one of billing's batch transactions (a claim, a record). Their statements join
-/// arrays of ids to the tables, one primary-key probe per element; at the default
-/// `random_page_cost` (4, a spinning disk's) the planner prices those probes above a scan of
-/// a table of up to some hundred thousand rows and scans it for every batch. The working set of
-/// billing is cached, so the transaction prices random reads as such (`SET LOCAL`: nothing
-/// outlives it, and it holds behind a transaction-pooling proxy). Sent with the `BEGIN`, in
-/// one round trip.
+/// a batch (arrays of ids, or the rows a claim locks) to the tables, one primary-key or
+/// row-address probe per element. The planner, which cannot see how few the elements are,
+/// would otherwise hash a scan of the whole table for every batch: at the default
+/// `random_page_cost` (4, a spinning disk's) it prices the probes above a scan of a table of up
+/// to some hundred thousand rows, and a join on row addresses it hashes at any size. The
+/// working set of billing is cached, so the transaction prices random reads as such and joins
+/// by nested loops only (`SET LOCAL`: nothing outlives it, and it holds behind a
+/// transaction-pooling proxy). Sent with the `BEGIN`, in one round trip.
 ///
 /// # Errors
 /// [`StoreError::Db`].
 pub async fn begin_batch(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    begin_with(pool, "BEGIN; SET LOCAL random_page_cost = 1.1").await
+    begin_with(
+        pool,
+        "BEGIN; SET LOCAL random_page_cost = 1.1; SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off",
+    )
+    .await
 }
 
 /// Begins a transaction that is safe to abandon while it begins: what the worker, the

@@ -275,8 +275,41 @@ pub async fn change_card(
         .await?)
 }
 
-/// Locks up to `limit` subscriptions due at `now` that have no open charge, oldest due first,
-/// skipping rows another worker holds and the `excluded` ones (set aside by this pass).
+/// A subscription [`claim_due`] locked, with its card's health.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ClaimedRow {
+    /// The subscription as locked.
+    #[sqlx(flatten)]
+    pub row: SubscriptionRow,
+    /// Whether its card is one paycron knows (saved at Square and synced).
+    card_known: bool,
+    /// The card is neither disabled nor forgotten.
+    card_usable: Option<bool>,
+    card_exp_month: Option<i32>,
+    card_exp_year: Option<i32>,
+}
+
+impl ClaimedRow {
+    /// The card's (usable, expiry month, expiry year), when paycron knows the card.
+    pub fn card_health(&self) -> Option<(bool, Option<i32>, Option<i32>)> {
+        self.card_known.then(|| {
+            (
+                self.card_usable.unwrap_or(false),
+                self.card_exp_month,
+                self.card_exp_year,
+            )
+        })
+    }
+}
+
+/// Locks up to `limit` subscriptions due at `now` that have no open charge, oldest due first
+/// and past `after` in that order (due time, id) when given, skipping rows another worker
+/// holds and the `excluded` ones (set aside by this pass), and reads each one's card's health
+/// with it.
+///
+/// The rows are only locked here: the claim's first write to each is the one that moves it or
+/// opens its charge (a second write to a row in one transaction would check its foreign keys
+/// again, and a hand-edited row would then fail the whole claim instead of being quarantined).
 ///
 /// # Errors
 /// [`StoreError`].
@@ -285,18 +318,25 @@ pub async fn claim_due(
     now: DateTime<Utc>,
     limit: i64,
     excluded: &[SubscriptionId],
-) -> Result<Vec<SubscriptionRow>> {
+    after: Option<(DateTime<Utc>, SubscriptionId)>,
+) -> Result<Vec<ClaimedRow>> {
     Ok(sqlx::query_as(sqlf!(
-        "SELECT {COLUMNS} FROM paycron.subscriptions s
+        "SELECT {}, c.id IS NOT NULL AS card_known, c.enabled AND NOT c.forgotten AS card_usable,
+                c.exp_month AS card_exp_month, c.exp_year AS card_exp_year
+           FROM paycron.subscriptions s LEFT JOIN paycron.cards c ON c.id = s.card_id
           WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
+            AND (s.next_due_at, s.id) > (coalesce($4, '-infinity'), coalesce($5, '00000000-0000-0000-0000-000000000000'))
             AND s.open_charge_id IS NULL AND s.needs_attention IS NULL AND s.id <> ALL($3)
           ORDER BY s.next_due_at, s.id
           LIMIT $2
-          FOR UPDATE OF s SKIP LOCKED"
+          FOR UPDATE OF s SKIP LOCKED",
+        super::qualified(COLUMNS, "s")
     ))
     .bind(now)
     .bind(limit)
     .bind(excluded)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
     .fetch_all(conn)
     .await?)
 }
@@ -333,10 +373,12 @@ pub async fn claim_due_ids(
     now: DateTime<Utc>,
     limit: i64,
     excluded: &[SubscriptionId],
+    after: Option<(DateTime<Utc>, SubscriptionId)>,
 ) -> Result<Vec<SubscriptionId>> {
     Ok(sqlx::query_scalar(
         "SELECT s.id FROM paycron.subscriptions s
           WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
+            AND (s.next_due_at, s.id) > (coalesce($4, '-infinity'), coalesce($5, '00000000-0000-0000-0000-000000000000'))
             AND s.open_charge_id IS NULL AND s.needs_attention IS NULL AND s.id <> ALL($3)
           ORDER BY s.next_due_at, s.id
           LIMIT $2
@@ -345,6 +387,8 @@ pub async fn claim_due_ids(
     .bind(now)
     .bind(limit)
     .bind(excluded)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
     .fetch_all(conn)
     .await?)
 }
@@ -572,28 +616,6 @@ pub async fn due_stats(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, Option
     .bind(now)
     .fetch_one(pool)
     .await?)
-}
-
-/// Marks each subscription's open charge (in the claim transaction).
-///
-/// # Errors
-/// [`StoreError`].
-pub async fn open_charges(
-    conn: &mut PgConnection,
-    pairs: &[(SubscriptionId, ChargeId)],
-) -> Result<()> {
-    if pairs.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE paycron.subscriptions s SET open_charge_id = t.charge
-           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(sub, charge) WHERE s.id = t.sub",
-    )
-    .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
-    .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Clears the open charge of subscriptions whose charge was resolved or withdrawn, given as

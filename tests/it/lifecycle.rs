@@ -211,6 +211,45 @@ async fn a_past_anchor_only_sets_the_cycle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_comes_back_for_a_catch_up_that_falls_behind_its_claims() {
+    // Arrange: one subscription three periods behind, and four due after its second and third
+    // periods' due times. One charge per claim: each claim starts past the last row claimed,
+    // and every recorded period moves the one behind to a due time the claims have passed.
+    let h = Harness::start().await;
+    h.card("BH", "ccof:sim-ok-bh").await;
+    let behind = h
+        .subscribe("BH", 1000, (1, "month"), "2027-01-01T00:00:00Z")
+        .await;
+    let mut later = Vec::new();
+    for i in 0..4 {
+        let customer = format!("LT{i}");
+        h.card(&customer, &format!("ccof:sim-ok-lt{i}")).await;
+        later.push(
+            h.subscribe(&customer, 1000, (1, "month"), "2027-03-10T00:00:00Z")
+                .await,
+        );
+    }
+    let mut a = app(&h.db, &h.sim.base_url());
+    a.config.billing.batch_size = 1;
+    a.config.billing.concurrency = 1;
+    let e = a.engine(client(&a.config)).await.unwrap();
+
+    // Act: one run.
+    let summary = e.bill_due(t("2027-03-15T00:00:00Z")).await.unwrap();
+
+    // Assert: every period due is billed in that run, once.
+    assert_eq!(summary.succeeded, 3 + 4, "{summary:?}");
+    assert_eq!(
+        paid(&h.db, behind.0).await,
+        ["2027-01-01", "2027-02-01", "2027-03-01"]
+    );
+    for id in later {
+        assert_eq!(paid(&h.db, id.0).await, ["2027-03-10"]);
+    }
+    h.assert_exactly_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaid_subscription_revived_after_eight_months_bills_the_last_three() {
     // Arrange: a monthly subscription whose only card never pays, unpaid after its dunning.
     let h = Harness::start().await;

@@ -713,18 +713,25 @@ async fn the_readmes_python_app_examples_run_as_an_app_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_transactions_price_random_reads_as_cached_and_only_they_do() {
     let db = fresh_db().await;
+    async fn show(name: &str, conn: &mut sqlx::PgConnection) -> String {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+    let settings = ["random_page_cost", "enable_hashjoin", "enable_mergejoin"];
     let mut tx = paycron::store::begin_batch(&db.pool).await.unwrap();
-    let inside: String = sqlx::query_scalar("SHOW random_page_cost")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    let mut inside = Vec::new();
+    for name in settings {
+        inside.push(show(name, &mut tx).await);
+    }
     tx.commit().await.unwrap();
-    assert_eq!(inside, "1.1");
-    // SET LOCAL: the pooled session goes back to the server's setting.
+    assert_eq!(inside, ["1.1", "off", "off"]);
+    // SET LOCAL: the pooled session goes back to the server's settings.
     let mut conn = db.pool.acquire().await.unwrap();
-    let after: String = sqlx::query_scalar("SHOW random_page_cost")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_ne!(after, "1.1");
+    let mut after = Vec::new();
+    for name in settings {
+        after.push(show(name, &mut conn).await);
+    }
+    assert_eq!(after, ["4", "on", "on"]);
 }

@@ -7,6 +7,10 @@ use paycron::commands::cli::{Cli, dispatch, is_report};
 use paycron::config::{Config, LogFormat};
 use paycron::ops::shutdown::Shutdown;
 
+// Why this allocator: Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The one place signals are read: the first SIGTERM or SIGINT drains, a second one aborts.
 fn signals() -> Shutdown {
     let shutdown = Shutdown::new();

@@ -1,7 +1,9 @@
 //! Step 1 of the protocol, the claim: due subscriptions are locked (`FOR UPDATE SKIP LOCKED`),
 //! the lifecycle decides each one's move and attempt, and the charges are written with their
 //! leases in the same transaction, so a pending charge is durable before any money moves. A row the
-//! engine cannot read or move is quarantined, never a reason to fail the claim.
+//! engine cannot read or move is quarantined, never a reason to fail the claim. A pass's claims
+//! walk the due order past the last row claimed (not again over the rows earlier claims left in
+//! flight), and once more from the start before the pass ends, so no due row is left behind.
 
 use super::*;
 

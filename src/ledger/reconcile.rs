@@ -197,7 +197,7 @@ mod tests {
             decline_code: None,
             sends: 0,
             created_at: chrono::Utc::now(),
-            source: "card_on_file".into(),
+            source: crate::store::charges::SOURCE_CARD_ON_FILE.into(),
         }
     }
 

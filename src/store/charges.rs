@@ -83,6 +83,10 @@ pub struct ChargeRow {
     pub source: String,
 }
 
+/// The `source` of a charge paycron sends itself (the other is `counter`: paid in Square Point
+/// of Sale).
+pub const SOURCE_CARD_ON_FILE: &str = "card_on_file";
+
 pub(crate) const COLUMNS: &str = "id, subscription_id, period, period_start, attempt, idempotency_key, customer_id, card_id,
     amount_minor, currency, status, request_body, request_fingerprint, provider_payment_id, decline_code, sends, created_at, source";
 
@@ -203,7 +207,7 @@ pub async fn insert_charges(
                 decline_code: None,
                 sends: 0,
                 created_at,
-                source: "card_on_file".to_owned(),
+                source: SOURCE_CARD_ON_FILE.to_owned(),
             })
         })
         .collect())

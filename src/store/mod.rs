@@ -251,11 +251,11 @@ impl StoreError {
 }
 
 /// Begins one of billing's batch transactions (a claim, a record). Their statements join
-/// a batch (arrays of ids, or the rows a claim locks) to the tables, one primary-key or
-/// row-address probe per element. The planner, which cannot see how few the elements are,
-/// would otherwise hash a scan of the whole table for every batch: at the default
+/// a batch (arrays of ids, the rows a claim locks, the rows a statement just wrote) to the
+/// tables, one primary-key probe per element. The planner, which cannot see how few the
+/// elements are, would otherwise scan the whole table for every batch: at the default
 /// `random_page_cost` (4, a spinning disk's) it prices the probes above a scan of a table of up
-/// to some hundred thousand rows, and a join on row addresses it hashes at any size. The
+/// to some hundred thousand rows, and given the choice it hashes or merges a scan of it. The
 /// working set of billing is cached, so the transaction prices random reads as such and joins
 /// by nested loops only (`SET LOCAL`: nothing outlives it, and it holds behind a
 /// transaction-pooling proxy). Sent with the `BEGIN`, in one round trip.

@@ -275,6 +275,16 @@ pub async fn change_card(
         .await?)
 }
 
+/// Which subscriptions a claim takes, in what order, and how it locks them ($1 now, $2 limit,
+/// $3 excluded, $4/$5 the keyset): shared by [`claim_due`] and its slow path [`claim_due_ids`],
+/// which must lock exactly the rows the claim would have read.
+const CLAIMABLE: &str = "WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
+            AND (s.next_due_at, s.id) > (coalesce($4, '-infinity'), coalesce($5, '00000000-0000-0000-0000-000000000000'))
+            AND s.open_charge_id IS NULL AND s.needs_attention IS NULL AND s.id <> ALL($3)
+          ORDER BY s.next_due_at, s.id
+          LIMIT $2
+          FOR UPDATE OF s SKIP LOCKED";
+
 /// A subscription [`claim_due`] locked, with its card's health.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ClaimedRow {
@@ -323,13 +333,8 @@ pub async fn claim_due(
     Ok(sqlx::query_as(sqlf!(
         "SELECT {}, c.id IS NOT NULL AS card_known, c.enabled AND NOT c.forgotten AS card_usable,
                 c.exp_month AS card_exp_month, c.exp_year AS card_exp_year
-           FROM paycron.subscriptions s LEFT JOIN paycron.cards c ON c.id = s.card_id
-          WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
-            AND (s.next_due_at, s.id) > (coalesce($4, '-infinity'), coalesce($5, '00000000-0000-0000-0000-000000000000'))
-            AND s.open_charge_id IS NULL AND s.needs_attention IS NULL AND s.id <> ALL($3)
-          ORDER BY s.next_due_at, s.id
-          LIMIT $2
-          FOR UPDATE OF s SKIP LOCKED",
+            FROM paycron.subscriptions s LEFT JOIN paycron.cards c ON c.id = s.card_id
+         {CLAIMABLE}",
         super::qualified(COLUMNS, "s")
     ))
     .bind(now)
@@ -375,15 +380,9 @@ pub async fn claim_due_ids(
     excluded: &[SubscriptionId],
     after: Option<(DateTime<Utc>, SubscriptionId)>,
 ) -> Result<Vec<SubscriptionId>> {
-    Ok(sqlx::query_scalar(
-        "SELECT s.id FROM paycron.subscriptions s
-          WHERE s.status IN ('trialing', 'active', 'past_due') AND s.next_due_at <= $1
-            AND (s.next_due_at, s.id) > (coalesce($4, '-infinity'), coalesce($5, '00000000-0000-0000-0000-000000000000'))
-            AND s.open_charge_id IS NULL AND s.needs_attention IS NULL AND s.id <> ALL($3)
-          ORDER BY s.next_due_at, s.id
-          LIMIT $2
-          FOR UPDATE OF s SKIP LOCKED",
-    )
+    Ok(sqlx::query_scalar(sqlf!(
+        "SELECT s.id FROM paycron.subscriptions s {CLAIMABLE}"
+    ))
     .bind(now)
     .bind(limit)
     .bind(excluded)
